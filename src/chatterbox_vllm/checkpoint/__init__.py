@@ -1,0 +1,1 @@
+"""Checkpoint files: their layout, strict loading, the hub, and random-weight checkpoints for tests."""

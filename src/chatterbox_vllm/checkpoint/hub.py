@@ -1,0 +1,96 @@
+"""Finding a checkpoint: a Hugging Face hub download (cached), or a local directory.
+
+Users reach the weights three ways: the hub (default), a mirror of the hub's cache (offline), or a directory they
+copied by hand. All three end in a directory laid out as `layout.py` describes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+from .layout import HF_REPO_ID, LAYOUTS, CheckpointLayout, Variant
+from .weights import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MODEL_ALIASES: dict[str, Variant] = {"english": "english", "en": "english", "multilingual": "multilingual", "mtl": "multilingual"}
+
+
+def detect_layout(directory: Path) -> CheckpointLayout:
+    """Tell the variant of a checkpoint directory from the T3 file it holds."""
+    for layout in LAYOUTS.values():
+        if (directory / layout.t3).is_file():
+            return layout
+    names = ", ".join(sorted(f"{layout.variant}: {layout.t3}" for layout in LAYOUTS.values()))
+    raise CheckpointError(f"{directory}: no Chatterbox T3 weights found (looked for {names})")
+
+
+def check_complete(directory: Path, layout: CheckpointLayout) -> None:
+    missing = [name for name in layout.files if not (directory / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{directory}: incomplete {layout.variant} checkpoint, missing {', '.join(missing)}")
+
+
+def download(
+    variant: Variant,
+    *,
+    repo_id: str = HF_REPO_ID,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+) -> Path:
+    """Fetch (or find in the cache) the files of `variant` and return the snapshot directory.
+
+    `local_files_only=None` follows HF_HUB_OFFLINE, as huggingface_hub itself does.
+    """
+    layout = LAYOUTS[variant]
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=list(layout.files),
+            local_files_only=local_files_only,
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        where = "in the local Hugging Face cache" if local_files_only else "on the Hugging Face hub"
+        raise CheckpointError(
+            f"could not get the {variant} Chatterbox weights ({repo_id}) {where}: {type(exc).__name__}: {exc}\n"
+            "To run without the hub, copy the files "
+            f"({', '.join(layout.files)}) into a directory and pass that directory as the model "
+            "(CHATTERBOX_MODEL=/path/to/dir, or ChatterboxTTS.from_local('/path/to/dir')). For a smoke test "
+            "without real weights, `chatterbox-vllm make-checkpoint --variant english --size tiny --out DIR` "
+            "writes a random-weight checkpoint (its audio is noise)."
+        ) from exc
+    directory = Path(path)
+    check_complete(directory, layout)
+    return directory
+
+
+def resolve_model(
+    model: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+) -> tuple[Path, CheckpointLayout]:
+    """Turn a model setting (english | multilingual | a directory) into a complete checkpoint directory."""
+    alias = MODEL_ALIASES.get(model.strip().lower())
+    if alias is not None:
+        directory = download(alias, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        return directory, LAYOUTS[alias]
+    directory = Path(model).expanduser()
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"model {model!r} is neither a known name ({', '.join(sorted(MODEL_ALIASES))}) nor a directory"
+        )
+    layout = detect_layout(directory)
+    check_complete(directory, layout)
+    return directory, layout

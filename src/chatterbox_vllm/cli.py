@@ -1,0 +1,87 @@
+"""`chatterbox-vllm` command line: make random checkpoints, synthesize to a file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+class VariantChoice(str, Enum):
+    english = "english"
+    multilingual = "multilingual"
+
+
+class SizeChoice(str, Enum):
+    full = "full"
+    tiny = "tiny"
+
+
+@app.command("make-checkpoint")
+def make_checkpoint(
+    out: Annotated[Path, typer.Option(help="directory to write (created)")],
+    variant: Annotated[VariantChoice, typer.Option(help="model variant")] = VariantChoice.english,
+    size: Annotated[SizeChoice, typer.Option(help="full: the published dimensions; tiny: for tests")] = SizeChoice.tiny,
+    seed: Annotated[int, typer.Option(help="seed of every tensor's values")] = 0,
+) -> None:
+    """Write a random-weight checkpoint in the published layout (its audio is noise: for tests and smoke runs)."""
+    from .checkpoint.random_weights import write_random_checkpoint
+
+    start = time.perf_counter()
+    write_random_checkpoint(variant=variant.value, size=size.value, seed=seed, out=out)
+    typer.echo(f"wrote {variant.value} {size.value} checkpoint (seed {seed}) to {out} in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def synthesize(
+    text: Annotated[str, typer.Argument(help="text to speak")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="WAV file to write")] = Path("speech.wav"),
+    model: Annotated[str, typer.Option(help="english | multilingual | a checkpoint directory")] = "english",
+    language: Annotated[str | None, typer.Option(help="language id (multilingual model)")] = None,
+    voice: Annotated[Path | None, typer.Option(help="reference clip to clone")] = None,
+    exaggeration: float = 0.5,
+    cfg_weight: float = 0.5,
+    temperature: float = 0.8,
+    seed: Annotated[int | None, typer.Option(help="seed for reproducible output")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
+) -> None:
+    """Synthesize one text to a 24 kHz WAV file."""
+    import soundfile
+
+    from .checkpoint.weights import CheckpointError
+    from .tts import ChatterboxTTS
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        tts = ChatterboxTTS.load(model, device=device)
+        start = time.perf_counter()
+        wav = tts.generate(
+            text,
+            language_id=language,
+            audio_prompt_path=voice,
+            exaggeration=exaggeration,
+            cfg_weight=cfg_weight,
+            temperature=temperature,
+            seed=seed,
+        )
+    except (CheckpointError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    soundfile.write(str(out), wav, tts.sample_rate, subtype="PCM_16")
+    seconds = len(wav) / tts.sample_rate
+    typer.echo(f"wrote {out}: {seconds:.2f} s of audio in {time.perf_counter() - start:.1f} s")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,136 @@
+"""Voice conditioning: what T3 and S3Gen need to speak in a given voice.
+
+A voice is either the checkpoint's built-in `conds.pt` or a reference clip. Turning a clip into conditionals
+runs three networks (voice encoder, S3 tokenizer, CAMPPlus) and costs far more than the lookup, and servers see
+the same clips again and again, so results are cached by the clip's content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio.io import load_audio
+from .audio.resample import resample_soxr_hq
+from .checkpoint.weights import CheckpointError
+from .models.t3 import T3Cond
+
+S3GEN_SAMPLE_RATE = 24_000
+S3_SAMPLE_RATE = 16_000
+# The reference keeps the first 10 s of the clip for S3Gen and the first 6 s for T3's speech prompt.
+S3GEN_REF_SECONDS = 10
+T3_PROMPT_SECONDS = 6
+MIN_REFERENCE_SECONDS = 0.5
+
+
+class VoiceCloneError(ValueError):
+    """A reference clip cannot serve as a voice (too short, silent)."""
+
+
+@dataclass
+class Conditionals:
+    """T3's conditioning (speaker, speech prompt, exaggeration) and S3Gen's reference (prompt tokens/mel, x-vector)."""
+
+    t3: T3Cond
+    gen: dict[str, torch.Tensor | None]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Conditionals":
+        """Read a `conds.pt` as the reference writes it: {'t3': T3Cond fields, 'gen': S3Gen ref dict}."""
+        path = Path(path)
+        try:
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            t3 = T3Cond(
+                speaker_emb=raw["t3"]["speaker_emb"],
+                cond_prompt_speech_tokens=raw["t3"]["cond_prompt_speech_tokens"],
+                emotion_adv=raw["t3"]["emotion_adv"],
+            )
+            gen = dict(raw["gen"])
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: not a Chatterbox conditionals file ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:  # torch.load raises a zoo of types for damaged files
+            raise CheckpointError(f"{path}: cannot read conditionals ({type(exc).__name__}: {exc})") from exc
+        return cls(t3=t3, gen=gen)
+
+    def save(self, path: str | Path) -> None:
+        t3 = {
+            "speaker_emb": self.t3.speaker_emb,
+            "clap_emb": None,
+            "cond_prompt_speech_tokens": self.t3.cond_prompt_speech_tokens,
+            "cond_prompt_speech_emb": None,
+            "emotion_adv": self.t3.emotion_adv,
+        }
+        torch.save({"t3": t3, "gen": self.gen}, str(path))
+
+    def to(self, device: torch.device | str) -> "Conditionals":
+        gen = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.gen.items()}
+        return Conditionals(t3=self.t3.to(device), gen=gen)
+
+    def with_exaggeration(self, exaggeration: float) -> "Conditionals":
+        """The same voice with another emotion intensity (a new object: cached voices stay untouched)."""
+        current = self.t3.emotion_adv
+        if current is not None and float(current.reshape(-1)[0]) == float(exaggeration):
+            return self
+        device = self.t3.speaker_emb.device
+        emotion = torch.full((1, 1, 1), float(exaggeration), dtype=torch.float32, device=device)
+        return Conditionals(t3=replace(self.t3, emotion_adv=emotion), gen=self.gen)
+
+
+class VoiceConditioner:
+    """Computes conditionals from reference clips, with an LRU cache keyed by the clip's bytes."""
+
+    def __init__(self, voice_encoder, s3gen, *, prompt_tokens: int, device: torch.device, cache_size: int = 64):
+        self.voice_encoder = voice_encoder
+        self.s3gen = s3gen
+        self.prompt_tokens = prompt_tokens
+        self.device = device
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Conditionals] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def from_audio(self, source: str | Path | bytes, exaggeration: float = 0.5) -> Conditionals:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        key = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+        if cached is None:
+            cached = self._compute(data)
+            with self._lock:
+                self._cache[key] = cached
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return cached.with_exaggeration(exaggeration)
+
+    @torch.inference_mode()
+    def _compute(self, data: bytes) -> Conditionals:
+        wav_24k = load_audio(data, S3GEN_SAMPLE_RATE)
+        if wav_24k.size < MIN_REFERENCE_SECONDS * S3GEN_SAMPLE_RATE:
+            raise VoiceCloneError(
+                f"reference audio is {wav_24k.size / S3GEN_SAMPLE_RATE:.2f} s long; at least "
+                f"{MIN_REFERENCE_SECONDS} s is needed (5-10 s of clean speech works best)"
+            )
+        if not np.any(np.abs(wav_24k) > 1e-4):
+            raise VoiceCloneError("reference audio is silent")
+        wav_16k = resample_soxr_hq(wav_24k, S3GEN_SAMPLE_RATE, S3_SAMPLE_RATE)
+
+        ref_dict = self.s3gen.embed_ref(
+            torch.from_numpy(wav_24k[: S3GEN_REF_SECONDS * S3GEN_SAMPLE_RATE]).to(self.device), S3GEN_SAMPLE_RATE
+        )
+        prompt_clip = torch.from_numpy(wav_16k[: T3_PROMPT_SECONDS * S3_SAMPLE_RATE]).to(self.device)
+        prompt_tokens, _ = self.s3gen.tokenizer.forward([prompt_clip], max_len=self.prompt_tokens)
+        speaker = self.voice_encoder.embeds_from_wavs([wav_16k], sample_rate=S3_SAMPLE_RATE)
+        speaker = torch.as_tensor(np.asarray(speaker)).mean(dim=0, keepdim=True).to(self.device)
+        t3 = T3Cond(
+            speaker_emb=speaker.float(),
+            cond_prompt_speech_tokens=torch.atleast_2d(prompt_tokens).to(self.device),
+            emotion_adv=torch.full((1, 1, 1), 0.5, device=self.device),
+        )
+        return Conditionals(t3=t3, gen=ref_dict)

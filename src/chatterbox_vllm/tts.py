@@ -1,0 +1,255 @@
+"""ChatterboxTTS: text in, 24 kHz speech out, for the English and the multilingual Chatterbox models.
+
+The pipeline is the reference's: normalise and tokenize text -> T3 speech tokens (conditioned on a voice) ->
+S3Gen (flow matching to a mel, HiFT vocoder to a waveform). Where it differs from chatterbox-tts 0.1.7 it follows
+fixes made upstream later, marked below.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint.config import ModelConfig, load_model_config
+from .checkpoint.hub import download, resolve_model
+from .checkpoint.layout import CheckpointLayout
+from .checkpoint.weights import CheckpointError
+from .conditioning import S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
+from .engine.base import SamplingParams, T3Engine, speech_tokens_for_s3gen
+from .engine.torch_engine import TorchT3Engine
+from .models.s3gen import S3Gen, load_s3gen
+from .models.t3 import load_t3
+from .models.voice_encoder import VoiceEncoder, load_voice_encoder
+from .text.languages import SUPPORTED_LANGUAGES, validate_language
+from .text.normalize import punc_norm, validate_text
+from .text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = S3GEN_SAMPLE_RATE
+# S3 speech tokens run at 25 Hz: each token is 960 samples of 24 kHz audio.
+SAMPLES_PER_TOKEN = SAMPLE_RATE // 25
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Per-variant defaults (both 1.2: upstream lowered the multilingual penalty from 0.1.7's 2.0)."""
+
+    exaggeration: float = 0.5
+    cfg_weight: float = 0.5
+    temperature: float = 0.8
+    repetition_penalty: float = 1.2
+    min_p: float = 0.05
+    top_p: float = 1.0
+    max_new_tokens: int = 1000
+
+
+class ChatterboxTTS:
+    """A loaded Chatterbox model (either variant) ready to synthesize."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        *,
+        layout: CheckpointLayout,
+        config: ModelConfig,
+        engine: T3Engine,
+        s3gen: S3Gen,
+        voice_encoder: VoiceEncoder,
+        tokenizer: EnglishTokenizer | MultilingualTokenizer,
+        conds: Conditionals | None,
+        device: torch.device,
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.engine = engine
+        self.s3gen = s3gen
+        self.voice_encoder = voice_encoder
+        self.tokenizer = tokenizer
+        self.default_conds = conds
+        self.device = device
+        self.defaults = GenerationDefaults()
+        self.voices = VoiceConditioner(
+            voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device
+        )
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_local(cls, directory: str | Path, *, device: str | torch.device | None = None) -> "ChatterboxTTS":
+        """Load a checkpoint directory (published layout, or a random one from `make-checkpoint`)."""
+        directory = Path(directory).expanduser()
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: not a directory")
+        directory, layout = resolve_model(str(directory))
+        return cls._load(directory, layout, device)
+
+    @classmethod
+    def load(
+        cls, model: str, *, device: str | torch.device | None = None, revision: str | None = None
+    ) -> "ChatterboxTTS":
+        """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory."""
+        directory, layout = resolve_model(model, revision=revision)
+        return cls._load(directory, layout, device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        *,
+        device: str | torch.device | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool | None = None,
+    ) -> "ChatterboxTTS":
+        """The English model from the Hugging Face hub (or its local cache)."""
+        directory = download("english", revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        directory, layout = resolve_model(str(directory))
+        return cls._load(directory, layout, device)
+
+    @classmethod
+    def from_pretrained_multilingual(
+        cls,
+        *,
+        device: str | torch.device | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool | None = None,
+    ) -> "ChatterboxTTS":
+        """The 23-language model from the Hugging Face hub (or its local cache)."""
+        directory = download(
+            "multilingual", revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        directory, layout = resolve_model(str(directory))
+        return cls._load(directory, layout, device)
+
+    @classmethod
+    def _load(cls, directory: Path, layout: CheckpointLayout, device: str | torch.device | None) -> "ChatterboxTTS":
+        device = torch.device(device) if device is not None else default_device()
+        config = load_model_config(directory, layout)
+        t3 = load_t3(directory / layout.t3, config.t3).to(device).eval()
+        s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
+        voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
+        if layout.variant == "english":
+            tokenizer: EnglishTokenizer | MultilingualTokenizer = EnglishTokenizer.from_file(
+                directory / layout.text_tokenizer
+            )
+        else:
+            tokenizer = MultilingualTokenizer.from_files(
+                directory / layout.text_tokenizer, directory / (layout.cangjie_table or "")
+            )
+        conds_path = directory / layout.conds
+        conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
+        engine = TorchT3Engine(t3, device=device)
+        log.info("loaded %s Chatterbox from %s on %s (T3 engine: torch)", layout.variant, directory, device)
+        return cls(
+            layout=layout,
+            config=config,
+            engine=engine,
+            s3gen=s3gen,
+            voice_encoder=voice_encoder,
+            tokenizer=tokenizer,
+            conds=conds,
+            device=device,
+        )
+
+    # ------------------------------------------------------------------------------------------------- info
+    @property
+    def variant(self) -> str:
+        return self.layout.variant
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.layout.variant == "multilingual"
+
+    @property
+    def supported_languages(self) -> dict[str, str]:
+        return dict(SUPPORTED_LANGUAGES) if self.is_multilingual else {"en": SUPPORTED_LANGUAGES["en"]}
+
+    # ------------------------------------------------------------------------------------------- synthesis
+    def prepare_conditionals(self, audio: str | Path | bytes, exaggeration: float = 0.5) -> Conditionals:
+        """Voice conditionals from a reference clip (wav/mp3/flac/ogg path or bytes); cached by content."""
+        return self.voices.from_audio(audio, exaggeration)
+
+    def text_tokens(self, text: str, language_id: str | None = None) -> torch.Tensor:
+        """T3's text input: [start] + tokens of the normalised text + [stop]."""
+        validate_text(text)
+        language = validate_language(language_id, multilingual=self.is_multilingual)
+        normalised = punc_norm(text)
+        if isinstance(self.tokenizer, MultilingualTokenizer):
+            ids = self.tokenizer.encode(normalised, language)
+        else:
+            ids = self.tokenizer.encode(normalised)
+        return torch.tensor(text_token_ids(ids), dtype=torch.long)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        text: str,
+        language_id: str | None = None,
+        audio_prompt_path: str | Path | bytes | None = None,
+        exaggeration: float = 0.5,
+        cfg_weight: float = 0.5,
+        temperature: float = 0.8,
+        repetition_penalty: float = 1.2,
+        min_p: float = 0.05,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        max_new_tokens: int = 1000,
+        conditionals: Conditionals | None = None,
+    ) -> np.ndarray:
+        """Synthesize `text`; returns a float32 waveform at 24 kHz.
+
+        The voice is `conditionals` if given, else the clip at `audio_prompt_path`, else the built-in voice.
+        """
+        tokens = self.text_tokens(text, language_id)
+        conds = self._conditionals(conditionals, audio_prompt_path, exaggeration)
+        params = SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            cfg_weight=cfg_weight,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+        speech = self.engine.generate(tokens.to(self.device), conds.t3, params)
+        return self.vocode(speech, conds, seed=seed)
+
+    def vocode(self, speech_tokens: list[int], conds: Conditionals, *, seed: int | None = None) -> np.ndarray:
+        """S3Gen: speech tokens -> 24 kHz waveform.
+
+        Tokens >= 6561 (T3's start/stop and unused ids) are dropped for both variants; 0.1.7's multilingual path
+        passed them on and crashed in S3Gen's embedding. The last token's audio is cut, as upstream now does
+        after 0.1.7 for the multilingual model: the token emitted right before the stop token decodes to ~40 ms of
+        noise. We do it for English too, for the same reason.
+        """
+        valid = speech_tokens_for_s3gen(speech_tokens)
+        if not valid:
+            return np.zeros(0, dtype=np.float32)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        token_tensor = torch.tensor(valid, dtype=torch.long, device=self.device).unsqueeze(0)
+        wav = self.s3gen.inference(token_tensor, conds.gen, generator=generator)
+        wav = wav.squeeze(0).float().cpu().numpy()
+        keep = max(1, len(valid) - 1) * SAMPLES_PER_TOKEN
+        return np.ascontiguousarray(wav[:keep], dtype=np.float32)
+
+    def _conditionals(
+        self, conditionals: Conditionals | None, audio: str | Path | bytes | None, exaggeration: float
+    ) -> Conditionals:
+        if conditionals is not None:
+            return conditionals.with_exaggeration(exaggeration)
+        if audio is not None:
+            return self.prepare_conditionals(audio, exaggeration)
+        if self.default_conds is None:
+            raise ValueError(f"this checkpoint has no built-in voice ({self.layout.conds}); pass a reference clip")
+        return self.default_conds.with_exaggeration(exaggeration)

@@ -1,0 +1,77 @@
+"""Shared test fixtures: golden-fixture directories, manifests, and seed-0 random checkpoints.
+
+Golden fixtures come from the reference implementation run by `tools/reference` (ours, in tests/fixtures/golden)
+and, when the shared reference kit sits beside the repository, from the kit as an independent cross-check.
+Both use the same tensor names, so parity tests run over every directory that exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OUR_GOLDEN = REPO_ROOT / "tests" / "fixtures" / "golden"
+KIT_ROOT = REPO_ROOT.parent / "shared" / "reference"
+KIT_GOLDEN = KIT_ROOT / "golden"
+OUR_MANIFESTS = REPO_ROOT / "tools" / "reference" / "manifests"
+KIT_MANIFESTS = KIT_ROOT / "manifests"
+
+
+def golden_dirs() -> list[Path]:
+    """Every golden-fixture directory present: ours first, then the shared kit's."""
+    return [d for d in (OUR_GOLDEN, KIT_GOLDEN) if (d / "summary.json").is_file() or any(d.glob("*.json"))]
+
+
+def golden_params() -> list:
+    """`pytest.mark.parametrize` values over golden directories, with readable ids."""
+    dirs = golden_dirs()
+    if not dirs:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="no golden fixtures present"))]
+    return [pytest.param(d, id="ours" if d == OUR_GOLDEN else "kit") for d in dirs]
+
+
+def manifest_path(name: str) -> Path:
+    """Manifest JSON of a published file (e.g. 't3_cfg.safetensors.json'): ours if committed, else the kit's."""
+    for root in (OUR_MANIFESTS, KIT_MANIFESTS):
+        if (root / name).is_file():
+            return root / name
+    pytest.skip(f"manifest {name} not present")
+
+
+def checkpoint_cache_dir() -> Path:
+    return Path(os.environ.get("CHATTERBOX_TEST_CHECKPOINTS", REPO_ROOT / ".cache" / "checkpoints"))
+
+
+def seed0_checkpoint(variant: str, size: str = "full") -> Path:
+    """Directory of the seed-0 random checkpoint of `variant`, made once by our generator and then reused."""
+    out = checkpoint_cache_dir() / f"{variant}-{size}-seed0"
+    marker = out / ".complete"
+    if not marker.is_file():
+        from chatterbox_vllm.checkpoint.random_weights import write_random_checkpoint
+
+        write_random_checkpoint(variant=variant, size=size, seed=0, out=out)
+        marker.write_text("ok\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def english_full_checkpoint() -> Path:
+    return seed0_checkpoint("english", "full")
+
+
+@pytest.fixture(scope="session")
+def multilingual_full_checkpoint() -> Path:
+    return seed0_checkpoint("multilingual", "full")
+
+
+@pytest.fixture(scope="session")
+def english_tiny_checkpoint() -> Path:
+    return seed0_checkpoint("english", "tiny")
+
+
+@pytest.fixture(scope="session")
+def multilingual_tiny_checkpoint() -> Path:
+    return seed0_checkpoint("multilingual", "tiny")
