@@ -1,0 +1,55 @@
+"""Checkpoint resolution through huggingface_hub: the cache layout, offline mode, and the error users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatterbox_vllm.checkpoint.hub import download, resolve_model
+from chatterbox_vllm.checkpoint.layout import ENGLISH, HF_REPO_ID
+from chatterbox_vllm.checkpoint.weights import CheckpointError
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache_from(checkpoint: Path, cache_dir: Path) -> Path:
+    """Lay out a checkpoint as huggingface_hub stores a download: blobs, snapshots/<rev>, refs/main."""
+    repo = cache_dir / ("models--" + HF_REPO_ID.replace("/", "--"))
+    snapshot = repo / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    for name in ENGLISH.files:
+        (snapshot / name).symlink_to(checkpoint / name)
+    return snapshot
+
+
+def test_offline_download_uses_the_hub_cache(english_tiny_checkpoint: Path, tmp_path: Path) -> None:
+    snapshot = hub_cache_from(english_tiny_checkpoint, tmp_path / "hub")
+    got = download("english", cache_dir=tmp_path / "hub", local_files_only=True)
+    assert got == snapshot
+    directory, layout = resolve_model(str(got))
+    assert layout.variant == "english" and directory == got
+
+
+def test_offline_without_cache_says_how_to_use_a_local_directory(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError) as err:
+        download("multilingual", cache_dir=tmp_path / "empty", local_files_only=True)
+    message = str(err.value)
+    assert "local Hugging Face cache" in message
+    assert "CHATTERBOX_MODEL=/path/to/dir" in message and "make-checkpoint" in message
+
+
+def test_hf_hub_offline_env_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="local Hugging Face cache"):
+        download("english", cache_dir=tmp_path / "empty")
+
+
+def test_unknown_model_setting(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="neither a known name"):
+        resolve_model("spanish-only")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no Chatterbox T3 weights"):
+        resolve_model(str(tmp_path / "empty"))

@@ -1,0 +1,123 @@
+"""End-to-end ChatterboxTTS on tiny random checkpoints, and its error paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from chatterbox_vllm.audio.io import AudioDecodeError
+from chatterbox_vllm.checkpoint.weights import CheckpointError
+from chatterbox_vllm.conditioning import VoiceCloneError
+from chatterbox_vllm.text.languages import UnsupportedLanguageError
+from chatterbox_vllm.text.normalize import EmptyTextError
+from chatterbox_vllm.tts import SAMPLES_PER_TOKEN, ChatterboxTTS
+
+
+def chirp(seconds: float, sr: int = 24_000, seed: int = 7) -> np.ndarray:
+    """A voiced-sounding test clip: a chirp with a little noise."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    wave = 0.4 * np.sin(2 * np.pi * (150 * t + 400 * t**2)) + 0.02 * rng.standard_normal(t.size)
+    return wave.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def english(english_tiny_checkpoint: Path) -> ChatterboxTTS:
+    return ChatterboxTTS.from_local(english_tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def multilingual(multilingual_tiny_checkpoint: Path) -> ChatterboxTTS:
+    return ChatterboxTTS.from_local(multilingual_tiny_checkpoint, device="cpu")
+
+
+def test_english_generate_writes_playable_24k_wav(english: ChatterboxTTS, tmp_path: Path) -> None:
+    wav = english.generate("Hello world.", seed=0, max_new_tokens=60)
+    assert wav.dtype == np.float32 and wav.ndim == 1
+    assert wav.size > 0 and wav.size % SAMPLES_PER_TOKEN == 0
+    assert np.isfinite(wav).all() and np.abs(wav).max() <= 1.0
+    out = tmp_path / "hello.wav"
+    soundfile.write(out, wav, english.sample_rate)
+    back, sr = soundfile.read(out, dtype="float32")
+    assert sr == 24_000 and back.shape == wav.shape
+
+
+def test_seed_makes_output_reproducible(english: ChatterboxTTS) -> None:
+    first = english.generate("Reproducible speech.", seed=123, max_new_tokens=40)
+    again = english.generate("Reproducible speech.", seed=123, max_new_tokens=40)
+    other = english.generate("Reproducible speech.", seed=124, max_new_tokens=40)
+    np.testing.assert_array_equal(first, again)
+    assert first.shape != other.shape or not np.array_equal(first, other)
+
+
+def test_max_new_tokens_bounds_audio_length(english: ChatterboxTTS) -> None:
+    wav = english.generate("A longer sentence that could go on for a while.", seed=1, max_new_tokens=12)
+    assert wav.size <= 12 * SAMPLES_PER_TOKEN
+
+
+@pytest.mark.parametrize("language, text", [("fr", "Bonjour le monde."), ("ja", "こんにちは、世界。"), ("ko", "안녕하세요."), ("zh", "你好。")])
+def test_multilingual_generate(multilingual: ChatterboxTTS, language: str, text: str) -> None:
+    wav = multilingual.generate(text, language_id=language, seed=0, max_new_tokens=40)
+    assert wav.dtype == np.float32 and wav.size > 0 and np.isfinite(wav).all()
+
+
+def test_voice_clone_from_clip_and_cache(english: ChatterboxTTS, tmp_path: Path) -> None:
+    clip = tmp_path / "voice.flac"
+    soundfile.write(clip, chirp(3.0), 24_000)
+    conds = english.prepare_conditionals(clip, exaggeration=0.7)
+    assert conds.t3.speaker_emb.shape == (1, 256)
+    assert float(conds.t3.emotion_adv.reshape(-1)[0]) == pytest.approx(0.7)
+    assert conds.t3.cond_prompt_speech_tokens.shape[0] == 1
+    assert conds.gen["prompt_feat"].shape[-1] == 80
+    again = english.prepare_conditionals(clip.read_bytes(), exaggeration=0.7)
+    assert torch.equal(again.t3.speaker_emb, conds.t3.speaker_emb)
+    assert len(english.voices._cache) == 1
+    wav = english.generate("Cloned.", audio_prompt_path=clip, seed=0, max_new_tokens=30)
+    assert wav.size > 0
+
+
+def test_errors_are_clear(english: ChatterboxTTS, multilingual: ChatterboxTTS, tmp_path: Path) -> None:
+    with pytest.raises(EmptyTextError):
+        english.generate("   ")
+    with pytest.raises(UnsupportedLanguageError) as err:
+        multilingual.generate("Hello.", language_id="xx")
+    for language in ("ar", "fr", "ja", "zh", "sw"):
+        assert language in str(err.value)
+    with pytest.raises(UnsupportedLanguageError):
+        english.generate("Bonjour.", language_id="fr")
+    garbage = tmp_path / "voice.wav"
+    garbage.write_bytes(b"RIFF not really audio")
+    with pytest.raises(AudioDecodeError):
+        english.generate("Hi.", audio_prompt_path=garbage)
+    short = tmp_path / "short.wav"
+    soundfile.write(short, chirp(0.1), 24_000)
+    with pytest.raises(VoiceCloneError):
+        english.generate("Hi.", audio_prompt_path=short)
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for item in src.iterdir():
+        if item.is_file():
+            (dst / item.name).write_bytes(item.read_bytes())
+    return dst
+
+
+def test_truncated_and_incomplete_checkpoints_fail_with_file_name(english_tiny_checkpoint: Path, tmp_path: Path) -> None:
+    broken = _copy_checkpoint(english_tiny_checkpoint, tmp_path / "truncated")
+    data = (broken / "t3_cfg.safetensors").read_bytes()
+    (broken / "t3_cfg.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="t3_cfg.safetensors"):
+        ChatterboxTTS.from_local(broken, device="cpu")
+
+    incomplete = _copy_checkpoint(english_tiny_checkpoint, tmp_path / "incomplete")
+    (incomplete / "s3gen.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="s3gen.safetensors"):
+        ChatterboxTTS.from_local(incomplete, device="cpu")
+
+    with pytest.raises(CheckpointError, match="not a directory"):
+        ChatterboxTTS.from_local(tmp_path / "nowhere", device="cpu")
