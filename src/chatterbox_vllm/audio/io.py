@@ -1,0 +1,57 @@
+"""Decoding reference clips: a file path or the bytes of an upload, to mono float32 at a chosen rate.
+
+The result equals `librosa.load(path, sr=target_sr)`, which the reference calls: libsndfile decoding to float32,
+mono by averaging channels, soxr "HQ" resampling. libsndfile (>= 1.1) reads WAV, FLAC, OGG/Vorbis/Opus and MP3.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+
+from .resample import resample_soxr_hq
+
+
+class AudioDecodeError(ValueError):
+    """The audio cannot be decoded, or holds no samples."""
+
+
+AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+
+
+def load_audio(source: AudioSource, target_sr: int | None) -> np.ndarray:
+    """Decode `source` to a 1-D float32 array at `target_sr` (or the file's own rate when `target_sr` is None)."""
+    name = _describe(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioDecodeError(f"{name}: empty input")
+        source = io.BytesIO(bytes(source))
+    try:
+        with sf.SoundFile(source) as f:
+            native_sr = f.samplerate
+            y = f.read(frames=-1, dtype="float32", always_2d=False).T
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
+        raise AudioDecodeError(f"{name}: cannot decode audio ({exc})") from exc
+    except OSError as exc:  # missing file, permission denied
+        raise AudioDecodeError(f"{name}: cannot read audio ({exc})") from exc
+    if y.ndim > 1:
+        y = np.mean(y, axis=tuple(range(y.ndim - 1)))  # librosa.to_mono
+    if y.size == 0:
+        raise AudioDecodeError(f"{name}: the audio holds no samples")
+    if not np.all(np.isfinite(y)):
+        raise AudioDecodeError(f"{name}: the audio holds NaN or infinite samples")
+    if target_sr is not None and target_sr != native_sr:
+        y = resample_soxr_hq(y, native_sr, target_sr)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes of audio>"
+    return getattr(source, "name", "<audio stream>")
