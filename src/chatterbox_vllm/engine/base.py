@@ -1,0 +1,82 @@
+"""What every T3 decode engine (pure PyTorch now, vLLM later) offers, and the sampling settings it honours."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..models.t3 import T3Cond
+
+# S3 speech tokens are 0..6560; T3's vocabulary adds start (6561), stop (6562) and unused ids up to 8193.
+S3_VOCAB_SIZE = 6561
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request T3 sampling settings (defaults = the reference's English `generate`).
+
+    `repetition_penalty` is 1.2 for both variants: chatterbox-tts 0.1.7 used 2.0 for the multilingual model, and
+    upstream lowered it to 1.2 when it removed the alignment analyzer (resemble-ai/chatterbox 3f35dfc).
+    """
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    min_p: float = 0.05
+    repetition_penalty: float = 1.2
+    cfg_weight: float = 0.5
+    max_new_tokens: int = 1000
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        def finite(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            return float(value)
+
+        if finite("temperature") <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < finite("top_p") <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= finite("min_p") <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if finite("repetition_penalty") <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if finite("cfg_weight") < 0:
+            raise ValueError(f"cfg_weight must be >= 0, got {self.cfg_weight}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        """cfg_weight 0 makes the CFG formula return the conditional logits, so no unconditional row is needed."""
+        return self.cfg_weight > 0
+
+
+@runtime_checkable
+class T3Engine(Protocol):
+    """Turns text tokens + a voice into S3 speech tokens."""
+
+    def generate(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
+        """text_tokens: [L], including the start/stop text tokens. Returns the sampled speech tokens without the
+        stop token (ids >= 6561 other than stop may appear; see `speech_tokens_for_s3gen`)."""
+        ...
+
+    def stream(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
+        """The same tokens as `generate`, yielded as they are sampled."""
+        ...
+
+
+def speech_tokens_for_s3gen(tokens: Iterable[int]) -> list[int]:
+    """Keep only real S3 tokens (< 6561): what S3Gen's 6561-row embedding accepts.
+
+    The reference's English path does the same (`speech_tokens[speech_tokens < 6561]`); 0.1.7's multilingual path
+    skips it and crashes in S3Gen when T3 samples an unused id.
+    """
+    return [int(t) for t in tokens if 0 <= int(t) < S3_VOCAB_SIZE]

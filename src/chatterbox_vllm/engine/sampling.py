@@ -1,0 +1,80 @@
+"""T3's per-step logits processing, in the reference's order (chatterbox-tts `T3.inference`):
+
+CFG -> repetition penalty over [start-of-speech] + generated -> / temperature -> min-p -> top-p -> softmax.
+
+Each step reproduces the Hugging Face logits processors the reference instantiates (RepetitionPenalty, MinP, TopP)
+operation for operation, so the probabilities match to float32 rounding. The functions take [rows, vocab] logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SamplingParams
+
+
+def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, cfg_weight: float) -> torch.Tensor:
+    """cond + w * (cond - uncond), with w as a tensor of the logits' dtype (as the reference computes it)."""
+    w = torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype)
+    return cond + w * (cond - uncond)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """For every id in `history` ([n] long, repeats allowed): negative logits *= penalty, others /= penalty."""
+    if penalty == 1.0 or history.numel() == 0:
+        return logits
+    ids = torch.unique(history).to(logits.device)
+    picked = logits[:, ids]
+    penalised = torch.where(picked < 0, picked * penalty, picked / penalty)
+    out = logits.clone()
+    out[:, ids] = penalised
+    return out
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p * (highest probability); the most likely token always stays."""
+    if min_p <= 0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    remove = probs < min_p * probs.amax(dim=-1, keepdim=True)
+    remove.scatter_(-1, probs.argmax(dim=-1, keepdim=True), False)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: drop the least likely tokens whose cumulative probability is <= 1 - top_p.
+
+    top_p == 1 keeps every token of non-zero probability, which leaves the softmax unchanged, so it is skipped.
+    """
+    if top_p >= 1.0:
+        return logits
+    ascending, order = torch.sort(logits, descending=False)
+    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= (1 - top_p)
+    remove_sorted[..., -1:] = False
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def sampling_probs(logits: torch.Tensor, history: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """CFG-combined logits [rows, vocab] -> sampling distribution [rows, vocab]."""
+    logits = apply_repetition_penalty(logits, history, float(params.repetition_penalty))
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
+    logits = apply_min_p(logits, float(params.min_p))
+    logits = apply_top_p(logits, float(params.top_p))
+    return torch.softmax(logits, dim=-1)
+
+
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
+    """A private RNG for one request: seeded when `seed` is given, otherwise seeded from OS entropy.
+
+    `torch.Generator().manual_seed(s)` yields the same stream as the global RNG after `torch.manual_seed(s)`, so a
+    seeded CPU request reproduces the reference's draws without touching global state.
+    """
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator

@@ -1,0 +1,90 @@
+"""Pure-PyTorch T3 decoding with a KV cache: the reference's `T3.inference` loop, one request at a time.
+
+CFG runs as a batch of two rows (conditional, unconditional) that share every sampled token. Differences from
+chatterbox-tts 0.1.7, following later upstream fixes (resemble-ai/chatterbox 3f35dfc, "Remove alignment analyzer;
+lower rep_penalty default to 1.2"):
+* the multilingual model decodes without the AlignmentStreamAnalyzer, so its backbone keeps SDPA attention and no
+  EOS suppression/forcing is applied to the logits (0.1.7 switched to eager attention and hooked 3 heads);
+* the multilingual default repetition penalty is 1.2 (see `SamplingParams`), not 2.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..models.t3 import T3, T3Cond
+from .base import SamplingParams
+from .sampling import apply_cfg, make_generator, sampling_probs
+
+
+class TorchT3Engine:
+    def __init__(self, model: T3, device: torch.device | str | None = None) -> None:
+        self.model = model
+        self.device = torch.device(device) if device is not None else model.device
+        if model.device != self.device:
+            self.model = model.to(self.device)
+        self.config = model.config
+
+    def generate(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
+        return list(self.stream(text_tokens, cond, params))
+
+    def stream(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
+        text_tokens = self._check_text(text_tokens)
+        self._check_length(params.max_new_tokens)
+        return self._decode(text_tokens, cond, params)
+
+    # ----------------------------------------------------------------------------------------------------
+    def _check_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        tokens = torch.as_tensor(text_tokens).to(device=self.device, dtype=torch.long)
+        if tokens.dim() == 2 and tokens.shape[0] == 1:
+            tokens = tokens[0]
+        if tokens.dim() != 1 or tokens.numel() < 2:
+            raise ValueError(f"text_tokens must be one sequence [L] with start/stop tokens, got {tuple(tokens.shape)}")
+        cfg = self.config
+        if int(tokens[0]) != cfg.start_text_token or int(tokens[-1]) != cfg.stop_text_token:
+            raise ValueError(
+                f"text_tokens must start with {cfg.start_text_token} and end with {cfg.stop_text_token} "
+                f"(got {int(tokens[0])} ... {int(tokens[-1])})"
+            )
+        if int(tokens.min()) < 0 or int(tokens.max()) >= cfg.text_tokens_dict_size:
+            raise ValueError(f"text token ids must lie in [0, {cfg.text_tokens_dict_size})")
+        if tokens.numel() > cfg.text_pos_emb_size:
+            raise ValueError(f"text is {tokens.numel()} tokens long; T3 takes at most {cfg.text_pos_emb_size}")
+        return tokens
+
+    def _check_length(self, max_new_tokens: int) -> None:
+        # Generated token i is embedded at speech position i + 1; the last sampled token is never embedded.
+        limit = self.config.speech_pos_emb_size
+        if max_new_tokens > limit:
+            raise ValueError(f"max_new_tokens={max_new_tokens} exceeds T3's speech position table ({limit})")
+
+    @torch.inference_mode()
+    def _decode(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
+        model, cfg = self.model, self.config
+        use_cfg = params.uses_cfg
+        rows = 2 if use_cfg else 1
+        generator = make_generator(params.seed, self.device)
+
+        prefix = model.prefill_embeds(cond.to(self.device), text_tokens, cfg=use_cfg)
+        cache = model.new_kv_cache(rows, prefix.shape[1] + params.max_new_tokens)
+        hidden = model(prefix, cache)[:, -1:]
+        # History for the repetition penalty starts with the start-of-speech token, as in the reference.
+        history = torch.full((1 + params.max_new_tokens,), cfg.start_speech_token, dtype=torch.long, device=self.device)
+
+        for step in range(params.max_new_tokens):
+            logits = model.speech_logits(hidden[:, -1])  # [rows, vocab]
+            if use_cfg:
+                logits = apply_cfg(logits[0:1], logits[1:2], params.cfg_weight)
+            probs = sampling_probs(logits, history[: step + 1], params)
+            token = torch.multinomial(probs, num_samples=1, generator=generator)  # [1, 1]
+            value = int(token)
+            if value == cfg.stop_speech_token:
+                return
+            yield value
+            if step + 1 == params.max_new_tokens:
+                return
+            history[step + 1] = value
+            embeds = model.speech_embeds(token, step + 1).expand(rows, -1, -1)
+            hidden = model(embeds, cache)
