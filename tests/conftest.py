@@ -75,3 +75,13 @@ def english_tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def multilingual_tiny_checkpoint() -> Path:
     return seed0_checkpoint("multilingual", "tiny")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests (minutes of full-size decoding on a CPU) run only when asked for with `-m slow`."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
