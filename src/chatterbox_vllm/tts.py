@@ -182,7 +182,7 @@ class ChatterboxTTS:
         """T3's text input: [start] + tokens of the normalised text + [stop]."""
         validate_text(text)
         language = validate_language(language_id, multilingual=self.is_multilingual)
-        normalised = punc_norm(text)
+        normalised = punc_norm(text, multilingual=self.is_multilingual)
         if isinstance(self.tokenizer, MultilingualTokenizer):
             ids = self.tokenizer.encode(normalised, language)
         else:

@@ -1,0 +1,59 @@
+"""Text normalisation and tokenization: exact parity with the reference's recorded outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chatterbox_vllm.checkpoint.layout import ENGLISH, MULTILINGUAL
+from chatterbox_vllm.text.normalize import punc_norm
+from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
+from conftest import golden_params
+
+GENUINE_ENGLISH_TOKENIZER = Path(__file__).resolve().parents[2] / "src/chatterbox_vllm/checkpoint/data/tokenizer.json"
+
+
+@pytest.fixture(scope="module")
+def english_tokenizer() -> EnglishTokenizer:
+    return EnglishTokenizer.from_file(GENUINE_ENGLISH_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def multilingual_tokenizer(multilingual_full_checkpoint: Path) -> MultilingualTokenizer:
+    return MultilingualTokenizer.from_files(
+        multilingual_full_checkpoint / MULTILINGUAL.text_tokenizer, multilingual_full_checkpoint / MULTILINGUAL.cangjie_table
+    )
+
+
+@pytest.mark.parametrize("golden", golden_params())
+def test_english_matches_reference(golden: Path, english_tokenizer: EnglishTokenizer) -> None:
+    cases = json.loads((golden / "tokenization.json").read_text(encoding="utf-8"))["english"]
+    assert len(cases) >= 5
+    for case in cases:
+        normalised = punc_norm(case["text"])
+        assert normalised == case["punc_norm"], case["text"]
+        assert english_tokenizer.prepare(normalised) == case["encoded_string"]
+        ids = english_tokenizer.encode(normalised)
+        assert ids == case["ids"], case["text"]
+        assert text_token_ids(ids) == case["t3_text_tokens"]
+
+
+@pytest.mark.parametrize("golden", golden_params())
+def test_multilingual_matches_reference(golden: Path, multilingual_tokenizer: MultilingualTokenizer) -> None:
+    cases = json.loads((golden / "tokenization.json").read_text(encoding="utf-8"))["multilingual"]
+    languages = {case["language_id"] for case in cases}
+    assert {"ja", "zh", "ko", "he", "ru", "ar", "hi"} <= languages
+    for case in cases:
+        normalised = punc_norm(case["text"], multilingual=True)
+        assert normalised == case["punc_norm"], case["text"]
+        prepared = multilingual_tokenizer.prepare(normalised, case["language_id"])
+        assert prepared == case["encoded_string"], case["language_id"]
+        ids = multilingual_tokenizer.encode(normalised, case["language_id"])
+        assert ids == case["ids"], case["language_id"]
+        assert text_token_ids(ids) == case["t3_text_tokens"]
+
+
+def test_packaged_english_tokenizer_is_the_published_one(english_full_checkpoint: Path) -> None:
+    assert (english_full_checkpoint / ENGLISH.text_tokenizer).read_bytes() == GENUINE_ENGLISH_TOKENIZER.read_bytes()
