@@ -25,6 +25,20 @@ def test_language_validation() -> None:
         validate_language("de", multilingual=False)
 
 
+def test_language_tags_with_region_and_blank_ids() -> None:
+    assert validate_language("pt-BR", multilingual=True) == "pt"
+    assert validate_language("zh_Hant", multilingual=True) == "zh"
+    assert validate_language("en-US", multilingual=False) == "en"
+    assert validate_language("  ", multilingual=True) == "en"
+    with pytest.raises(UnsupportedLanguageError) as err:
+        validate_language("xx-FR", multilingual=True)
+    assert "'xx-FR'" in str(err.value) and "zh" in str(err.value)
+    with pytest.raises(UnsupportedLanguageError):
+        validate_language("fr-CA", multilingual=False)
+    with pytest.raises(UnsupportedLanguageError):
+        validate_language(3, multilingual=True)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
 def test_empty_text_is_refused(text: str) -> None:
     with pytest.raises(EmptyTextError):
@@ -53,6 +67,11 @@ def test_japanese_kanji_to_hiragana_with_particle_space() -> None:
     assert japanese_to_kana("カタカナ") == "カタカナ"
     # a kanji run read starting with は gets a space in front (the reference's particle rule)
     assert japanese_to_kana("花") == " はな"
+    assert japanese_to_kana("部屋") == " へや"
+    # a kana particle is its own pykakasi item, so は/へ after a kanji get no space; 母 (はは) as a kanji word does
+    assert japanese_to_kana("私は母へ手紙を書いた") == unicodedata.normalize("NFKD", "わたしは ははへてがみをかいた")
+    # 今日は is one item read こんにちは: no space
+    assert japanese_to_kana("今日は") == "こんにちは"
 
 
 def test_cangjie_codes_with_shared_code_index(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 SUPPORTED_LANGUAGES: dict[str, str] = {
     "ar": "Arabic",
     "da": "Danish",
@@ -34,12 +36,24 @@ class UnsupportedLanguageError(ValueError):
 
 
 def validate_language(language_id: str | None, *, multilingual: bool) -> str:
-    """Normalise a language id ("FR " -> "fr"); None means English. Raises UnsupportedLanguageError."""
+    """Normalise a language id to one of ours; None or blank means English. Raises UnsupportedLanguageError.
+
+    Case and surrounding blanks are ignored ("FR " -> "fr"), and a region or script subtag is dropped when
+    the primary tag is supported ("pt-BR", "zh_Hant" -> "pt", "zh"): clients often send BCP 47 tags.
+    The reference, given no language, adds no language token at all; the model was trained with one, so we
+    default to English instead.
+    """
     if language_id is None:
         return "en"
     if not isinstance(language_id, str):
         raise UnsupportedLanguageError(f"language_id must be a string, got {type(language_id).__name__}")
     language = language_id.strip().lower()
+    if not language:
+        return "en"
+    if language not in SUPPORTED_LANGUAGES:
+        primary = re.split(r"[-_]", language, maxsplit=1)[0]
+        if primary in SUPPORTED_LANGUAGES:
+            language = primary
     if multilingual:
         if language in SUPPORTED_LANGUAGES:
             return language

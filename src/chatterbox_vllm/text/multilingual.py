@@ -7,11 +7,14 @@ the reference) and we say so once.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import os
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,6 @@ def _is_kanji(char: str) -> bool:
     return 0x4E00 <= ord(char) <= 0x9FFF
 
 
-def _is_katakana(char: str) -> bool:
-    return 0x30A1 <= ord(char) <= 0x30FA
-
-
 @lru_cache(maxsize=1)
 def _kakasi():
     import pykakasi
@@ -76,35 +75,23 @@ def japanese_to_kana(text: str) -> str:
 
 class CangjieConverter:
     """Spells Chinese characters as Cangjie codes: `[cj_x]` per code letter, `[cj_.]` closing each glyph, and an
-    index digit when several glyphs share a code. Word segmentation uses spacy-pkuseg when it can be loaded."""
+    index digit when several glyphs share a code. Words are first separated by spaces (which become [SPACE]) when
+    a segmenter is available: `segmenter="auto"` loads spacy-pkuseg's, as the reference does, if it is cached."""
 
-    def __init__(self, table_path: str | Path | None) -> None:
+    def __init__(self, table_path: str | Path | None, segmenter: Any = "auto") -> None:
         self.glyph_code: dict[str, str] = {}
         self.code_glyphs: dict[str, list[str]] = {}
         if table_path is not None and Path(table_path).is_file():
             self._load(Path(table_path))
         else:
             _warn_once(f"Cangjie table {table_path} not found: Chinese characters are passed on unchanged")
-        self.segmenter = self._load_segmenter()
+        self.segmenter = load_chinese_segmenter() if segmenter == "auto" else segmenter
 
     def _load(self, path: Path) -> None:
         for entry in json.loads(path.read_text(encoding="utf-8")):
             glyph, code = entry.split("\t")[:2]
             self.glyph_code[glyph] = code  # a later entry for the same glyph wins, as in the reference
             self.code_glyphs.setdefault(code, []).append(glyph)
-
-    @staticmethod
-    def _load_segmenter():
-        try:
-            from spacy_pkuseg import pkuseg
-        except ImportError:
-            _warn_once("spacy-pkuseg is not installed: Chinese word segmentation is skipped")
-            return None
-        try:
-            return pkuseg()
-        except Exception as exc:  # its default model is downloaded on first use; offline that fails
-            _warn_once(f"spacy-pkuseg could not load its model ({exc}): Chinese word segmentation is skipped")
-            return None
 
     def encode_glyph(self, glyph: str) -> str | None:
         code = self.glyph_code.get(glyph)
@@ -126,35 +113,98 @@ class CangjieConverter:
         return "".join(out)
 
 
+def load_chinese_segmenter():
+    """spacy-pkuseg's default segmenter if the package and its model are on this machine, else None.
+
+    The reference calls `pkuseg()`, which downloads the model from GitHub on first use (into PKUSEG_HOME,
+    default ~/.pkuseg) and raises offline. A server should not reach out to the internet while loading, so we
+    use the model only when it is already cached there; without it we skip segmentation, which is exactly what
+    the reference does when spacy-pkuseg is missing. To cache it: `python -c "import spacy_pkuseg as p; p.pkuseg()"`.
+    """
+    try:
+        import spacy_pkuseg
+        from spacy_pkuseg.config import config as pkuseg_config
+    except ImportError:
+        _warn_once("spacy-pkuseg is not installed: Chinese word segmentation is skipped")
+        return None
+    try:
+        model = inspect.signature(spacy_pkuseg.pkuseg).parameters["model_name"].default
+        home = Path(pkuseg_config.pkuseg_home)
+        archive = home / Path(pkuseg_config.model_urls[model]).name
+        cached = archive.is_file() and (home / model).is_dir()
+    except Exception as exc:  # a spacy-pkuseg version laid out differently: let it try on its own
+        log.debug("cannot tell whether the spacy-pkuseg model is cached (%s)", exc)
+        cached = True
+    if not cached:
+        _warn_once(
+            f"spacy-pkuseg model {model!r} is not cached in {home}: Chinese word segmentation is skipped "
+            "(run spacy_pkuseg.pkuseg() once with network access to download it)"
+        )
+        return None
+    try:
+        return spacy_pkuseg.pkuseg()
+    except Exception as exc:
+        _warn_once(f"spacy-pkuseg could not load its model ({exc}): Chinese word segmentation is skipped")
+        return None
+
+
+# dicta-onnx's `Dicta` needs the path of its ONNX model (a separate download); the reference calls `Dicta()`
+# without one, which raises, so the reference never adds Hebrew diacritics. We use it when this names a model.
+DICTA_MODEL_ENV = "CHATTERBOX_DICTA_MODEL"
+
+
 @lru_cache(maxsize=1)
 def _hebrew_diacritizer():
-    from dicta_onnx import Dicta
-
-    return Dicta()
+    try:
+        from dicta_onnx import Dicta
+    except ImportError:
+        _warn_once("dicta-onnx is not installed: Hebrew text is used without diacritics")
+        return None
+    model_path = os.environ.get(DICTA_MODEL_ENV)
+    if not model_path:
+        _warn_once(f"set {DICTA_MODEL_ENV} to dicta-onnx's model file to add Hebrew diacritics; used without them")
+        return None
+    try:
+        return Dicta(model_path)
+    except Exception as exc:
+        _warn_once(f"dicta-onnx could not load {model_path} ({exc}): Hebrew text is used without diacritics")
+        return None
 
 
 def hebrew_diacritics(text: str) -> str:
+    """Hebrew with niqqud added by dicta-onnx when available; otherwise unchanged (as the reference in practice)."""
+    diacritizer = _hebrew_diacritizer()
+    if diacritizer is None:
+        return text
     try:
-        return _hebrew_diacritizer().add_diacritics(text)
-    except ImportError:
-        _warn_once("dicta-onnx is not installed: Hebrew text is used without diacritics (lower quality)")
+        return diacritizer.add_diacritics(text)
     except Exception as exc:
         _warn_once(f"Hebrew diacritization failed ({exc}): text used without diacritics")
-    return text
+        return text
 
 
 @lru_cache(maxsize=1)
 def _russian_stresser():
-    from russian_text_stresser.text_stresser import RussianTextStresser
-
-    return RussianTextStresser()
+    try:
+        # Not on PyPI: installed from github.com/Vuizur/add-stress-to-epub (the reference's optional extra).
+        from russian_text_stresser.text_stresser import RussianTextStresser
+    except ImportError:
+        _warn_once("russian-text-stresser is not installed: Russian text is used without stress marks")
+        return None
+    try:
+        return RussianTextStresser()
+    except Exception as exc:
+        _warn_once(f"russian-text-stresser could not load ({exc}): Russian text is used without stress marks")
+        return None
 
 
 def russian_stress(text: str) -> str:
+    """Russian with stress marks when russian-text-stresser is available; otherwise unchanged."""
+    stresser = _russian_stresser()
+    if stresser is None:
+        return text
     try:
-        return _russian_stresser().stress_text(text)
-    except ImportError:
-        _warn_once("russian-text-stresser is not installed: Russian text is used without stress marks")
+        return stresser.stress_text(text)
     except Exception as exc:
         _warn_once(f"Russian stress marking failed ({exc}): text used without stress marks")
-    return text
+        return text

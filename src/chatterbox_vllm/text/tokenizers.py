@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -13,12 +14,21 @@ from .multilingual import CangjieConverter, hebrew_diacritics, japanese_to_kana,
 START_TEXT_TOKEN = 255
 STOP_TEXT_TOKEN = 0
 SPACE = "[SPACE]"
+UNK = "[UNK]"
+STOP = "[STOP]"
 _REQUIRED_TOKENS = ("[START]", "[STOP]")
 
 
 def text_token_ids(ids: list[int]) -> list[int]:
     """T3's text input: the start token, the text, the stop token."""
     return [START_TEXT_TOKEN, *ids, STOP_TEXT_TOKEN]
+
+
+def _decode(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """Ids back to text the way the reference decodes: the tokenizer's pieces joined, [SPACE] -> " ",
+    [STOP] and [UNK] dropped. For logs and debugging; T3 never needs it."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=False)
+    return text.replace(" ", "").replace(SPACE, " ").replace(STOP, "").replace(UNK, "")
 
 
 def _load_tokenizer(path: str | Path) -> Tokenizer:
@@ -48,7 +58,11 @@ class EnglishTokenizer:
         return text.replace(" ", SPACE)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of already normalised text; characters outside the vocabulary become [UNK] (id 1)."""
         return self.tokenizer.encode(self.prepare(text)).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return _decode(self.tokenizer, ids)
 
 
 class MultilingualTokenizer:
@@ -59,11 +73,19 @@ class MultilingualTokenizer:
         self.cangjie = cangjie
 
     @classmethod
-    def from_files(cls, grapheme_path: str | Path, cangjie_path: str | Path | None) -> "MultilingualTokenizer":
-        return cls(_load_tokenizer(grapheme_path), CangjieConverter(cangjie_path))
+    def from_files(
+        cls, grapheme_path: str | Path, cangjie_path: str | Path | None, *, segmenter: Any = "auto"
+    ) -> "MultilingualTokenizer":
+        """`segmenter`: Chinese word segmenter ("auto": spacy-pkuseg if installed and its model is cached)."""
+        return cls(_load_tokenizer(grapheme_path), CangjieConverter(cangjie_path, segmenter=segmenter))
 
     def prepare(self, text: str, language_id: str | None) -> str:
-        """The string the tokenizer sees: lowercased, NFKD, language-specific form, `[lang]` prefix, [SPACE]s."""
+        """The string the tokenizer sees: lowercased, NFKD, language-specific form, `[lang]` prefix, [SPACE]s.
+
+        `language_id` None adds no language token (as the reference); the product passes a validated id.
+        """
+        # The reference lowercases the id in generate(), before its tokenizer compares it; we do it here.
+        language_id = language_id.lower() if language_id else None
         text = unicodedata.normalize("NFKD", text.lower())
         if language_id == "zh":
             text = self.cangjie(text)
@@ -76,8 +98,12 @@ class MultilingualTokenizer:
         elif language_id == "ru":
             text = russian_stress(text)
         if language_id:
-            text = f"[{language_id.lower()}]{text}"
+            text = f"[{language_id}]{text}"
         return text.replace(" ", SPACE)
 
     def encode(self, text: str, language_id: str | None) -> list[int]:
+        """Token ids of already normalised text; characters outside the vocabulary become [UNK] (id 1)."""
         return self.tokenizer.encode(self.prepare(text, language_id)).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return _decode(self.tokenizer, ids)

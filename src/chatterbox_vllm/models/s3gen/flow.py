@@ -1,0 +1,128 @@
+"""Token-to-mel flow of S3Gen (CosyVoice 2's `CausalMaskedDiffWithXvec`, inference path only).
+
+The reference prompt's tokens are prepended to the tokens to speak; the Conformer encoder maps the whole sequence
+to mel-rate features `mu`; conditional flow matching then generates a mel for all frames, with the reference
+prompt's own mel given as `cond` on the first frames, and the prompt part is cut off. The speaker x-vector enters
+the decoder as `spks` (unit-normalised, then an affine map to 80 dims).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FlowConfig
+from .encoder import UpsampleConformerEncoder, non_pad_mask
+from .flow_matching import ConditionalCFM
+
+
+@dataclass
+class FlowInputs:
+    """What the flow-matching decoder is given (and the encoder output it came from)."""
+
+    encoder_out: torch.Tensor  # [B, 2T, D] after the encoder's final LayerNorm
+    mu: torch.Tensor  # [B, 80, 2T]
+    mask: torch.Tensor  # [B, 1, 2T] float
+    spks: torch.Tensor  # [B, 80]
+    cond: torch.Tensor  # [B, 80, 2T]: prompt mel on the first `prompt_frames` frames, zeros after
+    prompt_frames: int
+
+
+def _with_batch(x: torch.Tensor | None, batch: int, ndim: int) -> torch.Tensor | None:
+    """Add leading dims up to `ndim` and repeat a batch of one to `batch` (the reference's batching rule)."""
+    if x is None:
+        return None
+    while x.dim() < ndim:
+        x = x.unsqueeze(0)
+    if batch > 1 and x.size(0) == 1:
+        x = x.repeat(batch, *([1] * (ndim - 1)))
+    return x
+
+
+class CausalMaskedDiffWithXvec(nn.Module):
+    def __init__(self, config: FlowConfig = FlowConfig()):
+        super().__init__()
+        self.config = config
+        self.input_embedding = nn.Embedding(config.vocab_size, config.encoder.input_size)
+        self.spk_embed_affine_layer = nn.Linear(config.spk_embed_dim, config.mel_bins)
+        self.encoder = UpsampleConformerEncoder(config.encoder)
+        self.encoder_proj = nn.Linear(config.encoder.output_size, config.mel_bins)
+        self.decoder = ConditionalCFM(config.decoder)
+
+    def prepare(
+        self,
+        token: torch.Tensor,
+        token_len: torch.Tensor,
+        prompt_token: torch.Tensor,
+        prompt_token_len: torch.Tensor,
+        prompt_feat: torch.Tensor,
+        embedding: torch.Tensor,
+    ) -> FlowInputs:
+        """Encoder pass and decoder conditioning for tokens `[B, T]` after a reference prompt."""
+        batch = token.size(0)
+        dtype = self.spk_embed_affine_layer.weight.dtype
+        embedding = F.normalize(torch.atleast_2d(embedding).to(dtype), dim=1)
+        spks = _with_batch(self.spk_embed_affine_layer(embedding), batch, 2)
+        prompt_token = _with_batch(prompt_token, batch, 2)
+        prompt_token_len = _with_batch(prompt_token_len, batch, 1)
+        prompt_feat = _with_batch(prompt_feat.to(dtype), batch, 3)
+
+        # The reference hands lengths around as floats after casting its ref dict; they are counts either way.
+        tokens = torch.cat([prompt_token.long(), token.long()], dim=1)
+        lengths = prompt_token_len.long() + token_len.long()
+        if bool((tokens >= self.config.vocab_size).any()) or bool((tokens < 0).any()):
+            raise ValueError(f"speech tokens must lie in [0, {self.config.vocab_size}), got max {int(tokens.max())}")
+        mask = non_pad_mask(lengths, tokens.size(1)).unsqueeze(-1).to(dtype)
+        x = self.input_embedding(tokens) * mask
+
+        h, h_mask = self.encoder(x, lengths)
+        prompt_frames = prompt_feat.size(1)
+        h_lengths = h_mask.sum(dim=-1).squeeze(-1)
+        mu = self.encoder_proj(h)
+
+        cond = torch.zeros(batch, h.size(1), self.config.mel_bins, device=h.device, dtype=mu.dtype)
+        cond[:, :prompt_frames] = prompt_feat
+        return FlowInputs(
+            encoder_out=h,
+            mu=mu.transpose(1, 2).contiguous(),
+            mask=non_pad_mask(h_lengths, h.size(1)).unsqueeze(1).to(mu.dtype),
+            spks=spks,
+            cond=cond.transpose(1, 2),
+            prompt_frames=prompt_frames,
+        )
+
+    @torch.inference_mode()
+    def inference(
+        self,
+        token: torch.Tensor,
+        token_len: torch.Tensor,
+        prompt_token: torch.Tensor,
+        prompt_token_len: torch.Tensor,
+        prompt_feat: torch.Tensor,
+        prompt_feat_len: torch.Tensor | None,
+        embedding: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        n_timesteps: int | None = None,
+    ) -> torch.Tensor:
+        """Mel `[B, 80, 2T]` of tokens `[B, T]` (the prompt's frames removed).
+
+        `noise` (`[B, 80, prompt_frames + 2T]`) replaces the decoder's initial Gaussian draw; otherwise it is drawn
+        from `generator` (the global RNG when None). `prompt_feat_len` is accepted for the reference's ref-dict
+        layout and unused, as in the reference.
+        """
+        del prompt_feat_len
+        inputs = self.prepare(token, token_len, prompt_token, prompt_token_len, prompt_feat, embedding)
+        mel = self.decoder(
+            inputs.mu,
+            inputs.mask,
+            inputs.spks,
+            inputs.cond,
+            n_timesteps=n_timesteps or self.config.n_timesteps,
+            noise=noise,
+            generator=generator,
+        )
+        return mel[:, :, inputs.prompt_frames :]

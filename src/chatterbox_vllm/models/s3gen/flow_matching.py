@@ -1,0 +1,88 @@
+"""Conditional flow matching at inference (`flow.decoder`, CosyVoice 2's `CausalConditionalCFM`).
+
+Starting from Gaussian noise z `[B, 80, T]`, integrate dx/dt = v(x, t) from t = 0 to 1 with fixed Euler steps on a
+cosine grid (`t_k = 1 - cos(pi/2 * k/n)`: small steps near t = 0, large ones near 1). v is classifier-free
+guided: the estimator runs on a batch of 2B rows, the conditional ones (x, mu, spks, cond) and the unconditional
+ones (x, 0, 0, 0), and `v = (1 + r) v_cond - r v_uncond` with r = 0.7.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import CFMConfig
+from .estimator import ConditionalDecoder
+
+
+def time_grid(n_timesteps: int, scheduler: str, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`[n + 1]` times from 0 to 1 (float32 op order as the reference: `1 - cos(s * 0.5 * pi)`)."""
+    s = torch.linspace(0, 1, n_timesteps + 1, device=device, dtype=dtype)
+    if scheduler == "cosine":
+        s = 1 - torch.cos(s * 0.5 * math.pi)
+    return s
+
+
+class ConditionalCFM(nn.Module):
+    def __init__(self, config: CFMConfig = CFMConfig()):
+        super().__init__()
+        self.config = config
+        self.estimator = ConditionalDecoder(config.estimator)
+
+    def velocity(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor,
+        t: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Guided velocity `[B, 80, T]` at scalar time t `[1]`, and the 2B-row estimator inputs it was made from."""
+        b = x.size(0)
+        # Rows 0..B-1 conditional, B..2B-1 unconditional (mu, spks and cond zero), as the reference lays them out.
+        inputs = {
+            "x": torch.cat([x, x], dim=0),
+            "mask": torch.cat([mask, mask], dim=0),
+            "mu": torch.cat([mu, torch.zeros_like(mu)], dim=0),
+            "t": t.expand(2 * b).contiguous(),
+            "spks": torch.cat([spks, torch.zeros_like(spks)], dim=0),
+            "cond": torch.cat([cond, torch.zeros_like(cond)], dim=0),
+        }
+        out = self.estimator(**inputs)
+        v_cond, v_uncond = out[:b], out[b:]
+        rate = self.config.inference_cfg_rate
+        return (1.0 + rate) * v_cond - rate * v_uncond, inputs
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        mu: torch.Tensor,
+        mask: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        n_timesteps: int = 10,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Generated mel `[B, 80, T]` for encoder output mu `[B, 80, T]` (all frames, prompt included).
+
+        The initial noise is `noise` if given, else `randn` of mu's shape from `generator` (the global RNG when None,
+        which is the reference's `torch.randn_like(mu)`). The reference has a `temperature` that multiplies z only
+        in an unused code path; here z is always unit Gaussian, as in its inference.
+        """
+        if noise is None:
+            device = generator.device if generator is not None else mu.device
+            noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=device)
+        in_dtype = noise.dtype
+        dtype = self.estimator.dtype
+        x = noise.to(device=mu.device, dtype=dtype)
+        mu, mask, spks, cond = (v.to(dtype) for v in (mu, mask, spks, cond))
+        times = time_grid(n_timesteps, self.config.t_scheduler, device=mu.device, dtype=mu.dtype).to(dtype)
+        for k in range(n_timesteps):
+            t, t_next = times[k : k + 1], times[k + 1 : k + 2]
+            v, _ = self.velocity(x, mask, mu, t, spks, cond)
+            x = x + (t_next - t) * v
+        return x.to(in_dtype)
