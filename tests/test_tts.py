@@ -27,12 +27,12 @@ def chirp(seconds: float, sr: int = 24_000, seed: int = 7) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def english(english_tiny_checkpoint: Path) -> ChatterboxTTS:
-    return ChatterboxTTS.from_local(english_tiny_checkpoint, device="cpu")
+    return ChatterboxTTS.from_local(english_tiny_checkpoint, device="cpu", engine="torch")
 
 
 @pytest.fixture(scope="module")
 def multilingual(multilingual_tiny_checkpoint: Path) -> ChatterboxTTS:
-    return ChatterboxTTS.from_local(multilingual_tiny_checkpoint, device="cpu")
+    return ChatterboxTTS.from_local(multilingual_tiny_checkpoint, device="cpu", engine="torch")
 
 
 def test_english_generate_writes_playable_24k_wav(english: ChatterboxTTS, tmp_path: Path) -> None:

@@ -51,6 +51,8 @@ def synthesize(
     temperature: float = 0.8,
     seed: Annotated[int | None, typer.Option(help="seed for reproducible output")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
+    engine: Annotated[str, typer.Option(help="T3 engine: auto (vLLM if installed) | vllm | torch")] = "auto",
+    max_new_tokens: Annotated[int, typer.Option(help="most speech tokens to generate (25 per second)")] = 1000,
 ) -> None:
     """Synthesize one text to a 24 kHz WAV file."""
     import soundfile
@@ -60,17 +62,21 @@ def synthesize(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        tts = ChatterboxTTS.load(model, device=device)
+        tts = ChatterboxTTS.load(model, device=device, engine=engine)
         start = time.perf_counter()
-        wav = tts.generate(
-            text,
-            language_id=language,
-            audio_prompt_path=voice,
-            exaggeration=exaggeration,
-            cfg_weight=cfg_weight,
-            temperature=temperature,
-            seed=seed,
-        )
+        try:
+            wav = tts.generate(
+                text,
+                language_id=language,
+                audio_prompt_path=voice,
+                exaggeration=exaggeration,
+                cfg_weight=cfg_weight,
+                temperature=temperature,
+                seed=seed,
+                max_new_tokens=max_new_tokens,
+            )
+        finally:
+            tts.close()
     except (CheckpointError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc

@@ -20,9 +20,9 @@ from .checkpoint.layout import CheckpointLayout
 from .checkpoint.weights import CheckpointError
 from .conditioning import S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
 from .engine.base import SamplingParams, T3Engine, speech_tokens_for_s3gen
-from .engine.torch_engine import TorchT3Engine
+from .engine.factory import build_t3_engine, resolve_engine_kind
+from .engine.vllm_engine import VLLMOptions
 from .models.s3gen import S3Gen, load_s3gen
-from .models.t3 import load_t3
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .text.languages import SUPPORTED_LANGUAGES, validate_language
 from .text.normalize import punc_norm, validate_text
@@ -84,21 +84,34 @@ class ChatterboxTTS:
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_local(cls, directory: str | Path, *, device: str | torch.device | None = None) -> "ChatterboxTTS":
+    def from_local(
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        engine: str = "auto",
+        vllm_options: VLLMOptions | None = None,
+    ) -> "ChatterboxTTS":
         """Load a checkpoint directory (published layout, or a random one from `make-checkpoint`)."""
         directory = Path(directory).expanduser()
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: not a directory")
         directory, layout = resolve_model(str(directory))
-        return cls._load(directory, layout, device)
+        return cls._load(directory, layout, device, engine, vllm_options)
 
     @classmethod
     def load(
-        cls, model: str, *, device: str | torch.device | None = None, revision: str | None = None
+        cls,
+        model: str,
+        *,
+        device: str | torch.device | None = None,
+        revision: str | None = None,
+        engine: str = "auto",
+        vllm_options: VLLMOptions | None = None,
     ) -> "ChatterboxTTS":
         """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory."""
         directory, layout = resolve_model(model, revision=revision)
-        return cls._load(directory, layout, device)
+        return cls._load(directory, layout, device, engine, vllm_options)
 
     @classmethod
     def from_pretrained(
@@ -108,11 +121,13 @@ class ChatterboxTTS:
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         local_files_only: bool | None = None,
+        engine: str = "auto",
+        vllm_options: VLLMOptions | None = None,
     ) -> "ChatterboxTTS":
         """The English model from the Hugging Face hub (or its local cache)."""
         directory = download("english", revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         directory, layout = resolve_model(str(directory))
-        return cls._load(directory, layout, device)
+        return cls._load(directory, layout, device, engine, vllm_options)
 
     @classmethod
     def from_pretrained_multilingual(
@@ -122,19 +137,28 @@ class ChatterboxTTS:
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         local_files_only: bool | None = None,
+        engine: str = "auto",
+        vllm_options: VLLMOptions | None = None,
     ) -> "ChatterboxTTS":
         """The 23-language model from the Hugging Face hub (or its local cache)."""
         directory = download(
             "multilingual", revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
         )
         directory, layout = resolve_model(str(directory))
-        return cls._load(directory, layout, device)
+        return cls._load(directory, layout, device, engine, vllm_options)
 
     @classmethod
-    def _load(cls, directory: Path, layout: CheckpointLayout, device: str | torch.device | None) -> "ChatterboxTTS":
+    def _load(
+        cls,
+        directory: Path,
+        layout: CheckpointLayout,
+        device: str | torch.device | None,
+        engine_kind: str = "auto",
+        vllm_options: VLLMOptions | None = None,
+    ) -> "ChatterboxTTS":
         device = torch.device(device) if device is not None else default_device()
         config = load_model_config(directory, layout)
-        t3 = load_t3(directory / layout.t3, config.t3).to(device).eval()
+        resolve_engine_kind(engine_kind)  # a bad name fails before anything loads
         s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
         voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
         if layout.variant == "english":
@@ -147,8 +171,11 @@ class ChatterboxTTS:
             )
         conds_path = directory / layout.conds
         conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
-        engine = TorchT3Engine(t3, device=device)
-        log.info("loaded %s Chatterbox from %s on %s (T3 engine: torch)", layout.variant, directory, device)
+        engine = build_t3_engine(engine_kind, directory / layout.t3, config.t3, device, vllm_options=vllm_options)
+        log.info(
+            "loaded %s Chatterbox from %s on %s (T3 engine: %s)",
+            layout.variant, directory, device, type(engine).__name__,
+        )
         return cls(
             layout=layout,
             config=config,
@@ -159,6 +186,10 @@ class ChatterboxTTS:
             conds=conds,
             device=device,
         )
+
+    def close(self) -> None:
+        """Stop the T3 engine (vLLM runs its engine core in a process of its own)."""
+        self.engine.shutdown()
 
     # ------------------------------------------------------------------------------------------------- info
     @property

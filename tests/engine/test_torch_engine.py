@@ -150,7 +150,7 @@ def test_speech_tokens_for_s3gen() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"temperature": 0.0},
+        {"temperature": -0.1},
         {"temperature": float("nan")},
         {"top_p": 0.0},
         {"top_p": 1.5},

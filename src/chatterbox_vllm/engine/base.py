@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..models.t3 import T3Cond
+from ..models.t3.config import T3Config
 
 # S3 speech tokens are 0..6560; T3's vocabulary adds start (6561), stop (6562) and unused ids up to 8193.
 S3_VOCAB_SIZE = 6561
@@ -23,7 +24,7 @@ class SamplingParams:
     upstream lowered it to 1.2 when it removed the alignment analyzer (resemble-ai/chatterbox 3f35dfc).
     """
 
-    temperature: float = 0.8
+    temperature: float = 0.8  # 0 = greedy (not in the reference; for tests and deterministic output)
     top_p: float = 1.0
     min_p: float = 0.05
     repetition_penalty: float = 1.2
@@ -38,8 +39,8 @@ class SamplingParams:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
             return float(value)
 
-        if finite("temperature") <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if finite("temperature") < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < finite("top_p") <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= finite("min_p") <= 1:
@@ -52,6 +53,11 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        """temperature 0: take the most likely token after CFG and the repetition penalty (no sampling, no seed)."""
+        return self.temperature == 0
 
     @property
     def uses_cfg(self) -> bool:
@@ -72,6 +78,10 @@ class T3Engine(Protocol):
         """The same tokens as `generate`, yielded as they are sampled."""
         ...
 
+    def shutdown(self) -> None:
+        """Release the engine's resources (processes, device memory)."""
+        ...
+
 
 def speech_tokens_for_s3gen(tokens: Iterable[int]) -> list[int]:
     """Keep only real S3 tokens (< 6561): what S3Gen's 6561-row embedding accepts.
@@ -80,3 +90,22 @@ def speech_tokens_for_s3gen(tokens: Iterable[int]) -> list[int]:
     skips it and crashes in S3Gen when T3 samples an unused id.
     """
     return [int(t) for t in tokens if 0 <= int(t) < S3_VOCAB_SIZE]
+
+
+def check_text_tokens(text_tokens: torch.Tensor, config: T3Config) -> torch.Tensor:
+    """One request's text tokens ([L] or [1, L]) with T3's start/stop tokens, as a long tensor; else ValueError."""
+    tokens = torch.as_tensor(text_tokens).to(dtype=torch.long)
+    if tokens.dim() == 2 and tokens.shape[0] == 1:
+        tokens = tokens[0]
+    if tokens.dim() != 1 or tokens.numel() < 2:
+        raise ValueError(f"text_tokens must be one sequence [L] with start/stop tokens, got {tuple(tokens.shape)}")
+    if int(tokens[0]) != config.start_text_token or int(tokens[-1]) != config.stop_text_token:
+        raise ValueError(
+            f"text_tokens must start with {config.start_text_token} and end with {config.stop_text_token} "
+            f"(got {int(tokens[0])} ... {int(tokens[-1])})"
+        )
+    if int(tokens.min()) < 0 or int(tokens.max()) >= config.text_tokens_dict_size:
+        raise ValueError(f"text token ids must lie in [0, {config.text_tokens_dict_size})")
+    if tokens.numel() > config.text_pos_emb_size:
+        raise ValueError(f"text is {tokens.numel()} tokens long; T3 takes at most {config.text_pos_emb_size}")
+    return tokens

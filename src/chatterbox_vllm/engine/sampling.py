@@ -56,6 +56,15 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+def greedy_token(logits: torch.Tensor, history: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """CFG-combined logits [rows, vocab] -> the most likely token after the repetition penalty, [rows, 1].
+
+    Temperature, min-p and top-p never change the argmax, so they are skipped.
+    """
+    logits = apply_repetition_penalty(logits, history, float(params.repetition_penalty))
+    return logits.argmax(dim=-1, keepdim=True)
+
+
 def sampling_probs(logits: torch.Tensor, history: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """CFG-combined logits [rows, vocab] -> sampling distribution [rows, vocab]."""
     logits = apply_repetition_penalty(logits, history, float(params.repetition_penalty))

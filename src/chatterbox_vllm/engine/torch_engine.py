@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import torch
 
 from ..models.t3 import T3, T3Cond
-from .base import SamplingParams
-from .sampling import apply_cfg, make_generator, sampling_probs
+from .base import SamplingParams, check_text_tokens
+from .sampling import apply_cfg, greedy_token, make_generator, sampling_probs
 
 
 class TorchT3Engine:
@@ -26,6 +26,9 @@ class TorchT3Engine:
         if model.device != self.device:
             self.model = model.to(self.device)
         self.config = model.config
+
+    def shutdown(self) -> None:
+        """Nothing to release: the model lives as long as its owner."""
 
     def generate(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
         return list(self.stream(text_tokens, cond, params))
@@ -37,22 +40,7 @@ class TorchT3Engine:
 
     # ----------------------------------------------------------------------------------------------------
     def _check_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
-        tokens = torch.as_tensor(text_tokens).to(device=self.device, dtype=torch.long)
-        if tokens.dim() == 2 and tokens.shape[0] == 1:
-            tokens = tokens[0]
-        if tokens.dim() != 1 or tokens.numel() < 2:
-            raise ValueError(f"text_tokens must be one sequence [L] with start/stop tokens, got {tuple(tokens.shape)}")
-        cfg = self.config
-        if int(tokens[0]) != cfg.start_text_token or int(tokens[-1]) != cfg.stop_text_token:
-            raise ValueError(
-                f"text_tokens must start with {cfg.start_text_token} and end with {cfg.stop_text_token} "
-                f"(got {int(tokens[0])} ... {int(tokens[-1])})"
-            )
-        if int(tokens.min()) < 0 or int(tokens.max()) >= cfg.text_tokens_dict_size:
-            raise ValueError(f"text token ids must lie in [0, {cfg.text_tokens_dict_size})")
-        if tokens.numel() > cfg.text_pos_emb_size:
-            raise ValueError(f"text is {tokens.numel()} tokens long; T3 takes at most {cfg.text_pos_emb_size}")
-        return tokens
+        return check_text_tokens(text_tokens, self.config).to(self.device)
 
     def _check_length(self, max_new_tokens: int) -> None:
         # Generated token i is embedded at speech position i + 1; the last sampled token is never embedded.
@@ -77,8 +65,11 @@ class TorchT3Engine:
             logits = model.speech_logits(hidden[:, -1])  # [rows, vocab]
             if use_cfg:
                 logits = apply_cfg(logits[0:1], logits[1:2], params.cfg_weight)
-            probs = sampling_probs(logits, history[: step + 1], params)
-            token = torch.multinomial(probs, num_samples=1, generator=generator)  # [1, 1]
+            if params.greedy:
+                token = greedy_token(logits, history[: step + 1], params)  # [1, 1]
+            else:
+                probs = sampling_probs(logits, history[: step + 1], params)
+                token = torch.multinomial(probs, num_samples=1, generator=generator)  # [1, 1]
             value = int(token)
             if value == cfg.stop_speech_token:
                 return

@@ -98,9 +98,10 @@ class T3Config:
             cls.for_variant(variant),
             hidden_size=64,
             num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            head_dim=16,
+            # head_dim 32: the smallest head size vLLM's CPU attention backend accepts.
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=32,
             intermediate_size=128,
         )
 

@@ -1,0 +1,240 @@
+"""The production T3 engine: vLLM's AsyncLLM (continuous batching, paged KV cache, CUDA graphs).
+
+The engine owns one event loop in a background thread, where AsyncLLM lives. Callers may be synchronous
+(`generate`, `stream`: ChatterboxTTS, the CLI) or asynchronous on any other loop (`stream_async`: the server); each
+request is pumped from the engine loop to the caller. Closing a stream early (a client that hangs up) aborts the
+request, which frees its KV cache at once.
+
+Prefix caching stays off: a request's prompt positions depend on its length (see `vllm_t3/model.py`), so equal
+prefixes of different requests do not have equal keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.t3 import T3, T3Cond
+from ..models.t3.config import T3Config
+from .base import SamplingParams, check_text_tokens
+from .vllm_t3 import plugin
+from .vllm_t3.plugin import CFG_WEIGHT, REPETITION_PENALTY
+from .vllm_t3.model_dir import prepare_model_dir
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+SERVED_MODEL_NAME = "chatterbox-t3"  # the model_name label of vLLM's metrics
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """What the VRAM presets control (see `settings.py`); `gpu_memory_utilization` is vLLM's fraction."""
+
+    max_model_len: int = 2048
+    max_num_seqs: int = 8
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+    dtype: str = "auto"
+    seed: int = 0
+
+
+def vllm_available() -> bool:
+    """vLLM imports and has a device it can run on here."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # a broken install (e.g. a CUDA build without a GPU) raises more than ImportError
+        log.debug("vLLM is not usable: %s", exc)
+        return False
+    return True
+
+
+def _prepare_process_environment() -> None:
+    # One logits-processor interface across vLLM 0.26 .. 0.33: the V1 model runner's (V2 has its own).
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+
+
+class VLLMT3Engine:
+    """T3 decoding in vLLM. `prefix_model` is T3 on the torch side, used only to build prompt embeddings."""
+
+    def __init__(self, prefix_model: T3, t3_weights: Path, options: VLLMOptions, *, cache_dir: Path | None = None):
+        _prepare_process_environment()
+        plugin.register()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        self.prefix_model = prefix_model
+        self.config: T3Config = prefix_model.config
+        self.options = options
+        self.device = prefix_model.device
+        model_dir = prepare_model_dir(t3_weights, self.config, cache_dir)
+        self._args = AsyncEngineArgs(
+            model=str(model_dir),
+            skip_tokenizer_init=True,
+            enable_prompt_embeds=True,
+            enable_prefix_caching=False,
+            dtype=options.dtype,
+            max_model_len=options.max_model_len,
+            max_num_seqs=options.max_num_seqs,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            enforce_eager=options.enforce_eager,
+            seed=options.seed,
+            logits_processors=[plugin.LOGITS_PROCESSOR],
+            disable_log_stats=False,
+            served_model_name=SERVED_MODEL_NAME,
+        )
+        self._ids = itertools.count()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chatterbox-vllm-engine", daemon=True)
+        self._thread.start()
+        self.llm: Any = self._call(self._start())
+        self.dtype = self._model_dtype()
+        log.info("T3 engine: vLLM (max_num_seqs=%d, max_model_len=%d)", options.max_num_seqs, options.max_model_len)
+
+    async def _start(self) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(self._args)
+
+    def _model_dtype(self) -> torch.dtype:
+        dtype = self.llm.model_config.dtype
+        return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype))
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # ------------------------------------------------------------------------------------------ requests
+    def prompt_embeds(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> torch.Tensor:
+        """[L, 2 * hidden]: the conditional prefix beside the unconditional one (itself again without CFG)."""
+        with torch.inference_mode():
+            rows = self.prefix_model.prefill_embeds(cond.to(self.device), text_tokens, cfg=params.uses_cfg)
+        uncond = rows[1] if rows.shape[0] == 2 else rows[0]
+        return torch.cat((rows[0], uncond), dim=-1).to(device="cpu", dtype=self.dtype)
+
+    def _sampling_params(self, params: SamplingParams) -> Any:
+        import vllm
+        from vllm.sampling_params import RequestOutputKind
+
+        return vllm.SamplingParams(
+            temperature=float(params.temperature),
+            top_p=float(params.top_p),
+            min_p=float(params.min_p),
+            seed=params.seed,
+            max_tokens=params.max_new_tokens,
+            stop_token_ids=[self.config.stop_speech_token],
+            repetition_penalty=1.0,  # T3's own penalty runs in CFGLogitsProcessor
+            extra_args={CFG_WEIGHT: float(params.cfg_weight), REPETITION_PENALTY: float(params.repetition_penalty)},
+            output_kind=RequestOutputKind.DELTA,
+            detokenize=False,
+        )
+
+    def _check(self, text_tokens: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        tokens = check_text_tokens(text_tokens, self.config).to(self.device)
+        if params.max_new_tokens > self.config.speech_pos_emb_size:
+            raise ValueError(
+                f"max_new_tokens={params.max_new_tokens} exceeds T3's speech position table "
+                f"({self.config.speech_pos_emb_size})"
+            )
+        prompt = self.config.cond_len + tokens.numel() + 2
+        if prompt + params.max_new_tokens > self.options.max_model_len:
+            raise ValueError(
+                f"prompt ({prompt} embeddings) + max_new_tokens ({params.max_new_tokens}) exceeds the engine's "
+                f"max_model_len ({self.options.max_model_len}); shorten the text or raise CHATTERBOX_MAX_MODEL_LEN"
+            )
+        return tokens
+
+    async def _produce(self, request_id: str, embeds: torch.Tensor, sampling: Any, emit: Any) -> None:
+        """Runs on the engine loop: feeds each new token to `emit`, then `_DONE` (or the exception)."""
+        stop = self.config.stop_speech_token
+        try:
+            async for output in self.llm.generate({"prompt_embeds": embeds}, sampling, request_id):
+                for token in output.outputs[0].token_ids:
+                    if token != stop:
+                        emit(int(token))
+            emit(_DONE)
+        except asyncio.CancelledError:
+            emit(_DONE)  # AsyncLLM.generate aborted the request on its way out
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+            emit(exc)
+
+    def _submit(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams, emit: Any) -> Future:
+        tokens = self._check(text_tokens, params)
+        embeds = self.prompt_embeds(tokens, cond, params)
+        request_id = f"t3-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        return asyncio.run_coroutine_threadsafe(
+            self._produce(request_id, embeds, self._sampling_params(params), emit), self._loop
+        )
+
+    def stream(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
+        """Tokens as they are sampled (synchronous). Closing the iterator early aborts the request."""
+        box: queue.Queue = queue.Queue()
+        future = self._submit(text_tokens, cond, params, box.put)
+        return self._drain_sync(box, future)
+
+    @staticmethod
+    def _drain_sync(box: queue.Queue, future: Future) -> Iterator[int]:
+        try:
+            while True:
+                item = box.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+    def generate(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
+        return list(self.stream(text_tokens, cond, params))
+
+    async def stream_async(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> AsyncIterator[int]:
+        """Tokens as they are sampled, for a caller on any event loop. Closing it early aborts the request."""
+        loop = asyncio.get_running_loop()
+        box: asyncio.Queue = asyncio.Queue()
+        future = self._submit(text_tokens, cond, params, lambda item: loop.call_soon_threadsafe(box.put_nowait, item))
+        try:
+            while True:
+                item = await box.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+    # ------------------------------------------------------------------------------------------- state
+    def num_unfinished_requests(self) -> int:
+        """Requests vLLM still holds (queued or decoding)."""
+        return int(self.llm.output_processor.get_num_unfinished_requests())
+
+    def shutdown(self) -> None:
+        """Stop the engine core process and the engine loop. Safe to call twice."""
+        if self.llm is None:
+            return
+        llm, self.llm = self.llm, None
+        try:
+            llm.shutdown()
+        finally:
+            async def _cancel_pending() -> None:
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            self._call(_cancel_pending())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()

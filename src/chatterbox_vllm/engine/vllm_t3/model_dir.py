@@ -1,0 +1,76 @@
+"""The directory vLLM loads T3 from: a `config.json` describing the doubled (CFG) model, and the T3 weights.
+
+vLLM reads every `*.safetensors` in a model directory, and a Chatterbox checkpoint keeps the voice encoder and
+S3Gen beside T3, so the T3 file is linked into a directory of its own under the cache. Nothing is copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ...models.t3.config import T3Config
+from .plugin import ARCHITECTURE
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("CHATTERBOX_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "chatterbox-vllm"
+    )
+    return Path(root)
+
+
+def vllm_hf_config(config: T3Config) -> dict:
+    """What vLLM's bookkeeping reads (sizes of the doubled stream) plus T3's own config for the model class.
+
+    `mrope_section` only switches on vLLM's M-RoPE position path; the model applies its own (llama3) RoPE.
+    """
+    return {
+        "architectures": [ARCHITECTURE],
+        "model_type": "llama",
+        "hidden_size": 2 * config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": 2 * config.num_attention_heads,
+        "num_key_value_heads": 2 * config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "vocab_size": 2 * config.speech_tokens_dict_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta, "mrope_section": [config.head_dim // 2]},
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "chatterbox_t3": dataclasses.asdict(config),
+    }
+
+
+def prepare_model_dir(t3_weights: Path, config: T3Config, cache_dir: Path | None = None) -> Path:
+    """Create (once) and return the vLLM model directory for these T3 weights and config."""
+    t3_weights = Path(t3_weights).resolve()
+    if t3_weights.suffix != ".safetensors":
+        raise ValueError(f"vLLM loads T3 from a .safetensors file, got {t3_weights.name}")
+    hf_config = vllm_hf_config(config)
+    stat = t3_weights.stat()
+    key = hashlib.sha256(
+        json.dumps([str(t3_weights), stat.st_size, stat.st_mtime_ns, hf_config], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    directory = (cache_dir or default_cache_dir()) / "vllm-t3" / key
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / WEIGHTS_NAME
+    if not link.is_symlink() or Path(os.readlink(link)) != t3_weights:
+        tmp = directory / f".{WEIGHTS_NAME}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(t3_weights)
+        tmp.replace(link)
+    config_path = directory / "config.json"
+    text = json.dumps(hf_config, indent=2, sort_keys=True)
+    if not config_path.exists() or config_path.read_text() != text:
+        tmp = directory / f".config.json.{os.getpid()}"
+        tmp.write_text(text)
+        tmp.replace(config_path)
+    return directory

@@ -1,0 +1,265 @@
+"""The vLLM T3 engine against the PyTorch engine (itself exact against the reference), on tiny random checkpoints.
+
+One engine per variant for the whole module (an engine start costs ~20-40 s on CPU); a third one, on a checkpoint
+whose stop token was made likely, checks that the stop token ends a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+pytest.importorskip("vllm")
+
+from chatterbox_vllm.checkpoint.config import load_model_config  # noqa: E402
+from chatterbox_vllm.checkpoint.layout import LAYOUTS  # noqa: E402
+from chatterbox_vllm.conditioning import Conditionals  # noqa: E402
+from chatterbox_vllm.engine.base import SamplingParams  # noqa: E402
+from chatterbox_vllm.engine.factory import prefix_only  # noqa: E402
+from chatterbox_vllm.engine.torch_engine import TorchT3Engine  # noqa: E402
+from chatterbox_vllm.engine.vllm_engine import VLLMOptions, VLLMT3Engine  # noqa: E402
+from chatterbox_vllm.models.t3 import load_t3  # noqa: E402
+from chatterbox_vllm.text.normalize import punc_norm  # noqa: E402
+from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids  # noqa: E402
+
+OPTIONS = VLLMOptions(max_model_len=512, max_num_seqs=8, dtype="float32")
+TEXTS = {
+    "english": ["Hello world, this is a test.", "A second sentence, rather longer than the first one was.", "Hi."],
+    "multilingual": [("fr", "Bonjour le monde."), ("de", "Guten Tag, wie geht es?"), ("ja", "こんにちは。")],
+}
+
+
+class Setup:
+    """A checkpoint's reference engine, vLLM engine, voice and tokenizer."""
+
+    def __init__(self, directory: Path, variant: str, cache_dir: Path) -> None:
+        layout = LAYOUTS[variant]
+        self.config = load_model_config(directory, layout).t3
+        weights = directory / layout.t3
+        self.reference = TorchT3Engine(load_t3(weights, self.config).eval())
+        self.engine = VLLMT3Engine(prefix_only(load_t3(weights, self.config).eval()), weights, OPTIONS, cache_dir=cache_dir)
+        self.cond = Conditionals.load(directory / layout.conds).t3
+        if variant == "english":
+            self.tokenizer = EnglishTokenizer.from_file(directory / layout.text_tokenizer)
+        else:
+            self.tokenizer = MultilingualTokenizer.from_files(
+                directory / layout.text_tokenizer, directory / str(layout.cangjie_table)
+            )
+        self.variant = variant
+
+    def tokens(self, index: int) -> torch.Tensor:
+        item = TEXTS[self.variant][index]
+        return encode(self.tokenizer, item)
+
+
+def encode(tokenizer: EnglishTokenizer | MultilingualTokenizer, item: str | tuple[str, str]) -> torch.Tensor:
+    if isinstance(item, tuple):
+        language, text = item
+        ids = tokenizer.encode(punc_norm(text, multilingual=True), language)
+    else:
+        ids = tokenizer.encode(punc_norm(item))
+    return torch.tensor(text_token_ids(ids))
+
+
+@pytest.fixture(scope="module")
+def english(english_tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    setup = Setup(english_tiny_checkpoint, "english", tmp_path_factory.mktemp("vllm-cache"))
+    yield setup
+    setup.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def multilingual(multilingual_tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    setup = Setup(multilingual_tiny_checkpoint, "multilingual", tmp_path_factory.mktemp("vllm-cache"))
+    yield setup
+    setup.engine.shutdown()
+
+
+def greedy(cfg_weight: float, max_new_tokens: int = 64, **kwargs) -> SamplingParams:
+    return SamplingParams(temperature=0.0, cfg_weight=cfg_weight, max_new_tokens=max_new_tokens, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("cfg_weight", [0.5, 0.0, 1.3])
+@pytest.mark.parametrize("index", [0, 1])
+def test_greedy_tokens_equal_torch_engine_english(english: Setup, cfg_weight: float, index: int) -> None:
+    text = english.tokens(index)
+    params = greedy(cfg_weight)
+    expected = english.reference.generate(text, english.cond, params)
+    assert len(expected) >= 50
+    assert english.engine.generate(text, english.cond, params) == expected
+
+
+@pytest.mark.parametrize("cfg_weight", [0.5, 0.0])
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_greedy_tokens_equal_torch_engine_multilingual(multilingual: Setup, cfg_weight: float, index: int) -> None:
+    text = multilingual.tokens(index)
+    params = greedy(cfg_weight)
+    expected = multilingual.reference.generate(text, multilingual.cond, params)
+    assert len(expected) >= 50
+    assert multilingual.engine.generate(text, multilingual.cond, params) == expected
+
+
+def test_repetition_penalty_reaches_the_logits(english: Setup) -> None:
+    # Without the penalty a greedy random model falls into loops; the penalty must change the tokens, identically.
+    text = english.tokens(0)
+    plain, penalised = greedy(0.5, repetition_penalty=1.0), greedy(0.5, repetition_penalty=2.0)
+    a, b = english.engine.generate(text, english.cond, plain), english.engine.generate(text, english.cond, penalised)
+    assert a != b
+    assert a == english.reference.generate(text, english.cond, plain)
+    assert b == english.reference.generate(text, english.cond, penalised)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+def test_seeded_sampling_is_reproducible(english: Setup) -> None:
+    text = english.tokens(0)
+    params = SamplingParams(seed=1234, max_new_tokens=40)
+    first = english.engine.generate(text, english.cond, params)
+    assert english.engine.generate(text, english.cond, params) == first
+    assert len(first) == 40
+    other = english.engine.generate(text, english.cond, SamplingParams(seed=99, max_new_tokens=40))
+    assert other != first
+    assert all(0 <= t < english.config.speech_tokens_dict_size for t in first + other)
+
+
+def test_max_new_tokens_ends_the_request(english: Setup) -> None:
+    text = english.tokens(2)
+    for n in (1, 7):
+        assert len(english.engine.generate(text, english.cond, greedy(0.5, max_new_tokens=n))) == n
+        assert len(english.engine.generate(text, english.cond, SamplingParams(max_new_tokens=n))) == n
+
+
+def test_requests_beyond_max_model_len_are_refused_clearly(english: Setup) -> None:
+    with pytest.raises(ValueError, match="max_model_len"):
+        english.engine.generate(english.tokens(0), english.cond, greedy(0.5, max_new_tokens=500))
+    with pytest.raises(ValueError, match="start with"):
+        english.engine.generate(torch.tensor([5, 6, 7]), english.cond, greedy(0.5))
+
+
+# ------------------------------------------------------------------------------------------ concurrency
+def test_eight_concurrent_requests_get_their_solo_tokens(english: Setup) -> None:
+    jobs = [(i % 3, greedy([0.5, 0.0, 0.9, 0.3][i % 4], max_new_tokens=50 + 3 * i)) for i in range(8)]
+    solo = [english.reference.generate(english.tokens(i), english.cond, p) for i, p in jobs]
+
+    async def run_all() -> list[list[int]]:
+        async def one(i: int, p: SamplingParams) -> list[int]:
+            return [t async for t in english.engine.stream_async(english.tokens(i), english.cond, p)]
+
+        return await asyncio.gather(*(one(i, p) for i, p in jobs))
+
+    assert asyncio.run(run_all()) == solo
+
+
+def test_threads_share_the_engine(english: Setup) -> None:
+    results: dict[int, list[int]] = {}
+    params = greedy(0.5, max_new_tokens=30)
+
+    def worker(i: int) -> None:
+        results[i] = english.engine.generate(english.tokens(i % 2), english.cond, params)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    expected = [english.reference.generate(english.tokens(i), english.cond, params) for i in range(2)]
+    assert [results[i] for i in range(4)] == [expected[i % 2] for i in range(4)]
+
+
+def _wait_until_idle(engine: VLLMT3Engine, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.num_unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.num_unfinished_requests() == 0
+
+
+def _kv_cache_usage() -> float | None:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("vllm:kv_cache_usage_perc", {"model_name": "chatterbox-t3", "engine": "0"})
+    return value
+
+
+def test_closing_a_stream_aborts_and_frees_the_request(english: Setup) -> None:
+    text = english.tokens(1)
+    stream = english.engine.stream(text, english.cond, SamplingParams(max_new_tokens=400, seed=5))
+    got = [next(stream) for _ in range(3)]
+    assert english.engine.num_unfinished_requests() == 1
+    stream.close()
+    _wait_until_idle(english.engine)
+    # The freed slot serves the next request normally.
+    params = greedy(0.5, max_new_tokens=20)
+    assert english.engine.generate(text, english.cond, params) == english.reference.generate(text, english.cond, params)
+    assert len(got) == 3
+
+
+def test_cancelling_an_async_consumer_frees_the_request(english: Setup) -> None:
+    text = english.tokens(0)
+
+    async def scenario() -> list[int]:
+        seen: list[int] = []
+
+        async def consume() -> None:
+            async for token in english.engine.stream_async(text, english.cond, SamplingParams(max_new_tokens=400)):
+                seen.append(token)
+
+        task = asyncio.create_task(consume())
+        while len(seen) < 5:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return seen
+
+    assert len(asyncio.run(scenario())) >= 5
+    _wait_until_idle(english.engine)
+    usage = _kv_cache_usage()
+    if usage is not None:  # the metric exists in every supported vLLM; its absence is not what this test checks
+        deadline = time.monotonic() + 10
+        while usage and time.monotonic() < deadline:
+            time.sleep(0.1)
+            usage = _kv_cache_usage()
+        assert usage == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- stop
+@pytest.fixture(scope="module")
+def stop_prone(english_tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The English tiny checkpoint with the stop token's head row copied from a frequent token, scaled up, so
+    greedy decoding reaches the stop token after some tokens."""
+    directory = tmp_path_factory.mktemp("stop-prone")
+    for item in english_tiny_checkpoint.iterdir():
+        if item.is_file():
+            shutil.copy(item, directory / item.name)
+    layout = LAYOUTS["english"]
+    weights = load_file(directory / layout.t3)
+    config = load_model_config(directory, layout).t3
+    reference = TorchT3Engine(load_t3(directory / layout.t3, config).eval())
+    cond = Conditionals.load(directory / layout.conds).t3
+    tokenizer = EnglishTokenizer.from_file(directory / layout.text_tokenizer)
+    text = encode(tokenizer, TEXTS["english"][0])
+    tokens = reference.generate(text, cond, greedy(0.5, max_new_tokens=40))
+    head = weights["speech_head.weight"]
+    head[config.stop_speech_token] = 1.5 * head[tokens[20]]
+    save_file(weights, str(directory / layout.t3))
+    setup = Setup(directory, "english", tmp_path_factory.mktemp("vllm-cache"))
+    yield setup
+    setup.engine.shutdown()
+
+
+def test_stop_token_ends_the_request(stop_prone: Setup) -> None:
+    text = stop_prone.tokens(0)
+    params = greedy(0.5, max_new_tokens=200)
+    expected = stop_prone.reference.generate(text, stop_prone.cond, params)
+    assert 0 < len(expected) < 200  # the reference stopped on the stop token
+    got = stop_prone.engine.generate(text, stop_prone.cond, params)
+    assert got == expected
+    assert stop_prone.config.stop_speech_token not in got
+    _wait_until_idle(stop_prone.engine)
