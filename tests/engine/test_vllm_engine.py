@@ -263,3 +263,28 @@ def test_stop_token_ends_the_request(stop_prone: Setup) -> None:
     assert got == expected
     assert stop_prone.config.stop_speech_token not in got
     _wait_until_idle(stop_prone.engine)
+
+
+# ------------------------------------------------------------------------------------------ integration
+def test_chatterbox_tts_speaks_the_same_through_either_engine(english: Setup, english_tiny_checkpoint: Path) -> None:
+    import numpy as np
+
+    from chatterbox_vllm.tts import ChatterboxTTS
+
+    tts = ChatterboxTTS.from_local(english_tiny_checkpoint, device="cpu", engine="torch")
+    kwargs = {"temperature": 0.0, "seed": 0, "max_new_tokens": 30}
+    through_torch = tts.generate("Hello world.", **kwargs)
+    tts.engine = english.engine
+    through_vllm = tts.generate("Hello world.", **kwargs)
+    assert through_vllm.shape == through_torch.shape and through_vllm.size > 0
+    assert np.array_equal(through_vllm, through_torch)
+
+
+def test_engine_choice() -> None:
+    from chatterbox_vllm.engine.factory import resolve_engine_kind
+
+    assert resolve_engine_kind("torch") == "torch"
+    assert resolve_engine_kind("vllm") == "vllm"
+    assert resolve_engine_kind("auto") == "vllm"  # vLLM is installed and imports here
+    with pytest.raises(ValueError, match="auto, vllm, torch"):
+        resolve_engine_kind("tensorrt")
