@@ -22,6 +22,7 @@ from .conditioning import S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
 from .engine.base import SamplingParams, T3Engine, speech_tokens_for_s3gen
 from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
+from .settings import Settings
 from .models.s3gen import S3Gen, load_s3gen
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .text.languages import SUPPORTED_LANGUAGES, validate_language
@@ -98,6 +99,15 @@ class ChatterboxTTS:
             raise CheckpointError(f"{directory}: not a directory")
         directory, layout = resolve_model(str(directory))
         return cls._load(directory, layout, device, engine, vllm_options)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ChatterboxTTS":
+        """Load what the CHATTERBOX_* settings name: model, revision, device, engine and the VRAM limits."""
+        device = default_device() if settings.device == "auto" else torch.device(settings.device)
+        options = VLLMOptions.from_limits(settings.limits(), device, explicit_dtype=settings.dtype is not None)
+        return cls.load(
+            settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options
+        )
 
     @classmethod
     def load(

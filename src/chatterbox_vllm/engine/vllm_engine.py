@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import queue
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from ..models.t3 import T3, T3Cond
+from ..settings import EngineLimits, gpu_memory_utilization
 from ..models.t3.config import T3Config
 from .base import SamplingParams, check_text_tokens
 from .vllm_t3 import plugin
@@ -49,6 +51,27 @@ class VLLMOptions:
     enforce_eager: bool = False
     dtype: str = "auto"
     seed: int = 0
+
+    @classmethod
+    def from_limits(cls, limits: EngineLimits, device: torch.device, *, explicit_dtype: bool = True) -> "VLLMOptions":
+        """Settings -> engine options. On a GPU the GiB budget becomes vLLM's utilisation fraction of the device;
+        on CPU it sizes vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE), and T3 runs in float32 unless a dtype was set."""
+        dtype = limits.dtype
+        if device.type == "cuda":
+            total = torch.cuda.get_device_properties(device).total_memory
+            utilization = gpu_memory_utilization(limits.gpu_memory_gib, total)
+        else:
+            utilization = 0.9  # unused by vLLM's CPU backend
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(limits.gpu_memory_gib))))
+            if not explicit_dtype:
+                dtype = "float32"
+        return cls(
+            max_model_len=limits.max_model_len,
+            max_num_seqs=limits.max_batch_size,
+            gpu_memory_utilization=utilization,
+            enforce_eager=limits.enforce_eager,
+            dtype=dtype,
+        )
 
 
 def vllm_available() -> bool:
