@@ -1,4 +1,4 @@
-"""`chatterbox-vllm` command line: make random checkpoints, synthesize to a file."""
+"""`chatterbox-vllm` command line: serve the API, synthesize to a file, make random checkpoints."""
 
 from __future__ import annotations
 
@@ -83,6 +83,41 @@ def synthesize(
     soundfile.write(str(out), wav, tts.sample_rate, subtype="PCM_16")
     seconds = len(wav) / tts.sample_rate
     typer.echo(f"wrote {out}: {seconds:.2f} s of audio in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on [CHATTERBOX_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [CHATTERBOX_PORT]")] = None,
+    model: Annotated[str | None, typer.Option(help="english | multilingual | a directory [CHATTERBOX_MODEL]")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto | vllm | torch [CHATTERBOX_ENGINE]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cuda | cuda:N | cpu [CHATTERBOX_DEVICE]")] = None,
+    preset: Annotated[str | None, typer.Option(help="VRAM preset low | medium | high [CHATTERBOX_PRESET]")] = None,
+    gpu_memory_gib: Annotated[float | None, typer.Option(help="T3 GPU budget, GiB [CHATTERBOX_GPU_MEMORY_GIB]")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="[CHATTERBOX_MAX_BATCH_SIZE]")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="[CHATTERBOX_MAX_MODEL_LEN]")] = None,
+    api_key: Annotated[str | None, typer.Option(help="require this bearer key [CHATTERBOX_API_KEY]")] = None,
+    voices_dir: Annotated[str | None, typer.Option(help="directory of voice clips [CHATTERBOX_VOICES_DIR]")] = None,
+) -> None:
+    """Run the OpenAI-compatible speech server. Flags override CHATTERBOX_* variables (and .env)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from .server.app import create_app
+    from .settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    flags = {
+        "host": host, "port": port, "model": model, "engine": engine, "device": device, "preset": preset,
+        "gpu_memory_gib": gpu_memory_gib, "max_batch_size": max_batch_size, "max_model_len": max_model_len,
+        "api_key": api_key, "voices_dir": voices_dir,
+    }  # fmt: skip
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"error: invalid settings:\n{exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
 def main() -> None:  # pragma: no cover - console entry point

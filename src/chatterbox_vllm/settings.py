@@ -1,26 +1,56 @@
-"""Server and engine settings, from CHATTERBOX_* environment variables (or a .env file).
+"""Server and engine settings, from CHATTERBOX_* environment variables (or a .env file in the working directory).
 
 Names follow what people already use with Chatterbox servers (CHATTERBOX_MODEL, CHATTERBOX_MAX_BATCH_SIZE,
 CHATTERBOX_MAX_MODEL_LEN, CHATTERBOX_HOST, CHATTERBOX_PORT). A VRAM preset (low | medium | high) fills in the
-engine limits; any limit set explicitly wins over its preset.
+engine limits; any limit set explicitly (environment, .env or constructor) wins over its preset.
+
+Precedence, highest first: constructor arguments (the CLI's flags), environment variables, the .env file, defaults.
+An empty variable (``CHATTERBOX_GPU_MEMORY_GIB=``, as compose files write unset ones) counts as unset.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
+from fractions import Fraction
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PresetName = Literal["low", "medium", "high"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
+# The conditioning prefix (34 tokens) + a text of a few hundred tokens + room for speech tokens need this much;
+# below it T3 cannot finish even a short sentence.
+MIN_MODEL_LEN = 256
+
+# vLLM's gpu_memory_utilization is a share of the whole device: keep a sliver for CUDA's context and the rest
+# of the pipeline, and refuse shares so small that vLLM could not hold T3's weights.
+MAX_GPU_FRACTION = 0.98
+MIN_GPU_FRACTION = 0.01
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One VRAM preset's engine limits (every one of them can be overridden on its own)."""
+
+    gpu_memory_gib: float
+    max_batch_size: int
+    max_model_len: int
+    enforce_eager: bool
+    dtype: str
+
 
 @dataclass(frozen=True)
 class EngineLimits:
-    """What bounds T3's GPU memory in vLLM: weights + KV cache for max_batch_size requests of max_model_len."""
+    """The limits the engine runs with: a preset's values with every explicitly set one in its place.
+
+    They bound T3's GPU memory in vLLM: weights + KV cache for max_batch_size requests of max_model_len tokens.
+    """
 
     gpu_memory_gib: float
     max_batch_size: int
@@ -32,60 +62,137 @@ class EngineLimits:
 # T3 in bfloat16 is ~1.1 GB; a token of KV cache costs 30 layers x 2 x 32 heads (both CFG branches) x 64 x 2 bytes
 # = 240 KiB, so a 1536-token request holds ~0.36 GiB. S3Gen, the voice encoder and CUDA's own context need
 # another 2-3 GB outside this budget, which is what the card sizes below leave room for.
-PRESETS: dict[str, EngineLimits] = {
-    "low": EngineLimits(gpu_memory_gib=3.0, max_batch_size=4, max_model_len=1536, enforce_eager=True, dtype="bfloat16"),
-    "medium": EngineLimits(
-        gpu_memory_gib=5.0, max_batch_size=12, max_model_len=2048, enforce_eager=False, dtype="bfloat16"
-    ),
-    "high": EngineLimits(
-        gpu_memory_gib=10.0, max_batch_size=32, max_model_len=3072, enforce_eager=False, dtype="bfloat16"
-    ),
+PRESETS: dict[str, Preset] = {
+    # 8 GB cards: few sequences, and no CUDA graphs (their capture buffers cost memory such a card lacks).
+    "low": Preset(gpu_memory_gib=3.0, max_batch_size=4, max_model_len=1536, enforce_eager=True, dtype="bfloat16"),
+    # 12 GB cards.
+    "medium": Preset(gpu_memory_gib=5.0, max_batch_size=12, max_model_len=2048, enforce_eager=False, dtype="bfloat16"),
+    # 24 GB cards.
+    "high": Preset(gpu_memory_gib=10.0, max_batch_size=32, max_model_len=3072, enforce_eager=False, dtype="bfloat16"),
 }
-PRESET_CARDS = {"low": "8 GB", "medium": "12 GB", "high": "24 GB"}
-
-# The conditioning prefix (34) + a text of a few hundred tokens + T3's 1000 default speech tokens need this much.
-MIN_MODEL_LEN = 256
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHATTERBOX_", env_file=".env", extra="ignore")
+    """Everything the server and its engine are configured by; each field reads CHATTERBOX_<FIELD NAME>."""
 
-    model: str = Field("english", description="english | multilingual | a checkpoint directory")
-    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of the model")
-    device: str = Field("auto", description="auto (cuda if available) | cuda | cuda:N | cpu")
-    engine: Literal["auto", "vllm", "torch"] = Field("auto", description="T3 backend")
-    preset: PresetName = Field("medium", description="VRAM preset: low (8 GB cards), medium (12 GB), high (24 GB)")
+    model_config = SettingsConfigDict(
+        env_prefix="CHATTERBOX_",
+        case_sensitive=False,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",  # a shared .env may hold other programs' variables
+    )
 
-    gpu_memory_gib: float | None = Field(None, gt=0, description="GPU memory for vLLM's T3 (weights + KV), GiB")
-    max_batch_size: int | None = Field(None, ge=1, description="requests decoded together (vLLM max_num_seqs)")
-    max_model_len: int | None = Field(None, ge=MIN_MODEL_LEN, description="prompt + speech tokens per request")
-    enforce_eager: bool | None = Field(None, description="true: no CUDA graphs (less memory, slower)")
-    dtype: DType | None = Field(None, description="T3 weights/activations in vLLM")
+    # ------------------------------------------------------------------ what to load, and where
+    model: str = Field("english", description="english | multilingual | a local checkpoint directory")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) to pin the download to")
+    device: str = Field("auto", description="auto (cuda if torch.cuda.is_available(), else cpu) | cuda | cuda:N | cpu")
+    engine: Literal["auto", "vllm", "torch"] = Field(
+        "auto", description="T3 backend: vllm (batched, fast), torch (pure PyTorch, no vLLM needed), auto picks"
+    )
+    preset: PresetName = Field(
+        "medium", description="VRAM preset filling in the engine limits: low (8 GB cards), medium (12 GB), high (24 GB)"
+    )
 
-    host: str = Field("0.0.0.0", description="address the server listens on")
-    port: int = Field(4123, ge=1, le=65535, description="port the server listens on")
+    # ------------------------------------------------------------------ engine limits; None = the preset's value
+    gpu_memory_gib: float | None = Field(
+        None, description="absolute GPU memory budget for vLLM's T3 (weights + KV cache), GiB; the same on any card"
+    )
+    max_batch_size: int | None = Field(
+        None, description="requests decoded together (vLLM max_num_seqs); more = throughput, but more KV memory"
+    )
+    max_model_len: int | None = Field(
+        None, description="conditioning prefix + text + speech tokens per request (bounds the longest piece)"
+    )
+    enforce_eager: bool | None = Field(None, description="true: no CUDA graphs (saves memory, decodes slower)")
+    dtype: DType | None = Field(None, description="T3's weights/activations in vLLM (bfloat16 halves float32's memory)")
 
+    # ------------------------------------------------------------------ the HTTP server
+    host: str = Field("0.0.0.0", description="address the server listens on (0.0.0.0: every interface)")
+    port: int = Field(4123, description="TCP port the server listens on, 1..65535")
+    api_key: str | None = Field(None, description="if set, requests need 'Authorization: Bearer <key>'")
+    voices_dir: str | None = Field(None, description="directory of reference clips (one file per voice)")
+
+    # ------------------------------------------------------------------ limits of the HTTP API
+    max_input_chars: int = Field(4096, ge=1, le=100_000, description="longest `input` accepted (OpenAI: 4096)")
+    max_queue: int = Field(64, ge=1, description="speech requests in progress or waiting; more get 429")
+    max_upload_mib: float = Field(10.0, gt=0, le=200, description="largest voice upload")
+    max_new_tokens: int = Field(1000, ge=1, le=4096, description="speech tokens per text piece (25 = 1 s)")
+    chunk_chars: int = Field(300, ge=20, le=2000, description="long input is synthesized in pieces of this size")
+
+    # ------------------------------------------------------------------ validation (messages say why)
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+    @field_validator("gpu_memory_gib")
+    @classmethod
+    def _check_gpu_memory(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"gpu_memory_gib must be a positive number of GiB, not {value}")
+        return value
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _check_batch(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"max_batch_size must be at least 1 (requests decoded together), not {value}")
+        return value
+
+    @field_validator("max_model_len")
+    @classmethod
+    def _check_model_len(cls, value: int | None) -> int | None:
+        if value is not None and value < MIN_MODEL_LEN:
+            raise ValueError(
+                f"max_model_len must be at least {MIN_MODEL_LEN}, not {value}: T3's conditioning prefix, "
+                "the text and the speech tokens all share it"
+            )
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _check_port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError(f"port must be in 1..65535, not {value}")
+        return value
+
+    # ------------------------------------------------------------------ the limits the engine gets
     def limits(self) -> EngineLimits:
         """The preset's limits with every explicitly set value in its place."""
         preset = PRESETS[self.preset]
-        return EngineLimits(
-            gpu_memory_gib=self.gpu_memory_gib if self.gpu_memory_gib is not None else preset.gpu_memory_gib,
-            max_batch_size=self.max_batch_size if self.max_batch_size is not None else preset.max_batch_size,
-            max_model_len=self.max_model_len if self.max_model_len is not None else preset.max_model_len,
-            enforce_eager=self.enforce_eager if self.enforce_eager is not None else preset.enforce_eager,
-            dtype=self.dtype if self.dtype is not None else preset.dtype,
-        )
+        values = {}
+        for f in fields(EngineLimits):
+            explicit = getattr(self, f.name)
+            values[f.name] = explicit if explicit is not None else getattr(preset, f.name)
+        return EngineLimits(**values)
+
 
 
 def gpu_memory_utilization(budget_gib: float, total_bytes: int) -> float:
-    """An absolute budget as vLLM's fraction of the device's memory (rounded down, so never above the budget)."""
+    """An absolute budget as vLLM's gpu_memory_utilization: budget / device total, rounded down to 4 decimals
+    (so vLLM never takes more than the budget). Raises ValueError when the budget does not fit the device (a share
+    above 0.98 leaves nothing for CUDA's context and S3Gen) or is below 0.01 of it (too little to hold T3)."""
+    if total_bytes <= 0:
+        raise ValueError(f"device total memory must be positive, not {total_bytes} bytes")
+    if not (math.isfinite(budget_gib) and budget_gib > 0):
+        raise ValueError(f"GPU memory budget must be a positive number of GiB, not {budget_gib}")
     total_gib = total_bytes / 2**30
-    fraction = math.floor(budget_gib / total_gib * 10_000) / 10_000
-    if fraction > 0.98:
+    # Exact arithmetic, so that e.g. 3 GiB of 80 GiB is 0.0375 and not 0.0374 through float error.
+    ten_thousandths = math.floor(Fraction(budget_gib) * 2**30 * 10_000 / total_bytes)
+    fraction = ten_thousandths / 10_000
+    if fraction > MAX_GPU_FRACTION:
         raise ValueError(
-            f"GPU memory budget {budget_gib:g} GiB does not fit this device ({total_gib:.1f} GiB); "
-            "lower CHATTERBOX_GPU_MEMORY_GIB or pick a smaller preset"
+            f"GPU memory budget {budget_gib:g} GiB does not fit this device's {total_gib:.2f} GiB "
+            f"(at most {MAX_GPU_FRACTION:.0%} of it); lower CHATTERBOX_GPU_MEMORY_GIB or pick a smaller preset"
         )
-    if fraction < 0.01:
-        raise ValueError(f"GPU memory budget {budget_gib:g} GiB is too small a share of {total_gib:.1f} GiB")
+    if fraction < MIN_GPU_FRACTION:
+        raise ValueError(
+            f"GPU memory budget {budget_gib:g} GiB is too small a share of this device's {total_gib:.2f} GiB "
+            f"(under {MIN_GPU_FRACTION:.0%}); raise CHATTERBOX_GPU_MEMORY_GIB"
+        )
     return fraction

@@ -248,16 +248,18 @@ class VLLMT3Engine:
         if self.llm is None:
             return
         llm, self.llm = self.llm, None
+
+        async def _cancel_pending() -> None:
+            # AsyncLLM's output handler first: stopping the engine core under it makes it log a dead engine.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
         try:
+            self._call(_cancel_pending())
             llm.shutdown()
         finally:
-            async def _cancel_pending() -> None:
-                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-            self._call(_cancel_pending())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             self._loop.close()

@@ -1,0 +1,18 @@
+"""Prometheus metrics of the speech API (vLLM's own engine metrics share the default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("chatterbox_speech_requests_total", "Speech requests by outcome", ["status"])
+AUDIO_SECONDS = Counter("chatterbox_audio_seconds_total", "Seconds of audio produced")
+FIRST_AUDIO = Histogram(
+    "chatterbox_time_to_first_audio_seconds",
+    "From request to the first audio bytes",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
+)
+REQUEST_SECONDS = Histogram(
+    "chatterbox_speech_request_seconds", "Whole speech request", buckets=(0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+)
+IN_PROGRESS = Gauge("chatterbox_speech_requests_in_progress", "Speech requests being served")
+VOICES = Gauge("chatterbox_custom_voices", "Uploaded voices")

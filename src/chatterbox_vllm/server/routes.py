@@ -1,0 +1,228 @@
+"""HTTP routes: OpenAI's speech and model endpoints, voice management, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..tts import SAMPLE_RATE
+from .audio import CONTENT_TYPES, AudioEncoder
+from .auth import require_api_key
+from .errors import APIError
+from .metrics import AUDIO_SECONDS, FIRST_AUDIO, IN_PROGRESS, REQUEST_SECONDS, REQUESTS, VOICES
+from .schemas import OPENAI_MODELS, OWN_MODELS, SpeechRequest
+from .service import PreparedSpeech, SpeechService
+from .voices import UnknownVoiceError, VoiceLibrary, VoiceNotFoundError, VoiceUploadError
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+CREATED = 1_732_406_400  # a fixed "created" timestamp for the model list
+
+
+def _service(request: Request) -> SpeechService:
+    return request.app.state.service
+
+
+def _voices(request: Request) -> VoiceLibrary:
+    return request.app.state.voices
+
+
+def _model_ids() -> tuple[str, ...]:
+    return OPENAI_MODELS + OWN_MODELS
+
+
+# ----------------------------------------------------------------------------------------------- speech
+@router.post("/v1/audio/speech", dependencies=[Depends(require_api_key)])
+async def create_speech(body: SpeechRequest, request: Request) -> Response:
+    if body.model not in _model_ids():
+        raise APIError(
+            400, f"model {body.model!r} is not served here; use one of {', '.join(_model_ids())}", param="model",
+            code="model_not_found",
+        )
+    try:
+        voice = _voices(request).resolve(body.voice_id)
+    except UnknownVoiceError as exc:
+        raise APIError(400, str(exc), param="voice", code="voice_not_found") from exc
+    service = _service(request)
+    service.acquire()
+    started = time.perf_counter()
+    try:
+        prepared = await service.prepare(body, voice)
+        encoder = AudioEncoder(body.response_format, SAMPLE_RATE, body.speed)
+    except BaseException:
+        service.release()
+        REQUESTS.labels(status="rejected").inc()
+        raise
+    IN_PROGRESS.inc()
+    if body.stream_format == "sse":
+        content = _sse_events(service, prepared, encoder, started)
+        return StreamingResponse(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    content = _audio_bytes(service, prepared, encoder, started)
+    return StreamingResponse(content, media_type=CONTENT_TYPES[body.response_format])
+
+
+async def _encoded_chunks(
+    service: SpeechService, prepared: PreparedSpeech, encoder: AudioEncoder, started: float, usage: dict[str, int]
+) -> AsyncIterator[bytes]:
+    """Encoded audio as it is made; owns the request's queue place and its metrics."""
+    status, first = "ok", True
+    try:
+        async for wav in service.stream(prepared, usage):
+            AUDIO_SECONDS.inc(len(wav) / SAMPLE_RATE)
+            data = await asyncio.to_thread(encoder.encode, np.asarray(wav, dtype=np.float32))
+            if data:
+                if first:
+                    FIRST_AUDIO.observe(time.perf_counter() - started)
+                    first = False
+                yield data
+        tail = await asyncio.to_thread(encoder.finish)
+        if tail:
+            yield tail
+    except asyncio.CancelledError:
+        status = "cancelled"  # the client went away; the T3 request was aborted with this task
+        raise
+    except Exception:
+        status = "error"
+        log.exception("speech synthesis failed mid-stream")
+        raise
+    finally:
+        encoder.close()
+        service.release()
+        IN_PROGRESS.dec()
+        REQUESTS.labels(status=status).inc()
+        REQUEST_SECONDS.observe(time.perf_counter() - started)
+
+
+async def _audio_bytes(
+    service: SpeechService, prepared: PreparedSpeech, encoder: AudioEncoder, started: float
+) -> AsyncIterator[bytes]:
+    async for data in _encoded_chunks(service, prepared, encoder, started, {}):
+        yield data
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+async def _sse_events(
+    service: SpeechService, prepared: PreparedSpeech, encoder: AudioEncoder, started: float
+) -> AsyncIterator[str]:
+    """OpenAI's speech SSE: `speech.audio.delta` events with base64 audio, then `speech.audio.done` with usage."""
+    usage: dict[str, int] = {}
+    try:
+        async for data in _encoded_chunks(service, prepared, encoder, started, usage):
+            yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    except Exception:  # headers are sent: report in-band rather than cutting the stream silently
+        yield _event({"type": "error", "error": {"message": "speech synthesis failed", "type": "server_error"}})
+        return
+    total = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+    yield _event({"type": "speech.audio.done", "usage": {**usage, "total_tokens": total}})
+
+
+# ----------------------------------------------------------------------------------------------- models
+@router.get("/v1/models")
+async def list_models() -> dict:
+    return {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": CREATED, "owned_by": "chatterbox-vllm"} for m in _model_ids()],
+    }
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str) -> dict:
+    if model_id not in _model_ids():
+        raise APIError(404, f"model {model_id!r} does not exist", param="model", code="model_not_found")
+    return {"id": model_id, "object": "model", "created": CREATED, "owned_by": "chatterbox-vllm"}
+
+
+@router.get("/v1/audio/models")
+async def list_audio_models() -> dict:
+    return {"models": [{"id": m, "name": m} for m in _model_ids()]}
+
+
+# ----------------------------------------------------------------------------------------------- voices
+@router.get("/v1/audio/voices")
+async def list_voices(request: Request) -> dict:
+    return {"voices": [{"id": v.id, "name": v.name} for v in _voices(request).list()]}
+
+
+async def _read_limited(upload: UploadFile, limit: int) -> bytes:
+    chunks, size = [], 0
+    while chunk := await upload.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise APIError(
+                413, f"audio_sample is larger than {limit / 2**20:g} MiB", param="audio_sample", code="file_too_large"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/v1/audio/voices", dependencies=[Depends(require_api_key)], status_code=201)
+async def create_voice(
+    request: Request,
+    name: str = Form(...),
+    audio_sample: UploadFile = File(...),
+    consent: str = Form(...),
+) -> JSONResponse:
+    """Add a cloned voice: multipart `name`, `audio_sample` (wav/mp3/flac/ogg) and `consent` (the speaker agreed)."""
+    if consent.strip().lower() in ("", "0", "false", "no"):
+        raise APIError(400, "consent is required: confirm the speaker agreed to having their voice cloned",
+                       param="consent")
+    library = _voices(request)
+    limit = int(request.app.state.settings.max_upload_mib * 2**20)
+    data = await _read_limited(audio_sample, limit)
+    try:
+        voice = await asyncio.to_thread(library.add, name, data, audio_sample.filename)
+    except VoiceUploadError as exc:
+        status = 409 if "exists" in str(exc) else 400
+        raise APIError(status, str(exc), param="name" if status == 409 else "audio_sample") from exc
+    VOICES.set(sum(1 for v in library.list() if v.kind == "custom"))
+    return JSONResponse({"id": voice.id, "name": voice.name}, status_code=201)
+
+
+@router.delete("/v1/audio/voices/{voice_id}", dependencies=[Depends(require_api_key)])
+async def delete_voice(voice_id: str, request: Request) -> dict:
+    library = _voices(request)
+    try:
+        await asyncio.to_thread(library.delete, voice_id)
+    except VoiceNotFoundError as exc:
+        raise APIError(404, f"voice {voice_id!r} does not exist", param="voice_id", code="voice_not_found") from exc
+    except VoiceUploadError as exc:
+        raise APIError(400, str(exc), param="voice_id") from exc
+    VOICES.set(sum(1 for v in library.list() if v.kind == "custom"))
+    return {"id": voice_id, "deleted": True}
+
+
+# ------------------------------------------------------------------------------------------- operations
+@router.get("/health")
+async def health(request: Request) -> dict:
+    tts = request.app.state.tts
+    device = tts.device
+    body = {
+        "status": "ok",
+        "model": request.app.state.settings.model,
+        "variant": tts.variant,
+        "engine": "vllm" if hasattr(tts.engine, "stream_async") else "torch",
+        "device": str(device),
+        "speech_requests_in_progress": _service(request).active,
+    }
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        body["vram"] = {"used_gib": round((total - free) / 2**30, 2), "total_gib": round(total / 2**30, 2)}
+    return body
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,43 @@
+"""Request bodies of the API: OpenAI's `/v1/audio/speech` contract plus Chatterbox's own controls."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# OpenAI's TTS model names (Open WebUI and SDK examples send these) and our own.
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+OWN_MODELS = ("chatterbox", "chatterbox-english", "chatterbox-multilingual")
+
+
+class VoiceRef(BaseModel):
+    """OpenAI's newer voice form: {"id": "..."}."""
+
+    id: str = Field(min_length=1)
+
+
+class SpeechRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: str = Field(min_length=1, description="text to speak (its length limit is a server setting)")
+    voice: str | VoiceRef
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo of the audio; pitch is kept")
+    instructions: str | None = Field(None, description="accepted for compatibility; Chatterbox ignores it")
+    stream_format: Literal["audio", "sse"] = "audio"
+
+    # Chatterbox's controls (not in OpenAI's API)
+    language_id: str | None = None
+    exaggeration: float = Field(0.5, ge=0.0, le=2.0)
+    cfg_weight: float = Field(0.5, ge=0.0, le=3.0)
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="0 decodes greedily")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.2, gt=0.0, le=10.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @property
+    def voice_id(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice

@@ -1,0 +1,189 @@
+"""Speech synthesis for the HTTP API: text pieces -> T3 tokens (engine) -> S3Gen audio, as a stream of chunks.
+
+* Everything that can fail on the request's content (language, text, voice clip) is checked in `prepare`, before
+  the response starts, so such failures are 400s rather than broken streams.
+* T3 runs in the engine (vLLM batches concurrent requests); S3Gen and voice-clip analysis run in one worker
+  thread, off the event loop. While piece i is vocoded, T3 already decodes piece i + 1.
+* A bounded number of requests may be in progress; beyond it the API answers 429 (`admit`).
+* Cancelling the consumer (a client that hangs up) cancels the T3 request, which frees its KV cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..conditioning import Conditionals
+from ..engine.base import SamplingParams
+from ..settings import Settings
+from ..text.chunking import split_for_synthesis
+from ..text.languages import validate_language
+from ..tts import SAMPLE_RATE, ChatterboxTTS
+from .errors import APIError
+from .schemas import SpeechRequest
+from .voices import Voice
+
+PAUSE_SECONDS = 0.12  # silence between sentence pieces
+FADE_SECONDS = 0.005  # edges of each piece fade in/out: no clicks where pieces meet
+
+
+@dataclass
+class PreparedSpeech:
+    pieces: list[torch.Tensor]  # text tokens per piece
+    conds: Conditionals
+    params: SamplingParams
+    text_tokens: int
+
+
+def fade_edges(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    n = min(int(FADE_SECONDS * sample_rate), len(wav) // 2)
+    if n == 0:
+        return wav
+    wav = wav.copy()
+    ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    wav[:n] *= ramp
+    wav[-n:] *= ramp[::-1]
+    return wav
+
+
+class SpeechService:
+    def __init__(self, tts: ChatterboxTTS, settings: Settings) -> None:
+        self.tts = tts
+        self.settings = settings
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3gen")
+        self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
+        self._active = 0
+
+    # ---------------------------------------------------------------------------------------- admission
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def acquire(self) -> None:
+        """Take one of `max_queue` places for a request (released by `release` when its response ends), or 429."""
+        if self._active >= self.settings.max_queue:
+            raise APIError(
+                429,
+                f"the server is busy ({self._active} speech requests in progress); retry shortly",
+                code="server_busy",
+                headers={"Retry-After": "2"},
+            )
+        self._active += 1
+
+    def release(self) -> None:
+        self._active -= 1
+
+    # ------------------------------------------------------------------------------------------ prepare
+    def language_for(self, request: SpeechRequest, voice: Voice) -> str | None:
+        if not self.tts.is_multilingual:
+            if request.language_id not in (None, "", "en", "EN"):
+                raise APIError(
+                    400, "this server runs the English model; language_id must be omitted or 'en'", param="language_id"
+                )
+            return None
+        language = request.language_id or voice.language or "en"
+        try:
+            return validate_language(language, multilingual=True)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="language_id") from exc
+
+    async def prepare(self, request: SpeechRequest, voice: Voice) -> PreparedSpeech:
+        if len(request.input) > self.settings.max_input_chars:
+            raise APIError(
+                400,
+                f"input is {len(request.input)} characters; the limit is {self.settings.max_input_chars}",
+                param="input",
+                code="string_above_max_length",
+            )
+        language = self.language_for(request, voice)
+        texts = split_for_synthesis(request.input, self.settings.chunk_chars)
+        if not texts:
+            raise APIError(400, "input has no text to speak", param="input")
+        try:
+            pieces = [self.tts.text_tokens(text, language) for text in texts]
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="input") from exc
+        conds = await self._conditionals(voice, request.exaggeration)
+        try:
+            params = SamplingParams(
+                temperature=request.temperature,
+                top_p=request.top_p,
+                min_p=request.min_p,
+                repetition_penalty=request.repetition_penalty,
+                cfg_weight=request.cfg_weight,
+                max_new_tokens=self.settings.max_new_tokens,
+                seed=request.seed,
+            )
+        except ValueError as exc:
+            raise APIError(400, str(exc)) from exc
+        return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces))
+
+    async def _conditionals(self, voice: Voice, exaggeration: float) -> Conditionals:
+        if voice.path is None:
+            if self.tts.default_conds is None:
+                raise APIError(400, "this checkpoint has no built-in voice; use an uploaded voice", param="voice")
+            return self.tts.default_conds.with_exaggeration(exaggeration)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._worker, self.tts.prepare_conditionals, voice.path, exaggeration)
+        except ValueError as exc:
+            raise APIError(400, f"voice {voice.id!r}: {exc}", param="voice") from exc
+
+    # --------------------------------------------------------------------------------------- synthesis
+    async def _tokens(self, text: torch.Tensor, prepared: PreparedSpeech, params: SamplingParams) -> list[int]:
+        engine = self.tts.engine
+        text = text.to(self.tts.device)
+        if hasattr(engine, "stream_async"):
+            return [token async for token in engine.stream_async(text, prepared.conds.t3, params)]
+
+        def run() -> list[int]:
+            with self._torch_t3_lock:
+                return engine.generate(text, prepared.conds.t3, params)
+
+        return await asyncio.to_thread(run)
+
+    async def stream(self, prepared: PreparedSpeech, usage: dict[str, int]) -> AsyncIterator[np.ndarray]:
+        """Audio of each piece as soon as it is made (float32, 24 kHz); `usage` counts tokens as they go."""
+        loop = asyncio.get_running_loop()
+        usage["input_tokens"] = prepared.text_tokens
+        usage["output_tokens"] = 0
+
+        def params_for(index: int) -> SamplingParams:
+            seed = prepared.params.seed
+            if seed is None or index == 0:
+                return prepared.params
+            return SamplingParams(**{**prepared.params.__dict__, "seed": seed + index})
+
+        pending = asyncio.ensure_future(self._tokens(prepared.pieces[0], prepared, params_for(0)))
+        try:
+            for index in range(len(prepared.pieces)):
+                tokens = await pending
+                if index + 1 < len(prepared.pieces):  # T3 on the next piece while S3Gen works on this one
+                    pending = asyncio.ensure_future(
+                        self._tokens(prepared.pieces[index + 1], prepared, params_for(index + 1))
+                    )
+                usage["output_tokens"] += len(tokens)
+                seed = params_for(index).seed
+                wav = await loop.run_in_executor(self._worker, self._vocode, tokens, prepared.conds, seed)
+                if index > 0:
+                    yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
+                yield fade_edges(wav)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+
+    def _vocode(self, tokens: list[int], conds: Conditionals, seed: int | None) -> np.ndarray:
+        with torch.inference_mode():
+            return self.tts.vocode(tokens, conds, seed=seed)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,59 @@
+"""Helpers of the server tests: run uvicorn on a loopback port, settings for the tiny checkpoint."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from chatterbox_vllm.server.app import create_app
+from chatterbox_vllm.settings import Settings
+from chatterbox_vllm.tts import ChatterboxTTS
+
+# 40 speech tokens a piece: the random model never samples the stop token, so every piece is 39 x 40 ms long.
+TOKENS_PER_PIECE = 40
+PIECE_SECONDS = (TOKENS_PER_PIECE - 1) * 0.04
+
+
+@dataclass
+class Server:
+    url: str
+    settings: Settings
+    app: object
+    server: uvicorn.Server
+    thread: threading.Thread
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(settings: Settings, tts: ChatterboxTTS) -> Server:
+    port = _free_port()
+    app = create_app(settings, tts=tts)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.05)
+    return Server(f"http://127.0.0.1:{port}", settings, app, server, thread)
+
+
+def stop_server(server: Server) -> None:
+    server.server.should_exit = True
+    server.thread.join(timeout=30)
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    values = {"model": "english", "max_new_tokens": TOKENS_PER_PIECE, "voices_dir": str(tmp_path / "voices")}
+    values.update(overrides)
+    return Settings(**values)

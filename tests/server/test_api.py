@@ -1,0 +1,351 @@
+"""The speech API over real HTTP (uvicorn on loopback), with httpx and the official OpenAI client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+from chatterbox_vllm.server.service import PAUSE_SECONDS
+from chatterbox_vllm.tts import ChatterboxTTS
+
+from server_utils import PIECE_SECONDS, Server, make_settings, start_server, stop_server
+
+SENTENCE = "Hello there, this is a test."
+
+
+def speech(server: Server, timeout: float = 120, **body) -> httpx.Response:
+    payload = {"model": "tts-1", "input": SENTENCE, "voice": "alloy", "seed": 0, **body}
+    return httpx.post(f"{server.url}/v1/audio/speech", json=payload, timeout=timeout)
+
+
+def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
+    """Decoded mono samples and their rate, with the formats' own decoders."""
+    if fmt == "pcm":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, 24000
+    if fmt in ("wav", "flac"):
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32")
+        return samples, rate
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [f.to_ndarray() for f in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+    return np.concatenate([f.reshape(-1) if f.shape[0] == 1 else f[0] for f in frames]), rate
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+# ------------------------------------------------------------------------------------------------ formats
+@pytest.fixture(scope="module")
+def pcm_reference(server: Server) -> np.ndarray:
+    """The request's audio as raw samples: other formats must decode to the same length."""
+    samples, _ = decode(speech(server, response_format="pcm").content, "pcm")
+    assert len(samples) > 0.5 * 24000  # random weights: ~40 tokens, minus the ids S3Gen does not take
+    return samples
+
+
+# Encoder padding the container cannot mark (AAC's 1024-sample lead-in in ADTS, LAME's delay in a streamed MP3).
+PADDING = {"mp3": 0.08, "aac": 0.08, "opus": 0.03}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("mp3", "audio/mpeg"), ("opus", "audio/ogg"), ("aac", "audio/aac"), ("flac", "audio/flac"),
+     ("wav", "audio/wav"), ("pcm", "audio/pcm")],
+)  # fmt: skip
+def test_every_format_decodes_to_the_expected_audio(
+    server: Server, pcm_reference: np.ndarray, fmt: str, content_type: str
+) -> None:
+    response = speech(server, response_format=fmt)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(content_type)
+    samples, rate = decode(response.content, fmt)
+    assert rate == (48000 if fmt == "opus" else 24000)
+    assert samples.ndim == 1
+    seconds, expected = len(samples) / rate, len(pcm_reference) / 24000
+    assert expected - 0.01 <= seconds <= expected + PADDING.get(fmt, 0.0), (fmt, seconds, expected)
+    if fmt in ("wav", "flac", "pcm"):
+        assert np.array_equal(samples, pcm_reference)  # lossless and the same seed: the same samples
+    assert np.abs(samples).max() > 0.01
+
+
+def test_mp3_is_the_default(server: Server) -> None:
+    response = speech(server)
+    assert response.headers["content-type"].startswith("audio/mpeg")
+    assert response.content[:3] == b"ID3" or response.content[0] == 0xFF
+
+
+def test_same_seed_same_audio(server: Server) -> None:
+    assert speech(server, response_format="pcm").content == speech(server, response_format="pcm").content
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0, 4.0])
+def test_speed_changes_duration(server: Server, pcm_reference: np.ndarray, speed: float) -> None:
+    samples, rate = decode(speech(server, response_format="wav", speed=speed).content, "wav")
+    expected = len(pcm_reference) / 24000 / speed
+    assert abs(len(samples) / rate - expected) < 0.05 * expected + 0.02
+
+
+def test_long_input_is_spoken_in_pieces_with_pauses(server: Server) -> None:
+    text = " ".join(["This sentence is one of several."] * 30)  # > chunk_chars: several pieces
+    samples, rate = decode(speech(server, input=text, response_format="pcm").content, "pcm")
+    pause = round(PAUSE_SECONDS * rate)
+    silent = np.flatnonzero(np.convolve(samples == 0, np.ones(pause, dtype=int), mode="valid") == pause)
+    starts = [int(s) for i, s in enumerate(silent) if i == 0 or s != silent[i - 1] + 1]  # one per pause
+    assert len(starts) >= 2  # >= 3 pieces, a pause between each two
+    edges = [0] + [e for s in starts for e in (s, s + pause)] + [len(samples)]
+    for begin, end in zip(edges[::2], edges[1::2]):
+        body = samples[begin:end]
+        assert len(body) > 0.3 * rate and np.abs(body).max() > 0.1  # speech in every piece
+        # faded edges: the pieces start and end at silence, so there is no click where they meet
+        assert np.abs(body[:5]).max() < 0.05 and np.abs(body[-5:]).max() < 0.05
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+def test_sse_events(server: Server) -> None:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/audio/speech", timeout=120,
+        json={"model": "gpt-4o-mini-tts", "input": SENTENCE, "voice": {"id": "alloy"}, "response_format": "pcm",
+              "stream_format": "sse", "seed": 0},
+    ) as response:  # fmt: skip
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1) and len(events) >= 2
+    assert events[-1]["type"] == "speech.audio.done"
+    usage = events[-1]["usage"]
+    assert usage["output_tokens"] == 40 and usage["input_tokens"] > 2  # 40 = CHATTERBOX_MAX_NEW_TOKENS here
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert pcm == speech(server, response_format="pcm").content  # same seed, same audio
+
+
+def test_audio_streams_before_generation_ends(server: Server) -> None:
+    text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(20))
+    arrivals: list[float] = []
+    start = time.perf_counter()
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,
+                      json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as response:
+        for chunk in response.iter_bytes():
+            if chunk:
+                arrivals.append(time.perf_counter() - start)
+    assert len(arrivals) > 3
+    # the first audio left long before the last: the pieces were sent as they were made
+    assert arrivals[0] < 0.5 * arrivals[-1]
+
+
+def test_client_disconnect_stops_generation(server: Server, english_tts: ChatterboxTTS) -> None:
+    text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(20))
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,
+                      json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as response:
+        next(response.iter_bytes())
+    deadline = time.monotonic() + 30
+    service = server.app.state.service
+    while (service.active or english_tts.engine.num_unfinished_requests()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service.active == 0
+    assert english_tts.engine.num_unfinished_requests() == 0
+
+
+# ------------------------------------------------------------------------------------------------- errors
+def test_validation_errors_are_openai_400s(server: Server) -> None:
+    assert_error(httpx.post(f"{server.url}/v1/audio/speech", json={"model": "tts-1", "voice": "alloy"}), 400, "input")
+    assert_error(speech(server, speed=5), 400, "speed")
+    assert_error(speech(server, response_format="ogg"), 400, "response_format")
+    assert_error(speech(server, input=""), 400, "input")
+    assert_error(speech(server, input="x" * 4097), 400, "input")
+    assert_error(speech(server, model="whisper-1"), 400, "model")
+    bad = httpx.post(f"{server.url}/v1/audio/speech", content=b"{not json", timeout=30,
+                     headers={"content-type": "application/json"})
+    assert_error(bad, 400)
+
+
+def test_unknown_voice_lists_the_valid_ones(server: Server) -> None:
+    error = assert_error(speech(server, voice="nobody"), 400, "voice")
+    assert "alloy" in error["message"] and "default" in error["message"]
+
+
+def test_english_model_refuses_other_languages(server: Server) -> None:
+    assert_error(speech(server, language_id="fr"), 400, "language_id")
+
+
+def test_unknown_route_and_method(server: Server) -> None:
+    assert_error(httpx.get(f"{server.url}/v1/nothing"), 404)
+    assert_error(httpx.get(f"{server.url}/v1/audio/speech"), 405)
+
+
+def test_busy_server_answers_429(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
+    busy = start_server(make_settings(tmp_path, max_queue=1, max_input_chars=100_000), english_tts)
+    try:
+        # ~80 pieces of pcm (~6 MB): more than the socket buffers hold while this client reads nothing more
+        text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(400))
+        with httpx.stream("POST", f"{busy.url}/v1/audio/speech", timeout=300,
+                          json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as first:
+            chunks = first.iter_bytes()  # kept: a dropped iterator closes the response (a client hanging up)
+            next(chunks)
+            assert busy.app.state.service.active == 1
+            second = speech(busy)
+            error = assert_error(second, 429)
+            assert second.headers["retry-after"] == "2" and error["type"] == "rate_limit_error"
+        deadline = time.monotonic() + 30
+        while busy.app.state.service.active and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert speech(busy).status_code == 200  # the place was given back
+    finally:
+        stop_server(busy)
+
+
+# -------------------------------------------------------------------------------------------------- auth
+def test_auth(keyed_server: Server) -> None:
+    url = keyed_server.url
+    body = {"model": "tts-1", "input": SENTENCE, "voice": "alloy", "response_format": "pcm"}
+    assert_error(httpx.post(f"{url}/v1/audio/speech", json=body, timeout=60), 401)
+    wrong = {"Authorization": "Bearer sk-wrong"}
+    assert_error(httpx.post(f"{url}/v1/audio/speech", json=body, headers=wrong, timeout=60), 401)
+    right = {"Authorization": "Bearer sk-test-123"}
+    assert httpx.post(f"{url}/v1/audio/speech", json=body, headers=right, timeout=120).status_code == 200
+    for path in ("/v1/models", "/v1/audio/models", "/v1/audio/voices", "/health"):
+        assert httpx.get(f"{url}{path}").status_code == 200, path  # Open WebUI lists without a key
+    upload = httpx.post(f"{url}/v1/audio/voices", data={"name": "x", "consent": "yes"},
+                        files={"audio_sample": ("x.wav", b"RIFF", "audio/wav")})
+    assert_error(upload, 401)
+
+
+# ------------------------------------------------------------------------------------------------ listing
+def test_model_lists(server: Server) -> None:
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert models["object"] == "list"
+    ids = [m["id"] for m in models["data"]]
+    assert {"tts-1", "tts-1-hd", "gpt-4o-mini-tts"} <= set(ids)
+    assert all(m["object"] == "model" for m in models["data"])
+    audio = httpx.get(f"{server.url}/v1/audio/models").json()
+    assert [m["id"] for m in audio["models"]] == ids and all("name" in m for m in audio["models"])
+    assert httpx.get(f"{server.url}/v1/models/tts-1").json()["id"] == "tts-1"
+    assert_error(httpx.get(f"{server.url}/v1/models/nope"), 404)
+
+
+def test_health_and_metrics(server: Server) -> None:
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and health["engine"] == "vllm" and health["device"] == "cpu"
+    assert health["variant"] == "english"
+    speech(server, response_format="pcm")
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "chatterbox_speech_requests_total" in text and "chatterbox_audio_seconds_total" in text
+    assert "vllm:" in text  # the engine's own metrics share the registry
+
+
+# ------------------------------------------------------------------------------------------------- voices
+def _clip(seconds: float = 2.0, rate: int = 24000, fmt: str = "WAV") -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), rate, format=fmt)
+    return buffer.getvalue()
+
+
+def test_voice_upload_list_use_delete(server: Server) -> None:
+    url = server.url
+    created = httpx.post(f"{url}/v1/audio/voices", data={"name": "My Voice", "consent": "yes"},
+                         files={"audio_sample": ("clip.wav", _clip(), "audio/wav")}, timeout=60)
+    assert created.status_code == 201, created.text
+    voice_id = created.json()["id"]
+    listed = httpx.get(f"{url}/v1/audio/voices").json()["voices"]
+    assert voice_id in [v["id"] for v in listed] and "alloy" in [v["id"] for v in listed]
+    assert Path(server.settings.voices_dir, f"{voice_id}.wav").is_file()
+
+    cloned = speech(server, voice=voice_id, response_format="pcm")
+    assert cloned.status_code == 200
+    assert cloned.content != speech(server, voice="alloy", response_format="pcm").content  # another speaker
+
+    conflict = httpx.post(f"{url}/v1/audio/voices", data={"name": "My Voice", "consent": "yes"},
+                          files={"audio_sample": ("clip.wav", _clip(), "audio/wav")}, timeout=60)
+    assert_error(conflict, 409)
+    assert httpx.delete(f"{url}/v1/audio/voices/{voice_id}").json() == {"id": voice_id, "deleted": True}
+    assert_error(speech(server, voice=voice_id), 400, "voice")
+    assert_error(httpx.delete(f"{url}/v1/audio/voices/{voice_id}"), 404)
+    assert_error(httpx.delete(f"{url}/v1/audio/voices/alloy"), 400)
+
+
+@pytest.mark.parametrize(
+    ("data", "files", "status"),
+    [
+        ({"name": "noise", "consent": "yes"}, {"audio_sample": ("a.wav", b"not audio at all" * 100, "audio/wav")}, 400),
+        ({"name": "../evil", "consent": "yes"}, {"audio_sample": ("a.wav", None, "audio/wav")}, 400),
+        ({"name": "short", "consent": "yes"}, {"audio_sample": ("a.wav", "short", "audio/wav")}, 400),
+        ({"name": "noconsent", "consent": "no"}, {"audio_sample": ("a.wav", None, "audio/wav")}, 400),
+        ({"name": "noconsent"}, {"audio_sample": ("a.wav", None, "audio/wav")}, 400),
+    ],
+)
+def test_bad_uploads_are_refused(server: Server, data: dict, files: dict, status: int) -> None:
+    name, content, mime = files["audio_sample"]
+    if content is None:
+        content = _clip()
+    elif content == "short":
+        content = _clip(0.3)
+    before = sorted(Path(server.settings.voices_dir).glob("*")) if Path(server.settings.voices_dir).exists() else []
+    response = httpx.post(f"{server.url}/v1/audio/voices", data=data, files={"audio_sample": (name, content, mime)},
+                          timeout=60)
+    assert_error(response, status)
+    after = sorted(Path(server.settings.voices_dir).glob("*")) if Path(server.settings.voices_dir).exists() else []
+    assert after == before
+
+
+def test_upload_size_limit(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
+    small = start_server(make_settings(tmp_path, max_upload_mib=0.05), english_tts)
+    try:
+        response = httpx.post(f"{small.url}/v1/audio/voices", data={"name": "big", "consent": "yes"},
+                              files={"audio_sample": ("big.wav", _clip(3.0), "audio/wav")}, timeout=60)
+        assert_error(response, 413, "audio_sample")
+    finally:
+        stop_server(small)
+
+
+# -------------------------------------------------------------------------------------------- concurrency
+def test_concurrent_requests_all_succeed(server: Server) -> None:
+    results: dict[int, httpx.Response] = {}
+
+    def call(i: int) -> None:
+        results[i] = speech(server, seed=i, response_format="pcm", input=f"Request number {i}.", timeout=300)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(results) == list(range(6))
+    assert all(r.status_code == 200 and len(r.content) > 0 for r in results.values())
+    assert len({r.content for r in results.values()}) == 6  # each request got its own audio
+
+
+# ------------------------------------------------------------------------------------------- OpenAI client
+def test_openai_client(server: Server, tmp_path: Path) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input=SENTENCE, response_format="wav")
+    samples, rate = soundfile.read(io.BytesIO(audio.content))
+    assert rate == 24000 and 0.5 < len(samples) / rate <= PIECE_SECONDS
+
+    out = tmp_path / "streamed.mp3"
+    with client.audio.speech.with_streaming_response.create(model="tts-1-hd", voice="nova", input=SENTENCE) as r:
+        r.stream_to_file(out)
+    samples, rate = decode(out.read_bytes(), "mp3")
+    assert rate == 24000 and 0.5 < len(samples) / rate <= PIECE_SECONDS + 0.08
+
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client.audio.speech.create(model="tts-1", voice="nobody", input=SENTENCE)
+    assert "alloy" in str(excinfo.value)
