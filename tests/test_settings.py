@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults() -> None:
     s = Settings()
     assert (s.model, s.revision, s.device, s.engine, s.preset) == ("english", None, "auto", "auto", "medium")
-    assert (s.host, s.port) == ("0.0.0.0", 4123)
+    assert (s.host, s.port) == ("0.0.0.0", 8000)
     assert all(getattr(s, name) is None for name in LIMIT_FIELDS)  # nothing explicit: the preset decides
     assert s.limits() == EngineLimits(
         gpu_memory_gib=5.0, max_batch_size=12, max_model_len=2048, enforce_eager=False, dtype="bfloat16"
@@ -129,7 +129,7 @@ def test_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("CHATTERBOX_GPU_MEMORY_GIB", "")  # as docker compose writes `${GPU_GIB:-}`
     monkeypatch.setenv("CHATTERBOX_PORT", "")
     s = Settings()
-    assert (s.gpu_memory_gib, s.port, s.limits().gpu_memory_gib) == (None, 4123, 5.0)
+    assert (s.gpu_memory_gib, s.port, s.limits().gpu_memory_gib) == (None, 8000, 5.0)
 
 
 @pytest.mark.parametrize(

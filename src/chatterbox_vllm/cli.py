@@ -117,6 +117,14 @@ def serve(
     except ValidationError as exc:
         typer.echo(f"error: invalid settings:\n{exc}", err=True)
         raise typer.Exit(code=2) from exc
+    from .checkpoint.hub import resolve_model
+    from .checkpoint.weights import CheckpointError
+
+    try:  # download (with progress bars) or find the weights before the server starts, so failures are readable
+        resolve_model(settings.model, revision=settings.revision)
+    except CheckpointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 

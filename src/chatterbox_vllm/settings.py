@@ -85,7 +85,10 @@ class Settings(BaseSettings):
     )
 
     # ------------------------------------------------------------------ what to load, and where
-    model: str = Field("english", description="english | multilingual | a local checkpoint directory")
+    model: str = Field(
+        "english",
+        description="english | multilingual | a local checkpoint directory | random-tiny (random weights, noise)",
+    )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) to pin the download to")
     device: str = Field("auto", description="auto (cuda if torch.cuda.is_available(), else cpu) | cuda | cuda:N | cpu")
     engine: Literal["auto", "vllm", "torch"] = Field(
@@ -110,7 +113,7 @@ class Settings(BaseSettings):
 
     # ------------------------------------------------------------------ the HTTP server
     host: str = Field("0.0.0.0", description="address the server listens on (0.0.0.0: every interface)")
-    port: int = Field(4123, description="TCP port the server listens on, 1..65535")
+    port: int = Field(8000, description="TCP port the server listens on, 1..65535")
     api_key: str | None = Field(None, description="if set, requests need 'Authorization: Bearer <key>'")
     voices_dir: str | None = Field(None, description="directory of reference clips (one file per voice)")
 

@@ -1,15 +1,19 @@
-"""Helpers of the server tests: run uvicorn on a loopback port, settings for the tiny checkpoint."""
+"""Helpers and fixtures of the server tests: uvicorn on loopback ports over the tiny English checkpoint, all
+sharing one vLLM engine. (Not a conftest.py: the top-level conftest is imported as `conftest` by other tests.)"""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import uvicorn
 
+from chatterbox_vllm.engine.vllm_engine import VLLMOptions
 from chatterbox_vllm.server.app import create_app
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.tts import ChatterboxTTS
@@ -57,3 +61,29 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
     values = {"model": "english", "max_new_tokens": TOKENS_PER_PIECE, "voices_dir": str(tmp_path / "voices")}
     values.update(overrides)
     return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def english_tts(english_tiny_checkpoint: Path) -> Iterator[ChatterboxTTS]:
+    tts = ChatterboxTTS.from_local(
+        english_tiny_checkpoint,
+        device="cpu",
+        engine="vllm",
+        vllm_options=VLLMOptions(max_model_len=512, max_num_seqs=16, dtype="float32"),
+    )
+    yield tts
+    tts.close()
+
+
+@pytest.fixture(scope="module")
+def server(english_tts: ChatterboxTTS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(make_settings(tmp_path_factory.mktemp("open")), english_tts)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(english_tts: ChatterboxTTS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(make_settings(tmp_path_factory.mktemp("keyed"), api_key="sk-test-123"), english_tts)
+    yield running
+    stop_server(running)

@@ -18,7 +18,16 @@ import soundfile
 from chatterbox_vllm.server.service import PAUSE_SECONDS
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import PIECE_SECONDS, Server, make_settings, start_server, stop_server
+from server_utils import (  # noqa: F401 - fixtures
+    PIECE_SECONDS,
+    Server,
+    english_tts,
+    keyed_server,
+    make_settings,
+    server,
+    start_server,
+    stop_server,
+)
 
 SENTENCE = "Hello there, this is a test."
 

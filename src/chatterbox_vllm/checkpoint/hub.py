@@ -19,6 +19,28 @@ from .weights import CheckpointError
 log = logging.getLogger(__name__)
 
 MODEL_ALIASES: dict[str, Variant] = {"english": "english", "en": "english", "multilingual": "multilingual", "mtl": "multilingual"}
+# Random-weight checkpoints (tiny dimensions, seed 0), written on first use: the whole pipeline without any
+# download. The audio is noise; this is for smoke tests and trying the API offline.
+RANDOM_MODELS: dict[str, Variant] = {"random-tiny": "english", "random-tiny-multilingual": "multilingual"}
+
+
+def random_checkpoint_dir(variant: Variant) -> Path:
+    """Where `random-tiny` checkpoints live: $CHATTERBOX_CACHE_DIR (default ~/.cache/chatterbox-vllm)/random/."""
+    root = os.environ.get("CHATTERBOX_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "chatterbox-vllm"
+    )
+    return Path(root) / "random" / f"{variant}-tiny-seed0"
+
+
+def random_tiny(variant: Variant) -> Path:
+    from .random_weights import write_random_checkpoint
+
+    directory = random_checkpoint_dir(variant)
+    layout = LAYOUTS[variant]
+    if not all((directory / name).is_file() for name in layout.files):
+        log.warning("writing a random-weight %s checkpoint to %s (its audio is noise)", variant, directory)
+        write_random_checkpoint(variant, "tiny", 0, directory)
+    return directory
 
 
 def detect_layout(directory: Path) -> CheckpointLayout:
@@ -67,7 +89,8 @@ def download(
             f"({', '.join(layout.files)}) into a directory and pass that directory as the model "
             "(CHATTERBOX_MODEL=/path/to/dir, or ChatterboxTTS.from_local('/path/to/dir')). For a smoke test "
             "without real weights, `chatterbox-vllm make-checkpoint --variant english --size tiny --out DIR` "
-            "writes a random-weight checkpoint (its audio is noise)."
+            "writes a random-weight checkpoint (its audio is noise), or set CHATTERBOX_MODEL=random-tiny to have "
+            "the server make one and run the whole pipeline on it."
         ) from exc
     directory = Path(path)
     check_complete(directory, layout)
@@ -82,14 +105,19 @@ def resolve_model(
     local_files_only: bool | None = None,
 ) -> tuple[Path, CheckpointLayout]:
     """Turn a model setting (english | multilingual | a directory) into a complete checkpoint directory."""
-    alias = MODEL_ALIASES.get(model.strip().lower())
+    name = model.strip().lower()
+    if name in RANDOM_MODELS:
+        variant = RANDOM_MODELS[name]
+        return random_tiny(variant), LAYOUTS[variant]
+    alias = MODEL_ALIASES.get(name)
     if alias is not None:
         directory = download(alias, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         return directory, LAYOUTS[alias]
     directory = Path(model).expanduser()
     if not directory.is_dir():
         raise CheckpointError(
-            f"model {model!r} is neither a known name ({', '.join(sorted(MODEL_ALIASES))}) nor a directory"
+            f"model {model!r} is neither a known name ({', '.join(sorted(MODEL_ALIASES) + sorted(RANDOM_MODELS))}) "
+            "nor a directory"
         )
     layout = detect_layout(directory)
     check_complete(directory, layout)

@@ -1,0 +1,85 @@
+"""start-api-server.sh and `serve` as a new user runs them: help, bad values, offline hub, random-tiny end to end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "start-api-server.sh"
+
+
+def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_help() -> None:
+    result = run_script("--help")
+    assert result.returncode == 0
+    for option in ("--preset", "--model", "--port", "random-tiny", "CHATTERBOX_"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("--preset", "huge"), "--preset must be"), (("--port", "0"), "port must be"), (("--port", "http"), "port must be"),
+     (("--bogus",), "unknown option"), (("--model",), "needs a value")],
+)  # fmt: skip
+def test_bad_values_are_refused(args: tuple[str, ...], message: str) -> None:
+    result = run_script(*args)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_serve_without_hub_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "CHATTERBOX_MODEL": "english"}
+    result = subprocess.run([sys.executable, "-m", "chatterbox_vllm.cli", "serve"], capture_output=True, text=True,
+                            timeout=120, env=env)  # fmt: skip
+    assert result.returncode == 2
+    assert "random-tiny" in result.stderr and "directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_random_tiny_serves_end_to_end(tmp_path: Path) -> None:
+    """The README's run command, offline: the script serves a random checkpoint and answers a speech request."""
+    port = _free_port()
+    env = {**os.environ, "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_MAX_NEW_TOKENS": "40",
+           "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "512", "CHATTERBOX_HOST": "127.0.0.1"}  # fmt: skip
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(["bash", str(SCRIPT), "--model", "random-tiny", "--port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(1)
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", timeout=120,
+                              json={"model": "tts-1", "input": "Hello world.", "voice": "alloy"})  # fmt: skip
+        assert response.status_code == 200 and response.headers["content-type"] == "audio/mpeg"
+        assert len(response.content) > 1000
+        assert (tmp_path / "cache" / "random" / "english-tiny-seed0" / "t3_cfg.safetensors").is_file()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
