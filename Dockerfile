@@ -1,0 +1,41 @@
+# chatterbox-vllm on NVIDIA GPUs: T3 in vLLM, S3Gen in PyTorch, the OpenAI-compatible API on :8000.
+#   docker build -t chatterbox-vllm .     (or: docker compose up -d)
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The distribution's Python 3.12; versions follow the pinned base image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv libsndfile1 ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system --gid 10001 chatterbox \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/chatterbox --create-home chatterbox
+
+WORKDIR /opt/chatterbox-vllm
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY pyproject.toml README.md ./
+COPY src ./src
+# The project itself, with the vLLM extra; dependency ranges live in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install ".[gpu]"
+
+ENV HF_HOME=/models/huggingface \
+    CHATTERBOX_CACHE_DIR=/models/chatterbox \
+    CHATTERBOX_VOICES_DIR=/voices \
+    CHATTERBOX_HOST=0.0.0.0 \
+    CHATTERBOX_PORT=8000
+RUN mkdir -p /models /voices && chown 10001:10001 /models /voices
+VOLUME ["/models", "/voices"]
+
+USER 10001:10001
+EXPOSE 8000
+# The first start downloads the model (~3 GB) and captures CUDA graphs: give it time before counting failures.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"]
+CMD ["chatterbox-vllm", "serve"]
