@@ -14,6 +14,7 @@ Usage: ./start-api-server.sh [options]
   --port PORT                     port (default 8000)
   --api-key KEY                   require "Authorization: Bearer KEY"
   --voices-dir DIR                directory of reference clips for cloned voices
+  --print-config                  print the settings a start would use (preset resolved) as JSON, and exit
   -h, --help                      this help
 
 Every setting can also come from the environment (CHATTERBOX_MODEL, CHATTERBOX_PRESET, CHATTERBOX_PORT,
@@ -26,6 +27,7 @@ EOF
 fail() { echo "start-api-server.sh: $*" >&2; exit 2; }
 
 preset="${CHATTERBOX_PRESET:-auto}"
+print_config=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
     --port) [ $# -ge 2 ] || fail "--port needs a value"; export CHATTERBOX_PORT="$2"; shift 2 ;;
     --api-key) [ $# -ge 2 ] || fail "--api-key needs a value"; export CHATTERBOX_API_KEY="$2"; shift 2 ;;
     --voices-dir) [ $# -ge 2 ] || fail "--voices-dir needs a value"; export CHATTERBOX_VOICES_DIR="$2"; shift 2 ;;
+    --print-config) print_config=1; shift ;;
     *) usage >&2; fail "unknown option: $1" ;;
   esac
 done
@@ -47,7 +50,7 @@ case "$preset" in
       mib=${mib//[^0-9]/}
       if [ -n "$mib" ]; then
         if [ "$mib" -lt 11000 ]; then preset=low; elif [ "$mib" -lt 20000 ]; then preset=medium; else preset=high; fi
-        echo "GPU memory ${mib} MiB: preset $preset"
+        echo "GPU memory ${mib} MiB: preset $preset" >&2
       fi
     fi ;;
   *) fail "--preset must be low, medium, high or auto (got '$preset')" ;;
@@ -61,4 +64,5 @@ if [ ! -x .venv/bin/chatterbox-vllm ]; then
   echo "first run: installing into .venv (a few minutes)"
   bash scripts/install.sh
 fi
+if [ "$print_config" = 1 ]; then exec .venv/bin/chatterbox-vllm serve --print-config; fi
 exec .venv/bin/chatterbox-vllm serve

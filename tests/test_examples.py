@@ -1,61 +1,21 @@
-"""Every script in examples/ runs against a live server (random-tiny checkpoint, the CPU build of vLLM)."""
+"""Every script in examples/ runs against a live server (random-tiny checkpoint, the CPU build of vLLM).
+
+The `live_server` fixture (tests/conftest.py) is one `chatterbox-vllm serve` process shared with the docs tests."""
 
 from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 import soundfile
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("examples-server")
-    port = _free_port()
-    env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_CACHE_DIR": str(tmp / "cache"),
-           "CHATTERBOX_MAX_NEW_TOKENS": "40", "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "512",
-           "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port), "CHATTERBOX_VOICES_DIR": str(tmp / "voices")}  # fmt: skip
-    log = (tmp / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "chatterbox_vllm.cli", "serve"], stdout=log,
-                              stderr=subprocess.STDOUT, env=env)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (tmp / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(1)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def run_example(args: list[str], url: str, out: Path) -> subprocess.CompletedProcess:

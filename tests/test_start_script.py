@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -83,3 +84,20 @@ def test_random_tiny_serves_end_to_end(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@pytest.mark.parametrize(("mib", "preset"), [("8192", "low"), ("12288", "medium"), ("24576", "high"), ("81559", "high")])
+def test_auto_preset_from_gpu_memory(tmp_path: Path, mib: str, preset: str) -> None:
+    """--preset auto reads nvidia-smi (there is no GPU here, so a stand-in prints a card's memory as it does)."""
+    if not (REPO / ".venv" / "bin" / "chatterbox-vllm").exists():
+        pytest.skip("the script would install .venv first; scripts/test.sh makes it")
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\necho '{mib}'\n")
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATTERBOX_")}
+    env["PATH"] = f"{tmp_path}:{env['PATH']}"
+    result = run_script("--print-config", env=env)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["preset"] == preset and f"GPU memory {mib} MiB" in result.stderr
+    assert config["limits"]["max_batch_size"] == {"low": 4, "medium": 12, "high": 32}[preset]

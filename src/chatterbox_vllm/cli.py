@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -98,6 +103,9 @@ def serve(
     max_model_len: Annotated[int | None, typer.Option(help="[CHATTERBOX_MAX_MODEL_LEN]")] = None,
     api_key: Annotated[str | None, typer.Option(help="require this bearer key [CHATTERBOX_API_KEY]")] = None,
     voices_dir: Annotated[str | None, typer.Option(help="directory of voice clips [CHATTERBOX_VOICES_DIR]")] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="print the effective settings as JSON and exit")
+    ] = False,
 ) -> None:
     """Run the OpenAI-compatible speech server. Flags override CHATTERBOX_* variables (and .env)."""
     import uvicorn
@@ -117,6 +125,9 @@ def serve(
     except ValidationError as exc:
         typer.echo(f"error: invalid settings:\n{exc}", err=True)
         raise typer.Exit(code=2) from exc
+    if print_config:  # what a start would run with: presets resolved, the key never echoed
+        typer.echo(json.dumps(effective_config(settings), indent=2))
+        return
     from .checkpoint.hub import resolve_model
     from .checkpoint.weights import CheckpointError
 
@@ -126,6 +137,14 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def effective_config(settings: Settings) -> dict[str, object]:
+    """Settings as the server applies them: every field, the preset's limits filled in, the API key masked."""
+    config = settings.model_dump()
+    config["api_key"] = "***" if settings.api_key else None
+    config["limits"] = dataclasses.asdict(settings.limits())
+    return config
 
 
 def main() -> None:  # pragma: no cover - console entry point
