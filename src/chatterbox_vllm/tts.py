@@ -264,13 +264,21 @@ class ChatterboxTTS:
         speech = self.engine.generate(tokens.to(self.device), conds.t3, params)
         return self.vocode(speech, conds, seed=seed)
 
-    def vocode(self, speech_tokens: list[int], conds: Conditionals, *, seed: int | None = None) -> np.ndarray:
+    def vocode(
+        self,
+        speech_tokens: list[int],
+        conds: Conditionals,
+        *,
+        seed: int | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> np.ndarray:
         """S3Gen: speech tokens -> 24 kHz waveform.
 
         Tokens >= 6561 (T3's start/stop and unused ids) are dropped for both variants; 0.1.7's multilingual path
         passed them on and crashed in S3Gen's embedding. The last token's audio is cut, as upstream now does
         after 0.1.7 for the multilingual model: the token emitted right before the stop token decodes to ~40 ms of
         noise. We do it for English too, for the same reason.
+        `noise` (`[1, 80, prompt frames + 2 x tokens]`) fixes the flow's initial noise (incremental vocoding).
         """
         valid = speech_tokens_for_s3gen(speech_tokens)
         if not valid:
@@ -279,7 +287,7 @@ class ChatterboxTTS:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         token_tensor = torch.tensor(valid, dtype=torch.long, device=self.device).unsqueeze(0)
-        wav = self.s3gen.inference(token_tensor, conds.gen, generator=generator)
+        wav = self.s3gen.inference(token_tensor, conds.gen, generator=generator, noise=noise)
         wav = wav.squeeze(0).float().cpu().numpy()
         keep = max(1, len(valid) - 1) * SAMPLES_PER_TOKEN
         return np.ascontiguousarray(wav[:keep], dtype=np.float32)

@@ -173,6 +173,42 @@ def test_audio_streams_before_generation_ends(server: Server) -> None:
     assert made_at_first_bytes < 0.5 * made_total, (made_at_first_bytes, made_total)
 
 
+def test_one_sentence_streams_before_its_tokens_are_done(server: Server) -> None:
+    # One piece (Open WebUI sends a sentence a request): audio must leave after its first tokens, not its last.
+    before = _audio_seconds_made(server)
+    made_at_first_bytes = None
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,
+                      json={"model": "tts-1", "input": SENTENCE, "voice": "alloy", "response_format": "pcm"}) as response:
+        for chunk in response.iter_bytes():
+            if chunk and made_at_first_bytes is None:
+                made_at_first_bytes = _audio_seconds_made(server) - before
+    made_total = _audio_seconds_made(server) - before
+    assert 0.5 * PIECE_SECONDS < made_total <= PIECE_SECONDS + 1e-6  # (ids >= 6561 that T3 samples make no audio)
+    assert made_at_first_bytes is not None and made_at_first_bytes < 0.5 * made_total, (made_at_first_bytes, made_total)
+
+
+def test_pieces_of_one_input_decode_together(server: Server, english_tts: ChatterboxTTS) -> None:
+    text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(40))
+    running: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            running.append(english_tts.engine.num_unfinished_requests())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        response = speech(server, input=text, response_format="pcm")
+    finally:
+        done.set()
+        watcher.join()
+    assert response.status_code == 200
+    # several T3 requests of this one input were in the engine together, never more than parallel_pieces
+    assert 2 <= max(running) <= server.settings.parallel_pieces, max(running)
+
+
 def test_client_disconnect_stops_generation(server: Server, english_tts: ChatterboxTTS) -> None:
     text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(20))
     with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,

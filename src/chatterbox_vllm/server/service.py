@@ -3,7 +3,9 @@
 * Everything that can fail on the request's content (language, text, voice clip) is checked in `prepare`, before
   the response starts, so such failures are 400s rather than broken streams.
 * T3 runs in the engine (vLLM batches concurrent requests); S3Gen and voice-clip analysis run in one worker
-  thread, off the event loop. While piece i is vocoded, T3 already decodes piece i + 1.
+  thread, off the event loop. While piece i is vocoded, T3 already decodes the next pieces (`parallel_pieces`).
+* The first piece's audio leaves after `stream_first_audio_tokens` tokens (S3Gen on growing prefixes), so time to
+  first audio does not wait for a whole sentence.
 * A bounded number of requests may be in progress; beyond it the API answers 429 (`admit`).
 * Cancelling the consumer (a client that hangs up) cancels the T3 request, which frees its KV cache.
 """
@@ -22,6 +24,7 @@ import torch
 
 from ..conditioning import Conditionals
 from ..engine.base import SamplingParams
+from ..incremental import IncrementalVocoder
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.languages import validate_language
@@ -32,6 +35,8 @@ from .voices import Voice
 
 PAUSE_SECONDS = 0.12  # silence between sentence pieces
 FADE_SECONDS = 0.005  # edges of each piece fade in/out: no clicks where pieces meet
+# Above this many requests in progress, first pieces are vocoded whole: throughput before first-audio latency.
+INCREMENTAL_MAX_ACTIVE = 4
 
 
 @dataclass
@@ -40,6 +45,16 @@ class PreparedSpeech:
     conds: Conditionals
     params: SamplingParams
     text_tokens: int
+
+
+def fade_out(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The last FADE_SECONDS ramp to zero (the end of a piece streamed in parts)."""
+    n = min(int(FADE_SECONDS * sample_rate), len(wav))
+    if n == 0:
+        return wav
+    wav = wav.copy()
+    wav[-n:] *= np.linspace(1.0, 0.0, n, dtype=np.float32)
+    return wav
 
 
 def fade_edges(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -150,10 +165,23 @@ class SpeechService:
         return await asyncio.to_thread(run)
 
     async def stream(self, prepared: PreparedSpeech, usage: dict[str, int]) -> AsyncIterator[np.ndarray]:
-        """Audio of each piece as soon as it is made (float32, 24 kHz); `usage` counts tokens as they go."""
+        """Audio of each piece as soon as it is made (float32, 24 kHz); `usage` counts tokens as they go.
+
+        With vLLM, up to `parallel_pieces` pieces decode at once (a long input finishes in about the time of its
+        longest piece, not the sum) and the first piece's audio leaves while T3 still writes it.
+        """
         loop = asyncio.get_running_loop()
         usage["input_tokens"] = prepared.text_tokens
         usage["output_tokens"] = 0
+        streaming_engine = hasattr(self.tts.engine, "stream_async")
+        window = self.settings.parallel_pieces if streaming_engine else 1
+        # Partial vocodes cost S3Gen time (the one worker is shared): only while few requests are in progress.
+        incremental = (
+            streaming_engine
+            and self.settings.stream_first_audio_tokens > 0
+            and self._active <= INCREMENTAL_MAX_ACTIVE
+        )
+        count = len(prepared.pieces)
 
         def params_for(index: int) -> SamplingParams:
             seed = prepared.params.seed
@@ -161,25 +189,66 @@ class SpeechService:
                 return prepared.params
             return SamplingParams(**{**prepared.params.__dict__, "seed": seed + index})
 
-        pending = asyncio.ensure_future(self._tokens(prepared.pieces[0], prepared, params_for(0)))
+        futures: dict[int, asyncio.Future[list[int]]] = {}
+        launched = 1 if incremental else 0  # an incremental first piece is decoded inline below
+
+        def launch_until(stop: int) -> None:
+            nonlocal launched
+            while launched < min(stop, count):
+                futures[launched] = asyncio.ensure_future(
+                    self._tokens(prepared.pieces[launched], prepared, params_for(launched))
+                )
+                launched += 1
+
         try:
-            for index in range(len(prepared.pieces)):
-                tokens = await pending
-                if index + 1 < len(prepared.pieces):  # T3 on the next piece while S3Gen works on this one
-                    pending = asyncio.ensure_future(
-                        self._tokens(prepared.pieces[index + 1], prepared, params_for(index + 1))
-                    )
+            for index in range(count):
+                launch_until(index + window)  # T3 on the next pieces while S3Gen works on this one
+                if index > 0:
+                    yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
+                if index == 0 and incremental:
+                    async for audio in self._first_piece_incrementally(prepared, params_for(0), usage):
+                        yield audio
+                    continue
+                tokens = await futures.pop(index)
                 usage["output_tokens"] += len(tokens)
                 seed = params_for(index).seed
                 wav = await loop.run_in_executor(self._worker, self._vocode, tokens, prepared.conds, seed)
-                if index > 0:
-                    yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
                 yield fade_edges(wav)
         finally:
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+            for future in futures.values():
+                if not future.done():
+                    future.cancel()
+                    with contextlib.suppress(BaseException):
+                        await future
+
+    async def _first_piece_incrementally(
+        self, prepared: PreparedSpeech, params: SamplingParams, usage: dict[str, int]
+    ) -> AsyncIterator[np.ndarray]:
+        """The first piece's audio in growing parts while its tokens arrive (see `incremental`)."""
+        loop = asyncio.get_running_loop()
+        vocoder = IncrementalVocoder(
+            self.tts,
+            prepared.conds,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+            first_tokens=self.settings.stream_first_audio_tokens,
+        )
+        text = prepared.pieces[0].to(self.tts.device)
+        tokens: list[int] = []
+        async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
+            tokens.append(token)
+            if vocoder.due(len(tokens)):
+                audio = await loop.run_in_executor(self._worker, self._push, vocoder, list(tokens), False)
+                if len(audio):
+                    yield audio
+        usage["output_tokens"] += len(tokens)
+        audio = await loop.run_in_executor(self._worker, self._push, vocoder, tokens, True)
+        yield fade_out(audio)
+
+    @staticmethod
+    def _push(vocoder: IncrementalVocoder, tokens: list[int], final: bool) -> np.ndarray:
+        with torch.inference_mode():
+            return vocoder.push(tokens, final=final)
 
     def _vocode(self, tokens: list[int], conds: Conditionals, seed: int | None) -> np.ndarray:
         with torch.inference_mode():

@@ -1,0 +1,542 @@
+"""End-to-end speed and memory of the speech pipeline and its HTTP server, on the GPU (full size) or a CPU (tiny).
+
+`run` loads one model with a preset and measures, in this order:
+* t3: tokens/s of one stream (bandwidth bound: the bytes of T3's decode weights / the GPU's memory bandwidth);
+* paragraph: one ~20 s paragraph through the server's synthesis path (pieces, T3 in vLLM, S3Gen), audio seconds
+  per wall second (RTF), time to first audio, and the per-stage split (T3, S3Gen flow, HiFT vocoder, mp3 encoding);
+* ttfb: time to the first audio byte of one streamed sentence over HTTP (uvicorn on loopback, pcm and mp3);
+* sweep: 1/4/16/64 concurrent sentence requests over HTTP: aggregate RTF, latency, failures;
+* vram (GPU): each preset in a child process of its own (`vram` subcommand) with torch capped to a budget:
+  the peak device memory the whole process used.
+Random weights rarely sample T3's stop token, so each request is capped at the token count the real model would
+write for the text (benchmarks/texts.py). Writes a JSON report and PNG plots.
+
+    python benchmarks/e2e.py run --model /ckpt/english --preset high --out run.json
+    python benchmarks/e2e.py vram --models multilingual=/ckpt/multilingual english=/ckpt/english --out vram.json
+    python tools/reference/bench_reference.py --ckpt /ckpt/english --out reference.json   # the oracle's env
+    python benchmarks/e2e.py report --run run.json --vram vram.json --reference reference.json \
+        --out benchmarks/results/<device>-<date>.json --plots benchmarks/results/plots
+    python benchmarks/e2e.py run --model random-tiny --quick --sweep 1 4 --out run.json   # CPU smoke (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS  # noqa: E402
+
+from chatterbox_vllm.engine.base import SamplingParams, speech_tokens_for_s3gen  # noqa: E402
+from chatterbox_vllm.server.audio import AudioEncoder  # noqa: E402
+from chatterbox_vllm.server.schemas import SpeechRequest  # noqa: E402
+from chatterbox_vllm.server.service import SpeechService  # noqa: E402
+from chatterbox_vllm.server.voices import Voice  # noqa: E402
+from chatterbox_vllm.settings import Settings  # noqa: E402
+from chatterbox_vllm.text.chunking import split_for_synthesis  # noqa: E402
+from chatterbox_vllm.tts import SAMPLE_RATE, ChatterboxTTS  # noqa: E402
+
+BUILTIN = Voice(id="default", name="default", kind="builtin")
+# Peak memory bandwidth (GB/s) by device name: the ceiling for one decode stream.
+HBM_GBPS = {"H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H200": 4800.0, "A100-SXM4-80GB": 2039.0}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+
+
+def tokens_per_piece(text: str, total_tokens: int, chunk_chars: int) -> int:
+    """A per-piece cap giving `total_tokens` over the text's pieces (they are of similar length)."""
+    return max(1, math.ceil(total_tokens / len(split_for_synthesis(text, chunk_chars))))
+
+
+# -------------------------------------------------------------------------------------------------- T3 alone
+def decode_weight_bytes(tts: ChatterboxTTS, model: str, dtype_bytes: int) -> int:
+    """Bytes one decode step must read: every backbone layer, the final norm and the speech head (the embeddings
+    read one row). Both CFG branches share them (see engine/vllm_t3/model.py)."""
+    from safetensors import safe_open
+
+    from chatterbox_vllm.checkpoint.hub import resolve_model
+
+    directory, layout = resolve_model(model)
+    with safe_open(str(directory / layout.t3), "pt") as f:
+        count = 0
+        for key in f.keys():
+            if key.startswith(("tfmr.layers.", "tfmr.norm.", "speech_head.")):
+                count += math.prod(f.get_slice(key).get_shape())
+    return count * dtype_bytes
+
+
+def bench_t3(tts: ChatterboxTTS, tokens: int, settings: Settings) -> dict[str, Any]:
+    conds = tts.default_conds
+    text = tts.text_tokens(SENTENCE).to(tts.device)
+    params = SamplingParams(max_new_tokens=tokens, seed=0)
+    tts.engine.generate(text, conds.t3, SamplingParams(max_new_tokens=8, seed=0))  # warm
+    sync()
+    start = time.perf_counter()
+    out = tts.engine.generate(text, conds.t3, params)
+    sync()
+    seconds = time.perf_counter() - start
+    limits = settings.limits()
+    dtype_bytes = 4 if tts.device.type == "cpu" or limits.dtype == "float32" else 2
+    report: dict[str, Any] = {"tokens": len(out), "seconds": seconds, "tok_per_s": len(out) / seconds}
+    gbps = next((v for k, v in HBM_GBPS.items() if k in device_name()), None)
+    if gbps:
+        weight_bytes = decode_weight_bytes(tts, settings.model, dtype_bytes)
+        report.update(
+            decode_weight_gib=weight_bytes / 2**30,
+            hbm_gbps=gbps,
+            bandwidth_bound_tok_per_s=gbps * 1e9 / weight_bytes,
+        )
+        report["fraction_of_bound"] = report["tok_per_s"] / report["bandwidth_bound_tok_per_s"]
+    return report
+
+
+# -------------------------------------------------------------------------------------------------- pipeline
+async def speak(service: SpeechService, text: str) -> dict[str, float]:
+    """One request through the server's synthesis path (no HTTP): wall time, first audio, audio seconds."""
+    request = SpeechRequest(model="tts-1", input=text, voice="alloy", response_format="pcm")
+    start = time.perf_counter()
+    prepared = await service.prepare(request, BUILTIN)
+    first = None
+    samples = 0
+    async for wav in service.stream(prepared, {}):
+        if first is None and len(wav):
+            first = time.perf_counter() - start
+        samples += len(wav)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "first_audio_s": first or wall, "audio_s": samples / SAMPLE_RATE}
+
+
+def bench_paragraph(tts: ChatterboxTTS, settings: Settings, repeats: int) -> dict[str, Any]:
+    per_piece = tokens_per_piece(PARAGRAPH, PARAGRAPH_TOKENS, settings.chunk_chars)
+    service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": per_piece}))
+    try:
+        asyncio.run(speak(service, SENTENCE))  # warm
+        runs = [asyncio.run(speak(service, PARAGRAPH)) for _ in range(repeats)]
+    finally:
+        service.close()
+    best = min(runs, key=lambda r: r["wall_s"])
+    median_wall = statistics.median(r["wall_s"] for r in runs)
+    audio = statistics.median(r["audio_s"] for r in runs)
+    return {
+        "chunk_chars": settings.chunk_chars,
+        "pieces": len(split_for_synthesis(PARAGRAPH, settings.chunk_chars)),
+        "tokens_per_piece": per_piece,
+        "runs": runs,
+        "audio_s": audio,
+        "wall_s_median": median_wall,
+        "rtf": audio / median_wall,
+        "rtf_best": best["audio_s"] / best["wall_s"],
+        "first_audio_s_median": statistics.median(r["first_audio_s"] for r in runs),
+    }
+
+
+def bench_stages(tts: ChatterboxTTS, settings: Settings) -> dict[str, float]:
+    """The paragraph once more, stage by stage and one piece after another: where the time goes."""
+    per_piece = tokens_per_piece(PARAGRAPH, PARAGRAPH_TOKENS, settings.chunk_chars)
+    conds = tts.default_conds
+    totals = {"t3_s": 0.0, "s3gen_flow_s": 0.0, "hift_s": 0.0, "mp3_encode_s": 0.0, "audio_s": 0.0}
+    encoder = AudioEncoder("mp3", SAMPLE_RATE)
+    for index, piece in enumerate(split_for_synthesis(PARAGRAPH, settings.chunk_chars)):
+        text = tts.text_tokens(piece).to(tts.device)
+        sync()
+        t0 = time.perf_counter()
+        tokens = tts.engine.generate(text, conds.t3, SamplingParams(max_new_tokens=per_piece, seed=index))
+        sync()
+        t1 = time.perf_counter()
+        valid = torch.tensor(speech_tokens_for_s3gen(tokens), device=tts.device).unsqueeze(0)
+        with torch.inference_mode():
+            mel = tts.s3gen.flow_inference(valid, conds.gen)
+            sync()
+            t2 = time.perf_counter()
+            wav = tts.s3gen.hift_inference(mel).squeeze(0).float().cpu().numpy()
+        sync()
+        t3 = time.perf_counter()
+        encoder.encode(wav)
+        t4 = time.perf_counter()
+        totals["t3_s"] += t1 - t0
+        totals["s3gen_flow_s"] += t2 - t1
+        totals["hift_s"] += t3 - t2
+        totals["mp3_encode_s"] += t4 - t3
+        totals["audio_s"] += len(wav) / SAMPLE_RATE
+    encoder.finish()
+    encoder.close()
+    return totals
+
+
+# -------------------------------------------------------------------------------------------------- HTTP
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class HTTPServer:
+    """The real app under uvicorn on loopback, sharing the loaded model."""
+
+    def __init__(self, tts: ChatterboxTTS, settings: Settings) -> None:
+        import uvicorn
+
+        from chatterbox_vllm.server.app import create_app
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(settings, tts=tts)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "HTTPServer":
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("benchmark server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+async def one_request(client: httpx.AsyncClient, url: str, fmt: str) -> dict[str, Any]:
+    start = time.perf_counter()
+    first = None
+    size = 0
+    try:
+        async with client.stream("POST", f"{url}/v1/audio/speech", json={
+            "model": "tts-1", "input": SENTENCE, "voice": "alloy", "response_format": fmt}) as response:  # fmt: skip
+            if response.status_code != 200:
+                await response.aread()
+                return {"ok": False, "status": response.status_code, "error": response.text[:200]}
+            async for chunk in response.aiter_bytes():
+                if chunk and first is None:
+                    first = time.perf_counter() - start
+                size += len(chunk)
+    except httpx.HTTPError as exc:
+        return {"ok": False, "status": None, "error": f"{type(exc).__name__}: {exc}"}
+    wall = time.perf_counter() - start
+    audio = size / 2 / SAMPLE_RATE if fmt == "pcm" else None
+    return {"ok": True, "ttfb_s": first, "wall_s": wall, "audio_s": audio, "bytes": size}
+
+
+async def burst(url: str, concurrency: int, fmt: str = "pcm") -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_request(client, url, fmt) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ok = [r for r in results if r["ok"]]
+    audio = sum(r["audio_s"] or 0.0 for r in ok)
+    latencies = sorted(r["wall_s"] for r in ok)
+    ttfbs = sorted(r["ttfb_s"] for r in ok if r["ttfb_s"] is not None)
+
+    def pct(values: list[float], q: float) -> float | None:
+        return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+    return {
+        "concurrency": concurrency,
+        "failed": len(results) - len(ok),
+        "errors": sorted({r["error"] for r in results if not r["ok"]})[:5],
+        "wall_s": wall,
+        "audio_s": audio,
+        "rtf_aggregate": audio / wall if wall else 0.0,
+        "latency_p50_s": pct(latencies, 0.5),
+        "latency_p95_s": pct(latencies, 0.95),
+        "ttfb_p50_ms": None if not ttfbs else 1000 * pct(ttfbs, 0.5),
+        "ttfb_p95_ms": None if not ttfbs else 1000 * pct(ttfbs, 0.95),
+    }
+
+
+def bench_http(tts: ChatterboxTTS, settings: Settings, sweep: list[int], ttfb_repeats: int) -> dict[str, Any]:
+    http_settings = settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS, "max_queue": max(sweep) + 8})
+    with HTTPServer(tts, http_settings) as server:
+        asyncio.run(burst(server.url, 1))  # warm
+        ttfb: dict[str, Any] = {}
+        for fmt in ("pcm", "mp3"):
+            values = [asyncio.run(burst(server.url, 1, fmt))["ttfb_p50_ms"] for _ in range(ttfb_repeats)]
+            ttfb[fmt] = {"median_ms": statistics.median(values), "all_ms": values}
+        results = [asyncio.run(burst(server.url, c)) for c in sweep]
+    return {"ttfb": ttfb, "sweep": results, "sentence_tokens": SENTENCE_TOKENS}
+
+
+# -------------------------------------------------------------------------------------------------- memory
+class PeakDeviceMemory:
+    """Polls the device's used memory (all of this process: torch, vLLM, CUDA context) in a thread."""
+
+    def __init__(self) -> None:
+        free, total = torch.cuda.mem_get_info()
+        self.baseline = total - free
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            free, total = torch.cuda.mem_get_info()
+            self.peak = max(self.peak, total - free)
+            time.sleep(0.005)
+
+    def __enter__(self) -> "PeakDeviceMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def vram_child(args: argparse.Namespace) -> dict[str, Any]:
+    """One preset in this process: load, then a paragraph and a full batch of sentences, at peak memory."""
+    before = nvidia_smi_used_mib()
+    torch.cuda.init()
+    total = torch.cuda.mem_get_info()[1]
+    if args.cap_gib:
+        # torch's allocator (S3Gen, the voice encoder and vLLM's own tensors) may not pass the cap.
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total))
+    report: dict[str, Any] = {"preset": args.preset, "model": args.model, "cap_gib": args.cap_gib}
+    try:
+        with PeakDeviceMemory() as peak:
+            settings = Settings(model=args.model, preset=args.preset, device="cuda")
+            tts = ChatterboxTTS.from_settings(settings)
+            paragraph = bench_paragraph(tts, settings, repeats=1)
+            service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
+
+            async def full_batch() -> None:
+                await asyncio.gather(*(speak(service, SENTENCE) for _ in range(settings.limits().max_batch_size)))
+
+            asyncio.run(full_batch())
+            service.close()
+        report.update(
+            ok=True,
+            limits=settings.limits().__dict__,
+            peak_process_gib=(peak.peak - peak.baseline) / 2**30,
+            device_used_before_mib=before,
+            torch_max_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
+            paragraph_rtf=paragraph["rtf"],
+        )
+        tts.close()
+    except Exception as exc:  # a preset that does not fit is a result, not a crash of the sweep
+        report.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+    return report
+
+
+def nvidia_smi_used_mib() -> float | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+        return float(out.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def bench_vram(models: dict[str, str], presets: list[str], cap_gib: dict[str, float]) -> list[dict[str, Any]]:
+    results = []
+    for variant, model in models.items():
+        for preset in presets:
+            cmd = [sys.executable, __file__, "vram-one", "--model", model, "--preset", preset]
+            if preset in cap_gib:
+                cmd += ["--cap-gib", str(cap_gib[preset])]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            result = json.loads(lines[-1]) if lines else {"ok": False, "error": done.stderr[-2000:]}
+            result["variant"] = variant
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    return results
+
+
+# -------------------------------------------------------------------------------------------------- plots
+def plot(report: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    sweep = report["http"]["sweep"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    xs = [s["concurrency"] for s in sweep]
+    ax[0].plot(xs, [s["rtf_aggregate"] for s in sweep], marker="o")
+    ax[0].set(xscale="log", xlabel="concurrent requests", ylabel="audio s / wall s", title="Aggregate speed")
+    ax[1].plot(xs, [s["latency_p50_s"] for s in sweep], marker="o", label="latency p50")
+    ax[1].plot(xs, [(s["ttfb_p50_ms"] or 0) / 1000 for s in sweep], marker="o", label="first byte p50")
+    ax[1].set(xscale="log", xlabel="concurrent requests", ylabel="seconds", title="Per request")
+    ax[1].legend()
+    fig.suptitle(f"{report['device']} · {report['model_label']}")
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=110)
+    written.append(str(out / "sweep.png"))
+    plt.close(fig)
+
+    stages = report["stages"]
+    names = ["t3_s", "s3gen_flow_s", "hift_s", "mp3_encode_s"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([n.removesuffix("_s") for n in names], [stages[n] / stages["audio_s"] for n in names])
+    ax.set(ylabel="seconds per audio second", title="Where the time goes (paragraph, sequential)")
+    fig.tight_layout()
+    fig.savefig(out / "stages.png", dpi=110)
+    written.append(str(out / "stages.png"))
+    plt.close(fig)
+
+    if report.get("vram"):
+        ok = [v for v in report["vram"] if v.get("ok")]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar([f"{v['variant']}\n{v['preset']}" for v in ok], [v["peak_process_gib"] for v in ok])
+        ax.set(ylabel="GiB", title="Peak GPU memory of the whole process")
+        fig.tight_layout()
+        fig.savefig(out / "vram.png", dpi=110)
+        written.append(str(out / "vram.png"))
+        plt.close(fig)
+    return written
+
+
+# -------------------------------------------------------------------------------------------------- main
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"model": args.model, "preset": args.preset, "device": args.device}
+    if args.max_batch_size:
+        overrides["max_batch_size"] = args.max_batch_size
+    if args.chunk_chars:
+        overrides["chunk_chars"] = args.chunk_chars
+    settings = Settings(**overrides)
+    start = time.perf_counter()
+    tts = ChatterboxTTS.from_settings(settings)
+    load_s = time.perf_counter() - start
+    report: dict[str, Any] = {
+        "device": device_name(),
+        "date": dt.date.today().isoformat(),
+        "command": "python " + shlex.join(sys.argv),
+        "model_label": f"{tts.variant} {'tiny' if args.quick else 'full'} ({args.model})",
+        "engine": type(tts.engine).__name__,
+        "limits": settings.limits().__dict__,
+        "versions": versions(),
+        "load_s": load_s,
+    }
+    try:
+        report["t3"] = bench_t3(tts, 64 if args.quick else 400, settings)
+        print("t3", json.dumps(report["t3"]), flush=True)
+        report["paragraph"] = bench_paragraph(tts, settings, repeats=1 if args.quick else 3)
+        for chars in args.extra_chunk_chars:
+            report[f"paragraph_chunk_{chars}"] = bench_paragraph(
+                tts, settings.model_copy(update={"chunk_chars": chars}), repeats=1 if args.quick else 3
+            )
+        print("paragraph", json.dumps(report["paragraph"]), flush=True)
+        report["stages"] = bench_stages(tts, settings)
+        print("stages", json.dumps(report["stages"]), flush=True)
+        report["http"] = bench_http(tts, settings, args.sweep, ttfb_repeats=2 if args.quick else 5)
+        print("http", json.dumps(report["http"]), flush=True)
+    finally:
+        tts.close()
+    return report
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's headline keys (numbers; None where this run did not measure them)."""
+    sweep = {s["concurrency"]: s for s in report["http"]["sweep"]}
+    low_mtl = [v for v in report.get("vram", []) if v.get("variant") == "multilingual" and v.get("preset") == "low"]
+    return {
+        "rtf_single_paragraph": report["paragraph"]["rtf"],
+        "ref_rtf_single_paragraph": report.get("reference", {}).get("rtf"),
+        "speedup_vs_reference": (
+            report["paragraph"]["rtf"] / report["reference"]["rtf"] if report.get("reference") else None
+        ),
+        "ttfb_ms_sentence": report["http"]["ttfb"]["pcm"]["median_ms"],
+        "rtf_aggregate_64": sweep.get(64, {}).get("rtf_aggregate"),
+        "failed_requests_64": sweep.get(64, {}).get("failed"),
+        "peak_vram_gib_low_multilingual": low_mtl[0].get("peak_process_gib") if low_mtl else None,
+        "t3_tok_per_s_1_stream": report["t3"]["tok_per_s"],
+        "device": report["device"],
+        "date": report["date"],
+        "command": report["command"],
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import vllm
+
+        out["vllm"] = vllm.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="speed: T3, paragraph, stages, HTTP first byte and concurrency sweep")
+    r.add_argument("--model", required=True)
+    r.add_argument("--preset", default="high")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--max-batch-size", type=int)
+    r.add_argument("--chunk-chars", type=int)
+    r.add_argument("--extra-chunk-chars", type=int, nargs="*", default=[])
+    r.add_argument("--sweep", type=int, nargs="+", default=[1, 4, 16, 64])
+    r.add_argument("--quick", action="store_true", help="CPU smoke: short decodes, fewer repeats")
+    r.add_argument("--out", required=True)
+    v = sub.add_parser("vram", help="peak GPU memory of each preset, one child process each")
+    v.add_argument("--models", nargs="+", required=True, help="VARIANT=MODEL")
+    v.add_argument("--presets", nargs="+", default=["low", "medium", "high"])
+    v.add_argument("--low-cap-gib", type=float, default=4.0)
+    v.add_argument("--out", required=True)
+    one = sub.add_parser("vram-one", help="(child of vram)")
+    one.add_argument("--model", required=True)
+    one.add_argument("--preset", required=True)
+    one.add_argument("--cap-gib", type=float)
+    rep = sub.add_parser("report", help="merge run, vram and reference JSON; headline keys and plots")
+    rep.add_argument("--run", required=True)
+    rep.add_argument("--vram")
+    rep.add_argument("--reference", help="JSON from tools/reference/bench_reference.py")
+    rep.add_argument("--out", required=True)
+    rep.add_argument("--plots")
+    args = parser.parse_args()
+    if args.command == "vram-one":
+        print(json.dumps(vram_child(args)), flush=True)
+    elif args.command == "vram":
+        models = dict(item.split("=", 1) for item in args.models)
+        results = bench_vram(models, args.presets, {"low": args.low_cap_gib})
+        Path(args.out).write_text(json.dumps({"command": "python " + shlex.join(sys.argv), "vram": results}, indent=2))
+    elif args.command == "run":
+        Path(args.out).write_text(json.dumps(run(args), indent=2))
+    else:
+        report = json.loads(Path(args.run).read_text())
+        if args.vram:
+            vram = json.loads(Path(args.vram).read_text())
+            report["vram"], report["vram_command"] = vram["vram"], vram["command"]
+        if args.reference:
+            report["reference"] = json.loads(Path(args.reference).read_text())
+        report["summary"] = summary(report)
+        if args.plots:
+            report["plots"] = plot(report, Path(args.plots))
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(json.dumps(report["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    main()

@@ -1,0 +1,40 @@
+"""The end-to-end benchmark runs on a CPU with the tiny model (the GPU figures come from the same code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+E2E = REPO / "benchmarks" / "e2e.py"
+HEADLINE = ("rtf_single_paragraph", "ttfb_ms_sentence", "t3_tok_per_s_1_stream")
+
+
+def test_quick_run_then_report(tmp_path: Path) -> None:
+    env = {**os.environ, "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_GPU_MEMORY_GIB": "1",
+           "CHATTERBOX_MAX_MODEL_LEN": "1024"}  # fmt: skip
+    run = subprocess.run([sys.executable, str(E2E), "run", "--model", "random-tiny", "--quick", "--sweep", "1", "2",
+                          "--out", str(tmp_path / "run.json")], capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = subprocess.run([sys.executable, str(E2E), "report", "--run", str(tmp_path / "run.json"),
+                             "--out", str(tmp_path / "results.json"), "--plots", str(tmp_path / "plots")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    summary = results["summary"]
+    for key in HEADLINE:
+        assert isinstance(summary[key], float) and summary[key] > 0, key
+    assert summary["device"].startswith("CPU") and summary["command"].startswith("python ")
+    assert summary["rtf_aggregate_64"] is None  # not measured in this sweep, and said so
+    sweep = results["http"]["sweep"]
+    assert [s["concurrency"] for s in sweep] == [1, 2] and all(s["failed"] == 0 for s in sweep)
+    assert all(s["audio_s"] > 0 for s in sweep)
+    paragraph = results["paragraph"]
+    assert paragraph["audio_s"] > 0 and paragraph["first_audio_s_median"] < paragraph["wall_s_median"]
+    stages = results["stages"]
+    assert all(stages[k] > 0 for k in ("t3_s", "s3gen_flow_s", "hift_s", "mp3_encode_s", "audio_s"))
+    for name in ("sweep.png", "stages.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
