@@ -52,23 +52,20 @@ def main() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             report["flow_bf16_autocast_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
             report["hift_bf16_autocast_s"] = timed(lambda: s3gen.hift_inference(mel))
-        # batch of 8 requests' tokens at once (the same length): what batching S3Gen across requests buys
         print(json.dumps(report), flush=True)
-        est = s3gen.flow.decoder.estimator
-        try:
-            s3gen.flow.decoder.estimator = torch.compile(est, dynamic=True)
-            t0 = time.perf_counter()
-            s3gen.flow_inference(tokens, conds.gen)
-            torch.cuda.synchronize()
-            report["compile_first_call_s"] = time.perf_counter() - t0
-            report["flow_compiled_fp32_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                s3gen.flow_inference(tokens, conds.gen)
-                report["flow_compiled_bf16_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
-        except Exception as exc:  # report, do not die
-            report["compile_error"] = f"{type(exc).__name__}: {exc}"[:500]
-        finally:
-            s3gen.flow.decoder.estimator = est
+        # CUDA graphs of the ODE loop (what ChatterboxTTS enables on a GPU): speed, and agreement with eager
+        generator = torch.Generator(device="cuda")
+        noise_frames = 2 * (report["prompt_tokens"] + args.tokens)
+        noise = torch.randn((1, 80, noise_frames), generator=generator.manual_seed(0), device="cuda")
+        eager = s3gen.flow_inference(tokens, conds.gen, noise=noise)
+        s3gen.flow.decoder.enable_cuda_graphs(10)
+        t0 = time.perf_counter()
+        graphed = s3gen.flow_inference(tokens, conds.gen, noise=noise)
+        torch.cuda.synchronize()
+        report["graph_capture_first_call_s"] = time.perf_counter() - t0
+        report["graph_vs_eager_max_abs"] = float((graphed - eager).abs().max())
+        report["flow_graphs_fp32_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
+        report["sentence_s3gen_graphs_s"] = timed(lambda: s3gen.inference(tokens, conds.gen))
     print(json.dumps(report), flush=True)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import CFMConfig
+from .cfm_graphs import CFMGraphs
 from .estimator import ConditionalDecoder
 
 
@@ -30,6 +31,7 @@ class ConditionalCFM(nn.Module):
         super().__init__()
         self.config = config
         self.estimator = ConditionalDecoder(config.estimator)
+        self.graphs: CFMGraphs | None = None  # CUDA graphs of the loop, when enabled
 
     def velocity(
         self,
@@ -80,9 +82,25 @@ class ConditionalCFM(nn.Module):
         dtype = self.estimator.dtype
         x = noise.to(device=mu.device, dtype=dtype)
         mu, mask, spks, cond = (v.to(dtype) for v in (mu, mask, spks, cond))
-        times = time_grid(n_timesteps, self.config.t_scheduler, device=mu.device, dtype=mu.dtype).to(dtype)
+        if self.graphs is not None and self.graphs.supports(x, n_timesteps):
+            return self.graphs(x, mask, mu, spks, cond).to(in_dtype)
+        return self.solve(x, mask, mu, spks, cond, n_timesteps).to(in_dtype)
+
+    def solve(
+        self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+        n_timesteps: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """The Euler loop from noise x (the estimator's dtype throughout)."""
+        times = time_grid(n_timesteps, self.config.t_scheduler, device=mu.device, dtype=mu.dtype).to(x.dtype)
         for k in range(n_timesteps):
             t, t_next = times[k : k + 1], times[k + 1 : k + 2]
             v, _ = self.velocity(x, mask, mu, t, spks, cond)
             x = x + (t_next - t) * v
-        return x.to(in_dtype)
+        return x
+
+    def enable_cuda_graphs(self, n_timesteps: int, bucket_frames: int = 64) -> None:
+        """Replay the loop as CUDA graphs from now on (batch 1, `n_timesteps` steps, CUDA); see `cfm_graphs`."""
+        self.graphs = CFMGraphs(
+            self.solve, channels=self.estimator.config.out_channels, n_timesteps=n_timesteps,
+            bucket_frames=bucket_frames,
+        )  # fmt: skip
