@@ -66,6 +66,16 @@ def main() -> None:
         report["graph_vs_eager_max_abs"] = float((graphed - eager).abs().max())
         report["flow_graphs_fp32_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
         report["sentence_s3gen_graphs_s"] = timed(lambda: s3gen.inference(tokens, conds.gen))
+        # TF32 matmuls (tensor cores) for S3Gen's float32: speed, and how far the mel moves
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        s3gen.flow.decoder.enable_cuda_graphs(10)  # recapture: cuBLAS picks its kernels at capture
+        tf32 = s3gen.flow_inference(tokens, conds.gen, noise=noise)
+        report["tf32_vs_fp32_mel_max_abs"] = float((tf32 - eager).abs().max())
+        report["mel_abs_mean"] = float(eager.abs().mean())
+        report["flow_graphs_tf32_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
+        report["hift_tf32_s"] = timed(lambda: s3gen.hift_inference(mel))
+        report["sentence_s3gen_graphs_tf32_s"] = timed(lambda: s3gen.inference(tokens, conds.gen))
     print(json.dumps(report), flush=True)
 
 
