@@ -199,6 +199,15 @@ class ChatterboxTTS:
             device=device,
         )
 
+    def warm_up_s3gen(self, max_new_tokens: int, max_prompt_tokens: int = 250) -> int:
+        """Capture S3Gen's CUDA graphs for every length a request can reach (prompt + speech tokens, 2 frames
+        each) so no request pays a capture; a no-op without them (CPU). Returns the number captured."""
+        graphs = self.s3gen.flow.decoder.graphs
+        if graphs is None:
+            return 0
+        with torch.inference_mode():
+            return graphs.capture_up_to(2 * (max_prompt_tokens + max_new_tokens), device=self.device)
+
     def close(self) -> None:
         """Stop the T3 engine (vLLM runs its engine core in a process of its own)."""
         self.engine.shutdown()

@@ -75,6 +75,8 @@ class SpeechService:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3gen")
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         self._active = 0
+        # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
+        self._worker.submit(tts.warm_up_s3gen, settings.max_new_tokens)
 
     # ---------------------------------------------------------------------------------------- admission
     @property

@@ -64,6 +64,19 @@ class CFMGraphs:
         self._pool = None
         self._lock = threading.Lock()
 
+    def capture_up_to(self, max_frames: int, *, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+        """Capture every bucket up to `max_frames` now (each takes ~1 s on first use otherwise); returns how many
+        were new. Graph inputs are fixed-shape buffers, so no real request is needed."""
+        like = torch.empty(0, device=device, dtype=dtype)
+        new = 0
+        for length in range(self.bucket_frames, bucket_length(max_frames, self.bucket_frames) + 1, self.bucket_frames):
+            with self._lock:
+                if length in self._graphs or len(self._graphs) >= self.max_graphs:
+                    continue
+                self._capture(length, like)
+            new += 1
+        return new
+
     def supports(self, x: torch.Tensor, n_timesteps: int) -> bool:
         return x.is_cuda and x.size(0) == 1 and n_timesteps == self.n_timesteps
 
