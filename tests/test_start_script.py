@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import _free_port, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "start-api-server.sh"
@@ -47,43 +46,18 @@ def test_serve_without_hub_says_what_to_do(tmp_path: Path) -> None:
     assert "random-tiny" in result.stderr and "directory" in result.stderr and "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_random_tiny_serves_end_to_end(tmp_path: Path) -> None:
     """The README's run command, offline: the script serves a random checkpoint and answers a speech request."""
     port = _free_port()
     env = {**os.environ, "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_MAX_NEW_TOKENS": "40",
            "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "512", "CHATTERBOX_HOST": "127.0.0.1"}  # fmt: skip
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(["bash", str(SCRIPT), "--model", "random-tiny", "--port", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(1)
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", timeout=120,
+    args = ["bash", str(SCRIPT), "--model", "random-tiny", "--port", str(port)]
+    with running_server(args, env, port, tmp_path / "server.log") as url:
+        response = httpx.post(f"{url}/v1/audio/speech", timeout=120,
                               json={"model": "tts-1", "input": "Hello world.", "voice": "alloy"})  # fmt: skip
         assert response.status_code == 200 and response.headers["content-type"] == "audio/mpeg"
         assert len(response.content) > 1000
         assert (tmp_path / "cache" / "random" / "english-tiny-seed0" / "t3_cfg.safetensors").is_file()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @pytest.mark.parametrize(("mib", "preset"), [("8192", "low"), ("12288", "medium"), ("24576", "high"), ("81559", "high")])
