@@ -531,6 +531,7 @@ def main() -> None:
         if args.reference:
             report["reference"] = json.loads(Path(args.reference).read_text())
         report["summary"] = summary(report)
+        report.update(report["summary"])  # the headline keys at the top level too, as results files carry them
         if args.plots:
             report["plots"] = plot(report, Path(args.plots))
         Path(args.out).write_text(json.dumps(report, indent=2))

@@ -27,6 +27,7 @@ def test_quick_run_then_report(tmp_path: Path) -> None:
     summary = results["summary"]
     for key in HEADLINE:
         assert isinstance(summary[key], float) and summary[key] > 0, key
+        assert results[key] == summary[key]  # results files carry the headline keys at the top level
     assert summary["device"].startswith("CPU") and summary["command"].startswith("python ")
     assert summary["rtf_aggregate_64"] is None  # not measured in this sweep, and said so
     sweep = results["http"]["sweep"]
