@@ -89,6 +89,45 @@ def _prepare_process_environment() -> None:
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 
+def engine_kwargs(model_dir: Path, options: VLLMOptions) -> dict[str, Any]:
+    """vLLM engine arguments for a prepared T3 model directory (AsyncLLM here; `vllm.LLM` in diagnostics)."""
+    return dict(
+        model=str(model_dir),
+        skip_tokenizer_init=True,
+        enable_prompt_embeds=True,
+        enable_prefix_caching=False,
+        dtype=options.dtype,
+        max_model_len=options.max_model_len,
+        max_num_seqs=options.max_num_seqs,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        enforce_eager=options.enforce_eager,
+        seed=options.seed,
+        logits_processors=[plugin.LOGITS_PROCESSOR],
+        disable_log_stats=False,
+        served_model_name=SERVED_MODEL_NAME,
+    )
+
+
+def vllm_sampling_params(params: SamplingParams, config: T3Config, *, min_tokens: int = 0) -> Any:
+    """Our sampling settings as vLLM's (CFG weight and T3's repetition penalty ride in extra_args)."""
+    import vllm
+    from vllm.sampling_params import RequestOutputKind
+
+    return vllm.SamplingParams(
+        temperature=float(params.temperature),
+        top_p=float(params.top_p),
+        min_p=float(params.min_p),
+        seed=params.seed,
+        max_tokens=params.max_new_tokens,
+        min_tokens=min_tokens,
+        stop_token_ids=[config.stop_speech_token],
+        repetition_penalty=1.0,  # T3's own penalty runs in CFGLogitsProcessor
+        extra_args={CFG_WEIGHT: float(params.cfg_weight), REPETITION_PENALTY: float(params.repetition_penalty)},
+        output_kind=RequestOutputKind.DELTA,
+        detokenize=False,
+    )
+
+
 class VLLMT3Engine:
     """T3 decoding in vLLM. `prefix_model` is T3 on the torch side, used only to build prompt embeddings."""
 
@@ -102,21 +141,7 @@ class VLLMT3Engine:
         self.options = options
         self.device = prefix_model.device
         model_dir = prepare_model_dir(t3_weights, self.config, cache_dir)
-        self._args = AsyncEngineArgs(
-            model=str(model_dir),
-            skip_tokenizer_init=True,
-            enable_prompt_embeds=True,
-            enable_prefix_caching=False,
-            dtype=options.dtype,
-            max_model_len=options.max_model_len,
-            max_num_seqs=options.max_num_seqs,
-            gpu_memory_utilization=options.gpu_memory_utilization,
-            enforce_eager=options.enforce_eager,
-            seed=options.seed,
-            logits_processors=[plugin.LOGITS_PROCESSOR],
-            disable_log_stats=False,
-            served_model_name=SERVED_MODEL_NAME,
-        )
+        self._args = AsyncEngineArgs(**engine_kwargs(model_dir, options))
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chatterbox-vllm-engine", daemon=True)
@@ -146,21 +171,7 @@ class VLLMT3Engine:
         return torch.cat((rows[0], uncond), dim=-1).to(device="cpu", dtype=self.dtype)
 
     def _sampling_params(self, params: SamplingParams) -> Any:
-        import vllm
-        from vllm.sampling_params import RequestOutputKind
-
-        return vllm.SamplingParams(
-            temperature=float(params.temperature),
-            top_p=float(params.top_p),
-            min_p=float(params.min_p),
-            seed=params.seed,
-            max_tokens=params.max_new_tokens,
-            stop_token_ids=[self.config.stop_speech_token],
-            repetition_penalty=1.0,  # T3's own penalty runs in CFGLogitsProcessor
-            extra_args={CFG_WEIGHT: float(params.cfg_weight), REPETITION_PENALTY: float(params.repetition_penalty)},
-            output_kind=RequestOutputKind.DELTA,
-            detokenize=False,
-        )
+        return vllm_sampling_params(params, self.config)
 
     def _check(self, text_tokens: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         tokens = check_text_tokens(text_tokens, self.config).to(self.device)

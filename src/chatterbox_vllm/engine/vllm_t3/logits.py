@@ -7,6 +7,10 @@ argmax. So the order is the reference's: CFG -> repetition penalty -> temperatur
 The repetition penalty is applied here rather than by vLLM because the reference penalises the start-of-speech
 token plus the generated tokens, while vLLM's covers the prompt ids too (which are placeholders for a prompt of
 embeddings). Requests set vLLM's own `repetition_penalty` to 1.
+
+Nothing here may wait for the GPU: `apply` runs while the step's forward pass is still queued, and a blocking
+host-to-device copy (a pageable `.to(device)`) would stall the CPU until it finishes, serialising vLLM's
+scheduling of the next step behind it. Per-step inputs go through pinned memory with non-blocking copies.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class CFGLogitsProcessor(LogitsProcessor):
         self.penalised = torch.zeros((slots, self.vocab), dtype=torch.bool, device=device)
         self.weights: torch.Tensor | None = None  # [batch, 1] per-row CFG weight and penalty, rebuilt on changes
         self.penalties: torch.Tensor | None = None
+        self.pin = is_pin_memory and device.type == "cuda"
 
     def is_argmax_invariant(self) -> bool:
         return False  # CFG moves the argmax
@@ -91,8 +96,8 @@ class CFGLogitsProcessor(LogitsProcessor):
             rows = [self.rows.get(i) for i in range(batch)]
             weights = [r.cfg_weight if r else 0.0 for r in rows]
             penalties = [r.penalty if r else 1.0 for r in rows]
-            self.weights = torch.tensor(weights, dtype=dtype).unsqueeze(1).to(self.device)
-            self.penalties = torch.tensor(penalties, dtype=dtype).unsqueeze(1).to(self.device)
+            self.weights = self._to_device(torch.tensor(weights, dtype=dtype).unsqueeze(1))
+            self.penalties = self._to_device(torch.tensor(penalties, dtype=dtype).unsqueeze(1))
         assert self.penalties is not None
         return self.weights, self.penalties
 
@@ -109,8 +114,17 @@ class CFGLogitsProcessor(LogitsProcessor):
                 ids.append(token)
                 row.seen += 1
         if ids:
-            where = (torch.tensor(rows, dtype=torch.long), torch.tensor(ids, dtype=torch.long).clamp_(0, self.vocab - 1))
-            self.penalised.index_put_(tuple(t.to(self.device) for t in where), torch.tensor(True, device=self.device))
+            flat = torch.tensor(rows, dtype=torch.long) * self.vocab + torch.tensor(ids, dtype=torch.long).clamp_(
+                0, self.vocab - 1
+            )
+            self.penalised.view(-1).index_fill_(0, self._to_device(flat), True)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device without waiting for the GPU (pinned, non-blocking; the caching host
+        allocator keeps the pinned block alive until the copy has run)."""
+        if self.pin:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         batch = logits.shape[0]
@@ -120,6 +134,4 @@ class CFGLogitsProcessor(LogitsProcessor):
         mixed = cond + weights * (cond - uncond)
         penalised = torch.where(mixed < 0, mixed * penalties, mixed / penalties)
         mixed = torch.where(self.penalised[:batch], penalised, mixed)
-        out = torch.full_like(logits, float("-inf"))
-        out[:, : self.vocab] = mixed
-        return out
+        return torch.cat((mixed, torch.full_like(mixed, float("-inf"))), dim=1)

@@ -18,6 +18,7 @@ How the reference's decode loop maps onto vLLM:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention import Attention
 
@@ -32,6 +34,25 @@ from ...models.t3.config import T3Config
 from ...models.t3.llama import RMSNorm, llama3_inv_freq
 
 ARCHITECTURE = "ChatterboxT3ForVLLM"
+
+
+# A file's separate projections -> (the fused module that holds them, which shard of its rows).
+FUSED_SHARDS = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+
+
+def weight_name_of(file_name: str) -> str:
+    """A T3 file tensor's name in this model (names of tensors the model does not use pass through)."""
+    if file_name.startswith("tfmr."):
+        return "model." + file_name.removeprefix("tfmr.")
+    if file_name == "speech_pos_emb.emb.weight":
+        return "model.speech_pos_emb.weight"
+    return file_name
 
 
 def first_generated_position(config: T3Config) -> int:
@@ -70,6 +91,23 @@ class ShiftedRotaryTable(nn.Module):
         return self.cos[positions], self.sin[positions]
 
 
+class FusedLinear(nn.Linear):
+    """Several bias-free projections of one input as one GEMM (decode GEMMs have 2 rows a request, so they are
+    latency-bound: fewer, larger ones are faster). The file keeps them apart; `load_shard` fills the rows."""
+
+    def __init__(self, in_features: int, shards: tuple[int, ...]) -> None:
+        super().__init__(in_features, sum(shards), bias=False)
+        self.shards = shards
+
+    def load_shard(self, index: int, tensor: torch.Tensor, file_name: str) -> None:
+        rows = self.shards[index]
+        if tuple(tensor.shape) != (rows, self.in_features):
+            raise ValueError(f"T3 tensor {file_name!r} has shape {tuple(tensor.shape)}; expected {(rows, self.in_features)}")
+        start = sum(self.shards[:index])
+        with torch.no_grad():
+            self.weight[start : start + rows].copy_(tensor.to(dtype=self.weight.dtype))
+
+
 class CFGAttention(nn.Module):
     """Llama attention over a [tokens, 2, hidden] stream: 2 x heads in one vLLM attention layer (one KV cache)."""
 
@@ -79,10 +117,10 @@ class CFGAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = FusedLinear(hidden, (self.q_size, self.kv_size, self.kv_size))
+        self.o_proj = nn.Linear(self.q_size, hidden, bias=False)
         self.attn = Attention(
             num_heads=2 * self.num_heads,
             head_size=self.head_dim,
@@ -94,25 +132,27 @@ class CFGAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        q = self.q_proj(x).view(n, 2 * self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(n, 2 * self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(n, -1)
+        q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = q.reshape(n, 2 * self.num_heads, self.head_dim)
+        k = k.reshape(n, 2 * self.num_kv_heads, self.head_dim)
+        v = v.reshape(n, -1)
         cos, sin = cos[:, None, :], sin[:, None, :]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         out = self.attn(q.reshape(n, -1), k.reshape(n, -1), v)
-        return self.o_proj(out.view(n, 2, self.num_heads * self.head_dim))
+        return self.o_proj(out.view(n, 2, self.q_size))
 
 
 class MLP(nn.Module):
     def __init__(self, config: T3Config) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = FusedLinear(config.hidden_size, (config.intermediate_size, config.intermediate_size))
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -128,11 +168,21 @@ class DecoderLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class ChatterboxT3ForVLLM(nn.Module):
-    """T3 decoding in vLLM. Parameter names follow the T3 weight file minus its `tfmr.` prefix."""
+def compile_enabled(vllm_config: VllmConfig) -> bool:
+    """torch.compile (and with it vLLM's piecewise CUDA graphs) on GPUs only: on CPU, inductor's C++ build costs
+    minutes at every engine start for a model whose decode is not launch-bound there.
+    CHATTERBOX_T3_COMPILE=0 turns it off on a GPU too (eager kernels, full-model CUDA graphs only)."""
+    if os.environ.get("CHATTERBOX_T3_COMPILE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return vllm_config.device_config.device_type == "cuda"
 
-    # The M-RoPE interface (`SupportsMRoPE`) is how this model shifts its positions; see the module docstring.
-    supports_mrope: ClassVar[Literal[True]] = True
+
+@support_torch_compile(
+    dynamic_arg_dims={"input_ids": 0, "positions": -1, "intermediate_tensors": 0, "inputs_embeds": 0},
+    enable_if=compile_enabled,
+)
+class T3Backbone(nn.Module):
+    """The Llama layers over the doubled CFG stream, plus the learned speech positions: what vLLM compiles."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
@@ -144,10 +194,48 @@ class ChatterboxT3ForVLLM(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.speech_emb = nn.Embedding(config.speech_tokens_dict_size, config.hidden_size)
         self.speech_pos_emb = nn.Embedding(config.speech_pos_emb_size, config.hidden_size)
-        self.speech_head = nn.Linear(config.hidden_size, config.speech_tokens_dict_size, bias=False)
         self.rotary = ShiftedRotaryTable(config, self.first_generated_position + config.speech_pos_emb_size)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        positions = positions[0] if positions.dim() == 2 else positions  # M-RoPE rows are identical
+        n = positions.shape[0]
+        assert inputs_embeds is not None  # the outer model embeds sampled tokens
+        h = inputs_embeds.view(n, 2, self.config.hidden_size)
+
+        # Generated tokens (positions >= P) get their learned speech position; prompt rows arrived complete.
+        speech_pos = positions - (self.first_generated_position - 1)
+        generated = (speech_pos > 0).unsqueeze(-1).to(h.dtype)
+        speech_pos = speech_pos.clamp(0, self.config.speech_pos_emb_size - 1)
+        h = h + (self.speech_pos_emb(speech_pos) * generated).unsqueeze(1)
+
+        cos, sin = self.rotary(positions)
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+        return self.norm(h).view(n, 2 * self.config.hidden_size)
+
+
+class ChatterboxT3ForVLLM(nn.Module):
+    """T3 decoding in vLLM: the backbone plus the speech embedding and head. Parameter names follow the T3
+    weight file with `tfmr.` (and the speech position table) under `model.`."""
+
+    # The M-RoPE interface (`SupportsMRoPE`) is how this model shifts its positions; see the module docstring.
+    supports_mrope: ClassVar[Literal[True]] = True
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config = t3_config_of(vllm_config)
+        self.config = config
+        self.first_generated_position = first_generated_position(config)
+        self.model = T3Backbone(vllm_config=vllm_config, prefix=f"{prefix}.model" if prefix else "model")
+        self.speech_emb = nn.Embedding(config.speech_tokens_dict_size, config.hidden_size)
+        self.speech_head = nn.Linear(config.hidden_size, config.speech_tokens_dict_size, bias=False)
 
     # ------------------------------------------------------------------------------------- vLLM interface
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: Any = None) -> tuple[torch.Tensor, int]:
@@ -160,7 +248,7 @@ class ChatterboxT3ForVLLM(nn.Module):
         return positions.unsqueeze(0).expand(3, -1).clone(), start
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """A sampled speech token, fed to both CFG branches (its position embedding is added in `forward`)."""
+        """A sampled speech token, fed to both CFG branches (its position embedding is added in the backbone)."""
         emb = self.speech_emb(input_ids.clamp(0, self.config.speech_tokens_dict_size - 1))
         return torch.cat((emb, emb), dim=-1)
 
@@ -177,20 +265,7 @@ class ChatterboxT3ForVLLM(nn.Module):
     ) -> torch.Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.embed_input_ids(input_ids)
-        positions = positions[0] if positions.dim() == 2 else positions  # M-RoPE rows are identical
-        n = positions.shape[0]
-        h = inputs_embeds.view(n, 2, self.config.hidden_size)
-
-        # Generated tokens (positions >= P) get their learned speech position; prompt rows arrived complete.
-        speech_pos = positions - (self.first_generated_position - 1)
-        generated = (speech_pos > 0).unsqueeze(-1).to(h.dtype)
-        speech_pos = speech_pos.clamp(0, self.config.speech_pos_emb_size - 1)
-        h = h + (self.speech_pos_emb(speech_pos) * generated).unsqueeze(1)
-
-        cos, sin = self.rotary(positions)
-        for layer in self.layers:
-            h = layer(h, cos, sin)
-        return self.norm(h).view(n, 2 * self.config.hidden_size)
+        return self.model(None, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor, *_: Any) -> torch.Tensor:
         """[tokens, 2 * speech vocab]: conditional logits, then unconditional (mixed by `CFGLogitsProcessor`)."""
@@ -203,13 +278,26 @@ class ChatterboxT3ForVLLM(nn.Module):
         """Take this model's tensors from a T3 file; the conditioning and text tensors stay with the torch side.
 
         Every parameter must be found with its exact shape: a missing or mis-shaped tensor is an error naming it.
+        q/k/v and gate/up land in their fused projections (`FusedLinear`).
         """
         params = dict(self.named_parameters())
+        modules = dict(self.named_modules())
+        needed = set(params)
+        for name, module in modules.items():
+            if isinstance(module, FusedLinear):
+                needed.discard(f"{name}.weight")
+                needed.update(f"{name}.weight#{i}" for i in range(len(module.shards)))
         loaded: set[str] = set()
         for file_name, tensor in weights:
-            name = file_name.removeprefix("tfmr.")
-            if name == "speech_pos_emb.emb.weight":
-                name = "speech_pos_emb.weight"
+            name = weight_name_of(file_name)
+            owner, _, leaf = name.removesuffix(".weight").rpartition(".")
+            if leaf in FUSED_SHARDS:
+                fused_name, shard = FUSED_SHARDS[leaf]
+                module = modules.get(f"{owner}.{fused_name}")
+                if isinstance(module, FusedLinear):
+                    module.load_shard(shard, tensor, file_name)
+                    loaded.add(f"{owner}.{fused_name}.weight#{shard}")
+                continue
             param = params.get(name)
             if param is None:
                 continue  # cond_enc, text_emb, text_pos_emb, text_head, tfmr.embed_tokens: not used here
@@ -220,7 +308,7 @@ class ChatterboxT3ForVLLM(nn.Module):
             with torch.no_grad():
                 param.copy_(tensor.to(dtype=param.dtype))
             loaded.add(name)
-        missing = sorted(set(params) - loaded)
+        missing = sorted(needed - loaded)
         if missing:
             raise ValueError(f"T3 weights lack {len(missing)} tensors the vLLM model needs, e.g. {missing[:3]}")
-        return loaded
+        return {name.split("#")[0] for name in loaded}

@@ -196,7 +196,9 @@ class UpsampleConformerEncoder(nn.Module):
         """xs `[B, T, input_size]`, lengths `[B]` -> features `[B, stride*T, D]` and their mask `[B, 1, stride*T]`."""
         mask = non_pad_mask(xs_lens, xs.size(1)).unsqueeze(1)
         xs, pos_emb = self.embed(xs)
-        xs = self.pre_lookahead_layer(xs)
+        # Zero the padded frames, so the lookahead conv sees past a row's end what it sees unpadded (a row of a
+        # padded batch then encodes as it does alone); a no-op without padding, as in the reference's inference.
+        xs = self.pre_lookahead_layer(xs * mask.transpose(1, 2).to(xs.dtype))
         for block in self.encoders:
             xs = block(xs, mask, pos_emb)
 

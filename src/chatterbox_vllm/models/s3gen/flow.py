@@ -42,6 +42,18 @@ def _with_batch(x: torch.Tensor | None, batch: int, ndim: int) -> torch.Tensor |
     return x
 
 
+@dataclass
+class FlowRow:
+    """One request in a batch of different voices and lengths: its tokens `[T]`, its reference prompt (tokens
+    `[Tp]`, mel `[Fp, 80]`, x-vector `[192]`) and its initial noise `[80, Fp + 2T]`."""
+
+    tokens: torch.Tensor
+    prompt_token: torch.Tensor
+    prompt_feat: torch.Tensor
+    embedding: torch.Tensor
+    noise: torch.Tensor
+
+
 class CausalMaskedDiffWithXvec(nn.Module):
     def __init__(self, config: FlowConfig = FlowConfig()):
         super().__init__()
@@ -126,3 +138,47 @@ class CausalMaskedDiffWithXvec(nn.Module):
             generator=generator,
         )
         return mel[:, :, inputs.prompt_frames :]
+
+    @torch.inference_mode()
+    def inference_rows(self, rows: list[FlowRow], n_timesteps: int | None = None) -> list[torch.Tensor]:
+        """Mels `[80, 2T]` of several requests in one padded batch; each equals what `inference` gives the row alone.
+
+        Each row is its prompt's tokens followed by its own, right-padded; the encoder and the estimator mask
+        the padding (attention keys, convolutions), so rows do not see each other or the padding.
+        """
+        device = self.input_embedding.weight.device
+        dtype = self.spk_embed_affine_layer.weight.dtype
+        lengths = torch.tensor([r.prompt_token.numel() + r.tokens.numel() for r in rows], device=device)
+        width = int(lengths.max())
+        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            row = torch.cat([r.prompt_token.reshape(-1).long(), r.tokens.reshape(-1).long()]).to(device)
+            tokens[i, : row.numel()] = row
+        if bool((tokens >= self.config.vocab_size).any()) or bool((tokens < 0).any()):
+            raise ValueError(f"speech tokens must lie in [0, {self.config.vocab_size})")
+        mask = non_pad_mask(lengths, width).unsqueeze(-1).to(dtype)
+        h, h_mask = self.encoder(self.input_embedding(tokens) * mask, lengths)
+        mu = self.encoder_proj(h).transpose(1, 2).contiguous()  # [B, 80, F]
+        frames = h.size(1)
+        h_lengths = h_mask.sum(dim=-1).squeeze(-1)
+
+        embedding = F.normalize(torch.stack([r.embedding.reshape(-1) for r in rows]).to(device, dtype), dim=1)
+        spks = self.spk_embed_affine_layer(embedding)
+        cond = torch.zeros(len(rows), self.config.mel_bins, frames, device=device, dtype=mu.dtype)
+        noise = torch.zeros(len(rows), self.config.mel_bins, frames, device=device, dtype=mu.dtype)
+        prompt_frames = []
+        for i, r in enumerate(rows):
+            feat = r.prompt_feat.reshape(-1, self.config.mel_bins).to(device, dtype)
+            cond[i, :, : feat.size(0)] = feat.transpose(0, 1)
+            prompt_frames.append(feat.size(0))
+            row_noise = r.noise.reshape(self.config.mel_bins, -1)
+            noise[i, :, : row_noise.size(-1)] = row_noise.to(device, mu.dtype)[:, :frames]
+        mel = self.decoder(
+            mu,
+            non_pad_mask(h_lengths, frames).unsqueeze(1).to(mu.dtype),
+            spks,
+            cond,
+            n_timesteps=n_timesteps or self.config.n_timesteps,
+            noise=noise,
+        )
+        return [mel[i, :, prompt_frames[i] : int(h_lengths[i])] for i in range(len(rows))]
