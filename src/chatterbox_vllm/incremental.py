@@ -1,7 +1,7 @@
 """Audio of a piece while T3 is still writing its tokens: S3Gen over a growing token prefix.
 
 Time to first audio is otherwise T3's whole sentence plus S3Gen. Here S3Gen runs on the first few tokens, then on
-longer prefixes (each step about doubles the count), and only audio that later tokens barely change leaves:
+longer prefixes (each about `GROWTH` times the last), and only audio that later tokens barely change leaves:
 * the last `HOLDBACK_TOKENS` tokens of a prefix are held back: the flow encoder's lookahead convolution sees three
   tokens ahead, so their audio is still unsettled;
 * every call uses the same initial flow noise (one draw for the longest prefix, sliced) and the same HiFT seed, so
@@ -24,6 +24,10 @@ from .tts import SAMPLES_PER_TOKEN, ChatterboxTTS
 HOLDBACK_TOKENS = 4  # 3 of lookahead + 1 of margin
 CROSSFADE_SAMPLES = 480  # 20 ms at 24 kHz
 MEL_FRAMES_PER_TOKEN = 2
+# Each partial vocode redoes the voice prompt (~150 tokens) and the prefix, so few calls are cheaper; x4 still
+# keeps audio ahead of playback while T3 runs faster than ~4x real time (it does while few requests run: the
+# service uses this only then).
+GROWTH = 4
 
 
 class IncrementalVocoder:
@@ -53,13 +57,13 @@ class IncrementalVocoder:
         self.calls = 0
 
     def due(self, token_count: int) -> bool:
-        """Whether a partial vocode is worth running at this many tokens (a doubling schedule)."""
+        """Whether a partial vocode is worth running at this many tokens (a geometric schedule, see GROWTH)."""
         return token_count >= self.next_at
 
     def push(self, tokens: list[int], *, final: bool) -> np.ndarray:
         valid = speech_tokens_for_s3gen(tokens)
         if not final:
-            self.next_at = max(self.next_at * 2, len(tokens) + 1)
+            self.next_at = max(self.next_at * GROWTH, len(tokens) + 1)
         if not valid:
             return self._flush() if final else np.zeros(0, dtype=np.float32)
         frames = self.prompt_frames + MEL_FRAMES_PER_TOKEN * len(valid)

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     stream_first_audio_tokens: int = Field(
         10, ge=0, le=200, description="first audio leaves after this many speech tokens (0: after the first piece)"
     )
+    s3gen_batch_size: int = Field(
+        8, ge=1, le=64, description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time)"
+    )
 
     # ------------------------------------------------------------------ validation (messages say why)
     @field_validator("device")

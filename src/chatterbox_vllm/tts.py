@@ -24,6 +24,8 @@ from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
 from .settings import Settings
 from .models.s3gen import S3Gen, load_s3gen
+from .models.s3gen.config import MEL_BINS
+from .models.s3gen.flow import FlowRow
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .text.languages import SUPPORTED_LANGUAGES, validate_language
 from .text.normalize import punc_norm, validate_text
@@ -38,6 +40,16 @@ SAMPLES_PER_TOKEN = SAMPLE_RATE // 25
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class VocodeJob:
+    """One piece for `ChatterboxTTS.vocode_batch`: its speech tokens, voice, seed and optional flow noise."""
+
+    tokens: list[int]
+    conds: Conditionals
+    seed: int | None = None
+    noise: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -302,6 +314,51 @@ class ChatterboxTTS:
         wav = wav.squeeze(0).float().cpu().numpy()
         keep = max(1, len(valid) - 1) * SAMPLES_PER_TOKEN
         return np.ascontiguousarray(wav[:keep], dtype=np.float32)
+
+    @torch.inference_mode()
+    def vocode_batch(self, jobs: list[VocodeJob]) -> list[np.ndarray]:
+        """`vocode` of several pieces (any voices, any lengths) with the flow run as one padded batch.
+
+        Each result is what `vocode` gives the job alone, up to float rounding: the flow masks the padding (see
+        `CausalMaskedDiffWithXvec.inference_rows`), each job's noise and HiFT draws come from its own seed in
+        `vocode`'s order, and HiFT runs per job (it has no masks, so padding would reach into a row's end).
+        """
+        if len(jobs) == 1:
+            job = jobs[0]
+            return [self.vocode(job.tokens, job.conds, seed=job.seed, noise=job.noise)]
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        rows, generators, kept, index = [], [], [], []
+        for i, job in enumerate(jobs):
+            valid = speech_tokens_for_s3gen(job.tokens)
+            if not valid:
+                out[i] = np.zeros(0, dtype=np.float32)
+                continue
+            generator = torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None
+            ref = self.s3gen._ref_inputs(job.conds.gen)
+            prompt_token = ref["prompt_token"].reshape(-1)
+            frames = 2 * (prompt_token.numel() + len(valid))  # the flow's frames: 2 per token, prompt included
+            noise = job.noise
+            if noise is None:  # drawn as the flow draws it alone: [1, 80, frames] from the job's generator
+                noise = torch.randn(
+                    (1, MEL_BINS, frames), generator=generator, dtype=self.s3gen.dtype,
+                    device=generator.device if generator is not None else self.device,
+                )  # fmt: skip
+            rows.append(
+                FlowRow(
+                    torch.tensor(valid, dtype=torch.long, device=self.device), prompt_token,
+                    ref["prompt_feat"], ref["embedding"], noise,
+                )  # fmt: skip
+            )
+            generators.append(generator)
+            kept.append(max(1, len(valid) - 1) * SAMPLES_PER_TOKEN)
+            index.append(i)
+        if rows:
+            mels = self.s3gen.flow.inference_rows(rows)
+            for i, mel, generator, keep in zip(index, mels, generators, kept, strict=True):
+                wav = self.s3gen.apply_trim_fade(self.s3gen.hift_inference(mel[None], generator=generator))
+                wav = wav.squeeze(0).float().cpu().numpy()
+                out[i] = np.ascontiguousarray(wav[:keep], dtype=np.float32)
+        return [wav if wav is not None else np.zeros(0, dtype=np.float32) for wav in out]
 
     def _conditionals(
         self, conditionals: Conditionals | None, audio: str | Path | bytes | None, exaggeration: float

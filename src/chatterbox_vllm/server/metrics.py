@@ -16,3 +16,6 @@ REQUEST_SECONDS = Histogram(
 )
 IN_PROGRESS = Gauge("chatterbox_speech_requests_in_progress", "Speech requests being served")
 VOICES = Gauge("chatterbox_custom_voices", "Uploaded voices")
+S3GEN_BATCH = Histogram(
+    "chatterbox_s3gen_batch_size", "Pieces vocoded together in one S3Gen batch", buckets=(1, 2, 4, 8, 16, 32, 64)
+)

@@ -3,7 +3,8 @@
 * Everything that can fail on the request's content (language, text, voice clip) is checked in `prepare`, before
   the response starts, so such failures are 400s rather than broken streams.
 * T3 runs in the engine (vLLM batches concurrent requests); S3Gen and voice-clip analysis run in one worker
-  thread, off the event loop. While piece i is vocoded, T3 already decodes the next pieces (`parallel_pieces`).
+  thread, off the event loop, which vocodes pieces of concurrent requests together (`s3gen_worker`). While piece
+  i is vocoded, T3 already decodes the next pieces (`parallel_pieces`).
 * The first piece's audio leaves after `stream_first_audio_tokens` tokens (S3Gen on growing prefixes), so time to
   first audio does not wait for a whole sentence.
 * A bounded number of requests may be in progress; beyond it the API answers 429 (`admit`).
@@ -15,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from functools import partial
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +29,9 @@ from ..incremental import IncrementalVocoder
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.languages import validate_language
-from ..tts import SAMPLE_RATE, ChatterboxTTS
+from ..tts import SAMPLE_RATE, ChatterboxTTS, VocodeJob
 from .errors import APIError
+from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
 from .voices import Voice
 
@@ -72,11 +74,11 @@ class SpeechService:
     def __init__(self, tts: ChatterboxTTS, settings: Settings) -> None:
         self.tts = tts
         self.settings = settings
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3gen")
+        self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, settings.limits().max_batch_size))
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         self._active = 0
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
-        self._worker.submit(tts.warm_up_s3gen, settings.max_new_tokens)
+        self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)
 
     # ---------------------------------------------------------------------------------------- admission
     @property
@@ -147,9 +149,8 @@ class SpeechService:
             if self.tts.default_conds is None:
                 raise APIError(400, "this checkpoint has no built-in voice; use an uploaded voice", param="voice")
             return self.tts.default_conds.with_exaggeration(exaggeration)
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._worker, self.tts.prepare_conditionals, voice.path, exaggeration)
+            return await asyncio.wrap_future(self._s3gen.call(self.tts.prepare_conditionals, voice.path, exaggeration))
         except ValueError as exc:
             raise APIError(400, f"voice {voice.id!r}: {exc}", param="voice") from exc
 
@@ -172,7 +173,6 @@ class SpeechService:
         With vLLM, up to `parallel_pieces` pieces decode at once (a long input finishes in about the time of its
         longest piece, not the sum) and the first piece's audio leaves while T3 still writes it.
         """
-        loop = asyncio.get_running_loop()
         usage["input_tokens"] = prepared.text_tokens
         usage["output_tokens"] = 0
         streaming_engine = hasattr(self.tts.engine, "stream_async")
@@ -214,7 +214,7 @@ class SpeechService:
                 tokens = await futures.pop(index)
                 usage["output_tokens"] += len(tokens)
                 seed = params_for(index).seed
-                wav = await loop.run_in_executor(self._worker, self._vocode, tokens, prepared.conds, seed)
+                wav = await asyncio.wrap_future(self._s3gen.vocode(VocodeJob(tokens, prepared.conds, seed)))
                 yield fade_edges(wav)
         finally:
             for future in futures.values():
@@ -227,7 +227,6 @@ class SpeechService:
         self, prepared: PreparedSpeech, params: SamplingParams, usage: dict[str, int]
     ) -> AsyncIterator[np.ndarray]:
         """The first piece's audio in growing parts while its tokens arrive (see `incremental`)."""
-        loop = asyncio.get_running_loop()
         vocoder = IncrementalVocoder(
             self.tts,
             prepared.conds,
@@ -240,21 +239,12 @@ class SpeechService:
         async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
             tokens.append(token)
             if vocoder.due(len(tokens)):
-                audio = await loop.run_in_executor(self._worker, self._push, vocoder, list(tokens), False)
+                audio = await asyncio.wrap_future(self._s3gen.call(partial(vocoder.push, list(tokens), final=False)))
                 if len(audio):
                     yield audio
         usage["output_tokens"] += len(tokens)
-        audio = await loop.run_in_executor(self._worker, self._push, vocoder, tokens, True)
+        audio = await asyncio.wrap_future(self._s3gen.call(partial(vocoder.push, tokens, final=True)))
         yield fade_out(audio)
 
-    @staticmethod
-    def _push(vocoder: IncrementalVocoder, tokens: list[int], final: bool) -> np.ndarray:
-        with torch.inference_mode():
-            return vocoder.push(tokens, final=final)
-
-    def _vocode(self, tokens: list[int], conds: Conditionals, seed: int | None) -> np.ndarray:
-        with torch.inference_mode():
-            return self.tts.vocode(tokens, conds, seed=seed)
-
     def close(self) -> None:
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._s3gen.shutdown()

@@ -1,0 +1,141 @@
+"""The one thread that runs S3Gen (and voice-clip analysis) for the server, batching vocodes across requests.
+
+With many requests in flight, S3Gen is the bottleneck when it runs a piece at a time: at batch one its flow
+estimator is launch-bound and leaves the GPU mostly idle. So whole-piece vocodes that are waiting together
+leave as one padded batch (`ChatterboxTTS.vocode_batch`, up to `max_batch`); nothing waits for a batch to fill,
+so a lone request pays no extra latency. Other work (voice analysis, the incremental first-audio vocodes) runs
+alone, in arrival order after the batch it was queued behind.
+
+A batch that fails is retried job by job, so one bad piece fails only its own request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..tts import ChatterboxTTS, VocodeJob
+from .metrics import S3GEN_BATCH
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Vocode:
+    job: VocodeJob
+    future: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class S3GenWorker:
+    def __init__(self, tts: ChatterboxTTS, max_batch: int) -> None:
+        self.tts = tts
+        self.max_batch = max(1, max_batch)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="s3gen", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------------- submit
+    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run `fn(*args)` on the S3Gen thread (under inference mode)."""
+        item = _Call(fn, args)
+        self._queue.put(item)
+        return item.future
+
+    def vocode(self, job: VocodeJob) -> Future:
+        """The waveform of a whole piece (float32, 24 kHz), batched with other pieces waiting at the time."""
+        item = _Vocode(job)
+        self._queue.put(item)
+        return item.future
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Cancel the work still queued, let the running batch finish, stop the thread."""
+        self._cancel_rest()
+        self._queue.put(_STOP)
+        self._thread.join(timeout=timeout)
+
+    # ---------------------------------------------------------------------------------------------- run
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                self._cancel_rest()
+                return
+            if isinstance(item, _Call):
+                self._run_call(item)
+                continue
+            batch, later = [item], []
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, _Vocode):
+                    batch.append(more)
+                else:
+                    later.append(more)
+                    if more is _STOP:
+                        break
+            self._run_batch(batch)
+            for other in later:
+                if other is _STOP:
+                    self._cancel_rest()
+                    return
+                self._run_call(other)
+
+    def _cancel_rest(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                item.future.cancel()
+
+    @staticmethod
+    def _run_call(item: _Call) -> None:
+        if not item.future.set_running_or_notify_cancel():
+            return  # its request was cancelled while it waited
+        try:
+            with torch.inference_mode():
+                item.future.set_result(item.fn(*item.args))
+        except BaseException as exc:  # noqa: BLE001 - delivered to the request that asked
+            item.future.set_exception(exc)
+
+    def _run_batch(self, batch: list[_Vocode]) -> None:
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        S3GEN_BATCH.observe(len(live))
+        try:
+            wavs = self.tts.vocode_batch([item.job for item in live])
+        except BaseException as exc:  # noqa: BLE001
+            if len(live) == 1:
+                live[0].future.set_exception(exc)
+                return
+            log.warning("S3Gen batch of %d failed (%s); vocoding its pieces one by one", len(live), exc)
+            for item in live:
+                try:
+                    item.future.set_result(self.tts.vocode_batch([item.job])[0])
+                except BaseException as single:  # noqa: BLE001
+                    item.future.set_exception(single)
+            return
+        for item, wav in zip(live, wavs, strict=True):
+            item.future.set_result(np.asarray(wav, dtype=np.float32))

@@ -1,0 +1,117 @@
+"""S3Gen batching across requests (tiny English checkpoint, CPU): same audio as one at a time, real batches
+when pieces wait together, and one bad piece failing only itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from prometheus_client import REGISTRY
+
+from chatterbox_vllm.tts import ChatterboxTTS, VocodeJob
+from chatterbox_vllm.server.s3gen_worker import S3GenWorker
+
+
+@pytest.fixture(scope="module")
+def tts(english_tiny_checkpoint: Path) -> ChatterboxTTS:
+    return ChatterboxTTS.from_local(english_tiny_checkpoint, device="cpu", engine="torch")
+
+
+@pytest.fixture(scope="module")
+def jobs(tts: ChatterboxTTS) -> list[VocodeJob]:
+    """Pieces of different lengths in two voices whose reference prompts differ in length, seeded and not."""
+    t = np.arange(int(3.3 * 24000)) / 24000
+    clip = io.BytesIO()
+    sf.write(clip, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 24000,
+             format="WAV")  # fmt: skip
+    other = tts.prepare_conditionals(clip.getvalue())
+    assert other.gen["prompt_token"].shape[-1] != tts.default_conds.gen["prompt_token"].shape[-1]
+    g = torch.Generator().manual_seed(11)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(0, 6561, (n,), generator=g).tolist()
+
+    return [
+        VocodeJob(tokens(31), tts.default_conds, seed=1),
+        VocodeJob(tokens(12) + [6562], other, seed=2),
+        VocodeJob(tokens(47), other, seed=3),
+        VocodeJob(tokens(20), tts.default_conds, seed=4),
+    ]
+
+
+def batches_seen() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("chatterbox_s3gen_batch_size_count") or 0.0
+    total = REGISTRY.get_sample_value("chatterbox_s3gen_batch_size_sum") or 0.0
+    return count, total
+
+
+def test_a_batch_gives_each_piece_its_own_audio(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    batched = tts.vocode_batch(jobs)
+    for job, wav in zip(jobs, batched, strict=True):
+        alone = tts.vocode(job.tokens, job.conds, seed=job.seed)
+        assert wav.dtype == np.float32 and wav.shape == alone.shape
+        np.testing.assert_allclose(wav, alone, atol=2e-4, rtol=0)
+        assert np.abs(alone).max() > 1e-3  # real audio, not silence matching silence
+
+
+def test_pieces_waiting_together_leave_as_one_batch(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    worker = S3GenWorker(tts, max_batch=8)
+    try:
+        gate = threading.Event()
+        busy = worker.call(gate.wait, 30)  # holds the thread while the pieces queue up behind it
+        before = batches_seen()
+        futures = [worker.vocode(job) for job in jobs]
+        gate.set()
+        assert busy.result(timeout=30) is True
+        wavs = [f.result(timeout=120) for f in futures]
+        count, total = batches_seen()
+        assert (count - before[0], total - before[1]) == (1, len(jobs))  # one batch holding every piece
+        for job, wav in zip(jobs, wavs, strict=True):
+            np.testing.assert_allclose(wav, tts.vocode(job.tokens, job.conds, seed=job.seed), atol=2e-4, rtol=0)
+    finally:
+        worker.shutdown()
+
+
+def test_max_batch_bounds_a_batch(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    worker = S3GenWorker(tts, max_batch=3)
+    try:
+        gate = threading.Event()
+        worker.call(gate.wait, 30)
+        before = batches_seen()
+        futures = [worker.vocode(job) for job in jobs]
+        gate.set()
+        for f in futures:
+            f.result(timeout=120)
+        count, total = batches_seen()
+        assert (count - before[0], total - before[1]) == (2, len(jobs))  # 3 + 1
+    finally:
+        worker.shutdown()
+
+
+def test_a_bad_piece_fails_alone_and_cancelled_ones_are_skipped(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    # not a 192-dim x-vector: S3Gen raises
+    broken = dataclasses.replace(tts.default_conds, gen={**tts.default_conds.gen, "embedding": torch.zeros(7)})
+    worker = S3GenWorker(tts, max_batch=8)
+    try:
+        gate = threading.Event()
+        worker.call(gate.wait, 30)
+        good = worker.vocode(jobs[0])
+        bad = worker.vocode(VocodeJob(jobs[3].tokens, broken, seed=5))
+        dropped = worker.vocode(jobs[2])
+        assert dropped.cancel()  # its request went away while it waited
+        also_good = worker.vocode(jobs[1])
+        gate.set()
+        with pytest.raises(RuntimeError):
+            bad.result(timeout=120)
+        assert len(good.result(timeout=120)) and len(also_good.result(timeout=120))
+        assert dropped.cancelled()
+        # the worker is still alive after the failure
+        assert worker.call(lambda: 42).result(timeout=30) == 42
+    finally:
+        worker.shutdown()
