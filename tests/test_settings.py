@@ -38,7 +38,7 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("preset", "expected"),
     [  # gpu_memory_gib, max_batch_size, max_model_len, enforce_eager, dtype
-        ("low", EngineLimits(3.0, 4, 1536, True, "bfloat16")),
+        ("low", EngineLimits(1.75, 2, 1536, True, "bfloat16")),
         ("medium", EngineLimits(5.0, 12, 2048, False, "bfloat16")),
         ("high", EngineLimits(10.0, 32, 3072, False, "bfloat16")),
     ],
@@ -93,7 +93,7 @@ def test_an_explicit_limit_overrides_only_its_preset_value(
 def test_constructor_limit_overrides_the_preset() -> None:
     limits = Settings(preset="low", max_batch_size=8, enforce_eager=False).limits()
     assert (limits.max_batch_size, limits.enforce_eager) == (8, False)
-    assert (limits.gpu_memory_gib, limits.max_model_len) == (3.0, 1536)  # still the low preset's
+    assert (limits.gpu_memory_gib, limits.max_model_len) == (1.75, 1536)  # still the low preset's
 
 
 @pytest.mark.parametrize(

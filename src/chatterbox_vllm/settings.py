@@ -63,8 +63,9 @@ class EngineLimits:
 # = 240 KiB, so a 1536-token request holds ~0.36 GiB. S3Gen, the voice encoder and CUDA's own context need
 # another 2-3 GB outside this budget, which is what the card sizes below leave room for.
 PRESETS: dict[str, Preset] = {
-    # 8 GB cards: few sequences, and no CUDA graphs (their capture buffers cost memory such a card lacks).
-    "low": Preset(gpu_memory_gib=3.0, max_batch_size=4, max_model_len=1536, enforce_eager=True, dtype="bfloat16"),
+    # 6-8 GB cards: two sequences, no CUDA graphs (T3's nor S3Gen's: their buffers cost memory such a card lacks).
+    # Measured on an H100 with the multilingual model: 4.00 GiB for the whole process (BENCHMARKS.md).
+    "low": Preset(gpu_memory_gib=1.75, max_batch_size=2, max_model_len=1536, enforce_eager=True, dtype="bfloat16"),
     # 12 GB cards.
     "medium": Preset(gpu_memory_gib=5.0, max_batch_size=12, max_model_len=2048, enforce_eager=False, dtype="bfloat16"),
     # 24 GB cards.

@@ -182,7 +182,9 @@ class ChatterboxTTS:
         config = load_model_config(directory, layout)
         resolve_engine_kind(engine_kind)  # a bad name fails before anything loads
         s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
-        if device.type == "cuda":  # S3Gen's ODE loop is launch-bound: replay it as CUDA graphs (see cfm_graphs)
+        # S3Gen's ODE loop is launch-bound: replay it as CUDA graphs (see cfm_graphs), unless the engine was told to
+        # run eagerly (the low-VRAM preset: graphs for every length bucket hold ~0.6 GiB).
+        if device.type == "cuda" and not (vllm_options is not None and vllm_options.enforce_eager):
             s3gen.flow.decoder.enable_cuda_graphs(config.s3gen.flow.n_timesteps)
         voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
         if layout.variant == "english":
