@@ -191,30 +191,34 @@ class SpeechService:
                 return prepared.params
             return SamplingParams(**{**prepared.params.__dict__, "seed": seed + index})
 
-        futures: dict[int, asyncio.Future[list[int]]] = {}
+        futures: dict[int, asyncio.Future[tuple[int, np.ndarray]]] = {}
         launched = 1 if incremental else 0  # an incremental first piece is decoded inline below
+
+        async def piece_audio(index: int) -> tuple[int, np.ndarray]:
+            """T3 then S3Gen for one piece: pieces whose tokens are ready together reach the S3Gen worker
+            together, so it vocodes them as one batch (and with other requests' pieces)."""
+            params = params_for(index)
+            tokens = await self._tokens(prepared.pieces[index], prepared, params)
+            wav = await asyncio.wrap_future(self._s3gen.vocode(VocodeJob(tokens, prepared.conds, params.seed)))
+            return len(tokens), wav
 
         def launch_until(stop: int) -> None:
             nonlocal launched
             while launched < min(stop, count):
-                futures[launched] = asyncio.ensure_future(
-                    self._tokens(prepared.pieces[launched], prepared, params_for(launched))
-                )
+                futures[launched] = asyncio.ensure_future(piece_audio(launched))
                 launched += 1
 
         try:
             for index in range(count):
-                launch_until(index + window)  # T3 on the next pieces while S3Gen works on this one
+                launch_until(index + window)  # T3 (and S3Gen) on the next pieces while this one is delivered
                 if index > 0:
                     yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
                 if index == 0 and incremental:
                     async for audio in self._first_piece_incrementally(prepared, params_for(0), usage):
                         yield audio
                     continue
-                tokens = await futures.pop(index)
-                usage["output_tokens"] += len(tokens)
-                seed = params_for(index).seed
-                wav = await asyncio.wrap_future(self._s3gen.vocode(VocodeJob(tokens, prepared.conds, seed)))
+                token_count, wav = await futures.pop(index)
+                usage["output_tokens"] += token_count
                 yield fade_edges(wav)
         finally:
             for future in futures.values():
