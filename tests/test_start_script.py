@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from chatterbox_vllm.settings import PRESETS
 from conftest import _free_port, running_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,4 +76,4 @@ def test_auto_preset_from_gpu_memory(tmp_path: Path, mib: str, preset: str) -> N
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     assert config["preset"] == preset and f"GPU memory {mib} MiB" in result.stderr
-    assert config["limits"]["max_batch_size"] == {"low": 4, "medium": 12, "high": 32}[preset]
+    assert config["limits"]["max_batch_size"] == PRESETS[preset].max_batch_size
