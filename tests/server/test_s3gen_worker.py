@@ -15,7 +15,7 @@ import torch
 from prometheus_client import REGISTRY
 
 from chatterbox_vllm.tts import ChatterboxTTS, VocodeJob
-from chatterbox_vllm.server.s3gen_worker import S3GenWorker
+from chatterbox_vllm.server.s3gen_worker import S3GenWorker, padded_tokens
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,28 @@ def test_max_batch_bounds_a_batch(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> 
             f.result(timeout=120)
         count, total = batches_seen()
         assert (count - before[0], total - before[1]) == (2, len(jobs))  # 3 + 1
+    finally:
+        worker.shutdown()
+
+
+def test_the_padded_token_budget_splits_batches(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    widths = [padded_tokens(job) for job in jobs]
+    assert widths == [len(job.tokens) + job.conds.gen["prompt_token"].shape[-1] for job in jobs]
+    # room for the first two pieces side by side, not for a third row of the widest of the first three
+    budget = 2 * max(widths[:2])
+    assert 3 * max(widths[:3]) > budget
+    worker = S3GenWorker(tts, max_batch=8, max_batch_tokens=budget)
+    try:
+        gate = threading.Event()
+        worker.call(gate.wait, 30)
+        before = batches_seen()
+        futures = [worker.vocode(job) for job in jobs]
+        gate.set()
+        wavs = [f.result(timeout=120) for f in futures]
+        count, total = batches_seen()
+        assert total - before[1] == len(jobs) and count - before[0] >= 2  # split, nothing lost
+        for job, wav in zip(jobs, wavs, strict=True):  # and each piece still got its own audio, in order
+            np.testing.assert_allclose(wav, tts.vocode(job.tokens, job.conds, seed=job.seed), atol=2e-4, rtol=0)
     finally:
         worker.shutdown()
 

@@ -2,8 +2,8 @@
 
 With many requests in flight, S3Gen is the bottleneck when it runs a piece at a time: at batch one its flow
 estimator is launch-bound and leaves the GPU mostly idle. So whole-piece vocodes that are waiting together
-leave as one padded batch (`ChatterboxTTS.vocode_batch`, up to `max_batch`); nothing waits for a batch to fill,
-so a lone request pays no extra latency. Other work (voice analysis, the incremental first-audio vocodes) runs
+leave as one padded batch (`ChatterboxTTS.vocode_batch`, up to `max_batch` pieces and `max_batch_tokens` padded
+tokens); nothing waits for a batch to fill, so a lone request pays no extra latency. Other work (voice analysis, the incremental first-audio vocodes) runs
 alone, in arrival order after the batch it was queued behind.
 
 A batch that fails is retried job by job, so one bad piece fails only its own request.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import deque
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -43,11 +44,23 @@ class _Vocode:
 
 _STOP = object()
 
+# A batch's padded size (rows x its longest row, voice prompt included) is bounded too: the flow encoder's
+# attention holds rows x heads x (2 x length)^2 scores, so 4096 keeps a batch of the longest pieces (3 rows of
+# ~1150 tokens) near 1 GB while typical sentences (~230 tokens with the prompt) still go 8 at a time.
+MAX_BATCH_TOKENS = 4096
+
+
+def padded_tokens(job: VocodeJob) -> int:
+    """The tokens this piece puts through the flow: its voice prompt's and its own."""
+    prompt = job.conds.gen.get("prompt_token")
+    return len(job.tokens) + (int(prompt.shape[-1]) if prompt is not None else 0)
+
 
 class S3GenWorker:
-    def __init__(self, tts: ChatterboxTTS, max_batch: int) -> None:
+    def __init__(self, tts: ChatterboxTTS, max_batch: int, max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         self.tts = tts
         self.max_batch = max(1, max_batch)
+        self.max_batch_tokens = max_batch_tokens
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="s3gen", daemon=True)
         self._thread.start()
@@ -72,9 +85,15 @@ class S3GenWorker:
         self._thread.join(timeout=timeout)
 
     # ---------------------------------------------------------------------------------------------- run
+    def _next(self, pending: deque, *, wait: bool) -> Any:
+        if pending:
+            return pending.popleft()
+        return self._queue.get() if wait else self._queue.get_nowait()
+
     def _run(self) -> None:
+        pending: deque = deque()  # taken from the queue but left for the next batch (it would not fit this one)
         while True:
-            item = self._queue.get()
+            item = self._next(pending, wait=True)
             if item is _STOP:
                 self._cancel_rest()
                 return
@@ -82,13 +101,19 @@ class S3GenWorker:
                 self._run_call(item)
                 continue
             batch, later = [item], []
+            width = padded_tokens(item.job)
             while len(batch) < self.max_batch:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._next(pending, wait=False)
                 except queue.Empty:
                     break
                 if isinstance(more, _Vocode):
+                    wider = max(width, padded_tokens(more.job))
+                    if wider * (len(batch) + 1) > self.max_batch_tokens:
+                        pending.appendleft(more)  # too big beside these: first of the next batch
+                        break
                     batch.append(more)
+                    width = wider
                 else:
                     later.append(more)
                     if more is _STOP:
@@ -96,6 +121,8 @@ class S3GenWorker:
             self._run_batch(batch)
             for other in later:
                 if other is _STOP:
+                    for left in pending:
+                        left.future.cancel()
                     self._cancel_rest()
                     return
                 self._run_call(other)
