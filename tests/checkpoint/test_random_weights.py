@@ -220,6 +220,19 @@ def test_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
     assert (first / t3).read_bytes() != (other / t3).read_bytes()
 
 
+@needs_s3gen
+def test_one_weight_file_alone_equals_that_file_of_a_complete_run(tmp_path: Path) -> None:
+    """What lets the full-size test fixtures hold only the files a test reads."""
+    layout = LAYOUTS["english"]
+    complete = rw.write_random_checkpoint("english", "tiny", 3, tmp_path / "all")
+    alone = rw.write_random_checkpoint("english", "tiny", 3, tmp_path / "t3", weights=[layout.t3])
+    assert (alone / layout.t3).read_bytes() == (complete / layout.t3).read_bytes()
+    assert not (alone / layout.s3gen).exists() and not (alone / layout.voice_encoder).exists()
+    assert (alone / layout.conds).is_file() and (alone / layout.text_tokenizer).is_file()
+    with pytest.raises(ValueError, match="not weight files"):
+        rw.write_random_checkpoint("english", "tiny", 3, tmp_path / "bad", weights=["t3_mtl23ls_v2.safetensors"])
+
+
 # ------------------------------------------------------------------------------------------------ corrupt files
 @pytest.fixture(scope="module")
 def ve_state() -> dict[str, torch.Tensor]:

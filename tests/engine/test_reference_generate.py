@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import golden_dirs, seed0_checkpoint
+from conftest import full_checkpoint, golden_dirs
 
 from chatterbox_vllm.checkpoint.layout import ENGLISH
 from chatterbox_vllm.engine.base import SamplingParams
@@ -34,7 +34,7 @@ def test_english_generate_tokens_match_reference() -> None:
         pytest.skip("no recorded English generate() tokens")
     tokenizers = pytest.importorskip("tokenizers")
 
-    directory = seed0_checkpoint("english", "full")
+    directory = full_checkpoint("english", ENGLISH.t3)
     tokenizer = tokenizers.Tokenizer.from_file(str(directory / ENGLISH.text_tokenizer))
     ids = tokenizer.encode("Hello world.".replace(" ", "[SPACE]")).ids
     text = torch.tensor([255, *ids, 0])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import golden_params, seed0_checkpoint
+from conftest import full_checkpoint, golden_params
 from safetensors.torch import load_file
 
 from chatterbox_vllm.checkpoint.layout import LAYOUTS
@@ -25,7 +25,7 @@ VARIANTS = ["english", "multilingual"]
 @pytest.fixture(scope="module", params=VARIANTS)
 def variant_model(request) -> tuple[str, T3]:
     variant = request.param
-    directory = seed0_checkpoint(variant, "full")
+    directory = full_checkpoint(variant, LAYOUTS[variant].t3)
     model = load_t3(directory / LAYOUTS[variant].t3, T3Config.for_variant(variant))
     yield variant, model
     del model

@@ -29,7 +29,7 @@ import shutil
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -416,14 +416,25 @@ def _save_weights(state: "OrderedDict[str, torch.Tensor]", path: Path) -> None:
     _publish(tmp, path)
 
 
-def write_random_checkpoint(variant: str, size: str, seed: int, out: Path | str) -> Path:
+def write_random_checkpoint(
+    variant: str, size: str, seed: int, out: Path | str, weights: Collection[str] | None = None
+) -> Path:
     """Write a complete random checkpoint directory for `variant` ("english"/"multilingual") and `size`
     ("full"/"tiny") and return it. Deterministic in `seed`; files are generated one at a time, so peak memory is
-    about the largest file (T3, 2.1 GB at full size)."""
+    about the largest file (T3, 2.1 GB at full size).
+
+    `weights` names the weight files to write (default: all). Every tensor is seeded by its own name, so a file
+    written alone is byte-identical to the same file of a complete run; that lets a disk-short machine hold only
+    the files it needs. The small files (conds, tokenizers) are always written."""
     _check_args(variant, size)
     started = time.perf_counter()
     layout = LAYOUTS[variant]
     all_specs = checkpoint_specs(variant, size)  # fails before anything is written if a model is unavailable
+    if weights is not None:
+        unknown = set(weights) - set(all_specs)
+        if unknown:
+            raise ValueError(f"not weight files of {variant}: {sorted(unknown)} (expected some of {sorted(all_specs)})")
+        all_specs = {file: specs for file, specs in all_specs.items() if file in weights}
     fixed = fixed_buffer_values(variant, size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
