@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import time
 from enum import Enum
@@ -111,10 +112,10 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
+    from .log_config import configure_logging
     from .server.app import create_app
     from .settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     flags = {
         "host": host, "port": port, "model": model, "engine": engine, "device": device, "preset": preset,
         "gpu_memory_gib": gpu_memory_gib, "max_batch_size": max_batch_size, "max_model_len": max_model_len,
@@ -128,6 +129,7 @@ def serve(
     if print_config:  # what a start would run with: presets resolved, the key never echoed
         typer.echo(json.dumps(effective_config(settings), indent=2))
         return
+    log_config = configure_logging(settings.log_level)
     from .checkpoint.hub import resolve_model
     from .checkpoint.weights import CheckpointError
 
@@ -136,7 +138,21 @@ def serve(
     except CheckpointError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # uvicorn drains on SIGTERM/SIGINT (no new connections; requests in progress get `drain_timeout_s`), then
+    # raises the signal again for whoever handled it before. Handling it here makes a drained stop exit 0,
+    # which systemd, Docker and Kubernetes read as a clean stop.
+    before = {stop_signal: signal.signal(stop_signal, _stopped) for stop_signal in (signal.SIGTERM, signal.SIGINT)}
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_config=log_config,
+        log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s,
+    )  # fmt: skip
+    for stop_signal, handler in before.items():
+        signal.signal(stop_signal, handler)
+    logging.getLogger(__name__).info("stopped")
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    """Re-raised by uvicorn after its graceful shutdown: nothing is left to do but return from `serve`."""
 
 
 def effective_config(settings: Settings) -> dict[str, object]:

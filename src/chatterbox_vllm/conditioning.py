@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio.io import load_audio
+from .audio.io import AudioTooLongError, load_audio
 from .audio.resample import resample_soxr_hq
 from .checkpoint.weights import CheckpointError
 from .models.t3 import T3Cond
@@ -27,6 +27,8 @@ S3_SAMPLE_RATE = 16_000
 S3GEN_REF_SECONDS = 10
 T3_PROMPT_SECONDS = 6
 MIN_REFERENCE_SECONDS = 0.5
+# The whole clip feeds the speaker embedding; past this a file is refused rather than decoded into memory.
+MAX_REFERENCE_SECONDS = 600
 
 
 class VoiceCloneError(ValueError):
@@ -111,7 +113,12 @@ class VoiceConditioner:
 
     @torch.inference_mode()
     def _compute(self, data: bytes) -> Conditionals:
-        wav_24k = load_audio(data, S3GEN_SAMPLE_RATE)
+        try:
+            wav_24k = load_audio(data, S3GEN_SAMPLE_RATE, max_seconds=MAX_REFERENCE_SECONDS)
+        except AudioTooLongError as exc:
+            raise VoiceCloneError(
+                f"reference audio lasts longer than {MAX_REFERENCE_SECONDS} s; 5-10 s of clean speech works best"
+            ) from exc
         if wav_24k.size < MIN_REFERENCE_SECONDS * S3GEN_SAMPLE_RATE:
             raise VoiceCloneError(
                 f"reference audio is {wav_24k.size / S3GEN_SAMPLE_RATE:.2f} s long; at least "

@@ -115,7 +115,15 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ the HTTP server
     host: str = Field("0.0.0.0", description="address the server listens on (0.0.0.0: every interface)")
     port: int = Field(8000, description="TCP port the server listens on, 1..65535")
-    api_key: str | None = Field(None, description="if set, requests need 'Authorization: Bearer <key>'")
+    api_key: str | None = Field(
+        None, repr=False, description="if set, requests need 'Authorization: Bearer <key>'"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="server log level; tracebacks are logged at debug only (one line per error otherwise)"
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, le=3600, description="on SIGTERM, how long requests in progress may take to finish"
+    )
     voices_dir: str | None = Field(None, description="directory of reference clips (one file per voice)")
 
     # ------------------------------------------------------------------ limits of the HTTP API

@@ -3,6 +3,8 @@ what users rely on (non-root, health checks on /health, port 8000, GPU reservati
 
 from __future__ import annotations
 
+import re
+
 import configparser
 import subprocess
 from pathlib import Path
@@ -56,6 +58,19 @@ def test_compose() -> None:
     assert env["AUDIO_TTS_MODEL"] == "tts-1" and env["AUDIO_TTS_VOICE"] == "alloy"
     assert webui["depends_on"]["chatterbox"]["condition"] == "service_healthy"
     assert {"hf-cache", "voices"} <= set(compose["volumes"])
+
+
+def test_every_deployment_waits_longer_than_the_drain() -> None:
+    """A stop must not kill the server while it drains speech in progress (CHATTERBOX_DRAIN_TIMEOUT_S)."""
+    from chatterbox_vllm.settings import Settings
+
+    drain = Settings.model_fields["drain_timeout_s"].default
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert int(compose["services"]["chatterbox"]["stop_grace_period"].removesuffix("s")) > drain
+    unit = (ROOT / "chatterbox-tts.service.example").read_text()
+    assert int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE).group(1)) > drain
+    values = yaml.safe_load((ROOT / "deploy" / "helm" / "chatterbox-vllm" / "values.yaml").read_text())
+    assert values["terminationGracePeriodSeconds"] > drain
 
 
 def test_systemd_unit_is_hardened() -> None:

@@ -3,6 +3,7 @@ sharing one vLLM engine. (Not a conftest.py: the top-level conftest is imported 
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
@@ -10,7 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import httpx
+import numpy as np
 import pytest
+import soundfile
 import uvicorn
 
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions
@@ -87,3 +92,26 @@ def keyed_server(english_tts: ChatterboxTTS, tmp_path_factory: pytest.TempPathFa
     running = start_server(make_settings(tmp_path_factory.mktemp("keyed"), api_key="sk-test-123"), english_tts)
     yield running
     stop_server(running)
+
+
+def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
+    """Decoded mono samples and their rate, with the formats' own decoders."""
+    if fmt == "pcm":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, 24000
+    if fmt in ("wav", "flac"):
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32")
+        return samples, rate
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [f.to_ndarray() for f in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+    return np.concatenate([f.reshape(-1) if f.shape[0] == 1 else f[0] for f in frames]), rate
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error

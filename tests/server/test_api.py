@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import av
 import httpx
 import numpy as np
 import pytest
@@ -21,6 +20,8 @@ from chatterbox_vllm.tts import ChatterboxTTS
 from server_utils import (  # noqa: F401 - fixtures
     PIECE_SECONDS,
     Server,
+    assert_error,
+    decode,
     english_tts,
     keyed_server,
     make_settings,
@@ -35,29 +36,6 @@ SENTENCE = "Hello there, this is a test."
 def speech(server: Server, timeout: float = 120, **body) -> httpx.Response:
     payload = {"model": "tts-1", "input": SENTENCE, "voice": "alloy", "seed": 0, **body}
     return httpx.post(f"{server.url}/v1/audio/speech", json=payload, timeout=timeout)
-
-
-def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
-    """Decoded mono samples and their rate, with the formats' own decoders."""
-    if fmt == "pcm":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, 24000
-    if fmt in ("wav", "flac"):
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32")
-        return samples, rate
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        frames = [f.to_ndarray() for f in container.decode(stream)]
-        rate = stream.codec_context.sample_rate
-    return np.concatenate([f.reshape(-1) if f.shape[0] == 1 else f[0] for f in frames]), rate
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.content[:300])
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    return error
 
 
 # ------------------------------------------------------------------------------------------------ formats
@@ -215,7 +193,7 @@ def test_client_disconnect_stops_generation(server: Server, english_tts: Chatter
                       json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as response:
         next(response.iter_bytes())
     deadline = time.monotonic() + 30
-    service = server.app.state.service
+    service = server.app.state.model.service
     while (service.active or english_tts.engine.num_unfinished_requests()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert service.active == 0
@@ -258,12 +236,12 @@ def test_busy_server_answers_429(english_tts: ChatterboxTTS, tmp_path: Path) -> 
                           json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as first:
             chunks = first.iter_bytes()  # kept: a dropped iterator closes the response (a client hanging up)
             next(chunks)
-            assert busy.app.state.service.active == 1
+            assert busy.app.state.model.service.active == 1
             second = speech(busy)
             error = assert_error(second, 429)
             assert second.headers["retry-after"] == "2" and error["type"] == "rate_limit_error"
         deadline = time.monotonic() + 30
-        while busy.app.state.service.active and time.monotonic() < deadline:
+        while busy.app.state.model.service.active and time.monotonic() < deadline:
             time.sleep(0.1)
         assert speech(busy).status_code == 200  # the place was given back
     finally:

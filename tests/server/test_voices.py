@@ -273,7 +273,43 @@ BAD_AUDIO = [
     ("text file", lambda: b"hello, I am a text file\n" * 50, "not audio"),
     ("empty", lambda: b"", "empty"),
     ("silent", _silence, "silent"),
+    ("ten minutes", lambda: _wav_bytes(600.0, 8000), "at most 60 s"),
+    ("truncated to its header", lambda: _wav_bytes(2.0)[:44], "no samples|not audio"),
+    ("truncated mid-header", lambda: _wav_bytes(2.0)[:30], "not audio"),
+    ("64 channels", lambda: _multichannel_wav(64), "not a voice recording"),
 ]
+
+
+def _multichannel_wav(channels: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.tile(_sine(1.5, RATE)[:, None], (1, channels)), RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _flac_bomb(hours: float, rate: int = 48_000) -> bytes:
+    """A constant signal compresses to almost nothing in FLAC: a few hundred KB that decode to hours of audio."""
+    buffer = io.BytesIO()
+    block = np.full(rate * 60, 0.25, dtype=np.float32)
+    with sf.SoundFile(buffer, "w", rate, 1, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(int(hours * 60)):
+            f.write(block)
+    return buffer.getvalue()
+
+
+def test_decompression_bomb_is_refused_without_decoding_it(library: VoiceLibrary, voices_dir: Path) -> None:
+    import tracemalloc
+
+    data = _flac_bomb(hours=1.0)  # 172.8 M samples: 691 MB as float32
+    assert len(data) < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(VoiceUploadError, match="at most 60 s"):
+            library.add("bomb", data, "bomb.flac")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"decoding the refused upload allocated {peak / 2**20:.0f} MiB"
+    assert _files(voices_dir) == []
 
 
 @pytest.mark.parametrize(("case", "make", "message"), BAD_AUDIO, ids=[c[0] for c in BAD_AUDIO])

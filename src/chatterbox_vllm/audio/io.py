@@ -20,11 +20,25 @@ class AudioDecodeError(ValueError):
     """The audio cannot be decoded, or holds no samples."""
 
 
+class AudioTooLongError(AudioDecodeError):
+    """The audio lasts longer than the caller accepts; found before decoding more than the limit."""
+
+    def __init__(self, message: str, seconds_at_least: float) -> None:
+        super().__init__(message)
+        self.seconds_at_least = seconds_at_least
+
+
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+# Beyond these a file is not a voice recording; refusing them up front bounds what decoding can allocate.
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 8
 
 
-def load_audio(source: AudioSource, target_sr: int | None) -> np.ndarray:
-    """Decode `source` to a 1-D float32 array at `target_sr` (or the file's own rate when `target_sr` is None)."""
+def load_audio(source: AudioSource, target_sr: int | None, max_seconds: float | None = None) -> np.ndarray:
+    """Decode `source` to a 1-D float32 array at `target_sr` (or the file's own rate when `target_sr` is None).
+
+    With `max_seconds`, at most that much (plus one frame) is decoded and a longer file raises
+    `AudioTooLongError`: a small, highly compressed file cannot expand into gigabytes of samples."""
     name = _describe(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -33,7 +47,19 @@ def load_audio(source: AudioSource, target_sr: int | None) -> np.ndarray:
     try:
         with sf.SoundFile(source) as f:
             native_sr = f.samplerate
-            y = f.read(frames=-1, dtype="float32", always_2d=False).T
+            if not 0 < native_sr <= MAX_SAMPLE_RATE or not 0 < f.channels <= MAX_CHANNELS:
+                raise AudioDecodeError(
+                    f"{name}: {f.channels} channels at {native_sr} Hz is not a voice recording "
+                    f"(at most {MAX_CHANNELS} channels and {MAX_SAMPLE_RATE} Hz)"
+                )
+            frames = -1 if max_seconds is None else int(max_seconds * native_sr) + 1
+            y = f.read(frames=frames, dtype="float32", always_2d=False).T
+            if max_seconds is not None and y.shape[-1] >= frames:
+                raise AudioTooLongError(
+                    f"{name}: the audio lasts longer than {max_seconds:g} s", seconds_at_least=frames / native_sr
+                )
+    except AudioDecodeError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
         raise AudioDecodeError(f"{name}: cannot decode audio ({exc})") from exc
     except OSError as exc:  # missing file, permission denied

@@ -251,8 +251,9 @@ class VLLMT3Engine:
 
     # ------------------------------------------------------------------------------------------- state
     def num_unfinished_requests(self) -> int:
-        """Requests vLLM still holds (queued or decoding)."""
-        return int(self.llm.output_processor.get_num_unfinished_requests())
+        """Requests vLLM still holds (queued or decoding); 0 once the engine is shut down."""
+        llm = self.llm
+        return 0 if llm is None else int(llm.output_processor.get_num_unfinished_requests())
 
     def shutdown(self) -> None:
         """Stop the engine core process and the engine loop. Safe to call twice."""

@@ -1,4 +1,9 @@
-"""The FastAPI application: loads the model once at start-up and serves the routes in `routes.py`."""
+"""The FastAPI application: serves the routes in `routes.py` while the model loads in the background.
+
+The port opens at once. Until the model is ready, /health answers 503 with `"status": "loading"` and speech
+requests 503 with Retry-After; if loading fails, the server stays up and says why (`"status": "error"`) instead
+of dying in a restart loop with the reason scrolled away.
+"""
 
 from __future__ import annotations
 
@@ -14,40 +19,81 @@ from fastapi.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..settings import Settings
 from ..tts import ChatterboxTTS
-from .errors import install_error_handlers
+from .errors import describe_failure, install_error_handlers
+from .limits import BodyLimits, BodySizeLimit
+from .metrics import T3_IN_ENGINE
 from .routes import router
 from .service import SpeechService
+from .state import ModelState
 from .voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
 
 
+def _serve(state: ModelState, tts: ChatterboxTTS, settings: Settings) -> None:
+    """Build what requests use around a loaded model, then mark the state ready."""
+    service = SpeechService(tts, settings)
+    try:
+        voices = VoiceLibrary(
+            Path(settings.voices_dir) if settings.voices_dir else None,
+            multilingual=tts.is_multilingual,
+            max_upload_bytes=int(settings.max_upload_mib * 2**20),
+        )
+    except BaseException:
+        service.close()
+        raise
+    state.tts, state.service, state.voices = tts, service, voices
+    count = getattr(tts.engine, "num_unfinished_requests", None)
+    if count is not None:
+        T3_IN_ENGINE.set_function(count)
+    state.status = "ready"
+    log.info("serving %s Chatterbox on %s:%d", tts.variant, settings.host, settings.port)
+
+
 def create_app(settings: Settings | None = None, tts: ChatterboxTTS | None = None) -> FastAPI:
     """An app for `settings`; pass a loaded `tts` to share one model between apps (tests), else it loads at start."""
     settings = settings or Settings()
+    state = ModelState()
+
+    async def load() -> None:
+        try:
+            model = await asyncio.to_thread(ChatterboxTTS.from_settings, settings)
+        except Exception as exc:
+            state.status, state.error = "error", describe_failure(exc)
+            log.error("the model failed to load; the server stays up and answers 503: %s", state.error)
+            return
+        try:
+            await asyncio.to_thread(_serve, state, model, settings)
+        except Exception as exc:
+            model.close()
+            state.status, state.error = "error", describe_failure(exc)
+            log.error("the model loaded but could not be served: %s", state.error)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = tts is None
-        model = tts if tts is not None else await asyncio.to_thread(ChatterboxTTS.from_settings, settings)
-        app.state.tts = model
-        app.state.service = SpeechService(model, settings)
-        app.state.voices = VoiceLibrary(
-            Path(settings.voices_dir) if settings.voices_dir else None,
-            multilingual=model.is_multilingual,
-            max_upload_bytes=int(settings.max_upload_mib * 2**20),
-        )
-        log.info("serving %s Chatterbox on %s:%d", model.variant, settings.host, settings.port)
+        loading: asyncio.Task[None] | None = None
+        if tts is not None:
+            _serve(state, tts, settings)
+        else:
+            loading = asyncio.create_task(load())
         try:
             yield
         finally:
-            app.state.service.close()
-            if owned:
-                model.close()
+            if loading is not None:
+                await loading  # a load thread cannot be interrupted; let it finish, then release what it made
+            if state.service is not None:
+                state.service.close()
+            if owned and state.tts is not None:
+                state.tts.close()
 
     app = FastAPI(title="chatterbox-vllm", version=__version__, lifespan=lifespan)
     app.state.settings = settings
+    app.state.model = state
+    upload_bytes = int(settings.max_upload_mib * 2**20)
+    app.add_middleware(BodySizeLimit, limits=BodyLimits.for_limits(settings.max_input_chars, upload_bytes))
     # Browsers (web UIs on another origin) call the API directly; auth, when set, is the bearer key.
+    # Added last, so it is outermost: refusals from the middleware above carry CORS headers too.
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
     app.include_router(router)

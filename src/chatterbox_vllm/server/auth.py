@@ -1,12 +1,27 @@
-"""Optional bearer-token auth (CHATTERBOX_API_KEY). Listing endpoints stay open: Open WebUI fetches them bare."""
+"""Optional bearer-token auth (CHATTERBOX_API_KEY).
+
+Open without a key: the listing endpoints (Open WebUI fetches them bare), /health (container and Kubernetes
+probes) and /metrics (Prometheus scrapes). Everything else goes through `require_api_key`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import Request
 
 from .errors import APIError
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def key_matches(offered: str, expected: str) -> bool:
+    """Constant-time in the content of both keys: the digests have one length, and `compare_digest` does not
+    stop at the first differing byte, so response times reveal neither the key nor how much of it was right."""
+    return hmac.compare_digest(_digest(offered), _digest(expected))
 
 
 def require_api_key(request: Request) -> None:
@@ -15,7 +30,7 @@ def require_api_key(request: Request) -> None:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if not key_matches(token.strip(), expected) or scheme.lower() != "bearer":
         raise APIError(
             401,
             "invalid or missing API key: send 'Authorization: Bearer <key>'",

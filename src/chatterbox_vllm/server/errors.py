@@ -29,6 +29,18 @@ ERROR_TYPES = {
 }
 
 
+def describe_failure(exc: BaseException) -> str:
+    """One line for a response or the log: the exception's type and message, never its traceback."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """An error as one log line; the traceback only at DEBUG level, where an operator asked for it."""
+    log.error("%s: %s", what, describe_failure(exc))
+    log.debug("traceback of the error above", exc_info=exc)
+
+
 class APIError(Exception):
     """An error to answer with; `param` names the offending request field."""
 
@@ -87,12 +99,14 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route; see /v1/audio/speech, /v1/audio/voices, /v1/models, /health, /metrics"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         return JSONResponse(
-            error_body(exc.status_code, message, None, code), status_code=exc.status_code, headers=exc.headers
+            error_body(exc.status_code, message, getattr(exc, "param", None), code),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_failure(f"unhandled error in {request.method} {request.url.path}", exc)
         return JSONResponse(error_body(500, "internal server error", None, "internal_error"), status_code=500)

@@ -19,3 +19,7 @@ VOICES = Gauge("chatterbox_custom_voices", "Uploaded voices")
 S3GEN_BATCH = Histogram(
     "chatterbox_s3gen_batch_size", "Pieces vocoded together in one S3Gen batch", buckets=(1, 2, 4, 8, 16, 32, 64)
 )
+T3_IN_ENGINE = Gauge(
+    "chatterbox_t3_requests_in_engine",
+    "T3 requests the engine holds, queued or decoding (read when scraped); a request whose client hung up leaves",
+)

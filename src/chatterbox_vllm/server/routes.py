@@ -18,23 +18,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..tts import SAMPLE_RATE
 from .audio import CONTENT_TYPES, AudioEncoder
 from .auth import require_api_key
-from .errors import APIError
+from .errors import APIError, log_failure
 from .metrics import AUDIO_SECONDS, FIRST_AUDIO, IN_PROGRESS, REQUEST_SECONDS, REQUESTS, VOICES
 from .schemas import OPENAI_MODELS, OWN_MODELS, SpeechRequest
 from .service import PreparedSpeech, SpeechService
-from .voices import UnknownVoiceError, VoiceLibrary, VoiceNotFoundError, VoiceUploadError
+from .state import ModelState
+from .voices import UnknownVoiceError, VoiceExistsError, VoiceLibrary, VoiceNotFoundError, VoiceUploadError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 CREATED = 1_732_406_400  # a fixed "created" timestamp for the model list
 
 
+def _model(request: Request) -> ModelState:
+    return request.app.state.model
+
+
 def _service(request: Request) -> SpeechService:
-    return request.app.state.service
+    state = _model(request)
+    state.require_ready()
+    return state.service
 
 
 def _voices(request: Request) -> VoiceLibrary:
-    return request.app.state.voices
+    state = _model(request)
+    state.require_ready()
+    return state.voices
 
 
 def _model_ids() -> tuple[str, ...]:
@@ -67,8 +76,27 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
     if body.stream_format == "sse":
         content = _sse_events(service, prepared, encoder, started)
         return StreamingResponse(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    content = _audio_bytes(service, prepared, encoder, started)
+    content = await _started(_audio_bytes(service, prepared, encoder, started))
     return StreamingResponse(content, media_type=CONTENT_TYPES[body.response_format])
+
+
+async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stream with its first chunk already made: a failure before any audio is then an error response
+    (500, OpenAI's shape) rather than a 200 whose body breaks off. Later failures can only cut the stream."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
+    except Exception as exc:
+        raise APIError(500, "speech synthesis failed; the server log says why", code="synthesis_failed") from exc
+
+    async def resumed() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for data in chunks:
+            yield data
+
+    return resumed()
 
 
 async def _encoded_chunks(
@@ -91,9 +119,9 @@ async def _encoded_chunks(
     except asyncio.CancelledError:
         status = "cancelled"  # the client went away; the T3 request was aborted with this task
         raise
-    except Exception:
+    except Exception as exc:
         status = "error"
-        log.exception("speech synthesis failed mid-stream")
+        log_failure("speech synthesis failed", exc)
         raise
     finally:
         encoder.close()
@@ -185,8 +213,8 @@ async def create_voice(
     try:
         voice = await asyncio.to_thread(library.add, name, data, audio_sample.filename)
     except VoiceUploadError as exc:
-        status = 409 if "exists" in str(exc) else 400
-        raise APIError(status, str(exc), param="name" if status == 409 else "audio_sample") from exc
+        status = 409 if isinstance(exc, VoiceExistsError) else 400
+        raise APIError(status, str(exc), param=exc.param) from exc
     VOICES.set(sum(1 for v in library.list() if v.kind == "custom"))
     return JSONResponse({"id": voice.id, "name": voice.name}, status_code=201)
 
@@ -206,21 +234,29 @@ async def delete_voice(voice_id: str, request: Request) -> dict:
 
 # ------------------------------------------------------------------------------------------- operations
 @router.get("/health")
-async def health(request: Request) -> dict:
-    tts = request.app.state.tts
+async def health(request: Request) -> JSONResponse:
+    """200 once the model serves; 503 while it loads (`"status": "loading"`) or after it failed (`"error"`)."""
+    state = _model(request)
+    settings = request.app.state.settings
+    if state.status != "ready":
+        body = {"status": state.status, "model": settings.model}
+        if state.error:
+            body["error"] = state.error
+        return JSONResponse(body, status_code=503)
+    tts = state.tts
     device = tts.device
     body = {
         "status": "ok",
-        "model": request.app.state.settings.model,
+        "model": settings.model,
         "variant": tts.variant,
         "engine": "vllm" if hasattr(tts.engine, "stream_async") else "torch",
         "device": str(device),
-        "speech_requests_in_progress": _service(request).active,
+        "speech_requests_in_progress": state.service.active,
     }
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         body["vram"] = {"used_gib": round((total - free) / 2**30, 2), "total_gib": round(total / 2**30, 2)}
-    return body
+    return JSONResponse(body)
 
 
 @router.get("/metrics")

@@ -28,6 +28,7 @@ from ..engine.base import SamplingParams
 from ..incremental import IncrementalVocoder
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
+from ..text.cleaning import remove_control_characters
 from ..text.languages import validate_language
 from ..tts import SAMPLE_RATE, ChatterboxTTS, VocodeJob
 from .errors import APIError
@@ -122,7 +123,7 @@ class SpeechService:
                 code="string_above_max_length",
             )
         language = self.language_for(request, voice)
-        texts = split_for_synthesis(request.input, self.settings.chunk_chars)
+        texts = split_for_synthesis(remove_control_characters(request.input), self.settings.chunk_chars)
         if not texts:
             raise APIError(400, "input has no text to speak", param="input")
         try:
@@ -226,6 +227,8 @@ class SpeechService:
                     future.cancel()
                     with contextlib.suppress(BaseException):
                         await future
+                elif not future.cancelled():
+                    future.exception()  # retrieved: the request's own failure is reported once, not per piece
 
     async def _first_piece_incrementally(
         self, prepared: PreparedSpeech, params: SamplingParams, usage: dict[str, int]

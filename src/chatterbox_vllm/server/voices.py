@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from ..audio.io import AudioDecodeError, load_audio
+from ..audio.io import AudioDecodeError, AudioTooLongError, load_audio
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,25 @@ class UnknownVoiceError(ValueError):
 
 
 class VoiceUploadError(ValueError):
-    """An upload (or a deletion) the library refuses; the message says what is wrong."""
+    """An upload (or a deletion) the library refuses; the message says what is wrong, `param` which field."""
+
+    def __init__(self, message: str, param: str = "audio_sample") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class VoiceNameError(VoiceUploadError):
+    """The voice's name is unusable (empty, too long, a path)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="name")
 
 
 class VoiceExistsError(VoiceUploadError):
     """An upload whose id is taken; a separate class so the server can answer 409 Conflict."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="name")
 
 
 class VoiceNotFoundError(KeyError):
@@ -312,20 +326,20 @@ class VoiceLibrary:
     def _safe_id(self, name: str) -> tuple[str, str]:
         """(file-safe id, display name) for a requested voice name, or VoiceUploadError saying why not."""
         if not isinstance(name, str):
-            raise VoiceUploadError("name must be a string")
+            raise VoiceNameError("name must be a string")
         display = name.strip()
         if not display:
-            raise VoiceUploadError("name is empty; give the voice a name")
+            raise VoiceNameError("name is empty; give the voice a name")
         if not NAME_PATTERN.fullmatch(display):
-            raise VoiceUploadError(
+            raise VoiceNameError(
                 f"invalid voice name {display[:80]!r}: use 1-64 characters, letters, digits, spaces, '_', '.' "
                 "or '-', starting with a letter or digit"
             )
         voice_id = re.sub(r" +", "-", display.lower())
         if ".." in voice_id or voice_id.endswith("."):
-            raise VoiceUploadError(f"invalid voice name {display!r}: it must not contain '..' or end with '.'")
+            raise VoiceNameError(f"invalid voice name {display!r}: it must not contain '..' or end with '.'")
         if _is_reserved(voice_id):
-            raise VoiceUploadError(
+            raise VoiceNameError(
                 f"{display!r} is a built-in voice name (default, OpenAI's voices and language codes are reserved); "
                 "choose another name"
             )
@@ -344,14 +358,19 @@ class VoiceLibrary:
         root = self.directory.resolve()
         target = (root / f"{voice_id}.wav").resolve()
         if target.parent != root or target.name != f"{voice_id}.wav":
-            raise VoiceUploadError(f"invalid voice name {voice_id!r}")
+            raise VoiceNameError(f"invalid voice name {voice_id!r}")
         return target
 
     def _decode(self, data: bytes, label: str) -> tuple[np.ndarray, int]:
         """The clip as mono float32 at its own rate, checked to be usable as a voice sample."""
         try:
-            wav = load_audio(data, None)
+            wav = load_audio(data, None, max_seconds=MAX_SECONDS)
             sample_rate = sf.info(io.BytesIO(data)).samplerate
+        except AudioTooLongError as exc:
+            raise VoiceUploadError(
+                f"{label} lasts longer than {MAX_SECONDS:g} s; a voice sample may last at most {MAX_SECONDS:g} s "
+                "(5-15 s of clear speech works best)"
+            ) from exc
         except (AudioDecodeError, sf.LibsndfileError, RuntimeError) as exc:
             raise VoiceUploadError(f"{label} is not audio we can read (use WAV, MP3, FLAC or OGG): {exc}") from exc
         seconds = wav.size / sample_rate

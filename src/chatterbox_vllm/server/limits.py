@@ -1,0 +1,110 @@
+"""Request body limits, enforced before a body is parsed.
+
+FastAPI reads a JSON body whole, and Starlette spools a multipart upload to a temporary file before any route
+code sees it: without a limit in front, one client could fill the memory or the disk. This ASGI middleware
+refuses a declared Content-Length over the limit before reading a byte, and stops a chunked body at the limit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_body
+
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # form fields and part headers beside the audio file
+JSON_FLOOR_BYTES = 1 << 20
+JSON_BYTES_PER_CHAR = 12  # an astral character escaped in JSON: \ud83d\ude00
+UPLOAD_ROUTES = frozenset({"/v1/audio/voices"})
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    json_bytes: int
+    upload_bytes: int
+
+    @classmethod
+    def for_limits(cls, max_input_chars: int, max_upload_bytes: int) -> "BodyLimits":
+        """Room for the longest accepted `input` written in the most expensive JSON escapes, and for the largest
+        accepted voice clip with its form fields."""
+        json_bytes = max(JSON_FLOOR_BYTES, max_input_chars * JSON_BYTES_PER_CHAR + 64 * 1024)
+        return cls(json_bytes=json_bytes, upload_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+
+    def for_path(self, path: str) -> int:
+        return self.upload_bytes if is_upload(path) else self.json_bytes
+
+
+def is_upload(path: str) -> bool:
+    return path.rstrip("/") in UPLOAD_ROUTES
+
+
+def too_large_message(path: str, limit: int) -> tuple[str, str | None]:
+    """The 413's message and `param`: uploads name the file field and the upload limit in MiB."""
+    if is_upload(path):
+        upload_mib = (limit - MULTIPART_OVERHEAD_BYTES) / 2**20
+        return f"audio_sample is larger than {upload_mib:g} MiB (the server's upload limit)", "audio_sample"
+    return f"the request body is larger than the limit of {limit} bytes", None
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when a streamed body passes the limit; FastAPI re-raises HTTPExceptions from body
+    parsing, and the error handlers answer it in OpenAI's shape."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        message, self.param = too_large_message(path, limit)
+        super().__init__(413, message)
+
+
+class BodySizeLimit:
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.for_path(scope["path"])
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _refuse(send, scope["path"], limit)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(scope["path"], limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP server refuses a malformed length before we get here
+    return None
+
+
+async def _refuse(send: Send, path: str, limit: int) -> None:
+    message, param = too_large_message(path, limit)
+    body = json.dumps(error_body(413, message, param, "request_too_large")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")],
+        }  # fmt: skip
+    )
+    await send({"type": "http.response.body", "body": body})
