@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import FrozenInstanceError, asdict
 from pathlib import Path
@@ -239,3 +240,12 @@ def test_vllm_options_from_limits_on_cpu(monkeypatch: pytest.MonkeyPatch) -> Non
     assert options.dtype == "float32"  # a preset's bfloat16 is for GPUs
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
     assert VLLMOptions.from_limits(limits, torch.device("cpu"), explicit_dtype=True).dtype == "bfloat16"
+
+
+def test_the_api_key_never_shows_in_a_repr_or_the_printed_config() -> None:
+    from chatterbox_vllm.cli import effective_config
+
+    settings = Settings(api_key="sk-secret-value-42")
+    assert "sk-secret-value-42" not in repr(settings) and "sk-secret-value-42" not in str(settings)
+    assert "sk-secret-value-42" not in json.dumps(effective_config(settings), default=str)
+    assert settings.api_key == "sk-secret-value-42"

@@ -314,7 +314,7 @@ def test_a_hostile_file_name_does_not_choose_where_the_voice_is_stored(hostile_s
 # --------------------------------------------------------------------------------------------------------- auth
 OPEN_OPERATIONS = {
     ("get", "/v1/models"), ("get", "/v1/models/{model_id}"), ("get", "/v1/audio/models"),
-    ("get", "/v1/audio/voices"), ("get", "/health"), ("get", "/metrics"),
+    ("get", "/v1/audio/voices"), ("get", "/v1/audio/languages"), ("get", "/health"), ("get", "/metrics"),
 }  # fmt: skip
 
 

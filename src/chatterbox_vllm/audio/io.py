@@ -61,7 +61,8 @@ def load_audio(source: AudioSource, target_sr: int | None, max_seconds: float | 
     except AudioDecodeError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
-        raise AudioDecodeError(f"{name}: cannot decode audio ({exc})") from exc
+        detail = str(exc).replace(repr(source), "the data")  # libsndfile names an in-memory file by its repr
+        raise AudioDecodeError(f"{name}: cannot decode audio ({detail})") from exc
     except OSError as exc:  # missing file, permission denied
         raise AudioDecodeError(f"{name}: cannot read audio ({exc})") from exc
     if y.ndim > 1:

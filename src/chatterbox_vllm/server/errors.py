@@ -98,7 +98,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
-            message = "no such route; see /v1/audio/speech, /v1/audio/voices, /v1/models, /health, /metrics"
+            message = (
+                "no such route; see /v1/audio/speech, /v1/audio/voices, /v1/audio/languages, /v1/models, /health, "
+                "/metrics, and the web page at /"
+            )
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         return JSONResponse(
             error_body(exc.status_code, message, getattr(exc, "param", None), code),
