@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..settings import Settings
@@ -22,7 +23,7 @@ from ..tts import ChatterboxTTS
 from .errors import describe_failure, install_error_handlers
 from .limits import BodyLimits, BodySizeLimit
 from .metrics import T3_IN_ENGINE
-from .routes import router
+from .routes import STATIC_DIR, router
 from .service import SpeechService
 from .state import ModelState
 from .voices import VoiceLibrary
@@ -97,4 +98,6 @@ def create_app(settings: Settings | None = None, tts: ChatterboxTTS | None = Non
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
     app.include_router(router)
+    # The web page's scripts and styles (the page itself is `/`); mounts are not in the OpenAPI schema.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

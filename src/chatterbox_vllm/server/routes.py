@@ -8,13 +8,15 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..text.languages import SUPPORTED_LANGUAGES
 from ..tts import SAMPLE_RATE
 from .audio import CONTENT_TYPES, AudioEncoder
 from .auth import require_api_key
@@ -28,6 +30,16 @@ from .voices import UnknownVoiceError, VoiceExistsError, VoiceLibrary, VoiceNotF
 log = logging.getLogger(__name__)
 router = APIRouter()
 CREATED = 1_732_406_400  # a fixed "created" timestamp for the model list
+STATIC_DIR = Path(__file__).with_name("static")  # the web page's files (package data)
+# The page loads only its own files and talks only to this server; blob: is the audio it makes.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "media-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+}
 
 
 def _model(request: Request) -> ModelState:
@@ -230,6 +242,26 @@ async def delete_voice(voice_id: str, request: Request) -> dict:
         raise APIError(400, str(exc), param="voice_id") from exc
     VOICES.set(sum(1 for v in library.list() if v.kind == "custom"))
     return {"id": voice_id, "deleted": True}
+
+
+@router.get("/v1/audio/languages")
+async def list_languages(request: Request) -> dict:
+    """The languages the loaded model speaks (English alone for the English model), and the input limit.
+    Open without a key, like the other listings."""
+    state = _model(request)
+    state.require_ready()
+    codes = SUPPORTED_LANGUAGES if state.tts.is_multilingual else {"en": SUPPORTED_LANGUAGES["en"]}
+    return {
+        "languages": [{"code": code, "name": name} for code, name in codes.items()],
+        "max_input_chars": request.app.state.settings.max_input_chars,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- web page
+@router.get("/", include_in_schema=False)
+async def web_page() -> FileResponse:
+    """The page to try voices (static/index.html); its scripts and styles are served under /static/."""
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
 # ------------------------------------------------------------------------------------------- operations

@@ -1,0 +1,610 @@
+// The page at `/`: speak text with a chosen voice, hear it while it is made, download it, clone a voice.
+// Plain JavaScript with no build step and no outside resources; it talks only to the server that served it.
+"use strict";
+
+(() => {
+  const SAMPLE_RATE = 24000; // response_format "pcm": 16-bit little-endian mono at 24 kHz
+  const START_LEAD_S = 0.1; // head start of the first chunk (and after an underrun), so it starts whole
+  const KEY_STORAGE = "chatterbox.apiKey";
+  const SLIDER_DEFAULTS = { speed: "1", exaggeration: "0.5", "cfg-weight": "0.5", temperature: "0.8" };
+  const FORMAT_NAMES = { wav: "WAV", mp3: "MP3", flac: "FLAC", opus: "Opus", aac: "AAC", pcm: "PCM" };
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    serverStatus: $("server-status"), forgetKey: $("forget-key"),
+    keyForm: $("key-form"), keyMessage: $("key-message"), apiKey: $("api-key"), keyCancel: $("key-cancel"),
+    error: $("error"),
+    speakForm: $("speak-form"), text: $("text"), charCount: $("char-count"), voice: $("voice"),
+    language: $("language"), format: $("format"), seed: $("seed"), speak: $("speak"), stop: $("stop"),
+    reset: $("reset"), result: $("result"), speakStatus: $("speak-status"), player: $("player"),
+    download: $("download"),
+    cloneForm: $("clone-form"), cloneName: $("clone-name"), cloneFile: $("clone-file"),
+    cloneConsent: $("clone-consent"), cloneSubmit: $("clone-submit"), cloneStatus: $("clone-status"),
+  };
+
+  // What the page is doing, readable from outside (the browser tests read it).
+  const state = {
+    variant: null, // "english" or "multilingual" once the model is ready
+    maxChars: 4096,
+    phase: "idle", // idle, streaming, encoding, done, stopped, error
+    playback: "none", // "webaudio" while speech is played as it streams, "unavailable" without Web Audio
+    scheduledChunks: 0, // audio buffers scheduled for playback during the last request
+    scheduledSeconds: 0, // and how much audio they hold
+    receivedBytes: 0,
+    audioType: "", // media type of what the <audio> element was given
+    keyRequests: 0, // how often the page asked for an API key
+  };
+  window.chatterboxPage = state;
+
+  /** An error whose message is meant for the person using the page. */
+  class PageError extends Error {}
+
+  // ------------------------------------------------------------------------------------------- messages
+  function showError(message) {
+    el.error.textContent = message;
+    el.error.hidden = false;
+    el.error.scrollIntoView({ block: "nearest" });
+  }
+
+  function clearError() {
+    el.error.textContent = "";
+    el.error.hidden = true;
+  }
+
+  function describe(err) {
+    if (err instanceof PageError) return err.message;
+    if (err instanceof TypeError) return "Could not reach the server. Check that it is running, then try again.";
+    return `Something went wrong in the page: ${err && err.message ? err.message : err}`;
+  }
+
+  /** The API's error.message (every error has OpenAI's shape), else the status in words. */
+  async function errorMessage(response) {
+    let text = "";
+    try {
+      text = await response.text();
+    } catch (_) {
+      // the body could not be read: fall through to the status
+    }
+    try {
+      const body = JSON.parse(text);
+      if (body && body.error && body.error.message) return body.error.message;
+    } catch (_) {
+      // not JSON
+    }
+    return `the server answered ${response.status} ${response.statusText || ""}`.trim();
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // -------------------------------------------------------------------------------------------- API key
+  // Asked for on the first 401, kept in localStorage (or, where that is blocked, for this page's lifetime),
+  // sent as "Authorization: Bearer <key>" from then on.
+  let memoryKey = "";
+  let keyWaiters = null; // {promise, resolve, reject} while the key form is open
+
+  function currentKey() {
+    try {
+      return localStorage.getItem(KEY_STORAGE) || memoryKey;
+    } catch (_) {
+      return memoryKey;
+    }
+  }
+
+  function storeKey(key) {
+    memoryKey = key;
+    try {
+      if (key) localStorage.setItem(KEY_STORAGE, key);
+      else localStorage.removeItem(KEY_STORAGE);
+    } catch (_) {
+      // storage blocked: the key lives in memory only
+    }
+    el.forgetKey.hidden = !key;
+  }
+
+  function askForKey(message) {
+    state.keyRequests += 1;
+    el.keyMessage.textContent = message;
+    el.keyForm.hidden = false;
+    el.apiKey.value = "";
+    el.apiKey.focus();
+    if (!keyWaiters) {
+      const waiters = {};
+      waiters.promise = new Promise((resolve, reject) => Object.assign(waiters, { resolve, reject }));
+      keyWaiters = waiters;
+    }
+    return keyWaiters.promise;
+  }
+
+  function keyEntered(event) {
+    event.preventDefault();
+    const key = el.apiKey.value.trim();
+    if (!key) return;
+    storeKey(key);
+    el.apiKey.value = "";
+    el.keyForm.hidden = true;
+    const waiters = keyWaiters;
+    keyWaiters = null;
+    if (waiters) waiters.resolve();
+  }
+
+  function keyCancelled() {
+    el.keyForm.hidden = true;
+    const waiters = keyWaiters;
+    keyWaiters = null;
+    if (waiters) waiters.reject(new PageError("The server needs an API key; nothing was sent without one."));
+  }
+
+  /** fetch() with the stored key; a 401 asks for a key in the page and sends the request again with it. */
+  async function apiFetch(path, init = {}) {
+    for (;;) {
+      const key = currentKey();
+      const headers = new Headers(init.headers || {});
+      if (key) headers.set("Authorization", `Bearer ${key}`);
+      let response;
+      try {
+        response = await fetch(path, { ...init, headers });
+      } catch (err) {
+        if (err.name === "AbortError") throw err;
+        throw new PageError("Could not reach the server. Check that it is running, then try again.");
+      }
+      if (response.status !== 401) return response;
+      const reason = await errorMessage(response);
+      if (key) {
+        storeKey("");
+        await askForKey(`The server refused that key (${reason}). Enter the right one.`);
+      } else {
+        await askForKey("This server needs an API key. Enter it once; this browser keeps it.");
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------------------ model, voices, languages
+  async function waitForModel() {
+    for (;;) {
+      let response;
+      let body = {};
+      try {
+        response = await fetch("/health");
+        body = await response.json();
+      } catch (_) {
+        el.serverStatus.textContent = "Cannot reach the server; trying again…";
+        await sleep(3000);
+        continue;
+      }
+      if (response.ok) {
+        state.variant = body.variant;
+        const model = body.variant === "english" ? "English" : body.variant;
+        el.serverStatus.textContent = `Ready: the ${model} model.`;
+        return true;
+      }
+      if (body.status === "error") {
+        el.serverStatus.textContent = "The model failed to load.";
+        showError(`The model failed to load: ${body.error || "the server log says why"}.`);
+        return false;
+      }
+      el.serverStatus.textContent = "The model is loading; this page waits for it…";
+      await sleep(3000);
+    }
+  }
+
+  function voiceLabel(voice) {
+    if (!voice.name) return voice.id;
+    return voice.name.toLowerCase() === voice.id.toLowerCase() ? voice.name : `${voice.name} (${voice.id})`;
+  }
+
+  /** Fill the voice picker; select `wanted` (else keep the current choice, else "default"). */
+  async function loadVoices(wanted) {
+    const response = await apiFetch("/v1/audio/voices");
+    if (!response.ok) throw new PageError(`Could not list the voices: ${await errorMessage(response)}`);
+    const { voices } = await response.json();
+    const keep = wanted || el.voice.value || "default";
+    el.voice.replaceChildren(...voices.map((v) => new Option(voiceLabel(v), v.id)));
+    const ids = voices.map((v) => v.id);
+    el.voice.value = ids.includes(keep) ? keep : ids.includes("default") ? "default" : ids[0] || "";
+    el.voice.disabled = voices.length === 0;
+    el.voice.dataset.loaded = "true";
+  }
+
+  async function loadLanguages() {
+    const response = await apiFetch("/v1/audio/languages");
+    if (!response.ok) throw new PageError(`Could not list the languages: ${await errorMessage(response)}`);
+    const body = await response.json();
+    if (Number.isInteger(body.max_input_chars)) state.maxChars = body.max_input_chars;
+    const options = body.languages.map((l) => new Option(`${l.name} (${l.code})`, l.code));
+    if (body.languages.length > 1) {
+      // No language_id: the voice's own language (a language-code voice), else English.
+      options.unshift(new Option("The voice's language (else English)", ""));
+    }
+    el.language.replaceChildren(...options);
+    el.language.disabled = body.languages.length <= 1;
+    el.language.title = body.languages.length <= 1 ? "This model speaks only this language" : "";
+    el.language.dataset.loaded = "true";
+    updateCount();
+  }
+
+  // -------------------------------------------------------------------------------------------- controls
+  const characters = (text) => Array.from(text).length; // code points, as the server counts
+
+  function updateCount() {
+    const count = characters(el.text.value);
+    const over = count > state.maxChars;
+    el.charCount.textContent = `${count} / ${state.maxChars} characters${over ? " (too long)" : ""}`;
+    el.charCount.classList.toggle("over", over);
+    el.text.setAttribute("aria-invalid", String(over));
+  }
+
+  const sliders = () => Object.keys(SLIDER_DEFAULTS).map((id) => $(id));
+
+  function showSlider(slider) {
+    $(`${slider.id}-value`).textContent = slider.value;
+  }
+
+  function resetSliders() {
+    for (const slider of sliders()) {
+      slider.value = SLIDER_DEFAULTS[slider.id];
+      showSlider(slider);
+    }
+  }
+
+  function setPhase(phase, message) {
+    state.phase = phase;
+    el.result.dataset.state = phase;
+    if (message !== undefined) el.speakStatus.textContent = message;
+  }
+
+  // ------------------------------------------------------------------------------------ streamed playback
+  // The speech request asks for raw PCM and reads the body as it arrives: each piece becomes an AudioBuffer
+  // scheduled right after the previous one on one AudioContext, so playback starts with the first chunk.
+  let audioContext = null;
+
+  function getAudioContext() {
+    if (audioContext) return audioContext;
+    const Context = window.AudioContext || window.webkitAudioContext;
+    if (!Context) return null;
+    try {
+      audioContext = new Context({ sampleRate: SAMPLE_RATE });
+    } catch (_) {
+      try {
+        audioContext = new Context(); // buffers at 24 kHz are resampled to the device's rate
+      } catch (_) {
+        audioContext = null;
+      }
+    }
+    return audioContext;
+  }
+
+  class StreamPlayer {
+    constructor(context) {
+      this.context = context;
+      this.nextStart = 0;
+      this.sources = new Set();
+    }
+
+    /** Play `bytes` (an even number of int16 little-endian bytes) right after what was scheduled before. */
+    schedule(bytes) {
+      if (!this.context) return;
+      const count = bytes.length / 2;
+      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength); // any alignment
+      const samples = new Float32Array(count);
+      for (let i = 0; i < count; i += 1) samples[i] = view.getInt16(2 * i, true) / 32768;
+      const buffer = this.context.createBuffer(1, count, SAMPLE_RATE);
+      buffer.copyToChannel(samples, 0);
+      const source = this.context.createBufferSource();
+      source.buffer = buffer;
+      source.connect(this.context.destination);
+      const start = Math.max(this.nextStart, this.context.currentTime + START_LEAD_S);
+      source.start(start);
+      this.nextStart = start + buffer.duration;
+      this.sources.add(source);
+      source.onended = () => this.sources.delete(source);
+      state.scheduledChunks += 1;
+      state.scheduledSeconds += buffer.duration;
+      el.result.dataset.scheduledChunks = String(state.scheduledChunks);
+    }
+
+    stop() {
+      for (const source of this.sources) {
+        try {
+          source.stop();
+        } catch (_) {
+          // not started yet or already over
+        }
+      }
+      this.sources.clear();
+    }
+  }
+
+  /** Read a PCM response to its end, playing it on the way; the whole PCM (an even byte count). */
+  async function playStream(response, player) {
+    const reader = response.body.getReader();
+    const parts = [];
+    let total = 0;
+    let carry = null; // the first byte of a sample whose second byte comes in the next chunk
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        if (err.name === "AbortError") throw err;
+        throw new PageError(
+          "The audio stream broke off before the end (the connection was lost or the server failed); " +
+            "what arrived was played.",
+        );
+      }
+      if (chunk.done) break;
+      let bytes = chunk.value;
+      if (!bytes || bytes.length === 0) continue;
+      parts.push(bytes);
+      total += bytes.length;
+      state.receivedBytes = total;
+      if (carry !== null) {
+        const joined = new Uint8Array(bytes.length + 1);
+        joined[0] = carry;
+        joined.set(bytes, 1);
+        bytes = joined;
+        carry = null;
+      }
+      if (bytes.length % 2 === 1) {
+        carry = bytes[bytes.length - 1];
+        bytes = bytes.subarray(0, bytes.length - 1);
+      }
+      if (bytes.length > 0) player.schedule(bytes);
+    }
+    const pcm = new Uint8Array(total - (total % 2)); // a lone last byte is no sample
+    let offset = 0;
+    for (const part of parts) {
+      const room = pcm.length - offset;
+      pcm.set(room < part.length ? part.subarray(0, room) : part, offset);
+      offset += Math.min(room, part.length);
+    }
+    return pcm;
+  }
+
+  /** A WAV file (16-bit mono, 24 kHz) around PCM bytes. */
+  function wavBlob(pcm) {
+    const header = new DataView(new ArrayBuffer(44));
+    const text = (offset, value) => [...value].forEach((c, i) => header.setUint8(offset + i, c.charCodeAt(0)));
+    text(0, "RIFF");
+    header.setUint32(4, 36 + pcm.length, true);
+    text(8, "WAVE");
+    text(12, "fmt ");
+    header.setUint32(16, 16, true); // fmt chunk size
+    header.setUint16(20, 1, true); // PCM
+    header.setUint16(22, 1, true); // mono
+    header.setUint32(24, SAMPLE_RATE, true);
+    header.setUint32(28, SAMPLE_RATE * 2, true); // bytes per second
+    header.setUint16(32, 2, true); // bytes per frame
+    header.setUint16(34, 16, true); // bits per sample
+    text(36, "data");
+    header.setUint32(40, pcm.length, true);
+    return new Blob([header.buffer, pcm], { type: "audio/wav" });
+  }
+
+  // ----------------------------------------------------------------------------------------------- speak
+  let current = null; // {controller, player} of the request in progress
+  let objectUrls = [];
+
+  function clearResult() {
+    el.player.pause();
+    el.player.removeAttribute("src");
+    el.player.load();
+    el.download.hidden = true;
+    el.download.removeAttribute("href");
+    state.audioType = "";
+    for (const url of objectUrls) URL.revokeObjectURL(url);
+    objectUrls = [];
+  }
+
+  function fileName(voice, format) {
+    const now = new Date();
+    const pad = (n) => String(n).padStart(2, "0");
+    const stamp =
+      `${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-` +
+      `${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
+    const safeVoice = voice.replace(/[^A-Za-z0-9_-]+/g, "-").replace(/^-+|-+$/g, "") || "voice";
+    return `chatterbox-${safeVoice}-${stamp}.${format}`;
+  }
+
+  function sizeText(bytes) {
+    return bytes < 1024 * 1024 ? `${Math.max(1, Math.round(bytes / 1024))} KB` : `${(bytes / 1048576).toFixed(1)} MB`;
+  }
+
+  /** The <audio> element gets `audioBlob`; the download link offers `downloadBlob` as `format`. */
+  function showResult(audioBlob, downloadBlob, format, voice) {
+    const audioUrl = URL.createObjectURL(audioBlob);
+    const downloadUrl = downloadBlob === audioBlob ? audioUrl : URL.createObjectURL(downloadBlob);
+    objectUrls = [...new Set([audioUrl, downloadUrl])];
+    state.audioType = audioBlob.type;
+    el.player.src = audioUrl;
+    el.download.href = downloadUrl;
+    el.download.download = fileName(voice, format);
+    const size = sizeText(downloadBlob.size);
+    el.download.textContent = `Download ${el.download.download} (${FORMAT_NAMES[format]}, ${size})`;
+    el.download.hidden = false;
+  }
+
+  function speechBody(format, seed) {
+    const body = {
+      model: "tts-1",
+      input: el.text.value,
+      voice: el.voice.value || "default",
+      response_format: format,
+      speed: Number($("speed").value),
+      exaggeration: Number($("exaggeration").value),
+      cfg_weight: Number($("cfg-weight").value),
+      temperature: Number($("temperature").value),
+      seed,
+    };
+    if (state.variant === "multilingual" && el.language.value) body.language_id = el.language.value;
+    return body;
+  }
+
+  async function requestSpeech(body, signal) {
+    const response = await apiFetch("/v1/audio/speech", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal,
+    });
+    if (!response.ok) throw new PageError(`Speech failed: ${await errorMessage(response)}`);
+    return response;
+  }
+
+  function chosenSeed() {
+    const text = el.seed.value.trim();
+    if (text === "") return Math.floor(Math.random() * 2 ** 31);
+    const seed = Number(text);
+    if (!Number.isSafeInteger(seed) || seed < 0) throw new PageError("The seed must be a whole number, 0 or more.");
+    return seed;
+  }
+
+  async function speak(event) {
+    event.preventDefault();
+    clearError();
+    const text = el.text.value;
+    if (!text.trim()) {
+      showError("Type some text to speak first.");
+      el.text.focus();
+      return;
+    }
+    const count = characters(text);
+    if (count > state.maxChars) {
+      showError(`The text has ${count} characters; this server speaks at most ${state.maxChars}. Shorten it.`);
+      return;
+    }
+    let seed;
+    try {
+      seed = chosenSeed();
+    } catch (err) {
+      showError(describe(err));
+      return;
+    }
+    stopSpeaking();
+    clearResult();
+    const format = el.format.value;
+    const voice = el.voice.value || "default";
+    // Made inside the click, so the browser lets it play.
+    const context = getAudioContext();
+    if (context && context.state === "suspended") context.resume().catch(() => {});
+    state.playback = context ? "webaudio" : "unavailable";
+    state.scheduledChunks = 0;
+    state.scheduledSeconds = 0;
+    state.receivedBytes = 0;
+    el.result.dataset.scheduledChunks = "0";
+    const request = { controller: new AbortController(), player: new StreamPlayer(context) };
+    current = request;
+    el.speak.disabled = true;
+    el.stop.disabled = false;
+    setPhase("streaming", context ? "Speaking…" : "Receiving the audio (this browser cannot play it yet)…");
+    try {
+      const signal = request.controller.signal;
+      const streamed = await requestSpeech(speechBody("pcm", seed), signal);
+      const pcm = await playStream(streamed, request.player);
+      if (pcm.length === 0) throw new PageError("The server sent no audio.");
+      const seconds = pcm.length / 2 / SAMPLE_RATE;
+      const heard = wavBlob(pcm);
+      // The <audio> element and the download: WAV is the streamed PCM with a header, made here; PCM downloads
+      // the raw bytes (the element plays the WAV, as browsers cannot play headerless PCM). MP3, FLAC, Opus and
+      // AAC cannot be encoded in the page, so a second request asks the server for that format with the same
+      // seed and settings, which gives the same speech.
+      if (format === "wav" || format === "pcm") {
+        const download = format === "wav" ? heard : new Blob([pcm], { type: "application/octet-stream" });
+        showResult(heard, download, format, voice);
+      } else {
+        setPhase("encoding", `Making the ${FORMAT_NAMES[format]} file…`);
+        try {
+          const encoded = await requestSpeech(speechBody(format, seed), signal);
+          const blob = await encoded.blob();
+          showResult(blob, blob, format, voice);
+        } catch (err) {
+          if (err.name === "AbortError") throw err;
+          showResult(heard, heard, "wav", voice);
+          showError(`Could not make the ${FORMAT_NAMES[format]} file (${describe(err)}); here is the WAV instead.`);
+        }
+      }
+      setPhase("done", `Done: ${seconds.toFixed(1)} s of speech (voice ${voice}, seed ${seed}).`);
+    } catch (err) {
+      if (err.name === "AbortError") {
+        setPhase("stopped", "Stopped.");
+      } else {
+        request.player.stop();
+        setPhase("error", "Nothing to play: the request failed.");
+        showError(describe(err));
+      }
+    } finally {
+      if (current === request) {
+        current = null;
+        el.speak.disabled = false;
+        el.stop.disabled = true;
+      }
+    }
+  }
+
+  function stopSpeaking() {
+    if (!current) return;
+    current.controller.abort();
+    current.player.stop();
+  }
+
+  // ------------------------------------------------------------------------------------------ clone voice
+  async function cloneVoice(event) {
+    event.preventDefault();
+    clearError();
+    const name = el.cloneName.value.trim();
+    const file = el.cloneFile.files[0];
+    if (!name) return showError("Give the voice a name.");
+    if (!file) return showError("Choose an audio clip of the voice.");
+    if (!el.cloneConsent.checked) {
+      return showError("Tick the box to confirm that the speaker agreed to be cloned.");
+    }
+    const form = new FormData();
+    form.append("name", name);
+    form.append("audio_sample", file, file.name);
+    form.append("consent", "yes");
+    el.cloneSubmit.disabled = true;
+    el.cloneStatus.textContent = "Uploading the clip…";
+    try {
+      const response = await apiFetch("/v1/audio/voices", { method: "POST", body: form });
+      if (!response.ok) throw new PageError(`Could not add the voice: ${await errorMessage(response)}`);
+      const voice = await response.json();
+      await loadVoices(voice.id);
+      el.cloneForm.reset();
+      el.cloneStatus.textContent = `Added the voice "${voice.name}" (id ${voice.id}); it is selected above.`;
+    } catch (err) {
+      el.cloneStatus.textContent = "The voice was not added.";
+      showError(describe(err));
+    } finally {
+      el.cloneSubmit.disabled = false;
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------------ start
+  async function start() {
+    el.text.addEventListener("input", updateCount);
+    for (const slider of sliders()) {
+      slider.addEventListener("input", () => showSlider(slider));
+      showSlider(slider);
+    }
+    el.reset.addEventListener("click", resetSliders);
+    el.speakForm.addEventListener("submit", speak);
+    el.stop.addEventListener("click", stopSpeaking);
+    el.cloneForm.addEventListener("submit", cloneVoice);
+    el.keyForm.addEventListener("submit", keyEntered);
+    el.keyCancel.addEventListener("click", keyCancelled);
+    el.forgetKey.addEventListener("click", () => {
+      storeKey("");
+      el.serverStatus.textContent = "The API key was forgotten; the page asks again when the server needs it.";
+    });
+    el.forgetKey.hidden = !currentKey();
+    updateCount();
+    try {
+      if (!(await waitForModel())) return;
+      await Promise.all([loadVoices(), loadLanguages()]);
+      document.body.dataset.ready = "true";
+    } catch (err) {
+      showError(describe(err));
+    }
+  }
+
+  start();
+})();
