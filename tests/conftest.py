@@ -71,7 +71,7 @@ def seed0_checkpoint(variant: str, size: str = "tiny") -> Path:
 
 # A full-size checkpoint is 3.2 GB per variant. Both at once do not fit every CI machine's disk, so the big weight
 # files are made on demand and the least recently asked-for ones are deleted while free space is short.
-FULL_SIZE_RESERVE_BYTES = int(float(os.environ.get("CHATTERBOX_TEST_DISK_RESERVE_GIB", "1.5")) * 2**30)
+FULL_SIZE_RESERVE_BYTES = int(float(os.environ.get("CHATTERBOX_TEST_DISK_RESERVE_GIB", "1.0")) * 2**30)
 BIG_FILE_BYTES = 64 * 2**20
 _last_asked: dict[Path, float] = {}
 
