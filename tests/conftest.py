@@ -8,6 +8,7 @@ Both use the same tensor names, so parity tests run over every directory that ex
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import subprocess
@@ -76,7 +77,9 @@ BIG_FILE_BYTES = 64 * 2**20
 _last_asked: dict[Path, float] = {}
 
 
+@functools.cache
 def _full_weight_bytes(variant: str) -> dict[str, int]:
+    """Weight file -> bytes of its tensors (the specs come from modules built on the meta device: done once)."""
     import math
 
     from chatterbox_vllm.checkpoint.random_weights import checkpoint_specs
@@ -106,6 +109,7 @@ def _evict_for(needed_bytes: int, keep: set[Path]) -> None:
 def full_checkpoint(variant: str, *weights: str) -> Path:
     """Directory of the seed-0 full-size checkpoint of `variant` holding its small files and the weight files named
     in `weights`. Load what you need right away: a later call may delete big files that were not asked for."""
+    from chatterbox_vllm.checkpoint.layout import LAYOUTS
     from chatterbox_vllm.checkpoint.random_weights import write_random_checkpoint
 
     out = checkpoint_cache_dir() / f"{variant}-full-seed0"
@@ -113,8 +117,7 @@ def full_checkpoint(variant: str, *weights: str) -> Path:
     small = {file for file, size in sizes.items() if size < BIG_FILE_BYTES}
     wanted = set(weights) | small
     missing = sorted(file for file in wanted if not (out / file).is_file())
-    conds_missing = not any(out.glob("conds.pt"))
-    if missing or conds_missing:
+    if missing or not (out / LAYOUTS[variant].conds).is_file():
         _evict_for(sum(sizes[file] for file in missing), keep={out / file for file in wanted})
         write_random_checkpoint(variant, "full", 0, out, weights=missing)
     now = time.monotonic()

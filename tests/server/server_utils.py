@@ -115,3 +115,22 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
     if param is not None:
         assert error["param"] == param
     return error
+
+
+def sine_clip(seconds: float = 2.0, rate: int = 24000, fmt: str = "WAV") -> bytes:
+    """A voice-upload stand-in: a 180 Hz tone as a 16-bit audio file."""
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), rate, format=fmt)
+    return buffer.getvalue()
+
+
+def flac_bomb(hours: float = 1.0, rate: int = 48_000) -> bytes:
+    """A constant signal compresses to almost nothing in FLAC: about 0.5 MB per hour that decodes to 691 MB of
+    float32 samples per hour at 48 kHz."""
+    buffer = io.BytesIO()
+    block = np.full(rate * 60, 0.25, dtype=np.float32)
+    with soundfile.SoundFile(buffer, "w", rate, 1, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(int(hours * 60)):
+            f.write(block)
+    return buffer.getvalue()

@@ -26,6 +26,7 @@ from server_utils import (  # noqa: F401 - fixtures
     keyed_server,
     make_settings,
     server,
+    sine_clip,
     start_server,
     stop_server,
 )
@@ -288,17 +289,10 @@ def test_health_and_metrics(server: Server) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- voices
-def _clip(seconds: float = 2.0, rate: int = 24000, fmt: str = "WAV") -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    buffer = io.BytesIO()
-    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), rate, format=fmt)
-    return buffer.getvalue()
-
-
 def test_voice_upload_list_use_delete(server: Server) -> None:
     url = server.url
     created = httpx.post(f"{url}/v1/audio/voices", data={"name": "My Voice", "consent": "yes"},
-                         files={"audio_sample": ("clip.wav", _clip(), "audio/wav")}, timeout=60)
+                         files={"audio_sample": ("clip.wav", sine_clip(), "audio/wav")}, timeout=60)
     assert created.status_code == 201, created.text
     voice_id = created.json()["id"]
     listed = httpx.get(f"{url}/v1/audio/voices").json()["voices"]
@@ -310,7 +304,7 @@ def test_voice_upload_list_use_delete(server: Server) -> None:
     assert cloned.content != speech(server, voice="alloy", response_format="pcm").content  # another speaker
 
     conflict = httpx.post(f"{url}/v1/audio/voices", data={"name": "My Voice", "consent": "yes"},
-                          files={"audio_sample": ("clip.wav", _clip(), "audio/wav")}, timeout=60)
+                          files={"audio_sample": ("clip.wav", sine_clip(), "audio/wav")}, timeout=60)
     assert_error(conflict, 409)
     assert httpx.delete(f"{url}/v1/audio/voices/{voice_id}").json() == {"id": voice_id, "deleted": True}
     assert_error(speech(server, voice=voice_id), 400, "voice")
@@ -331,9 +325,9 @@ def test_voice_upload_list_use_delete(server: Server) -> None:
 def test_bad_uploads_are_refused(server: Server, data: dict, files: dict, status: int) -> None:
     name, content, mime = files["audio_sample"]
     if content is None:
-        content = _clip()
+        content = sine_clip()
     elif content == "short":
-        content = _clip(0.3)
+        content = sine_clip(0.3)
     before = sorted(Path(server.settings.voices_dir).glob("*")) if Path(server.settings.voices_dir).exists() else []
     response = httpx.post(f"{server.url}/v1/audio/voices", data=data, files={"audio_sample": (name, content, mime)},
                           timeout=60)
@@ -346,7 +340,7 @@ def test_upload_size_limit(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
     small = start_server(make_settings(tmp_path, max_upload_mib=0.05), english_tts)
     try:
         response = httpx.post(f"{small.url}/v1/audio/voices", data={"name": "big", "consent": "yes"},
-                              files={"audio_sample": ("big.wav", _clip(3.0), "audio/wav")}, timeout=60)
+                              files={"audio_sample": ("big.wav", sine_clip(3.0), "audio/wav")}, timeout=60)
         assert_error(response, 413, "audio_sample")
     finally:
         stop_server(small)

@@ -8,7 +8,6 @@ written outside the voices directory.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import re
 import select
@@ -22,7 +21,6 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-import soundfile
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
@@ -37,7 +35,9 @@ from server_utils import (  # noqa: F401 - fixtures
     assert_error,
     decode,
     english_tts,
+    flac_bomb,
     make_settings,
+    sine_clip,
     start_server,
     stop_server,
 )
@@ -65,11 +65,9 @@ def keyed(english_tts: ChatterboxTTS, tmp_path_factory: pytest.TempPathFactory):
     stop_server(running)
 
 
-def _openai_error_or_success(response: httpx.Response | object) -> None:
-    status = response.status_code
-    if status >= 400:
-        error = response.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"} and error["message"], response.text[:300]
+def _openai_error_or_success(response) -> None:
+    if response.status_code >= 400:
+        assert_error(response, response.status_code)
 
 
 # --------------------------------------------------------------------------------------------------- fuzzing
@@ -248,29 +246,13 @@ def test_lone_surrogates_in_json_are_refused_clearly(hostile_server: Server) -> 
 
 
 # ------------------------------------------------------------------------------------------------------ uploads
-def _wav(seconds: float, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    buffer = io.BytesIO()
-    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * 190 * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-def _flac_bomb() -> bytes:
-    buffer = io.BytesIO()
-    with soundfile.SoundFile(buffer, "w", 48000, 1, format="FLAC", subtype="PCM_16") as f:
-        block = np.full(48000 * 60, 0.25, dtype=np.float32)
-        for _ in range(60):  # an hour of a constant: ~0.5 MB of FLAC, 691 MB of float32 samples
-            f.write(block)
-    return buffer.getvalue()
-
-
 HOSTILE_UPLOADS = [
     ("not audio", "x.wav", lambda: b"MZ\x90\x00 this is an executable, not audio" * 100, "not audio"),
     ("html", "x.wav", lambda: b"<html><script>alert(1)</script></html>" * 50, "not audio"),
-    ("truncated", "x.wav", lambda: _wav(3.0)[:60], "not audio|no samples|at least"),
-    ("zero seconds", "x.wav", lambda: _wav(0.0), "not audio|no samples|at least"),
-    ("ten minutes", "x.wav", lambda: _wav(600.0, 8000), "at most 60 s"),
-    ("decompression bomb", "x.flac", _flac_bomb, "at most 60 s"),
+    ("truncated", "x.wav", lambda: sine_clip(3.0)[:60], "not audio|no samples|at least"),
+    ("zero seconds", "x.wav", lambda: sine_clip(0.0), "not audio|no samples|at least"),
+    ("ten minutes", "x.wav", lambda: sine_clip(600.0, 8000), "at most 60 s"),
+    ("decompression bomb", "x.flac", flac_bomb, "at most 60 s"),
 ]
 
 
@@ -296,15 +278,15 @@ def test_names_with_path_separators_are_refused_and_nothing_is_written(
     hostile_server: Server, sandbox: Path, name: str
 ) -> None:
     response = httpx.post(f"{hostile_server.url}/v1/audio/voices", data={"name": name, "consent": "yes"},
-                          files={"audio_sample": ("../../x.wav", _wav(3.0), "audio/wav")}, timeout=120)  # fmt: skip
+                          files={"audio_sample": ("../../x.wav", sine_clip(3.0), "audio/wav")}, timeout=120)  # fmt: skip
     assert_error(response, 400)
     assert {p.name for p in sandbox.iterdir()} <= {"voices"}
-    assert not [p for p in (sandbox / "voices").rglob("*") if p.is_file()] if (sandbox / "voices").exists() else True
+    assert not [p for p in sandbox.rglob("*") if p.is_file()]
 
 
 def test_a_hostile_file_name_does_not_choose_where_the_voice_is_stored(hostile_server: Server, sandbox: Path) -> None:
     response = httpx.post(f"{hostile_server.url}/v1/audio/voices", data={"name": "Safe Name", "consent": "yes"},
-                          files={"audio_sample": ("../../../../tmp/evil.wav", _wav(3.0), "audio/wav")}, timeout=120)  # fmt: skip
+                          files={"audio_sample": ("../../../../tmp/evil.wav", sine_clip(3.0), "audio/wav")}, timeout=120)  # fmt: skip
     assert response.status_code == 201, response.text
     stored = [p for p in (sandbox / "voices").rglob("*") if p.is_file()]
     assert [p.parent for p in stored] == [sandbox / "voices"] and {p.name for p in sandbox.iterdir()} == {"voices"}

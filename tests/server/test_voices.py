@@ -22,6 +22,8 @@ from chatterbox_vllm.server.voices import (
 )
 from chatterbox_vllm.text.languages import SUPPORTED_LANGUAGES
 
+from server_utils import flac_bomb
+
 RATE = 24000
 
 
@@ -286,20 +288,10 @@ def _multichannel_wav(channels: int) -> bytes:
     return buffer.getvalue()
 
 
-def _flac_bomb(hours: float, rate: int = 48_000) -> bytes:
-    """A constant signal compresses to almost nothing in FLAC: a few hundred KB that decode to hours of audio."""
-    buffer = io.BytesIO()
-    block = np.full(rate * 60, 0.25, dtype=np.float32)
-    with sf.SoundFile(buffer, "w", rate, 1, format="FLAC", subtype="PCM_16") as f:
-        for _ in range(int(hours * 60)):
-            f.write(block)
-    return buffer.getvalue()
-
-
 def test_decompression_bomb_is_refused_without_decoding_it(library: VoiceLibrary, voices_dir: Path) -> None:
     import tracemalloc
 
-    data = _flac_bomb(hours=1.0)  # 172.8 M samples: 691 MB as float32
+    data = flac_bomb(hours=1.0)  # 172.8 M samples: 691 MB as float32
     assert len(data) < 2**20
     tracemalloc.start()
     try:

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..settings import Settings
 from ..tts import ChatterboxTTS
-from .errors import describe_failure, install_error_handlers
+from .errors import describe_failure, install_error_handlers, log_failure
 from .limits import BodyLimits, BodySizeLimit
 from .metrics import T3_IN_ENGINE
 from .routes import STATIC_DIR, router
@@ -57,18 +57,15 @@ def create_app(settings: Settings | None = None, tts: ChatterboxTTS | None = Non
     state = ModelState()
 
     async def load() -> None:
+        model: ChatterboxTTS | None = None
         try:
             model = await asyncio.to_thread(ChatterboxTTS.from_settings, settings)
-        except Exception as exc:
-            state.status, state.error = "error", describe_failure(exc)
-            log.error("the model failed to load; the server stays up and answers 503: %s", state.error)
-            return
-        try:
             await asyncio.to_thread(_serve, state, model, settings)
         except Exception as exc:
-            model.close()
+            if model is not None:
+                model.close()
             state.status, state.error = "error", describe_failure(exc)
-            log.error("the model loaded but could not be served: %s", state.error)
+            log_failure("the model failed to load; the server stays up and answers 503", exc)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
