@@ -322,8 +322,8 @@ class ChatterboxTTS:
         """`vocode` of several pieces (any voices, any lengths) with the flow run as one padded batch.
 
         Each result is what `vocode` gives the job alone, up to float rounding: the flow masks the padding (see
-        `CausalMaskedDiffWithXvec.inference_rows`), each job's noise and HiFT draws come from its own seed in
-        `vocode`'s order, and HiFT runs per job (it has no masks, so padding would reach into a row's end).
+        `CausalMaskedDiffWithXvec.inference_rows`), HiFT masks it too (`HiFTGenerator.inference_rows`), and each
+        job's noise and HiFT draws come from its own seed in `vocode`'s order.
         """
         if len(jobs) == 1:
             job = jobs[0]
@@ -356,9 +356,9 @@ class ChatterboxTTS:
             index.append(i)
         if rows:
             mels = self.s3gen.flow.inference_rows(rows)
-            for i, mel, generator, keep in zip(index, mels, generators, kept, strict=True):
-                wav = self.s3gen.apply_trim_fade(self.s3gen.hift_inference(mel[None], generator=generator))
-                wav = wav.squeeze(0).float().cpu().numpy()
+            wavs = self.s3gen.mel2wav.inference_rows([mel.to(self.s3gen.dtype) for mel in mels], generators)
+            for i, wav, keep in zip(index, wavs, kept, strict=True):
+                wav = self.s3gen.apply_trim_fade(wav).float().cpu().numpy()
                 out[i] = np.ascontiguousarray(wav[:keep], dtype=np.float32)
         return [wav if wav is not None else np.zeros(0, dtype=np.float32) for wav in out]
 

@@ -53,6 +53,13 @@ class ConvRNNF0Predictor(nn.Module):
         self.condnet = nn.Sequential(*layers)
         self.classifier = nn.Linear(config.cond_channels, config.num_class)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        hidden = self.condnet(mel).transpose(1, 2)
-        return self.classifier(hidden).squeeze(-1).abs()
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` `[B, 1, T]` (rows of a padded batch): each convolution reads zeros past its row's end, as the row
+        alone would (ELU(0) = 0, so masking each conv's input is enough)."""
+        if mask is None:
+            hidden = self.condnet(mel)
+        else:
+            hidden = mel
+            for layer in self.condnet:
+                hidden = layer(hidden * mask if isinstance(layer, nn.Conv1d) else hidden)
+        return self.classifier(hidden.transpose(1, 2)).squeeze(-1).abs()

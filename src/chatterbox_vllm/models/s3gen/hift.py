@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from .f0_predictor import ConvRNNF0Predictor, F0PredictorConfig
@@ -142,6 +143,17 @@ class Snake(nn.Module):
         return x + (1.0 / (alpha + self.eps)) * torch.sin(x * alpha).pow(2)
 
 
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
+
+
+def frame_mask(lengths: list[int], width: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`[B, 1, width]`: 1 on each row's first `lengths[b]` positions, 0 after."""
+    positions = torch.arange(width, device=device)
+    limits = torch.tensor(lengths, device=device)
+    return (positions[None, :] < limits[:, None]).to(dtype)[:, None, :]
+
+
 def _same_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size * dilation - dilation) // 2
 
@@ -162,9 +174,12 @@ class ResBlock(nn.Module):
         self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
         self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` `[B, 1, T]` (rows of a padded batch): every convolution then reads zeros past its row's end, as
+        the row alone would through its zero padding (Snake(0) = 0, so masking before each conv suffices)."""
         for conv1, conv2, act1, act2 in zip(self.convs1, self.convs2, self.activations1, self.activations2):
-            x = conv2(act2(conv1(act1(x)))) + x
+            h = conv1(act1(_masked(x, mask)))
+            x = conv2(act2(_masked(h, mask))) + x
         return x
 
 
@@ -343,25 +358,55 @@ class HiFTGenerator(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------------- generator
-    def decode_spectrum(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """Mel `[B, 80, T]` and excitation `[B, 1, 480 T]` -> `conv_post` output `[B, n_fft + 2, 120 T + 1]`."""
-        source_stft = self._source_stft(source)
+    def decode_spectrum(
+        self, mel: torch.Tensor, source: torch.Tensor, frames: list[int] | None = None
+    ) -> torch.Tensor:
+        """Mel `[B, 80, T]` and excitation `[B, 1, 480 T]` -> `conv_post` output `[B, n_fft + 2, 120 T + 1]`.
+
+        `frames`: the real mel length of each row of a right-padded batch. Every convolution then reads zeros
+        past its row's end (masks at each stage's rate) and the excitation's STFT is taken per row, so each row's
+        output on its own frames equals the row decoded alone.
+        """
+        masks: list[torch.Tensor | None] = [None] * (self.num_upsamples + 1)
+        if frames is None:
+            source_stft = self._source_stft(source)
+        else:
+            masks = self._stage_masks(frames, mel.size(-1), mel.device, mel.dtype)
+            source_stft = self._source_stft_rows(source, frames)
         x = self.conv_pre(mel)
         for i in range(self.num_upsamples):
             x = F.leaky_relu(x, self.config.lrelu_slope)
-            x = self.ups[i](x)
+            x = self.ups[i](_masked(x, masks[i]))
             if i == self.num_upsamples - 1:
                 # One reflected sample in front makes the length match the centred STFT's L / hop + 1 frames.
                 x = F.pad(x, (1, 0), mode="reflect")
-            x = x + self.source_resblocks[i](self.source_downs[i](source_stft))
+            mask = masks[i + 1]
+            x = x + self.source_resblocks[i](self.source_downs[i](source_stft), mask)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = blocks[0](x)
+            xs = blocks[0](x, mask)
             for block in blocks[1:]:
-                xs = xs + block(x)
+                xs = xs + block(x, mask)
             x = xs / self.num_kernels
         # The reference uses leaky_relu's default slope (0.01) here, not lrelu_slope.
         x = F.leaky_relu(x)
-        return self.conv_post(x)
+        return self.conv_post(_masked(x, masks[-1]))
+
+    def _stage_masks(self, frames: list[int], width: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Masks at the mel rate and after each upsampling stage (the last one has the STFT's extra frame)."""
+        masks, scale = [frame_mask(frames, width, device=device, dtype=dtype)], 1
+        for i, rate in enumerate(self.config.upsample_rates):
+            scale *= rate
+            extra = 1 if i == self.num_upsamples - 1 else 0
+            masks.append(frame_mask([scale * f + extra for f in frames], scale * width + extra, device=device, dtype=dtype))
+        return masks
+
+    def _source_stft_rows(self, source: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        """The STFT of each row's own excitation (the centred STFT reflects at the row's end, not into padding),
+        zero-padded to the batch's width."""
+        hop_per_frame = self.config.samples_per_frame
+        rows = [self._source_stft(source[b : b + 1, :, : f * hop_per_frame]) for b, f in enumerate(frames)]
+        width = source.size(-1) // self.config.istft_hop_len + 1
+        return torch.cat([F.pad(r, (0, width - r.size(-1))) for r in rows], dim=0)
 
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Mel `[B, 80, T]` and excitation `[B, 1, 480 T]` -> waveform `[B, 480 T]` clamped to +-audio_limit."""
@@ -369,13 +414,51 @@ class HiFTGenerator(nn.Module):
         return torch.clamp(wav, -self.config.audio_limit, self.config.audio_limit)
 
     def source(
-        self, mel: torch.Tensor, generator: torch.Generator | None = None, draws: SourceDraws | None = None
+        self,
+        mel: torch.Tensor,
+        generator: torch.Generator | None = None,
+        draws: SourceDraws | None = None,
+        frames: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mel `[B, 80, T]` -> (predicted F0 `[B, T]` in Hz, excitation `[B, 1, 480 T]`)."""
-        f0 = self.f0_predictor(mel)
+        """Mel `[B, 80, T]` -> (predicted F0 `[B, T]` in Hz, excitation `[B, 1, 480 T]`); `frames`: as in
+        `decode_spectrum` (the F0 predictor's convolutions then stop at each row's end)."""
+        mask = None if frames is None else frame_mask(frames, mel.size(-1), device=mel.device, dtype=mel.dtype)
+        f0 = self.f0_predictor(mel, mask)
         f0_audio = f0[:, None, :].repeat_interleave(self.config.samples_per_frame, dim=-1)  # nearest upsampling
         excitation, _ = self.m_source(f0_audio, draws=draws, generator=generator)
         return f0, excitation
+
+    @torch.inference_mode()
+    def inference_rows(
+        self, mels: list[torch.Tensor], generators: list[torch.Generator | None]
+    ) -> list[torch.Tensor]:
+        """Waveforms `[480 T_b]` of mels `[80, T_b]` of different lengths, run as one right-padded batch.
+
+        Each equals `inference(mel[None], generator=g)` for its row up to float rounding: the draws come from each
+        row's own generator in that call's order, and the masks of `decode_spectrum` keep rows from reading
+        padding. The gain is fewer, larger kernels: at batch one the vocoder is launch-bound on a GPU.
+        """
+        frames = [int(m.size(-1)) for m in mels]
+        width = max(frames)
+        batch = torch.stack([F.pad(m, (0, width - m.size(-1))) for m in mels])
+        length = width * self.config.samples_per_frame
+        phases, noises = [], []
+        for f, generator in zip(frames, generators, strict=True):
+            draws = self.m_source.l_sin_gen.draw(1, f * self.config.samples_per_frame, batch.device, generator)
+            phases.append(draws.phase)
+            noises.append(F.pad(draws.noise, (0, length - draws.noise.size(-1))))
+            # the draw the reference makes and never uses, so each generator ends where it would alone
+            device = _draw_device(generator, batch.device)
+            torch.randn((1, draws.noise.size(-1), 1), generator=generator, dtype=torch.float32, device=device)
+        draws = SourceDraws(torch.cat(phases), torch.cat(noises))
+        with parametrize.cached():
+            _, source = self.source(batch, draws=draws, frames=frames)
+            spectrum = self.decode_spectrum(batch, source.to(batch.dtype), frames)
+        out = []
+        for b, f in enumerate(frames):
+            wav = self.istft(spectrum[b : b + 1, :, : f * self.config.samples_per_frame // self.config.istft_hop_len + 1])
+            out.append(torch.clamp(wav[0], -self.config.audio_limit, self.config.audio_limit))
+        return out
 
     def forward(
         self,
@@ -403,5 +486,9 @@ class HiFTGenerator(nn.Module):
         generator: torch.Generator | None = None,
         draws: SourceDraws | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward` without autograd; what S3Gen calls before applying its fade-in."""
-        return self.forward(speech_feat, cache_source=cache_source, generator=generator, draws=draws)
+        """`forward` without autograd; what S3Gen calls before applying its fade-in.
+
+        The weight-normed convolutions' weights are computed once per call instead of once per use (same values).
+        """
+        with parametrize.cached():
+            return self.forward(speech_feat, cache_source=cache_source, generator=generator, draws=draws)
