@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions
 from chatterbox_vllm.settings import PRESETS, EngineLimits, Preset, Settings, gpu_memory_utilization
 
-LIMIT_FIELDS = ("gpu_memory_gib", "max_batch_size", "max_model_len", "enforce_eager", "dtype")
+LIMIT_FIELDS = ("gpu_memory_gib", "max_batch_size", "max_model_len", "enforce_eager", "dtype", "s3_tokenizer_on_gpu")
 GIB = 2**30
 
 
@@ -38,8 +38,8 @@ def test_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
-    [  # gpu_memory_gib, max_batch_size, max_model_len, enforce_eager, dtype
-        ("low", EngineLimits(1.75, 2, 1536, True, "bfloat16")),
+    [  # gpu_memory_gib, max_batch_size, max_model_len, enforce_eager, dtype (, s3_tokenizer_on_gpu)
+        ("low", EngineLimits(1.75, 2, 1536, True, "bfloat16", s3_tokenizer_on_gpu=False)),
         ("medium", EngineLimits(5.0, 12, 2048, False, "bfloat16")),
         ("high", EngineLimits(10.0, 32, 3072, False, "bfloat16")),
     ],
@@ -74,6 +74,7 @@ def test_presets_grow_with_the_card_and_are_frozen() -> None:
         ("CHATTERBOX_MAX_MODEL_LEN", "1024", "max_model_len", 1024),
         ("CHATTERBOX_ENFORCE_EAGER", "true", "enforce_eager", True),
         ("CHATTERBOX_DTYPE", "float16", "dtype", "float16"),
+        ("CHATTERBOX_S3_TOKENIZER_ON_GPU", "false", "s3_tokenizer_on_gpu", False),
     ],
 )
 def test_an_explicit_limit_overrides_only_its_preset_value(

@@ -43,13 +43,15 @@ class Preset:
     max_model_len: int
     enforce_eager: bool
     dtype: str
+    s3_tokenizer_on_gpu: bool = True
 
 
 @dataclass(frozen=True)
 class EngineLimits:
     """The limits the engine runs with: a preset's values with every explicitly set one in its place.
 
-    They bound T3's GPU memory in vLLM: weights + KV cache for max_batch_size requests of max_model_len tokens.
+    They bound T3's GPU memory in vLLM: weights + KV cache for max_batch_size requests of max_model_len tokens;
+    `s3_tokenizer_on_gpu` decides where S3Gen's speech tokenizer (0.46 GiB, used only to analyse new voices) sits.
     """
 
     gpu_memory_gib: float
@@ -57,15 +59,19 @@ class EngineLimits:
     max_model_len: int
     enforce_eager: bool
     dtype: str
+    s3_tokenizer_on_gpu: bool = True
 
 
 # T3 in bfloat16 is ~1.1 GB; a token of KV cache costs 30 layers x 2 x 32 heads (both CFG branches) x 64 x 2 bytes
 # = 240 KiB, so a 1536-token request holds ~0.36 GiB. S3Gen, the voice encoder and CUDA's own context need
 # another 2-3 GB outside this budget, which is what the card sizes below leave room for.
 PRESETS: dict[str, Preset] = {
-    # 6-8 GB cards: two sequences, no CUDA graphs (T3's nor S3Gen's: their buffers cost memory such a card lacks).
-    # Measured on an H100 with the multilingual model: 4.00 GiB for the whole process (BENCHMARKS.md).
-    "low": Preset(gpu_memory_gib=1.75, max_batch_size=2, max_model_len=1536, enforce_eager=True, dtype="bfloat16"),
+    # 6-8 GB cards: two sequences, no CUDA graphs (T3's nor S3Gen's: their buffers cost memory such a card lacks),
+    # and the speech tokenizer (124M parameters, needed only when a new voice is analysed) on the CPU.
+    "low": Preset(
+        gpu_memory_gib=1.75, max_batch_size=2, max_model_len=1536, enforce_eager=True, dtype="bfloat16",
+        s3_tokenizer_on_gpu=False,
+    ),
     # 12 GB cards.
     "medium": Preset(gpu_memory_gib=5.0, max_batch_size=12, max_model_len=2048, enforce_eager=False, dtype="bfloat16"),
     # 24 GB cards.
@@ -111,6 +117,11 @@ class Settings(BaseSettings):
     )
     enforce_eager: bool | None = Field(None, description="true: no CUDA graphs (saves memory, decodes slower)")
     dtype: DType | None = Field(None, description="T3's weights/activations in vLLM (bfloat16 halves float32's memory)")
+    s3_tokenizer_on_gpu: bool | None = Field(
+        None,
+        description="false: S3Gen's speech tokenizer runs on the CPU (0.46 GiB less GPU memory; analysing a new "
+        "voice takes a few seconds longer)",
+    )
 
     # ------------------------------------------------------------------ the HTTP server
     host: str = Field("0.0.0.0", description="address the server listens on (0.0.0.0: every interface)")
@@ -140,6 +151,11 @@ class Settings(BaseSettings):
     )
     s3gen_batch_size: int = Field(
         8, ge=1, le=64, description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time)"
+    )
+    tf32: bool = Field(
+        True,
+        description="float32 matrix products of S3Gen and the voice encoder on TF32 tensor cores (GPUs from Ampere "
+        "on): a faster flow, mels within ~3e-3 of full float32",
     )
 
     # ------------------------------------------------------------------ validation (messages say why)

@@ -116,10 +116,17 @@ class ChatterboxTTS:
     def from_settings(cls, settings: Settings) -> "ChatterboxTTS":
         """Load what the CHATTERBOX_* settings name: model, revision, device, engine and the VRAM limits."""
         device = default_device() if settings.device == "auto" else torch.device(settings.device)
-        options = VLLMOptions.from_limits(settings.limits(), device, explicit_dtype=settings.dtype is not None)
+        limits = settings.limits()
+        options = VLLMOptions.from_limits(limits, device, explicit_dtype=settings.dtype is not None)
+        if device.type == "cuda":
+            # Process-wide, read when kernels are chosen: set before anything is loaded or captured. vLLM's T3 runs
+            # in bfloat16 and is not affected.
+            torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+            torch.backends.cudnn.allow_tf32 = settings.tf32
         return cls.load(
-            settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options
-        )
+            settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
+            s3_tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu",
+        )  # fmt: skip
 
     @classmethod
     def load(
@@ -130,10 +137,13 @@ class ChatterboxTTS:
         revision: str | None = None,
         engine: str = "auto",
         vllm_options: VLLMOptions | None = None,
+        s3_tokenizer_device: str | torch.device | None = None,
     ) -> "ChatterboxTTS":
-        """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory."""
+        """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory.
+
+        `s3_tokenizer_device`: where S3Gen's speech tokenizer runs if not on `device` (the low preset: "cpu")."""
         directory, layout = resolve_model(model, revision=revision)
-        return cls._load(directory, layout, device, engine, vllm_options)
+        return cls._load(directory, layout, device, engine, vllm_options, s3_tokenizer_device)
 
     @classmethod
     def from_pretrained(
@@ -177,11 +187,14 @@ class ChatterboxTTS:
         device: str | torch.device | None,
         engine_kind: str = "auto",
         vllm_options: VLLMOptions | None = None,
+        s3_tokenizer_device: str | torch.device | None = None,
     ) -> "ChatterboxTTS":
         device = torch.device(device) if device is not None else default_device()
         config = load_model_config(directory, layout)
         resolve_engine_kind(engine_kind)  # a bad name fails before anything loads
         s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
+        if s3_tokenizer_device is not None:
+            s3gen.tokenizer.to(s3_tokenizer_device)
         # S3Gen's ODE loop is launch-bound: replay it as CUDA graphs (see cfm_graphs), unless the engine was told to
         # run eagerly (the low-VRAM preset: graphs for every length bucket hold ~0.6 GiB).
         if device.type == "cuda" and not (vllm_options is not None and vllm_options.enforce_eager):

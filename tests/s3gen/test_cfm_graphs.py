@@ -11,7 +11,7 @@ import torch
 
 from chatterbox_vllm.conditioning import Conditionals
 from chatterbox_vllm.models.s3gen import load_s3gen
-from chatterbox_vllm.models.s3gen.cfm_graphs import CFMGraphs, bucket_length, padded_solve
+from chatterbox_vllm.models.s3gen.cfm_graphs import CFMGraphs, batch_bucket, bucket_length, padded_solve
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +47,27 @@ def test_graphs_are_off_on_the_cpu_and_for_other_shapes(s3gen) -> None:
     x = torch.zeros(1, 80, 100)
     assert not graphs.supports(x, 10)  # a CPU tensor
     assert bucket_length(1, 64) == 64 and bucket_length(64, 64) == 64 and bucket_length(65, 64) == 128
+
+
+def test_filler_rows_leave_a_batch_unchanged(s3gen, english_full_checkpoint) -> None:
+    """A batch of 3 requests run as the graphs run it (4 rows, frames padded to the 128-frame bucket)."""
+    cfm = s3gen.flow.decoder
+    parts = [flow_inputs(s3gen, english_full_checkpoint, tokens) for tokens in (9, 9, 9)]
+    g = torch.Generator().manual_seed(3)
+    noise = torch.cat([p[0] for p in parts]) + 0.1 * torch.randn(parts[0][0].shape, generator=g)
+    mask, mu, spks, cond = (torch.cat([getattr(p[1], name) for p in parts]) for name in ("mask", "mu", "spks", "cond"))
+    mu = mu + 0.2 * torch.randn(mu.shape, generator=g)  # rows that really differ
+    with torch.inference_mode():
+        plain = cfm.solve(noise, mask, mu, spks, cond, 3)
+        padded = padded_solve(cfm.solve, noise, mask, mu, spks, cond, 3, bucket_frames=128, rows=4)
+    assert padded.shape == plain.shape
+    torch.testing.assert_close(padded, plain, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(plain[0], plain[1])
+
+
+def test_batch_shapes_share_few_graphs(s3gen) -> None:
+    graphs = CFMGraphs(s3gen.flow.decoder.solve, channels=80, n_timesteps=10, max_rows=16)
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 16)] == [1, 2, 4, 4, 8, 8, 16, 16]
+    assert graphs.shape_for(1, 100) == (1, 128) and graphs.shape_for(1, 40) == (1, 64)
+    assert graphs.shape_for(3, 100) == (4, 128) and graphs.shape_for(6, 300) == (8, 384)
+    assert not graphs.supports(torch.zeros(17, 80, 10), 10)

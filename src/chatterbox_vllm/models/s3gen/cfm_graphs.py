@@ -1,4 +1,4 @@
-"""The flow-matching ODE (`ConditionalCFM`) replayed as CUDA graphs, one per padded length.
+"""The flow-matching ODE (`ConditionalCFM`) replayed as CUDA graphs, one per padded batch shape.
 
 Profiled on an H100 (benchmarks/s3gen_profile.py): one Euler step of the estimator on a sentence (2 x ~460 frames)
 took ~30 ms, almost all of it Python and kernel-launch overhead of its ~60 transformer and resnet blocks, so
@@ -25,9 +25,25 @@ def bucket_length(frames: int, bucket_frames: int) -> int:
     return max(bucket_frames, math.ceil(frames / bucket_frames) * bucket_frames)
 
 
+def batch_bucket(rows: int) -> int:
+    """Rows rounded up to a power of two: few graph shapes serve every batch size."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
 def pad_frames(x: torch.Tensor, length: int) -> torch.Tensor:
     """`[B, C, T]` zero-padded on the right to `length` frames."""
     return torch.nn.functional.pad(x, (0, length - x.size(-1)))
+
+
+def pad_rows(x: torch.Tensor, rows: int, *, first_frame: float = 0.0) -> torch.Tensor:
+    """`[B, ...]` with filler rows appended up to `rows`: zeros, except `first_frame` on frame 0 (a mask keeps one
+    frame, so a filler row's attention has a key to attend to). Rows never mix, so fillers change no real row."""
+    if x.size(0) == rows:
+        return x
+    filler = torch.zeros((rows - x.size(0), *x.shape[1:]), device=x.device, dtype=x.dtype)
+    if first_frame:
+        filler[..., :1] = first_frame
+    return torch.cat([x, filler])
 
 
 def padded_solve(
@@ -39,78 +55,101 @@ def padded_solve(
     cond: torch.Tensor,
     n_timesteps: int,
     bucket_frames: int,
+    rows: int | None = None,
 ) -> torch.Tensor:
-    """`solve` on inputs padded to the bucket, cut back to the real frames (eager: the graphs' computation)."""
-    frames = x.size(-1)
+    """`solve` on inputs padded to the bucket (frames, and filler rows up to `rows`), cut back to the real ones:
+    eager, the graphs' computation."""
+    batch, frames = x.size(0), x.size(-1)
+    rows = rows or batch
     length = bucket_length(frames, bucket_frames)
-    out = solve(*(pad_frames(v, length) for v in (x, mask, mu)), spks, pad_frames(cond, length), n_timesteps)
-    return out[..., :frames]
+    x, mu, cond = (pad_rows(pad_frames(v, length), rows) for v in (x, mu, cond))
+    mask = pad_rows(pad_frames(mask, length), rows, first_frame=1.0)
+    out = solve(x, mask, mu, pad_rows(spks, rows), cond, n_timesteps)
+    return out[:batch, :, :frames]
+
+
+GraphEntry = tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]
 
 
 class CFMGraphs:
-    """CUDA graphs of `solve` (batch 1, a fixed step count), captured lazily per bucket and replayed.
+    """CUDA graphs of `solve` (a fixed step count), captured lazily per (rows, frames) bucket and replayed.
 
+    Batches of `rows` up to `max_rows` (the server vocodes concurrent requests together) are padded to a power of
+    two with filler rows; frames to `bucket_frames` for one row and twice that for more (fewer, larger graphs).
     One lock: a graph's input and output buffers are shared by every caller of that bucket.
     """
 
     def __init__(self, solve: Solver, *, channels: int, n_timesteps: int, bucket_frames: int = 64,
-                 max_graphs: int = 64) -> None:  # fmt: skip
+                 max_graphs: int = 128, max_rows: int = 16) -> None:  # fmt: skip
         self.solve = solve
         self.channels = channels
         self.n_timesteps = n_timesteps
         self.bucket_frames = bucket_frames
         self.max_graphs = max_graphs
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
+        self.max_rows = max_rows
+        self._graphs: dict[tuple[int, int], GraphEntry] = {}
         self._pool = None
         self._lock = threading.Lock()
 
+    def frames_bucket(self, rows: int) -> int:
+        return self.bucket_frames if rows == 1 else 2 * self.bucket_frames
+
+    def shape_for(self, rows: int, frames: int) -> tuple[int, int]:
+        """The (rows, frames) of the graph that serves a batch of this size."""
+        padded_rows = batch_bucket(rows)
+        return padded_rows, bucket_length(frames, self.frames_bucket(padded_rows))
+
+    @property
+    def captured(self) -> int:
+        return len(self._graphs)
+
     def capture_up_to(self, max_frames: int, *, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
-        """Capture every bucket up to `max_frames` now (each takes ~1 s on first use otherwise); returns how many
-        were new. Graph inputs are fixed-shape buffers, so no real request is needed."""
+        """Capture every one-row bucket up to `max_frames` now (each takes ~1 s on first use otherwise); returns how
+        many were new. Graph inputs are fixed-shape buffers, so no real request is needed. Batches of several rows
+        are captured when first seen."""
         like = torch.empty(0, device=device, dtype=dtype)
         new = 0
         for length in range(self.bucket_frames, bucket_length(max_frames, self.bucket_frames) + 1, self.bucket_frames):
             with self._lock:
-                if length in self._graphs or len(self._graphs) >= self.max_graphs:
+                if (1, length) in self._graphs or len(self._graphs) >= self.max_graphs:
                     continue
-                self._capture(length, like)
+                self._capture(1, length, like)
             new += 1
         return new
 
     def supports(self, x: torch.Tensor, n_timesteps: int) -> bool:
-        return x.is_cuda and x.size(0) == 1 and n_timesteps == self.n_timesteps
+        return x.is_cuda and x.size(0) <= self.max_rows and n_timesteps == self.n_timesteps
 
     def __call__(
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
     ) -> torch.Tensor:
-        frames = x.size(-1)
-        length = bucket_length(frames, self.bucket_frames)
+        batch, frames = x.size(0), x.size(-1)
+        key = self.shape_for(batch, frames)
         with self._lock:
-            entry = self._graphs.get(length)
+            entry = self._graphs.get(key)
             if entry is None:
                 if len(self._graphs) >= self.max_graphs:
-                    return padded_solve(self.solve, x, mask, mu, spks, cond, self.n_timesteps, self.bucket_frames)
-                entry = self._capture(length, x)
+                    return padded_solve(self.solve, x, mask, mu, spks, cond, self.n_timesteps,
+                                        self.frames_bucket(key[0]), key[0])  # fmt: skip
+                entry = self._capture(*key, x)
             graph, inputs, output = entry
             for name, value in (("x", x), ("mask", mask), ("mu", mu), ("cond", cond)):
                 buffer = inputs[name]
                 buffer.zero_()
-                buffer[..., :frames].copy_(value)
-            inputs["spks"].copy_(spks)
+                buffer[:batch, :, :frames].copy_(value)
+            inputs["mask"][batch:, :, :1] = 1  # filler rows: see pad_rows
+            inputs["spks"].zero_()
+            inputs["spks"][:batch].copy_(spks)
             graph.replay()
-            return output[..., :frames].clone()
+            return output[:batch, :, :frames].clone()
 
-    def _capture(
-        self, length: int, like: torch.Tensor
-    ) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
+    def _capture(self, rows: int, length: int, like: torch.Tensor) -> GraphEntry:
         device, dtype = like.device, like.dtype
         inputs = {
-            "x": torch.zeros(1, self.channels, length, device=device, dtype=dtype),
-            "mask": torch.zeros(1, 1, length, device=device, dtype=dtype),
-            "mu": torch.zeros(1, self.channels, length, device=device, dtype=dtype),
-            "spks": torch.zeros(1, self.channels, device=device, dtype=dtype),
-            "cond": torch.zeros(1, self.channels, length, device=device, dtype=dtype),
+            name: torch.zeros(rows, channels, length, device=device, dtype=dtype)
+            for name, channels in (("x", self.channels), ("mask", 1), ("mu", self.channels), ("cond", self.channels))
         }
+        inputs["spks"] = torch.zeros(rows, self.channels, device=device, dtype=dtype)
         inputs["mask"][..., :1] = 1
 
         def run() -> torch.Tensor:
@@ -128,5 +167,5 @@ class CFMGraphs:
             output = run()
         self._pool = graph.pool()
         entry = (graph, inputs, output)
-        self._graphs[length] = entry
+        self._graphs[(rows, length)] = entry
         return entry

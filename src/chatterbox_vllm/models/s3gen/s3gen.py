@@ -101,7 +101,8 @@ class S3Gen(nn.Module):
 
         wav_16k = wav if ref_sr == S3_SAMPLE_RATE else resample_sinc_hann(wav, ref_sr, S3_SAMPLE_RATE)
         embedding = self.speaker_encoder.inference(wav_16k.to(self.dtype))
-        tokens, token_lens = self.tokenizer.forward(list(wav_16k.float()))
+        tokens, token_lens = self.tokenizer.forward(list(wav_16k.float()))  # on the tokenizer's device (maybe CPU)
+        tokens, token_lens = tokens.to(self.device), token_lens.to(self.device)
 
         # The mel has 2 frames per token, up to rounding at the clip's end; keep the tokens no longer than that.
         if prompt_feat.size(1) != 2 * tokens.size(1):
