@@ -1,6 +1,9 @@
-"""S3Gen alone on the GPU: where a sentence's vocoding time goes, and what compile / lower precision buy.
+"""S3Gen alone on the GPU: where a sentence's vocoding time goes, what graphs / lower precision buy, and how
+batches of concurrent pieces (the server's S3Gen worker) scale.
 
-    python benchmarks/s3gen_profile.py --model /ckpt/english [--tokens 75]
+    python benchmarks/s3gen_profile.py --model /ckpt/english [--tokens 75] [--rows 1 4 8 16 32] [--out s3gen.json]
+
+T3 is loaded with the PyTorch engine (no vLLM needed); only S3Gen is timed.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.hub import resolve_model
 from chatterbox_vllm.conditioning import Conditionals
 from chatterbox_vllm.models.s3gen import load_s3gen
+from chatterbox_vllm.tts import ChatterboxTTS, VocodeJob
 
 
 def timed(fn, repeats: int = 5) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
-    torch.cuda.synchronize()
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -33,7 +38,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--tokens", type=int, default=75)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--out")
     args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False  # the single-sentence part starts from full float32
+    torch.backends.cudnn.allow_tf32 = False
     directory, layout = resolve_model(args.model)
     config = load_model_config(directory, layout)
     s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).cuda().eval()
@@ -49,7 +58,7 @@ def main() -> None:
         token_len = torch.tensor([args.tokens], device="cuda")
         report["encoder_fp32_s"] = timed(lambda: s3gen.flow.prepare(tokens, token_len, ref["prompt_token"],
                                                                      ref["prompt_token_len"], ref["prompt_feat"], ref["embedding"]))
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             report["flow_bf16_autocast_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
             report["hift_bf16_autocast_s"] = timed(lambda: s3gen.hift_inference(mel))
         print(json.dumps(report), flush=True)
@@ -77,6 +86,61 @@ def main() -> None:
         report["hift_tf32_s"] = timed(lambda: s3gen.hift_inference(mel))
         report["sentence_s3gen_graphs_tf32_s"] = timed(lambda: s3gen.inference(tokens, conds.gen))
     print(json.dumps(report), flush=True)
+    del s3gen
+    report["batches"] = profile_batches(args.model, args.tokens, args.rows)
+    print(json.dumps(report["batches"]), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+def profile_batches(model: str, tokens: int, rows_list: list[int], device: str = "cuda") -> dict:
+    """`ChatterboxTTS.vocode_batch` (flow graphs per batch shape + masked HiFT batch) per batch size, with TF32 off
+    and on; and how far a graphed batch lands from each piece vocoded alone without graphs."""
+    out: dict = {"tokens_per_piece": tokens}
+    tts = ChatterboxTTS.from_local(model, device=device, engine="torch")
+    g = torch.Generator().manual_seed(0)
+    jobs = [VocodeJob(torch.randint(0, 6561, (tokens,), generator=g).tolist(), tts.default_conds, seed=i)
+            for i in range(max(rows_list))]  # fmt: skip
+    decoder = tts.s3gen.flow.decoder
+    with torch.inference_mode():
+        graphs = decoder.graphs
+        decoder.graphs = None
+        eager = [tts.vocode(j.tokens, j.conds, seed=j.seed) for j in jobs[:3]]
+        decoder.graphs = graphs
+        batched = tts.vocode_batch(jobs[:3])
+        out["batch3_graphs_vs_eager_alone_wav_max_abs"] = max(float(abs(a - b).max()) for a, b in zip(eager, batched))
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            decoder.enable_cuda_graphs(10)  # recapture with these flags
+            label = "tf32" if tf32 else "fp32"
+            for rows in rows_list:
+                seconds = timed(lambda: tts.vocode_batch(jobs[:rows]), repeats=3)
+                audio = rows * (tokens - 1) / 25
+                out[f"{label}_rows{rows}_s"] = seconds
+                out[f"{label}_rows{rows}_x_real_time"] = audio / seconds
+                print(label, rows, round(seconds, 4), round(audio / seconds, 1), flush=True)
+            first = VocodeJob(jobs[0].tokens[:10], tts.default_conds, seed=0)  # the first partial vocode of a stream
+            out[f"{label}_first_partial_10_tokens_s"] = timed(lambda: tts.vocode_batch([first]))
+        # bfloat16 autocast of the flow for a big batch (compute-bound there, unlike batch one), eager; HiFT stays
+        # float32 (its iSTFT needs it)
+        decoder.graphs = None
+        big = jobs[: max(rows_list)]
+        flow = tts.s3gen.flow
+        plain_rows = flow.inference_rows
+
+        def bf16_rows(rows, n_timesteps=None):
+            with torch.autocast(device, dtype=torch.bfloat16):
+                return [m.float() for m in plain_rows(rows, n_timesteps)]
+
+        flow.inference_rows = bf16_rows  # this benchmark only
+        out["bf16_autocast_flow_eager_rows_max_s"] = timed(lambda: tts.vocode_batch(big), repeats=2)
+        del flow.inference_rows
+        out["tf32_eager_rows_max_s"] = timed(lambda: tts.vocode_batch(big), repeats=2)
+        decoder.graphs = graphs
+    tts.close()
+    return out
 
 
 if __name__ == "__main__":
