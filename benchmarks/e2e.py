@@ -455,6 +455,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model_label": f"{tts.variant} {'tiny' if args.quick else 'full'} ({args.model})",
         "engine": type(tts.engine).__name__,
         "limits": settings.limits().__dict__,
+        "s3gen": {"batch_size": settings.s3gen_batch_size, "dtype": settings.s3gen_dtype, "tf32": settings.tf32},
+        # 1 (vLLM's default, what `serve` runs): the engine core in a process of its own; 0: in this process
+        "vllm_multiprocessing": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"),
         "versions": versions(),
         "load_s": load_s,
     }

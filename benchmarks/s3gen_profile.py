@@ -38,9 +38,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--tokens", type=int, default=75)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--out")
+    parser.add_argument("--skip-single", action="store_true", help="only the batch profile")
     args = parser.parse_args()
+    if args.skip_single:
+        write({"tokens": args.tokens, "batches": profile_batches(args.model, args.tokens, args.rows)}, args.out)
+        return
     torch.backends.cuda.matmul.allow_tf32 = False  # the single-sentence part starts from full float32
     torch.backends.cudnn.allow_tf32 = False
     directory, layout = resolve_model(args.model)
@@ -58,7 +62,7 @@ def main() -> None:
         token_len = torch.tensor([args.tokens], device="cuda")
         report["encoder_fp32_s"] = timed(lambda: s3gen.flow.prepare(tokens, token_len, ref["prompt_token"],
                                                                      ref["prompt_token_len"], ref["prompt_feat"], ref["embedding"]))
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
             report["flow_bf16_autocast_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
             report["hift_bf16_autocast_s"] = timed(lambda: s3gen.hift_inference(mel))
         print(json.dumps(report), flush=True)
@@ -88,33 +92,50 @@ def main() -> None:
     print(json.dumps(report), flush=True)
     del s3gen
     report["batches"] = profile_batches(args.model, args.tokens, args.rows)
-    print(json.dumps(report["batches"]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
+    write(report, args.out)
+
+
+def write(report: dict, out: str | None) -> None:
+    print(json.dumps(report), flush=True)
+    if out:
+        with open(out, "w") as f:
             json.dump(report, f, indent=1)
 
 
 def profile_batches(model: str, tokens: int, rows_list: list[int], device: str = "cuda") -> dict:
-    """`ChatterboxTTS.vocode_batch` (flow graphs per batch shape + masked HiFT batch) per batch size, with TF32 off
-    and on; and how far a graphed batch lands from each piece vocoded alone without graphs."""
+    """`ChatterboxTTS.vocode_batch` (flow graphs per batch shape + masked HiFT batch) per batch size, in float32,
+    TF32 and bfloat16 compute (`s3gen_dtype`); how far each moves a sentence's mel from float32; and how far a
+    graphed batch lands from each piece vocoded alone without graphs."""
     out: dict = {"tokens_per_piece": tokens}
     tts = ChatterboxTTS.from_local(model, device=device, engine="torch")
     g = torch.Generator().manual_seed(0)
     jobs = [VocodeJob(torch.randint(0, 6561, (tokens,), generator=g).tolist(), tts.default_conds, seed=i)
             for i in range(max(rows_list))]  # fmt: skip
     decoder = tts.s3gen.flow.decoder
+    sentence = torch.tensor(jobs[0].tokens, device=device)[None]
+    prompt = int(tts.default_conds.gen["prompt_token"].shape[-1])
+    noise = torch.randn((1, 80, 2 * (prompt + tokens)), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.inference_mode():
-        graphs = decoder.graphs
-        decoder.graphs = None
-        eager = [tts.vocode(j.tokens, j.conds, seed=j.seed) for j in jobs[:3]]
-        decoder.graphs = graphs
-        batched = tts.vocode_batch(jobs[:3])
-        out["batch3_graphs_vs_eager_alone_wav_max_abs"] = max(float(abs(a - b).max()) for a, b in zip(eager, batched))
-        for tf32 in (False, True):
+        reference_mel = None
+        for label, tf32, dtype in (("fp32", False, None), ("tf32", True, None), ("bf16", True, torch.bfloat16)):
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
-            decoder.enable_cuda_graphs(10)  # recapture with these flags
-            label = "tf32" if tf32 else "fp32"
+            decoder.compute_dtype = dtype
+            if device == "cuda":
+                decoder.enable_cuda_graphs(10)  # recapture with these flags
+            mel = tts.s3gen.flow_inference(sentence, tts.default_conds.gen, noise=noise)
+            if reference_mel is None:
+                reference_mel = mel
+                graphs = decoder.graphs
+                decoder.graphs = None
+                eager = [tts.vocode(j.tokens, j.conds, seed=j.seed) for j in jobs[:3]]
+                decoder.graphs = graphs
+                batched = tts.vocode_batch(jobs[:3])
+                out["batch3_graphs_vs_eager_alone_wav_max_abs"] = max(
+                    float(abs(a - b).max()) for a, b in zip(eager, batched)
+                )
+            out[f"{label}_mel_vs_fp32_max_abs"] = float((mel - reference_mel).abs().max())
+            out[f"{label}_mel_vs_fp32_mean_abs"] = float((mel - reference_mel).abs().mean())
             for rows in rows_list:
                 seconds = timed(lambda: tts.vocode_batch(jobs[:rows]), repeats=3)
                 audio = rows * (tokens - 1) / 25
@@ -123,22 +144,7 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], device: str =
                 print(label, rows, round(seconds, 4), round(audio / seconds, 1), flush=True)
             first = VocodeJob(jobs[0].tokens[:10], tts.default_conds, seed=0)  # the first partial vocode of a stream
             out[f"{label}_first_partial_10_tokens_s"] = timed(lambda: tts.vocode_batch([first]))
-        # bfloat16 autocast of the flow for a big batch (compute-bound there, unlike batch one), eager; HiFT stays
-        # float32 (its iSTFT needs it)
-        decoder.graphs = None
-        big = jobs[: max(rows_list)]
-        flow = tts.s3gen.flow
-        plain_rows = flow.inference_rows
-
-        def bf16_rows(rows, n_timesteps=None):
-            with torch.autocast(device, dtype=torch.bfloat16):
-                return [m.float() for m in plain_rows(rows, n_timesteps)]
-
-        flow.inference_rows = bf16_rows  # this benchmark only
-        out["bf16_autocast_flow_eager_rows_max_s"] = timed(lambda: tts.vocode_batch(big), repeats=2)
-        del flow.inference_rows
-        out["tf32_eager_rows_max_s"] = timed(lambda: tts.vocode_batch(big), repeats=2)
-        decoder.graphs = graphs
+        out["mel_abs_mean"] = float(reference_mel.abs().mean())
     tts.close()
     return out
 

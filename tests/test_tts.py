@@ -13,6 +13,7 @@ from chatterbox_vllm.audio.io import AudioDecodeError
 from chatterbox_vllm.checkpoint.weights import CheckpointError
 from chatterbox_vllm.conditioning import VoiceCloneError
 from chatterbox_vllm.text.languages import UnsupportedLanguageError
+from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.text.normalize import EmptyTextError
 from chatterbox_vllm.tts import SAMPLES_PER_TOKEN, ChatterboxTTS
 
@@ -121,3 +122,17 @@ def test_truncated_and_incomplete_checkpoints_fail_with_file_name(english_tiny_c
 
     with pytest.raises(CheckpointError, match="not a directory"):
         ChatterboxTTS.from_local(tmp_path / "nowhere", device="cpu")
+
+
+def test_s3gen_options_place_the_tokenizer_and_pick_the_flow_dtype(english_tiny_checkpoint) -> None:
+    from chatterbox_vllm.tts import S3GenOptions
+
+    tts = ChatterboxTTS.from_local(english_tiny_checkpoint, device="cpu", engine="torch")
+    assert tts.s3gen.flow.decoder.compute_dtype is None  # float32 by default
+    # bfloat16 applies on GPUs only (on the CPU it would only slow the flow down)
+    settings = Settings(model=str(english_tiny_checkpoint), device="cpu", engine="torch", s3gen_dtype="bfloat16",
+                        preset="low")  # fmt: skip
+    low = ChatterboxTTS.from_settings(settings)
+    assert low.s3gen.flow.decoder.compute_dtype is None
+    assert low.s3gen.tokenizer.device == torch.device("cpu")
+    assert S3GenOptions().flow_dtype == "float32"

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     s3gen_batch_size: int = Field(
         8, ge=1, le=64, description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time)"
     )
+    s3gen_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="S3Gen flow estimator's compute dtype on GPUs: bfloat16 vocodes big batches ~2x faster but moves "
+        "the mel further from the reference's float32 (BENCHMARKS.md)",
+    )
     tf32: bool = Field(
         True,
         description="float32 matrix products of S3Gen and the voice encoder on TF32 tensor cores (GPUs from Ampere "

@@ -53,6 +53,15 @@ class VocodeJob:
 
 
 @dataclass(frozen=True)
+class S3GenOptions:
+    """Where and how S3Gen runs beside T3: the speech tokenizer's device when not the model's (the low preset puts
+    it on the CPU) and the flow estimator's compute dtype on GPUs (bfloat16 under autocast, or float32)."""
+
+    tokenizer_device: str | None = None
+    flow_dtype: str = "float32"
+
+
+@dataclass(frozen=True)
 class GenerationDefaults:
     """Per-variant defaults (both 1.2: upstream lowered the multilingual penalty from 0.1.7's 2.0)."""
 
@@ -123,9 +132,12 @@ class ChatterboxTTS:
             # in bfloat16 and is not affected.
             torch.backends.cuda.matmul.allow_tf32 = settings.tf32
             torch.backends.cudnn.allow_tf32 = settings.tf32
+        s3gen_options = S3GenOptions(
+            tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu", flow_dtype=settings.s3gen_dtype
+        )
         return cls.load(
             settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
-            s3_tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu",
+            s3gen_options=s3gen_options,
         )  # fmt: skip
 
     @classmethod
@@ -137,13 +149,11 @@ class ChatterboxTTS:
         revision: str | None = None,
         engine: str = "auto",
         vllm_options: VLLMOptions | None = None,
-        s3_tokenizer_device: str | torch.device | None = None,
+        s3gen_options: S3GenOptions | None = None,
     ) -> "ChatterboxTTS":
-        """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory.
-
-        `s3_tokenizer_device`: where S3Gen's speech tokenizer runs if not on `device` (the low preset: "cpu")."""
+        """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory."""
         directory, layout = resolve_model(model, revision=revision)
-        return cls._load(directory, layout, device, engine, vllm_options, s3_tokenizer_device)
+        return cls._load(directory, layout, device, engine, vllm_options, s3gen_options)
 
     @classmethod
     def from_pretrained(
@@ -187,14 +197,17 @@ class ChatterboxTTS:
         device: str | torch.device | None,
         engine_kind: str = "auto",
         vllm_options: VLLMOptions | None = None,
-        s3_tokenizer_device: str | torch.device | None = None,
+        s3gen_options: S3GenOptions | None = None,
     ) -> "ChatterboxTTS":
         device = torch.device(device) if device is not None else default_device()
+        s3gen_options = s3gen_options or S3GenOptions()
         config = load_model_config(directory, layout)
         resolve_engine_kind(engine_kind)  # a bad name fails before anything loads
         s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
-        if s3_tokenizer_device is not None:
-            s3gen.tokenizer.to(s3_tokenizer_device)
+        if s3gen_options.tokenizer_device is not None:
+            s3gen.tokenizer.to(s3gen_options.tokenizer_device)
+        if device.type == "cuda" and s3gen_options.flow_dtype == "bfloat16":
+            s3gen.flow.decoder.compute_dtype = torch.bfloat16
         # S3Gen's ODE loop is launch-bound: replay it as CUDA graphs (see cfm_graphs), unless the engine was told to
         # run eagerly (the low-VRAM preset: graphs for every length bucket hold ~0.6 GiB).
         if device.type == "cuda" and not (vllm_options is not None and vllm_options.enforce_eager):

@@ -71,3 +71,20 @@ def test_batch_shapes_share_few_graphs(s3gen) -> None:
     assert graphs.shape_for(1, 100) == (1, 128) and graphs.shape_for(1, 40) == (1, 64)
     assert graphs.shape_for(3, 100) == (4, 128) and graphs.shape_for(6, 300) == (8, 384)
     assert not graphs.supports(torch.zeros(17, 80, 10), 10)
+
+
+def test_bfloat16_compute_stays_near_float32(s3gen, english_full_checkpoint) -> None:
+    """The opt-in `s3gen_dtype=bfloat16`: the ODE under autocast lands near the float32 result, not on it."""
+    noise, f = flow_inputs(s3gen, english_full_checkpoint, 12)
+    cfm = s3gen.flow.decoder
+    with torch.inference_mode():
+        full = cfm.solve(noise, f.mask, f.mu, f.spks, f.cond, 3)
+        cfm.compute_dtype = torch.bfloat16
+        try:
+            half = cfm.solve(noise, f.mask, f.mu, f.spks, f.cond, 3)
+        finally:
+            cfm.compute_dtype = None
+    assert half.dtype == torch.float32
+    error = (half - full).abs()
+    assert error.max() > 0  # really computed in bfloat16
+    assert error.mean() < 0.05 * full.abs().mean()

@@ -32,6 +32,9 @@ class ConditionalCFM(nn.Module):
         self.config = config
         self.estimator = ConditionalDecoder(config.estimator)
         self.graphs: CFMGraphs | None = None  # CUDA graphs of the loop, when enabled
+        # bfloat16: the estimator's matrix products and convolutions under autocast (the ODE state stays float32);
+        # None: the weights' dtype throughout (the reference's float32).
+        self.compute_dtype: torch.dtype | None = None
 
     def velocity(
         self,
@@ -90,12 +93,13 @@ class ConditionalCFM(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
         n_timesteps: int,
     ) -> torch.Tensor:  # fmt: skip
-        """The Euler loop from noise x (the estimator's dtype throughout)."""
+        """The Euler loop from noise x (the estimator's dtype, or `compute_dtype` under autocast)."""
         times = time_grid(n_timesteps, self.config.t_scheduler, device=mu.device, dtype=mu.dtype).to(x.dtype)
-        for k in range(n_timesteps):
-            t, t_next = times[k : k + 1], times[k + 1 : k + 2]
-            v, _ = self.velocity(x, mask, mu, t, spks, cond)
-            x = x + (t_next - t) * v
+        with torch.autocast(x.device.type, dtype=self.compute_dtype or x.dtype, enabled=self.compute_dtype is not None):
+            for k in range(n_timesteps):
+                t, t_next = times[k : k + 1], times[k + 1 : k + 2]
+                v, _ = self.velocity(x, mask, mu, t, spks, cond)
+                x = x + (t_next - t) * v.to(x.dtype)
         return x
 
     def enable_cuda_graphs(self, n_timesteps: int, bucket_frames: int = 64) -> None:
