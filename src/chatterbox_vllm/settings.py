@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         10, ge=0, le=200, description="first audio leaves after this many speech tokens (0: after the first piece)"
     )
     s3gen_batch_size: int = Field(
-        8, ge=1, le=64, description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time)"
+        16, ge=1, le=64, description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time)"
     )
     s3gen_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
