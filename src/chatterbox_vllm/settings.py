@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     s3_tokenizer_on_gpu: bool | None = Field(
         None,
         description="false: S3Gen's speech tokenizer runs on the CPU (0.46 GiB less GPU memory; analysing a new "
-        "voice takes a few seconds longer)",
+        "voice takes ~17 s instead of ~1 s, once per voice)",
     )
 
     # ------------------------------------------------------------------ the HTTP server
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     tf32: bool = Field(
         True,
         description="float32 matrix products of S3Gen and the voice encoder on TF32 tensor cores (GPUs from Ampere "
-        "on): a faster flow, mels within ~3e-3 of full float32",
+        "on): a ~1.4x faster flow; mels move by ~1e-3 on average (BENCHMARKS.md)",
     )
 
     # ------------------------------------------------------------------ validation (messages say why)
