@@ -391,13 +391,16 @@ class HiFTGenerator(nn.Module):
         x = F.leaky_relu(x)
         return self.conv_post(_masked(x, masks[-1]))
 
-    def _stage_masks(self, frames: list[int], width: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    def _stage_masks(
+        self, frames: list[int], width: int, device: torch.device, dtype: torch.dtype
+    ) -> list[torch.Tensor]:
         """Masks at the mel rate and after each upsampling stage (the last one has the STFT's extra frame)."""
         masks, scale = [frame_mask(frames, width, device=device, dtype=dtype)], 1
         for i, rate in enumerate(self.config.upsample_rates):
             scale *= rate
             extra = 1 if i == self.num_upsamples - 1 else 0
-            masks.append(frame_mask([scale * f + extra for f in frames], scale * width + extra, device=device, dtype=dtype))
+            lengths = [scale * f + extra for f in frames]
+            masks.append(frame_mask(lengths, scale * width + extra, device=device, dtype=dtype))
         return masks
 
     def _source_stft_rows(self, source: torch.Tensor, frames: list[int]) -> torch.Tensor:
@@ -455,8 +458,9 @@ class HiFTGenerator(nn.Module):
             _, source = self.source(batch, draws=draws, frames=frames)
             spectrum = self.decode_spectrum(batch, source.to(batch.dtype), frames)
         out = []
+        stft_frames_per_mel_frame = self.config.samples_per_frame // self.config.istft_hop_len
         for b, f in enumerate(frames):
-            wav = self.istft(spectrum[b : b + 1, :, : f * self.config.samples_per_frame // self.config.istft_hop_len + 1])
+            wav = self.istft(spectrum[b : b + 1, :, : f * stft_frames_per_mel_frame + 1])
             out.append(torch.clamp(wav[0], -self.config.audio_limit, self.config.audio_limit))
         return out
 
