@@ -445,6 +445,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.chunk_chars:
         overrides["chunk_chars"] = args.chunk_chars
     settings = Settings(**overrides)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval[0])
     start = time.perf_counter()
     tts = ChatterboxTTS.from_settings(settings)
     load_s = time.perf_counter() - start
@@ -460,10 +462,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "vllm_multiprocessing": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"),
         "versions": versions(),
         "load_s": load_s,
+        "switch_interval_s": sys.getswitchinterval(),
     }
     try:
         report["t3"] = bench_t3(tts, 64 if args.quick else 400, settings)
         print("t3", json.dumps(report["t3"]), flush=True)
+        if args.only_http:
+            for interval in args.switch_interval or [sys.getswitchinterval()]:
+                sys.setswitchinterval(interval)
+                key = f"http_switch_{interval:g}"
+                report[key] = bench_http(tts, settings, args.sweep, ttfb_repeats=2 if args.quick else 9)
+                print(key, json.dumps(report[key]), flush=True)
+            return report
         report["paragraph"] = bench_paragraph(tts, settings, repeats=1 if args.quick else 3)
         for chars in args.extra_chunk_chars:
             report[f"paragraph_chunk_{chars}"] = bench_paragraph(
@@ -523,6 +533,10 @@ def main() -> None:
     r.add_argument("--extra-chunk-chars", type=int, nargs="*", default=[])
     r.add_argument("--sweep", type=int, nargs="+", default=[1, 4, 16, 64])
     r.add_argument("--quick", action="store_true", help="CPU smoke: short decodes, fewer repeats")
+    r.add_argument("--only-http", action="store_true", help="T3 and the HTTP part only (no paragraph, no stages)")
+    r.add_argument("--switch-interval", type=float, nargs="*", default=[],
+                   help="sys.setswitchinterval (s), how long a thread keeps the GIL; with --only-http one HTTP "
+                        "run per value")  # fmt: skip
     r.add_argument("--out", required=True)
     v = sub.add_parser("vram", help="peak GPU memory of each preset, one child process each")
     v.add_argument("--models", nargs="+", required=True, help="VARIANT=MODEL")
