@@ -39,6 +39,14 @@ def load_audio(source: AudioSource, target_sr: int | None, max_seconds: float | 
 
     With `max_seconds`, at most that much (plus one frame) is decoded and a longer file raises
     `AudioTooLongError`: a small, highly compressed file cannot expand into gigabytes of samples."""
+    y, native_sr = decode_audio(source, max_seconds)
+    if target_sr is not None and target_sr != native_sr:
+        y = resample_soxr_hq(y, native_sr, target_sr)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def decode_audio(source: AudioSource, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """`source` as mono float32 at its own rate, and that rate (`load_audio` without resampling; same checks)."""
     name = _describe(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -71,9 +79,7 @@ def load_audio(source: AudioSource, target_sr: int | None, max_seconds: float | 
         raise AudioDecodeError(f"{name}: the audio holds no samples")
     if not np.all(np.isfinite(y)):
         raise AudioDecodeError(f"{name}: the audio holds NaN or infinite samples")
-    if target_sr is not None and target_sr != native_sr:
-        y = resample_soxr_hq(y, native_sr, target_sr)
-    return np.ascontiguousarray(y, dtype=np.float32)
+    return np.ascontiguousarray(y, dtype=np.float32), native_sr
 
 
 def _describe(source: object) -> str:

@@ -14,7 +14,6 @@ The server calls one library from several threads, so every look-up and change o
 from __future__ import annotations
 
 import difflib
-import io
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from ..audio.io import AudioDecodeError, AudioTooLongError, load_audio
+from ..audio.io import AudioDecodeError, AudioTooLongError, decode_audio
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 
 log = logging.getLogger(__name__)
@@ -364,8 +363,7 @@ class VoiceLibrary:
     def _decode(self, data: bytes, label: str) -> tuple[np.ndarray, int]:
         """The clip as mono float32 at its own rate, checked to be usable as a voice sample."""
         try:
-            wav = load_audio(data, None, max_seconds=MAX_SECONDS)
-            sample_rate = sf.info(io.BytesIO(data)).samplerate
+            wav, sample_rate = decode_audio(data, max_seconds=MAX_SECONDS)
         except AudioTooLongError as exc:
             raise VoiceUploadError(
                 f"{label} lasts longer than {MAX_SECONDS:g} s; a voice sample may last at most {MAX_SECONDS:g} s "
