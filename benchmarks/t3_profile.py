@@ -25,6 +25,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from t3_args import add_t3_engine_args  # noqa: E402
 from t3_vllm import texts, voice, write_t3  # noqa: E402
 
 from chatterbox_vllm.engine.base import SamplingParams  # noqa: E402
@@ -99,16 +100,9 @@ def timed(llm, batch: list[dict], config, tokens: int, seeded: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--variant", default="english", choices=["english", "multilingual"])
-    parser.add_argument("--seed", type=int, default=0)
+    add_t3_engine_args(parser)
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 64])
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--eager", action="store_true")
-    parser.add_argument("--max-model-len", type=int, default=1024)
-    parser.add_argument("--gpu-memory-gib", type=float, default=8.0)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from t3_args import add_t3_engine_args
 
 from chatterbox_vllm.checkpoint import random_weights as rw
 from chatterbox_vllm.engine.base import SamplingParams
@@ -168,17 +169,10 @@ def throughput(weights: Path, config: T3Config, cond: T3Cond, args: argparse.Nam
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--variant", default="english", choices=["english", "multilingual"])
-    parser.add_argument("--seed", type=int, default=0)
+    add_t3_engine_args(parser)
     parser.add_argument("--parity-tokens", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=500, help="tokens per request in the throughput runs")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
-    parser.add_argument("--max-model-len", type=int, default=1024)
-    parser.add_argument("--gpu-memory-gib", type=float, default=8.0)
     parser.add_argument("--skip-parity", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()

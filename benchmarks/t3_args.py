@@ -1,0 +1,18 @@
+"""Command-line options shared by the T3 benchmarks (`t3_vllm.py`, `t3_profile.py`): where the random checkpoint
+goes and the engine limits it runs with."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_t3_engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", type=Path, required=True, help="folder for the random checkpoint and vLLM's files")
+    parser.add_argument("--out", type=Path, help="JSON report")
+    parser.add_argument("--variant", default="english", choices=["english", "multilingual"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument("--max-model-len", type=int, default=1024)
+    parser.add_argument("--gpu-memory-gib", type=float, default=8.0)
