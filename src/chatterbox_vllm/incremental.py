@@ -19,7 +19,7 @@ import torch
 from .conditioning import Conditionals
 from .engine.base import speech_tokens_for_s3gen
 from .models.s3gen.config import MEL_BINS
-from .tts import SAMPLES_PER_TOKEN, ChatterboxTTS
+from .tts import SAMPLES_PER_TOKEN, ChatterboxTTS, VocodeJob
 
 HOLDBACK_TOKENS = 4  # 3 of lookahead + 1 of margin
 CROSSFADE_SAMPLES = 480  # 20 ms at 24 kHz
@@ -61,16 +61,27 @@ class IncrementalVocoder:
         return token_count >= self.next_at
 
     def push(self, tokens: list[int], *, final: bool) -> np.ndarray:
-        valid = speech_tokens_for_s3gen(tokens)
         if not final:
             self.next_at = max(self.next_at * GROWTH, len(tokens) + 1)
-        if not valid:
+        job = self.job(tokens)
+        if job is None:
             return self._flush() if final else np.zeros(0, dtype=np.float32)
+        return self.take(job, self.tts.vocode(job.tokens, job.conds, seed=job.seed, noise=job.noise), final=final)
+
+    def job(self, tokens: list[int]) -> VocodeJob | None:
+        """The vocode of this prefix (None without speech tokens): run it anywhere (the server batches the last one
+        with other pieces), then hand the waveform to `take`."""
+        valid = speech_tokens_for_s3gen(tokens)
+        if not valid:
+            return None
         frames = self.prompt_frames + MEL_FRAMES_PER_TOKEN * len(valid)
         noise = self.noise[:, :, :frames] if frames <= self.noise.size(-1) else None
-        wav = self.tts.vocode(valid, self.conds, seed=self.seed, noise=noise)
+        return VocodeJob(valid, self.conds, self.seed, noise)
+
+    def take(self, job: VocodeJob, wav: np.ndarray, *, final: bool) -> np.ndarray:
+        """The audio that may leave now, from `job`'s waveform (see the module docstring)."""
         self.calls += 1
-        end = len(wav) if final else max(0, (len(valid) - HOLDBACK_TOKENS) * SAMPLES_PER_TOKEN)
+        end = len(wav) if final else max(0, (len(job.tokens) - HOLDBACK_TOKENS) * SAMPLES_PER_TOKEN)
         start = self.emitted
         if end <= start + (0 if final else CROSSFADE_SAMPLES):
             return self._flush() if final else np.zeros(0, dtype=np.float32)
@@ -88,6 +99,10 @@ class IncrementalVocoder:
         out = segment[: len(segment) - keep]
         self.emitted = start + len(out)
         return out
+
+    def flush(self) -> np.ndarray:
+        """What is left when the piece ended without a vocode to make (its held crossfade tail)."""
+        return self._flush()
 
     def _flush(self) -> np.ndarray:
         tail, self.tail = self.tail, np.zeros(0, dtype=np.float32)

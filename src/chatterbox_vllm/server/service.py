@@ -250,8 +250,14 @@ class SpeechService:
                 if len(audio):
                     yield audio
         usage["output_tokens"] += len(tokens)
-        audio = await asyncio.wrap_future(self._s3gen.call(partial(vocoder.push, tokens, final=True)))
-        yield fade_out(audio)
+        # The whole piece: a batch job like every other piece's, so it is vocoded together with those ready with it
+        # (the other pieces of a long input finish their tokens at about the same time).
+        job = vocoder.job(tokens)
+        if job is None:
+            yield fade_out(vocoder.flush())
+            return
+        wav = await asyncio.wrap_future(self._s3gen.vocode(job))
+        yield fade_out(vocoder.take(job, wav, final=True))
 
     def close(self) -> None:
         self._s3gen.shutdown()
