@@ -136,7 +136,9 @@ def bench_paragraph(tts: ChatterboxTTS, settings: Settings, repeats: int) -> dic
     per_piece = tokens_per_piece(PARAGRAPH, PARAGRAPH_TOKENS, settings.chunk_chars)
     service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": per_piece}))
     try:
-        asyncio.run(speak(service, SENTENCE))  # warm
+        # warm: a server in service has captured the S3Gen graphs of the paragraph's batch shapes already
+        asyncio.run(speak(service, SENTENCE))
+        asyncio.run(speak(service, PARAGRAPH))
         runs = [asyncio.run(speak(service, PARAGRAPH)) for _ in range(repeats)]
     finally:
         service.close()
@@ -457,7 +459,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model_label": f"{tts.variant} {'tiny' if args.quick else 'full'} ({args.model})",
         "engine": type(tts.engine).__name__,
         "limits": settings.limits().__dict__,
-        "s3gen": {"batch_size": settings.s3gen_batch_size, "dtype": settings.s3gen_dtype, "tf32": settings.tf32},
+        "s3gen": {"batch_size": settings.s3gen_batch_size, "dtype": settings.s3gen_dtype, "tf32": settings.tf32,
+                  "compile": settings.s3gen_compile},
         # 1 (vLLM's default, what `serve` runs): the engine core in a process of its own; 0: in this process
         "vllm_multiprocessing": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"),
         "versions": versions(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -21,8 +22,12 @@ from chatterbox_vllm.models.s3gen import load_s3gen
 from chatterbox_vllm.tts import ChatterboxTTS, VocodeJob
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int = 5) -> float:
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     sync()
     best = float("inf")
@@ -41,9 +46,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--out")
     parser.add_argument("--skip-single", action="store_true", help="only the batch profile")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="batch profile: which compute variants (fp32 first when listed: the mel reference)")
     args = parser.parse_args()
     if args.skip_single:
-        write({"tokens": args.tokens, "batches": profile_batches(args.model, args.tokens, args.rows)}, args.out)
+        report = {"tokens": args.tokens}
+
+        def progress(batches: dict) -> None:  # after each variant: a run cut short still leaves its figures
+            write({**report, "batches": batches}, args.out, quiet=True)
+
+        write({**report, "batches": profile_batches(args.model, args.tokens, args.rows, args.variants, progress)},
+              args.out)  # fmt: skip
         return
     torch.backends.cuda.matmul.allow_tf32 = False  # the single-sentence part starts from full float32
     torch.backends.cudnn.allow_tf32 = False
@@ -91,21 +104,35 @@ def main() -> None:
         report["sentence_s3gen_graphs_tf32_s"] = timed(lambda: s3gen.inference(tokens, conds.gen))
     print(json.dumps(report), flush=True)
     del s3gen
-    report["batches"] = profile_batches(args.model, args.tokens, args.rows)
+    report["batches"] = profile_batches(
+        args.model, args.tokens, args.rows, args.variants, lambda b: write({**report, "batches": b}, args.out, True)
+    )
     write(report, args.out)
 
 
-def write(report: dict, out: str | None) -> None:
-    print(json.dumps(report), flush=True)
+def write(report: dict, out: str | None, quiet: bool = False) -> None:
+    if not quiet:
+        print(json.dumps(report), flush=True)
     if out:
         with open(out, "w") as f:
             json.dump(report, f, indent=1)
 
 
-def profile_batches(model: str, tokens: int, rows_list: list[int], device: str = "cuda") -> dict:
+VARIANTS = {  # label: (TF32, compute dtype, compiled estimator blocks)
+    "fp32": (False, None, False),
+    "tf32": (True, None, False),
+    "bf16": (True, torch.bfloat16, False),
+    "tf32_compiled": (True, None, True),
+    "bf16_compiled": (True, torch.bfloat16, True),
+}
+
+
+def profile_batches(model: str, tokens: int, rows_list: list[int], variants: list[str] = list(VARIANTS),
+                    progress: Callable[[dict], None] | None = None, device: str = "cuda") -> dict:  # fmt: skip
     """`ChatterboxTTS.vocode_batch` (flow graphs per batch shape + masked HiFT batch) per batch size, in float32,
-    TF32 and bfloat16 compute (`s3gen_dtype`); how far each moves a sentence's mel from float32; and how far a
-    graphed batch lands from each piece vocoded alone without graphs."""
+    TF32 and bfloat16 compute (`s3gen_dtype`), then TF32 and bfloat16 with the estimator's blocks compiled
+    (`s3gen_compile`); how far each moves a sentence's mel from float32; and how far a graphed batch lands from
+    each piece vocoded alone without graphs."""
     out: dict = {"tokens_per_piece": tokens}
     tts = ChatterboxTTS.from_local(model, device=device, engine="torch")
     g = torch.Generator().manual_seed(0)
@@ -117,13 +144,21 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], device: str =
     noise = torch.randn((1, 80, 2 * (prompt + tokens)), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.inference_mode():
         reference_mel = None
-        for label, tf32, dtype in (("fp32", False, None), ("tf32", True, None), ("bf16", True, torch.bfloat16)):
+        for label in variants:
+            tf32, dtype, compiled = VARIANTS[label]
+            if compiled and device != "cuda":
+                continue
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
             decoder.compute_dtype = dtype
             if device == "cuda":
                 decoder.enable_cuda_graphs(10)  # recapture with these flags
+            if compiled and not decoder.compiled:
+                decoder.compile_blocks()
+            t0 = time.perf_counter()
             mel = tts.s3gen.flow_inference(sentence, tts.default_conds.gen, noise=noise)
+            sync()
+            out[f"{label}_first_sentence_s"] = time.perf_counter() - t0  # with the compiled variants: compile time
             if reference_mel is None:
                 reference_mel = mel
                 graphs = decoder.graphs
@@ -136,6 +171,9 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], device: str =
                 )
             out[f"{label}_mel_vs_fp32_max_abs"] = float((mel - reference_mel).abs().max())
             out[f"{label}_mel_vs_fp32_mean_abs"] = float((mel - reference_mel).abs().mean())
+            print(label, "first sentence s", round(out[f"{label}_first_sentence_s"], 2),
+                  "mel vs first variant mean/max", out[f"{label}_mel_vs_fp32_mean_abs"],
+                  out[f"{label}_mel_vs_fp32_max_abs"], flush=True)  # fmt: skip
             for rows in rows_list:
                 seconds = timed(lambda: tts.vocode_batch(jobs[:rows]), repeats=3)
                 audio = rows * (tokens - 1) / 25
@@ -144,6 +182,8 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], device: str =
                 print(label, rows, round(seconds, 4), round(audio / seconds, 1), flush=True)
             first = VocodeJob(jobs[0].tokens[:10], tts.default_conds, seed=0)  # the first partial vocode of a stream
             out[f"{label}_first_partial_10_tokens_s"] = timed(lambda: tts.vocode_batch([first]))
+            if progress is not None:
+                progress(out)
         out["mel_abs_mean"] = float(reference_mel.abs().mean())
     tts.close()
     return out

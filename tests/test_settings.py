@@ -110,6 +110,8 @@ def test_constructor_limit_overrides_the_preset() -> None:
         ("CHATTERBOX_PRESET", "low", "preset", "low"),
         ("CHATTERBOX_HOST", "127.0.0.1", "host", "127.0.0.1"),
         ("CHATTERBOX_PORT", "8080", "port", 8080),
+        ("CHATTERBOX_S3GEN_DTYPE", "bfloat16", "s3gen_dtype", "bfloat16"),
+        ("CHATTERBOX_S3GEN_COMPILE", "true", "s3gen_compile", True),
     ],
 )
 def test_each_variable_sets_exactly_its_field(
@@ -250,3 +252,8 @@ def test_the_api_key_never_shows_in_a_repr_or_the_printed_config() -> None:
     assert "sk-secret-value-42" not in repr(settings) and "sk-secret-value-42" not in str(settings)
     assert "sk-secret-value-42" not in json.dumps(effective_config(settings), default=str)
     assert settings.api_key == "sk-secret-value-42"
+
+
+def test_upload_limit_in_bytes_is_what_every_layer_enforces() -> None:
+    assert Settings().max_upload_bytes == 10 * 2**20
+    assert Settings(max_upload_mib=0.5).max_upload_bytes == 2**19

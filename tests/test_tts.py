@@ -131,8 +131,10 @@ def test_s3gen_options_place_the_tokenizer_and_pick_the_flow_dtype(english_tiny_
     assert tts.s3gen.flow.decoder.compute_dtype is None  # float32 by default
     # bfloat16 applies on GPUs only (on the CPU it would only slow the flow down)
     settings = Settings(model=str(english_tiny_checkpoint), device="cpu", engine="torch", s3gen_dtype="bfloat16",
-                        preset="low")  # fmt: skip
+                        s3gen_compile=True, preset="low")  # fmt: skip
     low = ChatterboxTTS.from_settings(settings)
     assert low.s3gen.flow.decoder.compute_dtype is None
+    assert not low.s3gen.flow.decoder.compiled  # compiled blocks only beside CUDA graphs (warmed up at start-up)
     assert low.s3gen.tokenizer.device == torch.device("cpu")
-    assert S3GenOptions().flow_dtype == "float32"
+    assert S3GenOptions().flow_dtype == "float32" and not S3GenOptions().compile_flow
+    assert not tts.s3gen.flow.decoder.compiled

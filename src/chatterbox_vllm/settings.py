@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         description="S3Gen flow estimator's compute dtype on GPUs: bfloat16 vocodes big batches ~2x faster but moves "
         "the mel further from the reference's float32 (BENCHMARKS.md)",
     )
+    s3gen_compile: bool = Field(
+        False,
+        description="S3Gen flow estimator's blocks through torch.compile on GPUs with CUDA graphs (fused kernels, "
+        "compiled at start-up); experimental: not yet measured on a GPU",
+    )
     tf32: bool = Field(
         True,
         description="float32 matrix products of S3Gen and the voice encoder on TF32 tensor cores (GPUs from Ampere "
@@ -204,6 +209,12 @@ class Settings(BaseSettings):
         return value
 
     # ------------------------------------------------------------------ the limits the engine gets
+    @property
+    def max_upload_bytes(self) -> int:
+        """`max_upload_mib` in bytes: the one figure the body-size middleware, the upload route and the voice
+        library all enforce (each layer on its own: a chunked body has no declared length)."""
+        return int(self.max_upload_mib * 2**20)
+
     def limits(self) -> EngineLimits:
         """The preset's limits with every explicitly set value in its place."""
         preset = PRESETS[self.preset]

@@ -55,10 +55,12 @@ class VocodeJob:
 @dataclass(frozen=True)
 class S3GenOptions:
     """Where and how S3Gen runs beside T3: the speech tokenizer's device when not the model's (the low preset puts
-    it on the CPU) and the flow estimator's compute dtype on GPUs (bfloat16 under autocast, or float32)."""
+    it on the CPU), the flow estimator's compute dtype on GPUs (bfloat16 under autocast, or float32) and whether
+    its blocks go through torch.compile (GPUs with CUDA graphs only)."""
 
     tokenizer_device: str | None = None
     flow_dtype: str = "float32"
+    compile_flow: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,9 @@ class ChatterboxTTS:
             torch.backends.cuda.matmul.allow_tf32 = settings.tf32
             torch.backends.cudnn.allow_tf32 = settings.tf32
         s3gen_options = S3GenOptions(
-            tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu", flow_dtype=settings.s3gen_dtype
+            tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu",
+            flow_dtype=settings.s3gen_dtype,
+            compile_flow=settings.s3gen_compile,
         )
         return cls.load(
             settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
@@ -212,6 +216,9 @@ class ChatterboxTTS:
         # run eagerly (the low-VRAM preset: graphs for every length bucket hold ~0.6 GiB).
         if device.type == "cuda" and not (vllm_options is not None and vllm_options.enforce_eager):
             s3gen.flow.decoder.enable_cuda_graphs(config.s3gen.flow.n_timesteps)
+            if s3gen_options.compile_flow:
+                # Only beside graphs: warm_up_s3gen's first capture then compiles at start-up, not a request.
+                s3gen.flow.decoder.compile_blocks()
         voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
         if layout.variant == "english":
             tokenizer: EnglishTokenizer | MultilingualTokenizer = EnglishTokenizer.from_file(
@@ -246,6 +253,7 @@ class ChatterboxTTS:
         if graphs is None:
             return 0
         with torch.inference_mode():
+            # With compiled blocks (s3gen_compile) the first capture compiles them too.
             return graphs.capture_up_to(2 * (max_prompt_tokens + max_new_tokens), device=self.device)
 
     def close(self) -> None:

@@ -38,7 +38,7 @@ def _serve(state: ModelState, tts: ChatterboxTTS, settings: Settings) -> None:
         voices = VoiceLibrary(
             Path(settings.voices_dir) if settings.voices_dir else None,
             multilingual=tts.is_multilingual,
-            max_upload_bytes=int(settings.max_upload_mib * 2**20),
+            max_upload_bytes=settings.max_upload_bytes,
         )
     except BaseException:
         service.close()
@@ -88,8 +88,8 @@ def create_app(settings: Settings | None = None, tts: ChatterboxTTS | None = Non
     app = FastAPI(title="chatterbox-vllm", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.model = state
-    upload_bytes = int(settings.max_upload_mib * 2**20)
-    app.add_middleware(BodySizeLimit, limits=BodyLimits.for_limits(settings.max_input_chars, upload_bytes))
+    limits = BodyLimits.for_limits(settings.max_input_chars, settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, limits=limits)
     # Browsers (web UIs on another origin) call the API directly; auth, when set, is the bearer key.
     # Added last, so it is outermost: refusals from the middleware above carry CORS headers too.
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])

@@ -220,8 +220,7 @@ async def create_voice(
         raise APIError(400, "consent is required: confirm the speaker agreed to having their voice cloned",
                        param="consent")
     library = _voices(request)
-    limit = int(request.app.state.settings.max_upload_mib * 2**20)
-    data = await _read_limited(audio_sample, limit)
+    data = await _read_limited(audio_sample, request.app.state.settings.max_upload_bytes)
     try:
         voice = await asyncio.to_thread(library.add, name, data, audio_sample.filename)
     except VoiceUploadError as exc:
