@@ -49,14 +49,14 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="batch profile: which compute variants (fp32 first when listed: the mel reference)")
     args = parser.parse_args()
+    report: dict = {"tokens": args.tokens}
+
+    def progress(batches: dict) -> None:  # after each variant: a run cut short still leaves its figures
+        write({**report, "batches": batches}, args.out, quiet=True)
+
     if args.skip_single:
-        report = {"tokens": args.tokens}
-
-        def progress(batches: dict) -> None:  # after each variant: a run cut short still leaves its figures
-            write({**report, "batches": batches}, args.out, quiet=True)
-
-        write({**report, "batches": profile_batches(args.model, args.tokens, args.rows, args.variants, progress)},
-              args.out)  # fmt: skip
+        report["batches"] = profile_batches(args.model, args.tokens, args.rows, args.variants, progress)
+        write(report, args.out)
         return
     torch.backends.cuda.matmul.allow_tf32 = False  # the single-sentence part starts from full float32
     torch.backends.cudnn.allow_tf32 = False
@@ -65,7 +65,7 @@ def main() -> None:
     s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).cuda().eval()
     conds = Conditionals.load(directory / layout.conds).to("cuda")
     tokens = torch.randint(0, 6561, (1, args.tokens), device="cuda")
-    report: dict[str, float] = {"prompt_tokens": int(conds.gen["prompt_token"].shape[-1]), "tokens": args.tokens}
+    report["prompt_tokens"] = int(conds.gen["prompt_token"].shape[-1])
     with torch.inference_mode():
         mel = s3gen.flow_inference(tokens, conds.gen)
         report["flow_fp32_s"] = timed(lambda: s3gen.flow_inference(tokens, conds.gen))
@@ -104,9 +104,7 @@ def main() -> None:
         report["sentence_s3gen_graphs_tf32_s"] = timed(lambda: s3gen.inference(tokens, conds.gen))
     print(json.dumps(report), flush=True)
     del s3gen
-    report["batches"] = profile_batches(
-        args.model, args.tokens, args.rows, args.variants, lambda b: write({**report, "batches": b}, args.out, True)
-    )
+    report["batches"] = profile_batches(args.model, args.tokens, args.rows, args.variants, progress)
     write(report, args.out)
 
 

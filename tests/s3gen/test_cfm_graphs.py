@@ -9,24 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatterbox_vllm.conditioning import Conditionals
 from chatterbox_vllm.models.s3gen import load_s3gen
 from chatterbox_vllm.models.s3gen.cfm_graphs import CFMGraphs, batch_bucket, bucket_length, padded_solve
+from flow_utils import flow_inputs
 
 
 @pytest.fixture(scope="module")
 def s3gen(english_full_checkpoint):
     return load_s3gen(english_full_checkpoint / "s3gen.safetensors")
-
-
-def flow_inputs(s3gen, checkpoint, tokens: int):
-    conds = Conditionals.load(checkpoint / "conds.pt")
-    ref = s3gen._ref_inputs(conds.gen)
-    speech = torch.randint(0, 6561, (1, tokens), generator=torch.Generator().manual_seed(tokens))
-    inputs = s3gen.flow.prepare(speech, torch.tensor([tokens]), ref["prompt_token"], ref["prompt_token_len"],
-                                ref["prompt_feat"], ref["embedding"])  # fmt: skip
-    noise = torch.randn(inputs.mu.shape, generator=torch.Generator().manual_seed(1))
-    return noise, inputs
 
 
 @pytest.mark.parametrize("tokens", [7, 30])

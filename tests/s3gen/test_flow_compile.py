@@ -9,30 +9,26 @@ from torch._dynamo.utils import counters
 
 from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.hub import resolve_model
-from chatterbox_vllm.conditioning import Conditionals
 from chatterbox_vllm.models.s3gen import load_s3gen
+from flow_utils import flow_inputs
 
 
-def flow_case(s3gen, conds: Conditionals, rows: int, tokens: int, seed: int):
-    """Inputs of `ConditionalCFM.solve` for `rows` pieces of `tokens` tokens after the voice prompt."""
+def flow_case(s3gen, checkpoint, rows: int, tokens: int, seed: int):
+    """`solve`'s inputs for `rows` pieces of `tokens` tokens after the voice prompt, rows made to differ."""
+    noise, f = flow_inputs(s3gen, checkpoint, tokens)
     g = torch.Generator().manual_seed(seed)
-    ref = s3gen._ref_inputs(conds.gen)
-    speech = torch.randint(0, 6561, (1, tokens), generator=g)
-    f = s3gen.flow.prepare(speech, torch.tensor([tokens]), ref["prompt_token"], ref["prompt_token_len"],
-                           ref["prompt_feat"], ref["embedding"])  # fmt: skip
     shape = (rows, *f.mu.shape[1:])
-    mu = f.mu.expand(shape) + 0.1 * torch.randn(shape, generator=g)  # rows that differ
-    noise = torch.randn(shape, generator=g)
+    mu = f.mu.expand(shape) + 0.1 * torch.randn(shape, generator=g)
+    noise = noise.expand(shape) + 0.1 * torch.randn(shape, generator=g)
     return noise, f.mask.expand(rows, -1, -1), mu, f.spks.expand(rows, -1), f.cond.expand(shape)
 
 
 def test_compiled_blocks_match_eager_for_every_shape(english_tiny_checkpoint) -> None:
     directory, layout = resolve_model(str(english_tiny_checkpoint))
     s3gen = load_s3gen(directory / layout.s3gen, load_model_config(directory, layout).s3gen).eval()
-    conds = Conditionals.load(directory / layout.conds)
     cfm = s3gen.flow.decoder
     shapes = [(1, 10), (1, 33), (3, 17)]  # (rows, tokens)
-    cases = [flow_case(s3gen, conds, rows, tokens, seed) for seed, (rows, tokens) in enumerate(shapes)]
+    cases = [flow_case(s3gen, directory, rows, tokens, seed) for seed, (rows, tokens) in enumerate(shapes)]
     with torch.inference_mode():
         eager = [cfm.solve(*case, 3) for case in cases]
         assert not cfm.compiled
