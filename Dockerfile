@@ -7,10 +7,12 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The distribution's Python 3.12; versions follow the pinned base image.
+# The distribution's Python 3.12; versions follow the pinned base image. gcc and the Python headers: Triton builds
+# its kernel launcher with them at run time (vLLM's compiled model and S3Gen's compiled blocks).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv libsndfile1 ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev libsndfile1 \
+       ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 chatterbox \

@@ -275,6 +275,42 @@ async def burst(url: str, concurrency: int, fmt: str = "pcm") -> dict[str, Any]:
     }
 
 
+# Histogram totals of the server (same process) whose change over a sweep level says where its wall time went:
+# S3Gen's thread work, its batches, and T3's inter-token time (vLLM renamed that metric; either name counts).
+SERVER_TOTALS = {
+    "s3gen_work_s": ("chatterbox_s3gen_work_seconds_sum",),
+    "s3gen_work_items": ("chatterbox_s3gen_work_seconds_count",),
+    "s3gen_batches": ("chatterbox_s3gen_batch_size_count",),
+    "s3gen_rows": ("chatterbox_s3gen_batch_size_sum",),
+    "t3_inter_token_s": ("vllm:time_per_output_token_seconds_sum", "vllm:inter_token_latency_seconds_sum"),
+    "t3_inter_tokens": ("vllm:time_per_output_token_seconds_count", "vllm:inter_token_latency_seconds_count"),
+}
+
+
+def server_totals() -> dict[str, float]:
+    """The current SERVER_TOTALS, summed over label sets."""
+    from prometheus_client import REGISTRY
+
+    by_sample: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            by_sample[sample.name] = by_sample.get(sample.name, 0.0) + float(sample.value)
+    return {key: sum(by_sample.get(name, 0.0) for name in names) for key, names in SERVER_TOTALS.items()}
+
+
+def where_time_went(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, Any]:
+    """One sweep level's S3Gen busy fraction (near 1: S3Gen bounds it), its mean batch and T3's inter-token time."""
+    d = {key: after[key] - before[key] for key in after}
+    return {
+        "s3gen_busy_s": d["s3gen_work_s"],
+        "s3gen_busy_fraction": d["s3gen_work_s"] / wall_s if wall_s else None,
+        "s3gen_work_items": int(d["s3gen_work_items"]),
+        "s3gen_batches": int(d["s3gen_batches"]),
+        "s3gen_mean_batch_rows": d["s3gen_rows"] / d["s3gen_batches"] if d["s3gen_batches"] else None,
+        "t3_mean_inter_token_ms": 1000 * d["t3_inter_token_s"] / d["t3_inter_tokens"] if d["t3_inter_tokens"] else None,
+    }
+
+
 def bench_http(tts: ChatterboxTTS, settings: Settings, sweep: list[int], ttfb_repeats: int) -> dict[str, Any]:
     http_settings = settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS, "max_queue": max(sweep) + 8})
     with HTTPServer(tts, http_settings) as server:
@@ -285,7 +321,12 @@ def bench_http(tts: ChatterboxTTS, settings: Settings, sweep: list[int], ttfb_re
             ttfb[fmt] = {"median_ms": statistics.median(values), "all_ms": values}
         for c in sweep:  # unmeasured: S3Gen captures a CUDA graph the first time each batch shape appears
             asyncio.run(burst(server.url, c))
-        results = [asyncio.run(burst(server.url, c)) for c in sweep]
+        results = []
+        for c in sweep:
+            before = server_totals()
+            level = asyncio.run(burst(server.url, c))
+            level["server"] = where_time_went(before, server_totals(), level["wall_s"])
+            results.append(level)
     return {"ttfb": ttfb, "sweep": results, "sentence_tokens": SENTENCE_TOKENS}
 
 

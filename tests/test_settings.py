@@ -111,6 +111,7 @@ def test_constructor_limit_overrides_the_preset() -> None:
         ("CHATTERBOX_HOST", "127.0.0.1", "host", "127.0.0.1"),
         ("CHATTERBOX_PORT", "8080", "port", 8080),
         ("CHATTERBOX_S3GEN_DTYPE", "bfloat16", "s3gen_dtype", "bfloat16"),
+        ("CHATTERBOX_S3GEN_DTYPE", "float16", "s3gen_dtype", "float16"),
         ("CHATTERBOX_S3GEN_COMPILE", "true", "s3gen_compile", True),
     ],
 )

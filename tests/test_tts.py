@@ -125,7 +125,7 @@ def test_truncated_and_incomplete_checkpoints_fail_with_file_name(english_tiny_c
 
 
 def test_s3gen_options_place_the_tokenizer_and_pick_the_flow_dtype(english_tiny_checkpoint) -> None:
-    from chatterbox_vllm.tts import S3GenOptions
+    from chatterbox_vllm.tts import S3GenOptions, flow_compute_dtype
 
     tts = ChatterboxTTS.from_local(english_tiny_checkpoint, device="cpu", engine="torch")
     assert tts.s3gen.flow.decoder.compute_dtype is None  # float32 by default
@@ -137,4 +137,6 @@ def test_s3gen_options_place_the_tokenizer_and_pick_the_flow_dtype(english_tiny_
     assert not low.s3gen.flow.decoder.compiled  # compiled blocks only beside CUDA graphs (warmed up at start-up)
     assert low.s3gen.tokenizer.device == torch.device("cpu")
     assert S3GenOptions().flow_dtype == "float32" and not S3GenOptions().compile_flow
+    # half precision only on GPUs: on a CPU every setting computes in float32
+    assert all(flow_compute_dtype(name, torch.device("cpu")) is None for name in ("auto", "float16", "bfloat16"))
     assert not tts.s3gen.flow.decoder.compiled

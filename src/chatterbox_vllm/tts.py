@@ -55,12 +55,27 @@ class VocodeJob:
 @dataclass(frozen=True)
 class S3GenOptions:
     """Where and how S3Gen runs beside T3: the speech tokenizer's device when not the model's (the low preset puts
-    it on the CPU), the flow estimator's compute dtype on GPUs (bfloat16 under autocast, or float32) and whether
-    its blocks go through torch.compile (GPUs with CUDA graphs only)."""
+    it on the CPU), the flow estimator's compute dtype on GPUs (`flow_compute_dtype`) and whether its blocks go
+    through torch.compile (GPUs with CUDA graphs only). These defaults are the reference's float32, eager; the
+    server's settings default to float16 and compiled blocks (`Settings.s3gen_dtype`, `s3gen_compile`)."""
 
     tokenizer_device: str | None = None
     flow_dtype: str = "float32"
     compile_flow: bool = False
+
+
+def flow_compute_dtype(name: str, device: torch.device, *, low_memory: bool = False) -> torch.dtype | None:
+    """The flow estimator's autocast dtype for a `s3gen_dtype` setting; None for float32 throughout. Only GPUs
+    compute in half precision (on CPUs it is slower). "auto" takes float16 where tensor cores run it (compute
+    capability 7.0+; older GPUs run float16 far slower than float32), except with `low_memory` (the low preset):
+    autocast holds a float16 copy of the estimator's weights while it runs, which took the low preset's peak from
+    3.85 to 4.10 GiB on an H100."""
+    if device.type != "cuda" or name == "float32":
+        return None
+    if name == "auto":
+        tensor_cores = torch.cuda.get_device_capability(device) >= (7, 0)
+        return torch.float16 if tensor_cores and not low_memory else None
+    return getattr(torch, name)
 
 
 @dataclass(frozen=True)
@@ -210,11 +225,11 @@ class ChatterboxTTS:
         s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
         if s3gen_options.tokenizer_device is not None:
             s3gen.tokenizer.to(s3gen_options.tokenizer_device)
-        if device.type == "cuda" and s3gen_options.flow_dtype == "bfloat16":
-            s3gen.flow.decoder.compute_dtype = torch.bfloat16
         # S3Gen's ODE loop is launch-bound: replay it as CUDA graphs (see cfm_graphs), unless the engine was told to
         # run eagerly (the low-VRAM preset: graphs for every length bucket hold ~0.6 GiB).
-        if device.type == "cuda" and not (vllm_options is not None and vllm_options.enforce_eager):
+        graphs = device.type == "cuda" and not (vllm_options is not None and vllm_options.enforce_eager)
+        s3gen.flow.decoder.compute_dtype = flow_compute_dtype(s3gen_options.flow_dtype, device, low_memory=not graphs)
+        if graphs:
             s3gen.flow.decoder.enable_cuda_graphs(config.s3gen.flow.n_timesteps)
             if s3gen_options.compile_flow:
                 # Only beside graphs: warm_up_s3gen's first capture then compiles at start-up, not a request.
@@ -252,9 +267,19 @@ class ChatterboxTTS:
         graphs = self.s3gen.flow.decoder.graphs
         if graphs is None:
             return 0
+        frames = 2 * (max_prompt_tokens + max_new_tokens)
+        decoder = self.s3gen.flow.decoder
         with torch.inference_mode():
-            # With compiled blocks (s3gen_compile) the first capture compiles them too.
-            return graphs.capture_up_to(2 * (max_prompt_tokens + max_new_tokens), device=self.device)
+            if not decoder.compiled:
+                return graphs.capture_up_to(frames, device=self.device)
+            try:  # the first capture's warm-up run compiles the blocks (outside the graph)
+                return graphs.capture_up_to(frames, device=self.device)
+            except Exception as exc:  # Inductor's errors have no common base; any failure here means no kernels
+                log.warning("S3Gen's compiled blocks failed to build (%s: %s); running them eagerly",
+                            type(exc).__name__, exc)  # fmt: skip
+                decoder.uncompile_blocks()
+                decoder.enable_cuda_graphs(graphs.n_timesteps, graphs.bucket_frames)
+                return decoder.graphs.capture_up_to(frames, device=self.device)
 
     def close(self) -> None:
         """Stop the T3 engine (vLLM runs its engine core in a process of its own)."""

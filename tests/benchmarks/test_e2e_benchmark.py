@@ -33,6 +33,10 @@ def test_quick_run_then_report(tmp_path: Path) -> None:
     sweep = results["http"]["sweep"]
     assert [s["concurrency"] for s in sweep] == [1, 2] and all(s["failed"] == 0 for s in sweep)
     assert all(s["audio_s"] > 0 for s in sweep)
+    for level in sweep:  # where the level's time went, from the server's own metrics
+        server = level["server"]
+        assert server["s3gen_batches"] >= 1 and server["s3gen_mean_batch_rows"] >= 1
+        assert 0 < server["s3gen_busy_fraction"] < 1.01 and server["t3_mean_inter_token_ms"] > 0
     paragraph = results["paragraph"]
     assert paragraph["audio_s"] > 0 and paragraph["first_audio_s_median"] < paragraph["wall_s_median"]
     stages = results["stages"]

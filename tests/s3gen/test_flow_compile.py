@@ -42,3 +42,11 @@ def test_compiled_blocks_match_eager_for_every_shape(english_tiny_checkpoint) ->
     for got, want in zip(compiled, eager):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+    # the way back where Inductor cannot build kernels (start-up falls back to eager blocks)
+    cfm.uncompile_blocks()
+    with torch.inference_mode():
+        again = cfm.solve(*cases[0], 3)
+    assert not cfm.compiled
+    assert not torch.equal(compiled[0], eager[0])  # Inductor's fused kernels round differently ...
+    assert torch.equal(again, eager[0])  # ... so bit-equality says the eager blocks run again

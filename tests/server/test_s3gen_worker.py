@@ -60,18 +60,31 @@ def test_a_batch_gives_each_piece_its_own_audio(tts: ChatterboxTTS, jobs: list[V
         assert np.abs(alone).max() > 1e-3  # real audio, not silence matching silence
 
 
+def work_seen() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("chatterbox_s3gen_work_seconds_count") or 0.0
+    total = REGISTRY.get_sample_value("chatterbox_s3gen_work_seconds_sum") or 0.0
+    return count, total
+
+
 def test_pieces_waiting_together_leave_as_one_batch(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
     worker = S3GenWorker(tts, max_batch=8)
     try:
         gate = threading.Event()
+        before_work = work_seen()
         busy = worker.call(gate.wait, 30)  # holds the thread while the pieces queue up behind it
         before = batches_seen()
         futures = [worker.vocode(job) for job in jobs]
+        threading.Event().wait(0.3)
         gate.set()
         assert busy.result(timeout=30) is True
         wavs = [f.result(timeout=120) for f in futures]
         count, total = batches_seen()
         assert (count - before[0], total - before[1]) == (1, len(jobs))  # one batch holding every piece
+        # the thread's work is timed: the held call (>= 0.3 s) and the batch, two items (observed as each returns:
+        # the thread is stopped first)
+        worker.shutdown()
+        work_count, work_total = work_seen()
+        assert work_count - before_work[0] == 2 and work_total - before_work[1] >= 0.3
         for job, wav in zip(jobs, wavs, strict=True):
             np.testing.assert_allclose(wav, tts.vocode(job.tokens, job.conds, seed=job.seed), atol=2e-4, rtol=0)
     finally:

@@ -19,6 +19,12 @@ VOICES = Gauge("chatterbox_custom_voices", "Uploaded voices")
 S3GEN_BATCH = Histogram(
     "chatterbox_s3gen_batch_size", "Pieces vocoded together in one S3Gen batch", buckets=(1, 2, 4, 8, 16, 32, 64)
 )
+S3GEN_WORK = Histogram(
+    "chatterbox_s3gen_work_seconds",
+    "One piece of S3Gen thread work (a vocode batch, a partial vocode, a voice analysis); the sum against wall time "
+    "says whether S3Gen bounds throughput",
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+)
 T3_IN_ENGINE = Gauge(
     "chatterbox_t3_requests_in_engine",
     "T3 requests the engine holds, queued or decoding (read when scraped); a request whose client hung up leaves",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..tts import ChatterboxTTS, VocodeJob
-from .metrics import S3GEN_BATCH
+from .metrics import S3GEN_BATCH, S3GEN_WORK
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class S3GenWorker:
                 item.future.cancel()
 
     @staticmethod
+    @S3GEN_WORK.time()
     def _run_call(item: _Call) -> None:
         if not item.future.set_running_or_notify_cancel():
             return  # its request was cancelled while it waited
@@ -146,6 +147,7 @@ class S3GenWorker:
         except BaseException as exc:  # noqa: BLE001 - delivered to the request that asked
             item.future.set_exception(exc)
 
+    @S3GEN_WORK.time()
     def _run_batch(self, batch: list[_Vocode]) -> None:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:

@@ -8,6 +8,7 @@ ones (x, 0, 0, 0), and `v = (1 + r) v_cond - r v_uncond` with r = 0.7.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -16,6 +17,8 @@ from torch import nn
 from .config import CFMConfig
 from .cfm_graphs import CFMGraphs
 from .estimator import BasicTransformerBlock, CausalResnetBlock1D, ConditionalDecoder
+
+log = logging.getLogger(__name__)
 
 
 def time_grid(n_timesteps: int, scheduler: str, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -32,8 +35,8 @@ class ConditionalCFM(nn.Module):
         self.config = config
         self.estimator = ConditionalDecoder(config.estimator)
         self.graphs: CFMGraphs | None = None  # CUDA graphs of the loop, when enabled
-        # bfloat16: the estimator's matrix products and convolutions under autocast (the ODE state stays float32);
-        # None: the weights' dtype throughout (the reference's float32).
+        # float16 / bfloat16: the estimator's matrix products and convolutions under autocast (the ODE state stays
+        # float32); None: the weights' dtype throughout (the reference's float32).
         self.compute_dtype: torch.dtype | None = None
         self.compiled = False  # see compile_blocks
 
@@ -86,9 +89,30 @@ class ConditionalCFM(nn.Module):
         dtype = self.estimator.dtype
         x = noise.to(device=mu.device, dtype=dtype)
         mu, mask, spks, cond = (v.to(dtype) for v in (mu, mask, spks, cond))
+        out = self._integrate(x, mask, mu, spks, cond, n_timesteps)
+        if self.compute_dtype is not None and not bool(out.isfinite().all()):
+            self._leave_half_precision()
+            out = self._integrate(x, mask, mu, spks, cond, n_timesteps)
+        return out.to(in_dtype)
+
+    def _integrate(
+        self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+        n_timesteps: int,
+    ) -> torch.Tensor:  # fmt: skip
         if self.graphs is not None and self.graphs.supports(x, n_timesteps):
-            return self.graphs(x, mask, mu, spks, cond).to(in_dtype)
-        return self.solve(x, mask, mu, spks, cond, n_timesteps).to(in_dtype)
+            return self.graphs(x, mask, mu, spks, cond)
+        return self.solve(x, mask, mu, spks, cond, n_timesteps)
+
+    def _leave_half_precision(self) -> None:
+        """float16 saturates at 65504. Should some voice or text push the estimator past it, the mel turns inf/NaN:
+        from then on the flow computes in float32 (graphs recaptured as shapes come), instead of answering noise."""
+        log.warning(
+            "S3Gen's flow overflowed in %s; computing in float32 from now on (set CHATTERBOX_S3GEN_DTYPE=float32 "
+            "to start that way)", self.compute_dtype,
+        )  # fmt: skip
+        self.compute_dtype = None
+        if self.graphs is not None:
+            self.enable_cuda_graphs(self.graphs.n_timesteps, self.graphs.bucket_frames)
 
     def solve(
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
@@ -115,10 +139,19 @@ class ConditionalCFM(nn.Module):
         (rows, frames) bucket. CUDA-graph capture (`CFMGraphs`) records the compiled kernels as it records eager
         ones; the server compiles at start-up.
         """
-        for module in self.estimator.modules():
-            if isinstance(module, (BasicTransformerBlock, CausalResnetBlock1D)):
-                module.compile(dynamic=True)
+        for module in self._compilable_blocks():
+            module.compile(dynamic=True)
         self.compiled = True
+
+    def uncompile_blocks(self) -> None:
+        """Back to eager blocks (where Inductor cannot build its kernels, e.g. no C compiler for Triton's launcher).
+        `nn.Module.compile` keeps the compiled call in `_compiled_call_impl`; without it the module runs eagerly."""
+        for module in self._compilable_blocks():
+            module._compiled_call_impl = None
+        self.compiled = False
+
+    def _compilable_blocks(self) -> list[nn.Module]:
+        return [m for m in self.estimator.modules() if isinstance(m, (BasicTransformerBlock, CausalResnetBlock1D))]
 
     def enable_cuda_graphs(self, n_timesteps: int, bucket_frames: int = 64) -> None:
         """Replay the loop as CUDA graphs from now on (batch 1, `n_timesteps` steps, CUDA); see `cfm_graphs`."""
