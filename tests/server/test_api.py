@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -286,6 +287,13 @@ def test_health_and_metrics(server: Server) -> None:
     text = httpx.get(f"{server.url}/metrics").text
     assert "chatterbox_speech_requests_total" in text and "chatterbox_audio_seconds_total" in text
     assert "vllm:" in text  # the engine's own metrics share the registry
+    # every metric API_USAGE.md names is served (histograms and counters by their sample names)
+    usage = (Path(__file__).resolve().parents[2] / "API_USAGE.md").read_text()
+    documented = set(re.findall(r"`(chatterbox_[a-z0-9_]+)", usage))
+    assert "chatterbox_s3gen_work_seconds" in documented and len(documented) >= 9
+    served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("chatterbox_")}
+    for name in documented:
+        assert any(sample == name or sample.startswith(name + "_") for sample in served), name
 
 
 # ------------------------------------------------------------------------------------------------- voices
