@@ -39,6 +39,8 @@ from .voices import Voice
 PAUSE_SECONDS = 0.12  # silence between sentence pieces
 FADE_SECONDS = 0.005  # edges of each piece fade in/out: no clicks where pieces meet
 # Above this many requests in progress, first pieces are vocoded whole: throughput before first-audio latency.
+# Checked again before every partial vocode: a request that started alone stops making them when a burst arrives
+# (each runs alone on the S3Gen thread, ~80-120 ms on an H100, holding up the burst's batches).
 INCREMENTAL_MAX_ACTIVE = 4
 
 
@@ -99,6 +101,10 @@ class SpeechService:
 
     def release(self) -> None:
         self._active -= 1
+
+    def _few_active(self) -> bool:
+        """Whether partial vocodes (first audio sooner, at S3Gen time's cost) are worth it now."""
+        return self._active <= INCREMENTAL_MAX_ACTIVE
 
     # ------------------------------------------------------------------------------------------ prepare
     def language_for(self, request: SpeechRequest, voice: Voice) -> str | None:
@@ -182,7 +188,7 @@ class SpeechService:
         incremental = (
             streaming_engine
             and self.settings.stream_first_audio_tokens > 0
-            and self._active <= INCREMENTAL_MAX_ACTIVE
+            and self._few_active()
         )
         count = len(prepared.pieces)
 
@@ -245,7 +251,7 @@ class SpeechService:
         tokens: list[int] = []
         async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
             tokens.append(token)
-            if vocoder.due(len(tokens)):
+            if vocoder.due(len(tokens)) and self._few_active():
                 audio = await asyncio.wrap_future(self._s3gen.call(partial(vocoder.push, list(tokens), final=False)))
                 if len(audio):
                     yield audio
