@@ -144,8 +144,9 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(1000, ge=1, le=4096, description="speech tokens per text piece (25 = 1 s)")
     chunk_chars: int = Field(300, ge=20, le=2000, description="long input is synthesized in pieces of this size")
     parallel_pieces: int = Field(
-        4, ge=1, le=64, description="pieces of one input T3 decodes at once (vLLM): long input finishes sooner"
-    )
+        8, ge=1, le=64,
+        description="pieces of one input T3 decodes at once (vLLM; at most the batch size): long input finishes sooner",
+    )  # fmt: skip
     stream_first_audio_tokens: int = Field(
         10, ge=0, le=200, description="first audio leaves after this many speech tokens (0: after the first piece)"
     )

@@ -77,7 +77,8 @@ class SpeechService:
     def __init__(self, tts: ChatterboxTTS, settings: Settings) -> None:
         self.tts = tts
         self.settings = settings
-        self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, settings.limits().max_batch_size))
+        self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
+        self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, self._max_batch))
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         self._active = 0
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
@@ -178,12 +179,15 @@ class SpeechService:
         """Audio of each piece as soon as it is made (float32, 24 kHz); `usage` counts tokens as they go.
 
         With vLLM, up to `parallel_pieces` pieces decode at once (a long input finishes in about the time of its
-        longest piece, not the sum) and the first piece's audio leaves while T3 still writes it.
+        longest piece, not the sum) and the first piece's audio leaves while T3 still writes it. Every piece is
+        scheduled at once; a semaphore holds T3 to `parallel_pieces` of them, so the next piece starts the moment
+        any piece's tokens are done, not when the pieces before it have been delivered. Pieces take T3 slots in
+        order (the first one before any other), and their audio leaves in order.
         """
         usage["input_tokens"] = prepared.text_tokens
         usage["output_tokens"] = 0
         streaming_engine = hasattr(self.tts.engine, "stream_async")
-        window = self.settings.parallel_pieces if streaming_engine else 1
+        window = min(self.settings.parallel_pieces, self._max_batch) if streaming_engine else 1
         # Partial vocodes cost S3Gen time (the one worker is shared): only while few requests are in progress.
         incremental = (
             streaming_engine
@@ -199,47 +203,54 @@ class SpeechService:
             return SamplingParams(**{**prepared.params.__dict__, "seed": seed + index})
 
         futures: dict[int, asyncio.Future[tuple[int, np.ndarray]]] = {}
-        launched = 1 if incremental else 0  # an incremental first piece is decoded inline below
+        t3_slots = asyncio.Semaphore(window)
 
         async def piece_audio(index: int) -> tuple[int, np.ndarray]:
             """T3 then S3Gen for one piece: pieces whose tokens are ready together reach the S3Gen worker
             together, so it vocodes them as one batch (and with other requests' pieces)."""
             params = params_for(index)
-            tokens = await self._tokens(prepared.pieces[index], prepared, params)
+            async with t3_slots:
+                tokens = await self._tokens(prepared.pieces[index], prepared, params)
             wav = await asyncio.wrap_future(self._s3gen.vocode(VocodeJob(tokens, prepared.conds, params.seed)))
             return len(tokens), wav
 
-        def launch_until(stop: int) -> None:
-            nonlocal launched
-            while launched < min(stop, count):
-                futures[launched] = asyncio.ensure_future(piece_audio(launched))
-                launched += 1
-
         try:
+            first_slot_held = False
+            if incremental:  # the first piece is decoded inline below; its slot is taken before any other piece's
+                await t3_slots.acquire()
+                first_slot_held = True
+            for index in range(1 if incremental else 0, count):
+                futures[index] = asyncio.ensure_future(piece_audio(index))
             for index in range(count):
-                launch_until(index + window)  # T3 (and S3Gen) on the next pieces while this one is delivered
                 if index > 0:
                     yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
                 if index == 0 and incremental:
-                    async for audio in self._first_piece_incrementally(prepared, params_for(0), usage):
-                        yield audio
+                    first_slot_held = False  # handed over: released as soon as the first piece's tokens are done
+                    first_piece = self._first_piece_incrementally(prepared, params_for(0), usage, t3_slots)
+                    async with contextlib.aclosing(first_piece):  # a client gone mid-piece aborts its T3 now
+                        async for audio in first_piece:
+                            yield audio
                     continue
                 token_count, wav = await futures.pop(index)
                 usage["output_tokens"] += token_count
                 yield fade_edges(wav)
         finally:
+            if first_slot_held:
+                t3_slots.release()
+            pending = [future for future in futures.values() if not future.done()]
+            for future in pending:  # all at once: each cancel aborts a T3 request, and they need not queue
+                future.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*pending, return_exceptions=True)
             for future in futures.values():
-                if not future.done():
-                    future.cancel()
-                    with contextlib.suppress(BaseException):
-                        await future
-                elif not future.cancelled():
+                if future.done() and not future.cancelled():
                     future.exception()  # retrieved: the request's own failure is reported once, not per piece
 
     async def _first_piece_incrementally(
-        self, prepared: PreparedSpeech, params: SamplingParams, usage: dict[str, int]
+        self, prepared: PreparedSpeech, params: SamplingParams, usage: dict[str, int], t3_slot: asyncio.Semaphore
     ) -> AsyncIterator[np.ndarray]:
-        """The first piece's audio in growing parts while its tokens arrive (see `incremental`)."""
+        """The first piece's audio in growing parts while its tokens arrive (see `incremental`). Comes holding one
+        of `t3_slot`'s places and gives it back when T3 is done with the piece (or the request ends)."""
         vocoder = IncrementalVocoder(
             self.tts,
             prepared.conds,
@@ -249,12 +260,16 @@ class SpeechService:
         )
         text = prepared.pieces[0].to(self.tts.device)
         tokens: list[int] = []
-        async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
-            tokens.append(token)
-            if vocoder.due(len(tokens)) and self._few_active():
-                audio = await asyncio.wrap_future(self._s3gen.call(partial(vocoder.push, list(tokens), final=False)))
-                if len(audio):
-                    yield audio
+        try:
+            async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
+                tokens.append(token)
+                if vocoder.due(len(tokens)) and self._few_active():
+                    partial_vocode = partial(vocoder.push, list(tokens), final=False)
+                    audio = await asyncio.wrap_future(self._s3gen.call(partial_vocode))
+                    if len(audio):
+                        yield audio
+        finally:
+            t3_slot.release()
         usage["output_tokens"] += len(tokens)
         # The whole piece: a batch job like every other piece's, so it is vocoded together with those ready with it
         # (the other pieces of a long input finish their tokens at about the same time).
