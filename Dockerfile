@@ -27,7 +27,11 @@ COPY src ./src
 # hadolint ignore=DL3013
 RUN pip install ".[gpu]"
 
+# Compiled kernels live in the /models volume too (vLLM's torch.compile artifacts, Inductor's kernels for S3Gen's
+# compiled blocks): a restarted container reuses them instead of compiling again.
 ENV HF_HOME=/models/huggingface \
+    VLLM_CACHE_ROOT=/models/vllm \
+    TORCHINDUCTOR_CACHE_DIR=/models/torchinductor \
     CHATTERBOX_CACHE_DIR=/models/chatterbox \
     CHATTERBOX_VOICES_DIR=/voices \
     CHATTERBOX_HOST=0.0.0.0 \

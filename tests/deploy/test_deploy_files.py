@@ -33,6 +33,9 @@ def test_dockerfile() -> None:
     assert any("/health" in line for line in lines)
     assert any(line.startswith("VOLUME") and "/models" in line and "/voices" in line for line in lines)
     assert any("HF_HOME=/models/huggingface" in line for line in lines)
+    # compile caches in the volume: a restart does not compile again
+    assert any("VLLM_CACHE_ROOT=/models/" in line for line in lines)
+    assert any("TORCHINDUCTOR_CACHE_DIR=/models/" in line for line in lines)
     assert any(line.startswith("FROM nvidia/cuda:") for line in lines)
     assert any('".[gpu]"' in line for line in lines)
 
