@@ -502,7 +502,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "limits": settings.limits().__dict__,
         "s3gen": {"batch_size": settings.s3gen_batch_size, "dtype": settings.s3gen_dtype, "tf32": settings.tf32,
                   "compile": settings.s3gen_compile},
-        # 1 (vLLM's default, what `serve` runs): the engine core in a process of its own; 0: in this process
+        # As set; AsyncLLM (the server's engine) runs its engine core in a process of its own either way: the
+        # variable only keeps `vllm.LLM` in-process
         "vllm_multiprocessing": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"),
         "versions": versions(),
         "load_s": load_s,

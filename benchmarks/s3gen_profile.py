@@ -130,9 +130,9 @@ VARIANTS = {  # label: (TF32, compute dtype, compiled estimator blocks)
 def profile_batches(model: str, tokens: int, rows_list: list[int], variants: list[str] = list(VARIANTS),
                     progress: Callable[[dict], None] | None = None, device: str = "cuda") -> dict:  # fmt: skip
     """`ChatterboxTTS.vocode_batch` (flow graphs per batch shape + masked HiFT batch) per batch size, in float32,
-    TF32 and bfloat16 compute (`s3gen_dtype`), then TF32 and bfloat16 with the estimator's blocks compiled
-    (`s3gen_compile`); how far each moves a sentence's mel from float32; and how far a graphed batch lands from
-    each piece vocoded alone without graphs."""
+    TF32, bfloat16 and float16 compute (`s3gen_dtype`), then each with the estimator's blocks compiled
+    (`s3gen_compile`; `VARIANTS`); how far each moves a sentence's mel from the first variant run (fp32 when
+    listed); and how far a graphed batch lands from each piece vocoded alone without graphs."""
     out: dict = {"tokens_per_piece": tokens}
     tts = ChatterboxTTS.from_local(model, device=device, engine="torch")
     g = torch.Generator().manual_seed(0)

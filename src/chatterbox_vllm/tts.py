@@ -264,21 +264,19 @@ class ChatterboxTTS:
     def warm_up_s3gen(self, max_new_tokens: int, max_prompt_tokens: int = 250) -> int:
         """Capture S3Gen's CUDA graphs for every length a request can reach (prompt + speech tokens, 2 frames
         each) so no request pays a capture; a no-op without them (CPU). Returns the number captured."""
-        graphs = self.s3gen.flow.decoder.graphs
-        if graphs is None:
+        decoder = self.s3gen.flow.decoder
+        if decoder.graphs is None:
             return 0
         frames = 2 * (max_prompt_tokens + max_new_tokens)
-        decoder = self.s3gen.flow.decoder
         with torch.inference_mode():
-            if not decoder.compiled:
-                return graphs.capture_up_to(frames, device=self.device)
-            try:  # the first capture's warm-up run compiles the blocks (outside the graph)
-                return graphs.capture_up_to(frames, device=self.device)
+            try:  # with compiled blocks the first capture's warm-up run compiles them (outside the graph)
+                return decoder.graphs.capture_up_to(frames, device=self.device)
             except Exception as exc:  # Inductor's errors have no common base; any failure here means no kernels
+                if not decoder.compiled:
+                    raise
                 log.warning("S3Gen's compiled blocks failed to build (%s: %s); running them eagerly",
                             type(exc).__name__, exc)  # fmt: skip
-                decoder.uncompile_blocks()
-                decoder.enable_cuda_graphs(graphs.n_timesteps, graphs.bucket_frames)
+                decoder.uncompile_blocks()  # with fresh graphs
                 return decoder.graphs.capture_up_to(frames, device=self.device)
 
     def close(self) -> None:

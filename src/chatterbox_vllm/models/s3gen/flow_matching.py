@@ -111,8 +111,7 @@ class ConditionalCFM(nn.Module):
             "to start that way)", self.compute_dtype,
         )  # fmt: skip
         self.compute_dtype = None
-        if self.graphs is not None:
-            self.enable_cuda_graphs(self.graphs.n_timesteps, self.graphs.bucket_frames)
+        self._drop_graphs()
 
     def solve(
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
@@ -149,6 +148,13 @@ class ConditionalCFM(nn.Module):
         for module in self._compilable_blocks():
             module._compiled_call_impl = None
         self.compiled = False
+        self._drop_graphs()
+
+    def _drop_graphs(self) -> None:
+        """Forget the graphs captured so far (they replay the kernels of before); each shape is captured again as it
+        comes, with the same step count and buckets."""
+        if self.graphs is not None:
+            self.enable_cuda_graphs(self.graphs.n_timesteps, self.graphs.bucket_frames)
 
     def _compilable_blocks(self) -> list[nn.Module]:
         return [m for m in self.estimator.modules() if isinstance(m, (BasicTransformerBlock, CausalResnetBlock1D))]
