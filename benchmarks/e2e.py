@@ -4,8 +4,11 @@
 * t3: tokens/s of one stream (bandwidth bound: the bytes of T3's decode weights / the GPU's memory bandwidth);
 * paragraph: one ~20 s paragraph through the server's synthesis path (pieces, T3 in vLLM, S3Gen), audio seconds
   per wall second (RTF), time to first audio, and the per-stage split (T3, S3Gen flow, HiFT vocoder, mp3 encoding);
+* first_audio: where a lone streamed sentence's time to first audio goes (prompt, T3's first and Nth token, the
+  partial vocode's queueing and run), without HTTP;
 * ttfb: time to the first audio byte of one streamed sentence over HTTP (uvicorn on loopback, pcm and mp3);
-* sweep: 1/4/16/64 concurrent sentence requests over HTTP: aggregate RTF, latency, failures;
+* sweep: 1/4/16/64 concurrent sentence requests over HTTP: aggregate RTF, latency, failures, and per level where
+  the time went (S3Gen's busy fraction and batches, T3's inter-token time, prompt embeddings on the event loop);
 * vram (GPU): each preset in a child process of its own (`vram` subcommand) with torch capped to a budget:
   the peak device memory the whole process used.
 Random weights rarely sample T3's stop token, so each request is capped at the token count the real model would
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import json
@@ -156,6 +160,104 @@ def bench_paragraph(tts: ChatterboxTTS, settings: Settings, repeats: int) -> dic
         "rtf_best": best["audio_s"] / best["wall_s"],
         "first_audio_s_median": statistics.median(r["first_audio_s"] for r in runs),
     }
+
+
+class PromptEmbedsTimer:
+    """Times T3's prompt embeddings, which each new T3 request builds on the server's event loop (a GPU copy to
+    the host): a long one there stalls every stream the server is writing."""
+
+    def __init__(self, tts: ChatterboxTTS) -> None:
+        self.engine = tts.engine
+        self.seconds: list[float] = []
+
+    def __enter__(self) -> "PromptEmbedsTimer":
+        original = self.engine.prompt_embeds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds.append(time.perf_counter() - start)
+
+        self.engine.prompt_embeds = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.engine.prompt_embeds  # the class's method again
+
+    def summary(self) -> dict[str, Any]:
+        values = sorted(self.seconds)
+        return {
+            "prompt_embeds_count": len(values),
+            "prompt_embeds_median_ms": 1000 * statistics.median(values) if values else None,
+            "prompt_embeds_max_ms": 1000 * values[-1] if values else None,
+        }
+
+
+async def traced_first_audio(service: SpeechService, tts: ChatterboxTTS, text: str) -> dict[str, float]:
+    """One streamed sentence with the time (ms from the request) of each step on the way to its first audio."""
+    marks: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def mark(name: str) -> None:
+        marks.setdefault(name, 1000 * (time.perf_counter() - start))
+
+    engine, worker = tts.engine, service._s3gen
+    stream_async, call = engine.stream_async, worker.call
+    wanted = service.settings.stream_first_audio_tokens
+
+    async def traced_stream(*args: Any, **kwargs: Any) -> Any:
+        count = 0
+        async for token in stream_async(*args, **kwargs):
+            count += 1
+            mark("t3_first_token")
+            if count == wanted:
+                mark(f"t3_token_{wanted}")
+            yield token
+
+    def traced_call(fn: Any, *args: Any) -> Any:
+        mark("s3gen_partial_queued")
+
+        def run(*inner: Any) -> Any:
+            mark("s3gen_partial_started")
+            try:
+                return fn(*inner)
+            finally:
+                mark("s3gen_partial_done")
+
+        return call(run, *args)
+
+    engine.stream_async, worker.call = traced_stream, traced_call
+    try:
+        request = SpeechRequest(model="tts-1", input=text, voice="alloy", response_format="pcm")
+        with PromptEmbedsTimer(tts) as embeds:
+            prepared = await service.prepare(request, BUILTIN)
+            mark("prepared")
+            async with contextlib.aclosing(service.stream(prepared, {})) as audio:  # closed: T3 stops at once
+                async for wav in audio:
+                    if len(wav):
+                        mark("first_audio")
+                        break
+        marks["prompt_embeds"] = 1000 * sum(embeds.seconds)
+    finally:
+        del engine.stream_async, worker.call
+    return marks
+
+
+def bench_first_audio(tts: ChatterboxTTS, settings: Settings, repeats: int) -> dict[str, Any]:
+    """Where a lone streamed sentence's time to first audio goes, without HTTP: median ms of each mark over runs
+    (the HTTP first byte minus `first_audio` is the server's own share)."""
+    if not hasattr(tts.engine, "stream_async"):
+        return {}
+    service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
+    try:
+        asyncio.run(traced_first_audio(service, tts, SENTENCE))  # warm
+        runs = [asyncio.run(traced_first_audio(service, tts, SENTENCE)) for _ in range(repeats)]
+    finally:
+        service.close()
+    names = sorted({name for run in runs for name in run}, key=lambda n: statistics.median(r.get(n, 0) for r in runs))
+    return {"median_ms": {name: statistics.median(r[name] for r in runs if name in r) for name in names}, "runs": runs}
 
 
 def bench_stages(tts: ChatterboxTTS, settings: Settings) -> dict[str, float]:
@@ -324,8 +426,9 @@ def bench_http(tts: ChatterboxTTS, settings: Settings, sweep: list[int], ttfb_re
         results = []
         for c in sweep:
             before = server_totals()
-            level = asyncio.run(burst(server.url, c))
-            level["server"] = where_time_went(before, server_totals(), level["wall_s"])
+            with PromptEmbedsTimer(tts) as embeds:
+                level = asyncio.run(burst(server.url, c))
+            level["server"] = {**where_time_went(before, server_totals(), level["wall_s"]), **embeds.summary()}
             results.append(level)
     return {"ttfb": ttfb, "sweep": results, "sentence_tokens": SENTENCE_TOKENS}
 
@@ -525,6 +628,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tts, settings.model_copy(update={"chunk_chars": chars}), repeats=1 if args.quick else 3
             )
         print("paragraph", json.dumps(report["paragraph"]), flush=True)
+        report["first_audio"] = bench_first_audio(tts, settings, repeats=2 if args.quick else 7)
+        print("first_audio", json.dumps(report["first_audio"].get("median_ms")), flush=True)
         report["stages"] = bench_stages(tts, settings)
         print("stages", json.dumps(report["stages"]), flush=True)
         report["http"] = bench_http(tts, settings, args.sweep, ttfb_repeats=2 if args.quick else 5)

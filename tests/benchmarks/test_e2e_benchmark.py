@@ -33,8 +33,16 @@ def test_quick_run_then_report(tmp_path: Path) -> None:
     sweep = results["http"]["sweep"]
     assert [s["concurrency"] for s in sweep] == [1, 8] and all(s["failed"] == 0 for s in sweep)
     assert all(s["audio_s"] > 0 for s in sweep)
+    # where a lone sentence's first audio time went, step by step in order
+    marks = results["first_audio"]["median_ms"]
+    order = ["prepared", "t3_first_token", "t3_token_10", "s3gen_partial_queued", "s3gen_partial_started",
+             "s3gen_partial_done", "first_audio"]  # fmt: skip
+    assert set(order) <= set(marks), marks
+    assert all(marks[a] <= marks[b] for a, b in zip(order, order[1:])) and marks["prompt_embeds"] > 0
     for level in sweep:  # where the level's time went, from the server's own metrics
         server = level["server"]
+        assert server["prompt_embeds_count"] == level["concurrency"]  # one piece each, timed on the event loop
+        assert 0 < server["prompt_embeds_median_ms"] <= server["prompt_embeds_max_ms"]
         assert server["s3gen_batches"] >= 1 and server["s3gen_mean_batch_rows"] >= 1
         assert 0 < server["s3gen_busy_fraction"] < 1.01 and server["t3_mean_inter_token_ms"] > 0
     # S3Gen's work items beyond its batches are partial vocodes: a lone request makes them (first audio sooner);

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,24 @@ def test_a_bad_piece_fails_alone_and_cancelled_ones_are_skipped(tts: ChatterboxT
         assert worker.call(lambda: 42).result(timeout=30) == 42
     finally:
         worker.shutdown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams: runs on the GPU machine")
+def test_gpu_work_queued_by_the_worker_does_not_stall_other_threads_copies(english_tiny_checkpoint: Path) -> None:
+    """A new request's prompt embeddings are copied to the host on the event loop while S3Gen's kernels are queued:
+    on one shared stream that copy would wait for all of them."""
+    cuda_tts = ChatterboxTTS.from_local(english_tiny_checkpoint, device="cuda", engine="torch")
+    worker = S3GenWorker(cuda_tts, max_batch=8)
+    try:
+        assert worker.call(lambda: torch.cuda.current_stream() != torch.cuda.default_stream()).result(timeout=30)
+        worker.call(torch.cuda._sleep, 2_000_000_000).result(timeout=30)  # ~1 s of GPU cycles, queued, not finished
+        start = time.perf_counter()
+        (torch.arange(16, device="cuda") * 2).cpu()  # what prompt_embeds does on the event loop's thread
+        copy_s = time.perf_counter() - start
+        worker.call(torch.cuda.current_stream().synchronize).result(timeout=30)
+        slept_s = time.perf_counter() - start
+        assert slept_s > 0.3  # the GPU really was busy that long
+        assert copy_s < slept_s / 3
+    finally:
+        worker.shutdown()
+        cuda_tts.close()
