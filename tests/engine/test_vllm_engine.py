@@ -288,3 +288,27 @@ def test_engine_choice() -> None:
     assert resolve_engine_kind("auto") == "vllm"  # vLLM is installed and imports here
     with pytest.raises(ValueError, match="auto, vllm, torch"):
         resolve_engine_kind("tensorrt")
+
+
+def test_a_burst_of_seeded_long_prompts_leaves_the_engine_alive(english: Setup) -> None:
+    """vLLM's CPU backend dies when a seeded request's prefill is split across steps (it rewinds the request's
+    generator, which CPU generators cannot do; seen with 64 seeded streams at once, benchmarks/contention.py).
+    Prompts are prefilled whole on CPU, so a burst of seeded requests whose prompts together exceed one step's
+    budget decodes, each as it would alone."""
+    scheduler = english.engine.llm.vllm_config.scheduler_config
+    assert scheduler.enable_chunked_prefill is False
+    text = encode(english.tokenizer, "A long prompt for the scheduler, said again and again. " * 7)
+    prompt = english.config.cond_len + text.numel() + 2
+    requests = 8
+    assert prompt * requests > scheduler.max_num_batched_tokens  # the burst cannot be prefilled in one step
+    params = [SamplingParams(seed=100 + i, max_new_tokens=6) for i in range(requests)]
+
+    async def run_all() -> list[list[int]]:
+        async def one(p: SamplingParams) -> list[int]:
+            return [t async for t in english.engine.stream_async(text, english.cond, p)]
+
+        return await asyncio.gather(*(one(p) for p in params))
+
+    burst = asyncio.run(run_all())
+    assert burst == [english.engine.generate(text, english.cond, p) for p in params]
+    assert all(len(tokens) == 6 for tokens in burst)

@@ -12,6 +12,7 @@ prefixes of different requests do not have equal keys.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import math
@@ -51,6 +52,10 @@ class VLLMOptions:
     enforce_eager: bool = False
     dtype: str = "auto"
     seed: int = 0
+    # Prompts prefilled whole, never in chunks: vLLM's CPU backend (0.32) kills its engine when a seeded request's
+    # prefill is split (it rewinds the request's generator, which CPU generators cannot do), which any burst of
+    # requests with a `seed` whose prompts exceed one step's token budget would do. None: on CPU only.
+    whole_prefills: bool | None = None
 
     @classmethod
     def from_limits(cls, limits: EngineLimits, device: torch.device, *, explicit_dtype: bool = True) -> "VLLMOptions":
@@ -91,7 +96,11 @@ def _prepare_process_environment() -> None:
 
 def engine_kwargs(model_dir: Path, options: VLLMOptions) -> dict[str, Any]:
     """vLLM engine arguments for a prepared T3 model directory (AsyncLLM here; `vllm.LLM` in diagnostics)."""
+    whole_prefills: dict[str, Any] = {}
+    if options.whole_prefills:  # a step's budget then takes the longest prompt whole
+        whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=options.max_model_len)
     return dict(
+        **whole_prefills,
         model=str(model_dir),
         skip_tokenizer_init=True,
         enable_prompt_embeds=True,
@@ -138,8 +147,10 @@ class VLLMT3Engine:
 
         self.prefix_model = prefix_model
         self.config: T3Config = prefix_model.config
-        self.options = options
         self.device = prefix_model.device
+        if options.whole_prefills is None:
+            options = dataclasses.replace(options, whole_prefills=self.device.type == "cpu")
+        self.options = options
         model_dir = prepare_model_dir(t3_weights, self.config, cache_dir)
         self._args = AsyncEngineArgs(**engine_kwargs(model_dir, options))
         self._ids = itertools.count()
