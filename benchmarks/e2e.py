@@ -414,7 +414,10 @@ def where_time_went(before: dict[str, float], after: dict[str, float], wall_s: f
 
 
 def bench_http(tts: ChatterboxTTS, settings: Settings, sweep: list[int], ttfb_repeats: int) -> dict[str, Any]:
-    http_settings = settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS, "max_queue": max(sweep) + 8})
+    http_settings = settings.model_copy(update={
+        "max_new_tokens": SENTENCE_TOKENS, "max_queue": max(sweep) + 8,
+        "gil_switch_interval_ms": 1000 * sys.getswitchinterval(),  # the app sets it at start: keep the run's
+    })  # fmt: skip
     with HTTPServer(tts, http_settings) as server:
         asyncio.run(burst(server.url, 1))  # warm
         ttfb: dict[str, Any] = {}
@@ -591,8 +594,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.chunk_chars:
         overrides["chunk_chars"] = args.chunk_chars
     settings = Settings(**overrides)
-    if args.switch_interval:
-        sys.setswitchinterval(args.switch_interval[0])
+    # The server's GIL switch interval (it sets it at start) for every part, unless the command sets its own
+    sys.setswitchinterval(args.switch_interval[0] if args.switch_interval else settings.gil_switch_interval_ms / 1000)
     start = time.perf_counter()
     tts = ChatterboxTTS.from_settings(settings)
     load_s = time.perf_counter() - start

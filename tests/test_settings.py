@@ -113,6 +113,7 @@ def test_constructor_limit_overrides_the_preset() -> None:
         ("CHATTERBOX_S3GEN_DTYPE", "bfloat16", "s3gen_dtype", "bfloat16"),
         ("CHATTERBOX_S3GEN_DTYPE", "float16", "s3gen_dtype", "float16"),
         ("CHATTERBOX_S3GEN_COMPILE", "true", "s3gen_compile", True),
+        ("CHATTERBOX_GIL_SWITCH_INTERVAL_MS", "1.5", "gil_switch_interval_ms", 1.5),
     ],
 )
 def test_each_variable_sets_exactly_its_field(
@@ -163,6 +164,7 @@ def test_boolean_parsing(monkeypatch: pytest.MonkeyPatch, text: str, value: bool
         ("CHATTERBOX_ENGINE", "tensorrt", "engine", "vllm"),
         ("CHATTERBOX_DTYPE", "int8", "dtype", "bfloat16"),
         ("CHATTERBOX_DEVICE", "gpu", "device", "cuda:N"),
+        ("CHATTERBOX_GIL_SWITCH_INTERVAL_MS", "0", "gil_switch_interval_ms", "greater than 0"),
     ],
 )
 def test_invalid_values_name_the_field(

@@ -165,6 +165,15 @@ class Settings(BaseSettings):
         description="S3Gen flow estimator's blocks through torch.compile where CUDA graphs run (not the low preset): "
         "fused kernels, ~1.3x faster in float16, compiled at start-up (~25 s; eager if Inductor fails)",
     )
+    gil_switch_interval_ms: float = Field(
+        0.2,
+        gt=0,
+        le=100,
+        description="how long a Python thread of the server may keep the GIL while another waits (Python: 5). S3Gen "
+        "launches its kernels from a thread of its own, and beside a busy thread (the event loop under load) it "
+        "waits up to this long for almost every launch: on an H100 its first partial vocode, 0.14 s alone, took "
+        "2.8 s beside a busy thread at 1 ms and 0.77 s at 0.2 ms (BENCHMARKS.md)",
+    )
     tf32: bool = Field(
         True,
         description="float32 matrix products of S3Gen and the voice encoder on TF32 tensor cores (GPUs from Ampere "

@@ -30,6 +30,7 @@ def test_quick_run_then_report(tmp_path: Path) -> None:
         assert results[key] == summary[key]  # results files carry the headline keys at the top level
     assert summary["device"].startswith("CPU") and summary["command"].startswith("python ")
     assert summary["rtf_aggregate_64"] is None  # not measured in this sweep, and said so
+    assert abs(results["switch_interval_s"] - 0.0002) < 1e-9  # the server's GIL switch interval, as it runs
     sweep = results["http"]["sweep"]
     assert [s["concurrency"] for s in sweep] == [1, 8] and all(s["failed"] == 0 for s in sweep)
     assert all(s["audio_s"] > 0 for s in sweep)

@@ -229,6 +229,43 @@ def test_cancelling_an_async_consumer_frees_the_request(english: Setup) -> None:
         assert usage == 0.0
 
 
+def test_generate_async_gives_the_streams_tokens_at_once(english: Setup) -> None:
+    params = [SamplingParams(seed=7 + i, max_new_tokens=20 + 5 * i) for i in range(4)]
+
+    async def run_all() -> list[list[int]]:
+        return await asyncio.gather(*(english.engine.generate_async(english.tokens(i % 3), english.cond, p)
+                                      for i, p in enumerate(params)))  # fmt: skip
+
+    together = asyncio.run(run_all())
+    alone = [english.engine.generate(english.tokens(i % 3), english.cond, p) for i, p in enumerate(params)]
+    assert together == alone
+    assert [len(t) for t in together] == [20, 25, 30, 35]
+
+
+def test_cancelling_generate_async_frees_the_request(english: Setup) -> None:
+    start = time.monotonic()
+    whole = english.engine.generate(english.tokens(2), english.cond, greedy(0.5, max_new_tokens=400))
+    whole_s = time.monotonic() - start
+    assert len(whole) == 400  # greedy on this text never samples the stop token: the request runs to its cap
+
+    async def scenario() -> None:
+        task = asyncio.create_task(
+            english.engine.generate_async(english.tokens(2), english.cond, greedy(0.5, max_new_tokens=400))
+        )
+        deadline = time.monotonic() + 30
+        while english.engine.num_unfinished_requests() == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert english.engine.num_unfinished_requests() == 1  # decoding
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    cancelled = time.monotonic()
+    _wait_until_idle(english.engine)
+    assert time.monotonic() - cancelled < whole_s / 2  # aborted, not decoded to its end
+
+
 # ----------------------------------------------------------------------------------------------- stop
 @pytest.fixture(scope="module")
 def stop_prone(english_tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):

@@ -161,11 +161,12 @@ def test_gpu_work_queued_by_the_worker_does_not_stall_other_threads_copies(engli
     worker = S3GenWorker(cuda_tts, max_batch=8)
     try:
         assert worker.call(lambda: torch.cuda.current_stream() != torch.cuda.default_stream()).result(timeout=30)
+        (torch.arange(16, device="cuda") * 2).cpu()  # this thread's allocation cached (a cudaMalloc would wait)
         worker.call(torch.cuda._sleep, 2_000_000_000).result(timeout=30)  # ~1 s of GPU cycles, queued, not finished
         start = time.perf_counter()
         (torch.arange(16, device="cuda") * 2).cpu()  # what prompt_embeds does on the event loop's thread
         copy_s = time.perf_counter() - start
-        worker.call(torch.cuda.current_stream().synchronize).result(timeout=30)
+        worker.call(lambda: torch.cuda.current_stream().synchronize()).result(timeout=30)  # the worker's stream
         slept_s = time.perf_counter() - start
         assert slept_s > 0.3  # the GPU really was busy that long
         assert copy_s < slept_s / 3

@@ -1,8 +1,9 @@
 """The production T3 engine: vLLM's AsyncLLM (continuous batching, paged KV cache, CUDA graphs).
 
 The engine owns one event loop in a background thread, where AsyncLLM lives. Callers may be synchronous
-(`generate`, `stream`: ChatterboxTTS, the CLI) or asynchronous on any other loop (`stream_async`: the server); each
-request is pumped from the engine loop to the caller. Closing a stream early (a client that hangs up) aborts the
+(`generate`, `stream`: ChatterboxTTS, the CLI) or asynchronous on any other loop (the server: `stream_async` token
+by token where audio leaves early, `generate_async` all at once otherwise); each request is pumped from the engine
+loop to the caller. Closing a stream early (a client that hangs up) aborts the
 request, which frees its KV cache at once.
 
 Prefix caching stays off: a request's prompt positions depend on its length (see `vllm_t3/model.py`), so equal
@@ -12,6 +13,7 @@ prefixes of different requests do not have equal keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -117,8 +119,11 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions) -> dict[str, Any]:
     )
 
 
-def vllm_sampling_params(params: SamplingParams, config: T3Config, *, min_tokens: int = 0) -> Any:
-    """Our sampling settings as vLLM's (CFG weight and T3's repetition penalty ride in extra_args)."""
+def vllm_sampling_params(
+    params: SamplingParams, config: T3Config, *, min_tokens: int = 0, final_only: bool = False
+) -> Any:
+    """Our sampling settings as vLLM's (CFG weight and T3's repetition penalty ride in extra_args). `final_only`:
+    vLLM hands over the request's tokens once, at its end, rather than after every step."""
     import vllm
     from vllm.sampling_params import RequestOutputKind
 
@@ -132,7 +137,7 @@ def vllm_sampling_params(params: SamplingParams, config: T3Config, *, min_tokens
         stop_token_ids=[config.stop_speech_token],
         repetition_penalty=1.0,  # T3's own penalty runs in CFGLogitsProcessor
         extra_args={CFG_WEIGHT: float(params.cfg_weight), REPETITION_PENALTY: float(params.repetition_penalty)},
-        output_kind=RequestOutputKind.DELTA,
+        output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
         detokenize=False,
     )
 
@@ -181,8 +186,8 @@ class VLLMT3Engine:
         uncond = rows[1] if rows.shape[0] == 2 else rows[0]
         return torch.cat((rows[0], uncond), dim=-1).to(device="cpu", dtype=self.dtype)
 
-    def _sampling_params(self, params: SamplingParams) -> Any:
-        return vllm_sampling_params(params, self.config)
+    def _sampling_params(self, params: SamplingParams, *, final_only: bool = False) -> Any:
+        return vllm_sampling_params(params, self.config, final_only=final_only)
 
     def _check(self, text_tokens: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         tokens = check_text_tokens(text_tokens, self.config).to(self.device)
@@ -214,12 +219,14 @@ class VLLMT3Engine:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
             emit(exc)
 
-    def _submit(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams, emit: Any) -> Future:
+    def _submit(
+        self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams, emit: Any, *, final_only: bool = False
+    ) -> Future:
         tokens = self._check(text_tokens, params)
         embeds = self.prompt_embeds(tokens, cond, params)
         request_id = f"t3-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         return asyncio.run_coroutine_threadsafe(
-            self._produce(request_id, embeds, self._sampling_params(params), emit), self._loop
+            self._produce(request_id, embeds, self._sampling_params(params, final_only=final_only), emit), self._loop
         )
 
     def stream(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
@@ -257,6 +264,37 @@ class VLLMT3Engine:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+        finally:
+            future.cancel()
+
+    async def generate_async(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
+        """All of a request's tokens at once, for a caller on any event loop that needs no token early: vLLM
+        delivers them once (FINAL_ONLY) and the caller's loop wakes once per request, where token by token 64
+        streams wake both loops ~10,000 times a second, each wake-up holding the GIL that S3Gen's thread needs to
+        launch its kernels.
+        Cancelling the caller aborts the request."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[list[int]] = loop.create_future()
+        tokens: list[int] = []
+
+        def settle(outcome: list[int] | BaseException) -> None:
+            if result.done():  # the caller was cancelled
+                return
+            if isinstance(outcome, BaseException):
+                result.set_exception(outcome)
+            else:
+                result.set_result(outcome)
+
+        def emit(item: Any) -> None:  # on the engine's thread
+            if item is _DONE or isinstance(item, BaseException):
+                with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
+                    loop.call_soon_threadsafe(settle, tokens if item is _DONE else item)
+            else:
+                tokens.append(item)
+
+        future = self._submit(text_tokens, cond, params, emit, final_only=True)
+        try:
+            return await result
         finally:
             future.cancel()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 def _serve(state: ModelState, tts: ChatterboxTTS, settings: Settings) -> None:
     """Build what requests use around a loaded model, then mark the state ready."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # see the setting: S3Gen's launches wait on it
     service = SpeechService(tts, settings)
     try:
         voices = VoiceLibrary(

@@ -166,8 +166,8 @@ class SpeechService:
     async def _tokens(self, text: torch.Tensor, prepared: PreparedSpeech, params: SamplingParams) -> list[int]:
         engine = self.tts.engine
         text = text.to(self.tts.device)
-        if hasattr(engine, "stream_async"):
-            return [token async for token in engine.stream_async(text, prepared.conds.t3, params)]
+        if hasattr(engine, "generate_async"):  # one wake-up of this loop per piece, not per token
+            return await engine.generate_async(text, prepared.conds.t3, params)
 
         def run() -> list[int]:
             with self._torch_t3_lock:
