@@ -2,12 +2,7 @@
 # On the GPU machine, once the parts are in /root/stage: benchmarks/contention.py as is, then under NVIDIA MPS
 # (when the image has its control daemon). JSON and logs land in $OUT.
 set -uo pipefail
-bash benchmarks/device/install.sh || exit 1
-export PYTHONPATH=/root/site:$PWD/src VLLM_ENABLE_V1_MULTIPROCESSING=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-[ -e /root/ckpt/english/.done ] || {
-  python3 -m chatterbox_vllm.cli make-checkpoint --variant english --size full --seed 0 --out /root/ckpt/english &&
-    touch /root/ckpt/english/.done
-} || exit 1
+source benchmarks/device/prepare.sh
 python3 benchmarks/contention.py --model /root/ckpt/english --out "$OUT/contention-plain.json" > "$OUT/contention-plain.txt" 2>&1
 echo "plain rc=$?"; tail -1 "$OUT/contention-plain.txt" | cut -c1-2000
 if command -v nvidia-cuda-mps-control >/dev/null; then
