@@ -79,6 +79,29 @@ class Background:
         return self.done / self.seconds if self.seconds else 0.0
 
 
+def s3gen_workload(tts: ChatterboxTTS) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The two S3Gen calls timed here: a stream's first partial vocode (10 tokens) and a batch of 16 sentences."""
+    g = torch.Generator().manual_seed(0)
+    tokens = [torch.randint(0, 6561, (SENTENCE_TOKENS,), generator=g).tolist() for _ in range(16)]
+    jobs = [VocodeJob(t, tts.default_conds, seed=i) for i, t in enumerate(tokens)]
+
+    def partial() -> None:
+        tts.vocode(tokens[0][:10], tts.default_conds, seed=0)
+
+    def batch16() -> None:
+        tts.vocode_batch(jobs)
+
+    return partial, batch16
+
+
+def python_busy() -> int:
+    """Pure Python for ~1 ms: what a busy event loop does to the GIL."""
+    total = 0
+    for i in range(20_000):
+        total += i * i
+    return 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -91,16 +114,8 @@ def main() -> None:
     tts = ChatterboxTTS.from_settings(settings)
     tts.warm_up_s3gen(400)
     conds = tts.default_conds
-    g = torch.Generator().manual_seed(0)
-    tokens = [torch.randint(0, 6561, (SENTENCE_TOKENS,), generator=g).tolist() for _ in range(16)]
-    jobs = [VocodeJob(t, conds, seed=i) for i, t in enumerate(tokens)]
+    partial, batch16 = s3gen_workload(tts)
     text = tts.text_tokens("The quick brown fox jumps over the lazy dog, twice, before breakfast.").to(tts.device)
-
-    def partial() -> None:
-        tts.vocode(tokens[0][:10], conds, seed=0)
-
-    def batch16() -> None:
-        tts.vocode_batch(jobs)
 
     def t3_streams(streams: int, new_tokens: int) -> Callable[[], int]:
         async def many() -> int:
@@ -112,12 +127,6 @@ def main() -> None:
 
         return lambda: asyncio.run(many())
 
-    def python_busy() -> int:
-        total = 0
-        for i in range(20_000):
-            total += i * i
-        return 1
-
     def s3gen_figures() -> dict[str, float]:
         return {"partial_10_tokens_ms": 1000 * timed(partial, 7), "batch16_ms": 1000 * timed(batch16, 3)}
 
@@ -125,7 +134,8 @@ def main() -> None:
         for fn in (partial, batch16):  # graphs of these shapes captured, compiled blocks warm
             fn()
         t3_streams(1, 16)()
-        report: dict[str, Any] = {"label": args.label, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        report: dict[str, Any] = {"label": args.label, "device": device}
         report["s3gen_alone"] = s3gen_figures()
         for streams in (1, 64):
             start = time.perf_counter()

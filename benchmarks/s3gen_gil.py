@@ -12,26 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from chatterbox_vllm.tts import ChatterboxTTS, VocodeJob
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from contention import Background, python_busy, s3gen_workload, timed  # noqa: E402
 
-
-def timed(fn: Any, repeats: int) -> float:
-    values = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        values.append(time.perf_counter() - start)
-    return statistics.median(values)
+from chatterbox_vllm.tts import ChatterboxTTS  # noqa: E402
 
 
 def main() -> None:
@@ -42,22 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     tts = ChatterboxTTS.from_local(args.model, device="cuda", engine="torch")
     tts.warm_up_s3gen(100)
-    g = torch.Generator().manual_seed(0)
-    tokens = [torch.randint(0, 6561, (75,), generator=g).tolist() for _ in range(16)]
-    jobs = [VocodeJob(t, tts.default_conds, seed=i) for i, t in enumerate(tokens)]
-
-    def partial() -> None:
-        tts.vocode(tokens[0][:10], tts.default_conds, seed=0)
-
-    def batch16() -> None:
-        tts.vocode_batch(jobs)
-
-    stop = threading.Event()
-
-    def busy() -> None:
-        while not stop.is_set():
-            sum(i * i for i in range(10_000))
-
+    partial, batch16 = s3gen_workload(tts)
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     with torch.inference_mode():
         partial(), batch16()
@@ -65,15 +41,9 @@ def main() -> None:
         print(json.dumps(report), flush=True)
         for interval in args.intervals:
             sys.setswitchinterval(interval)
-            stop.clear()
-            thread = threading.Thread(target=busy, daemon=True)
-            thread.start()
-            try:
+            with Background(python_busy):
                 report[f"beside_busy_thread_switch_{interval:g}"] = {
                     "partial_ms": 1000 * timed(partial, 1), "batch16_ms": 1000 * timed(batch16, 1)}  # fmt: skip
-            finally:
-                stop.set()
-                thread.join()
             print(json.dumps(report), flush=True)
         sys.setswitchinterval(0.005)
         # A copy on the default stream while S3Gen's worker thread has GPU work queued on its own stream
