@@ -3,7 +3,8 @@
 benchmarks/contention.py found S3Gen's first partial vocode 175x slower beside a thread running pure Python
 (82 ms -> 14 s on an H100): each eager kernel launch needs the GIL, and a busy thread keeps it for Python's whole
 switch interval (5 ms, the default, measured there). The server's event loop and vLLM's output thread are such
-threads under load. This times S3Gen alone and beside one busy thread at several switch intervals (no vLLM needed: T3 loads in PyTorch):
+threads under load. This times S3Gen alone and beside one busy thread at several switch intervals (no vLLM
+needed: T3 loads in PyTorch):
 
     python benchmarks/s3gen_gil.py --model /ckpt/english --out gil.json
 """
