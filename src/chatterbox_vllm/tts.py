@@ -24,7 +24,6 @@ from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
 from .settings import Settings
 from .models.s3gen import S3Gen, load_s3gen
-from .models.s3gen.config import MEL_BINS
 from .models.s3gen.flow import FlowRow
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .text.languages import SUPPORTED_LANGUAGES, validate_language
@@ -398,8 +397,8 @@ class ChatterboxTTS:
             frames = 2 * (prompt_token.numel() + len(valid))  # the flow's frames: 2 per token, prompt included
             noise = job.noise
             if noise is None:  # drawn as the flow draws it alone: [1, 80, frames] from the job's generator
-                noise = torch.randn(
-                    (1, MEL_BINS, frames), generator=generator, dtype=self.s3gen.dtype,
+                noise = self.s3gen.flow.draw_noise(
+                    frames, len(valid), generator, dtype=self.s3gen.dtype,
                     device=generator.device if generator is not None else self.device,
                 )  # fmt: skip
             rows.append(

@@ -3,7 +3,8 @@
 Defaults are the published model (chatterbox 0.1.7 `S3Token2Wav`); published checkpoints carry no config, so these
 numbers are the contract with `s3gen.safetensors` / `s3gen.pt`. `tiny()` shrinks widths and depths for tests but
 keeps everything other parts rely on: the 6561-token speech vocabulary, 80 mel bins, the 192-wide x-vector,
-sample rates and hop sizes.
+sample rates and hop sizes. `meanflow_model()` is Turbo's and Nano's mean-flow S3Gen (the reference's
+`S3Gen(meanflow=True)`, `s3gen_meanflow.safetensors`): the same networks plus the estimator's `time_embed_mixer`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .hift import HiFTConfig
 S3GEN_SAMPLE_RATE = 24_000
 MEL_BINS = 80
 SPEECH_VOCAB_SIZE = 6561
+MEANFLOW_STEPS = 2  # Euler steps of the mean-flow S3Gen (chatterbox 0.1.7 `tts_turbo`: n_cfm_timesteps=2)
 
 
 def _check_fields(cls: type, d: dict[str, Any]) -> None:
@@ -88,7 +90,10 @@ class EstimatorConfig:
 
 @dataclass(frozen=True)
 class CFMConfig:
-    """Conditional flow matching at inference (`flow.decoder`): Euler steps on a cosine time grid, with CFG."""
+    """Conditional flow matching at inference (`flow.decoder`): Euler steps on a cosine time grid, with CFG.
+
+    The mean-flow model (`S3GenConfig.meanflow`) ignores both settings, as the reference does: linear grid, no CFG.
+    """
 
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     inference_cfg_rate: float = 0.7  # v = (1 + r) v(x | mu, spks, cond) - r v(x | 0, 0, 0)
@@ -150,6 +155,10 @@ class S3GenConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     hift: HiFTConfig = field(default_factory=HiFTConfig)  # the vocoder, module `mel2wav`
     sample_rate: int = S3GEN_SAMPLE_RATE
+    # Mean-flow S3Gen (Turbo, Nano: `s3gen_meanflow.safetensors`, the reference's `S3Gen(meanflow=True)`): the
+    # estimator also embeds the step's end time r (`time_embed_mixer`), and inference takes plain Euler steps on a
+    # linear grid without CFG (`flow.n_timesteps` = 2 in `meanflow_model()`).
+    meanflow: bool = False
 
     @property
     def trim_fade_samples(self) -> int:
@@ -157,12 +166,21 @@ class S3GenConfig:
         return self.sample_rate // 50
 
     @classmethod
-    def tiny(cls) -> "S3GenConfig":
+    def meanflow_model(cls) -> "S3GenConfig":
+        """The published mean-flow S3Gen of Turbo and Nano: 2 Euler steps (the reference's `n_cfm_timesteps=2`)."""
+        return cls(flow=FlowConfig(n_timesteps=MEANFLOW_STEPS), meanflow=True)
+
+    @classmethod
+    def tiny(cls, meanflow: bool = False) -> "S3GenConfig":
+        flow = FlowConfig.tiny()
+        if meanflow:
+            flow = dataclasses.replace(flow, n_timesteps=MEANFLOW_STEPS)
         return cls(
             tokenizer=S3TokenizerConfig.tiny(),
             speaker_encoder=CAMPPlusConfig.tiny(),
-            flow=FlowConfig.tiny(),
+            flow=flow,
             hift=HiFTConfig.tiny(),
+            meanflow=meanflow,
         )
 
     @classmethod

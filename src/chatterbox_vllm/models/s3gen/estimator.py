@@ -200,11 +200,17 @@ def _key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class ConditionalDecoder(nn.Module):
-    """Velocity `[B, 80, T]` of the flow at time t, given x, mu, the speaker vector and the prompt cond."""
+    """Velocity `[B, 80, T]` of the flow at time t, given x, mu, the speaker vector and the prompt cond.
 
-    def __init__(self, config: EstimatorConfig = EstimatorConfig()):
+    meanflow: the mean-flow variant (Turbo, Nano) predicts the average velocity over [t, r], so it also embeds the
+    step's end time r with the same sinusoid + MLP and mixes both embeddings with `time_embed_mixer`
+    (`Linear(2 D, D, bias=False)` over `[emb(t) | emb(r)]`, registered last, as the reference does).
+    """
+
+    def __init__(self, config: EstimatorConfig = EstimatorConfig(), meanflow: bool = False):
         super().__init__()
         self.config = config
+        self.meanflow = meanflow
         channels = config.channels
         temb = config.time_embed_dim
         self.time_mlp = TimestepEmbedding(config.in_channels, temb)
@@ -236,10 +242,22 @@ class ConditionalDecoder(nn.Module):
             )
         self.final_block = CausalBlock1D(up_channels[-1], up_channels[-1])
         self.final_proj = nn.Conv1d(up_channels[-1], config.out_channels, 1)
+        self.time_embed_mixer = nn.Linear(2 * temb, temb, bias=False) if meanflow else None
 
     @property
     def dtype(self) -> torch.dtype:
         return self.final_proj.weight.dtype
+
+    def time_embedding(self, t: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+        """`[len(t), time_embed_dim]`: the MLP of t's sinusoid; mean-flow: mixed with r's (same op order as the
+        reference: r's sinusoid is cast to the dtype of t's MLP output)."""
+        t_emb = self.time_mlp(timestep_embedding(t, self.config.in_channels).to(t.dtype))
+        if self.time_embed_mixer is None:
+            return t_emb
+        if r is None:
+            raise ValueError("the mean-flow estimator needs the step's end time r")
+        r_emb = self.time_mlp(timestep_embedding(r, self.config.in_channels).to(t_emb.dtype))
+        return self.time_embed_mixer(torch.cat([t_emb, r_emb], dim=1))
 
     @staticmethod
     def _transformers(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -257,9 +275,11 @@ class ConditionalDecoder(nn.Module):
         t: torch.Tensor,
         spks: torch.Tensor | None = None,
         cond: torch.Tensor | None = None,
+        r: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x, mu, cond `[B, 80, T]`; mask `[B, 1, T]` (1 = real frame); t `[B]`; spks `[B, 80]`."""
-        t_emb = self.time_mlp(timestep_embedding(t, self.config.in_channels).to(t.dtype))
+        """x, mu, cond `[B, 80, T]`; mask `[B, 1, T]` (1 = real frame); t `[B]` or `[1]`; spks `[B, 80]`;
+        r (mean-flow only, required there): the step's end time, shaped like t."""
+        t_emb = self.time_embedding(t, r)
 
         parts = [x, mu]
         if spks is not None:

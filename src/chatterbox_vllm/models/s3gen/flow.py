@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import FlowConfig
 from .encoder import UpsampleConformerEncoder, non_pad_mask
-from .flow_matching import ConditionalCFM
+from .flow_matching import ConditionalCFM, draw_initial_noise
 
 
 @dataclass
@@ -45,7 +45,8 @@ def _with_batch(x: torch.Tensor | None, batch: int, ndim: int) -> torch.Tensor |
 @dataclass
 class FlowRow:
     """One request in a batch of different voices and lengths: its tokens `[T]`, its reference prompt (tokens
-    `[Tp]`, mel `[Fp, 80]`, x-vector `[192]`) and its initial noise `[80, Fp + 2T]`."""
+    `[Tp]`, mel `[Fp, 80]`, x-vector `[192]`) and its initial noise `[80, 2 Tp + 2T]` (`draw_noise` draws it as
+    `inference` would for the request alone)."""
 
     tokens: torch.Tensor
     prompt_token: torch.Tensor
@@ -55,14 +56,38 @@ class FlowRow:
 
 
 class CausalMaskedDiffWithXvec(nn.Module):
-    def __init__(self, config: FlowConfig = FlowConfig()):
+    def __init__(self, config: FlowConfig = FlowConfig(), meanflow: bool = False):
         super().__init__()
         self.config = config
+        self.meanflow = meanflow  # the mean-flow decoder of Turbo / Nano (`S3GenConfig.meanflow`)
         self.input_embedding = nn.Embedding(config.vocab_size, config.encoder.input_size)
         self.spk_embed_affine_layer = nn.Linear(config.spk_embed_dim, config.mel_bins)
         self.encoder = UpsampleConformerEncoder(config.encoder)
         self.encoder_proj = nn.Linear(config.encoder.output_size, config.mel_bins)
-        self.decoder = ConditionalCFM(config.decoder)
+        self.decoder = ConditionalCFM(config.decoder, meanflow=meanflow)
+
+    def draw_noise(
+        self,
+        frames: int,
+        tokens: int,
+        generator: torch.Generator | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """The initial noise `[1, 80, frames]` that `inference` draws for one request of `tokens` tokens to speak
+        (`frames`: prompt and generated), in the reference's order; lets a batch give each row its own.
+
+        dtype defaults to the weights'; device to the generator's (else the weights').
+        """
+        weight = self.spk_embed_affine_layer.weight
+        if device is None:
+            device = generator.device if generator is not None else weight.device
+        return draw_initial_noise(
+            (1, self.config.mel_bins, frames), meanflow=self.meanflow,
+            generated_frames=self.config.token_mel_ratio * tokens, generator=generator,
+            dtype=dtype or weight.dtype, device=device,
+        )  # fmt: skip
 
     def prepare(
         self,
@@ -123,8 +148,9 @@ class CausalMaskedDiffWithXvec(nn.Module):
         """Mel `[B, 80, 2T]` of tokens `[B, T]` (the prompt's frames removed).
 
         `noise` (`[B, 80, prompt_frames + 2T]`) replaces the decoder's initial Gaussian draw; otherwise it is drawn
-        from `generator` (the global RNG when None). `prompt_feat_len` is accepted for the reference's ref-dict
-        layout and unused, as in the reference.
+        from `generator` (the global RNG when None), in the reference's order (see `draw_initial_noise`: mean flow
+        draws the 2T generated frames first). `prompt_feat_len` is accepted for the reference's ref-dict layout and
+        unused, as in the reference.
         """
         del prompt_feat_len
         inputs = self.prepare(token, token_len, prompt_token, prompt_token_len, prompt_feat, embedding)
@@ -136,6 +162,7 @@ class CausalMaskedDiffWithXvec(nn.Module):
             n_timesteps=n_timesteps or self.config.n_timesteps,
             noise=noise,
             generator=generator,
+            generated_frames=self.config.token_mel_ratio * token.size(1),
         )
         return mel[:, :, inputs.prompt_frames :]
 

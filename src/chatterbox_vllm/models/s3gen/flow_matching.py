@@ -4,6 +4,11 @@ Starting from Gaussian noise z `[B, 80, T]`, integrate dx/dt = v(x, t) from t = 
 cosine grid (`t_k = 1 - cos(pi/2 * k/n)`: small steps near t = 0, large ones near 1). v is classifier-free
 guided: the estimator runs on a batch of 2B rows, the conditional ones (x, mu, spks, cond) and the unconditional
 ones (x, 0, 0, 0), and `v = (1 + r) v_cond - r v_uncond` with r = 0.7.
+
+Mean flow (Turbo, Nano; the reference's `basic_euler`): the estimator predicts the average velocity over a whole
+step [t, r] from both times, so a few plain Euler steps on a linear grid suffice (2 in the published model), on
+the B rows as they are (the model was distilled from CFG outputs, so no guidance). Its initial noise is drawn in
+two parts, see `draw_initial_noise`.
 """
 
 from __future__ import annotations
@@ -29,11 +34,77 @@ def time_grid(n_timesteps: int, scheduler: str, *, device: torch.device, dtype: 
     return s
 
 
+def draw_initial_noise(
+    shape: tuple[int, int, int] | torch.Size,
+    *,
+    meanflow: bool = False,
+    generated_frames: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The flow's initial noise z `[B, 80, F]` (F frames: prompt and generated), drawn as the reference draws it.
+
+    Original S3Gen: `randn_like(mu)`. Mean flow: the reference's `flow_inference` first draws `[1, 80, G]` for the
+    G = 2 x tokens generated frames, then the decoder draws `randn_like(mu)` and overwrites its last G frames with
+    that first draw (the same one in every row). Only the prompt's frames come from the second draw. Without
+    `generated_frames` the mean-flow decoder draws as its reference class does alone (no `noised_mels`): one randn.
+    """
+    batch, channels, frames = shape
+    if not meanflow or generated_frames is None:
+        return torch.randn((batch, channels, frames), generator=generator, dtype=dtype, device=device)
+    if not 0 <= generated_frames <= frames:
+        raise ValueError(f"mean-flow noise needs 0 <= generated_frames <= {frames}, got {generated_frames}")
+    tail = torch.randn((1, channels, generated_frames), generator=generator, dtype=dtype, device=device)
+    z = torch.randn((batch, channels, frames), generator=generator, dtype=dtype, device=device)
+    z[..., frames - generated_frames :] = tail
+    return z
+
+
+def estimator_rows(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    mu: torch.Tensor,
+    t: torch.Tensor,
+    spks: torch.Tensor,
+    cond: torch.Tensor,
+    *,
+    r: torch.Tensor | None = None,
+    guided: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The estimator's keyword inputs for one Euler step of B rows at time t `[1]` (step end r `[1]`, mean flow).
+
+    guided (CFG): 2B rows, the conditional ones first, then the unconditional ones (mu, spks and cond zero), t
+    expanded to `[2B]`, as the reference lays them out. Mean flow: the B rows as they are, t and r `[1]` (the
+    reference's shapes; the time embedding broadcasts over the rows).
+    """
+    if not guided:
+        if r is None:
+            raise ValueError("a mean-flow step needs its end time r")
+        return {"x": x, "mask": mask, "mu": mu, "t": t, "spks": spks, "cond": cond, "r": r}
+    b = x.size(0)
+    return {
+        "x": torch.cat([x, x], dim=0),
+        "mask": torch.cat([mask, mask], dim=0),
+        "mu": torch.cat([mu, torch.zeros_like(mu)], dim=0),
+        "t": t.expand(2 * b).contiguous(),
+        "spks": torch.cat([spks, torch.zeros_like(spks)], dim=0),
+        "cond": torch.cat([cond, torch.zeros_like(cond)], dim=0),
+    }
+
+
+def guided_velocity(out: torch.Tensor, rows: int, rate: float) -> torch.Tensor:
+    """CFG: `(1 + rate) v_cond - rate v_uncond` from the estimator's 2B-row output."""
+    v_cond, v_uncond = out[:rows], out[rows:]
+    return (1.0 + rate) * v_cond - rate * v_uncond
+
+
 class ConditionalCFM(nn.Module):
-    def __init__(self, config: CFMConfig = CFMConfig()):
+    def __init__(self, config: CFMConfig = CFMConfig(), meanflow: bool = False):
         super().__init__()
         self.config = config
-        self.estimator = ConditionalDecoder(config.estimator)
+        self.meanflow = meanflow  # mean-flow solver (the reference's basic_euler): see the module docstring
+        self.estimator = ConditionalDecoder(config.estimator, meanflow=meanflow)
         self.graphs: CFMGraphs | None = None  # CUDA graphs of the loop, when enabled
         # float16 / bfloat16: the estimator's matrix products and convolutions under autocast (the ODE state stays
         # float32); None: the weights' dtype throughout (the reference's float32).
@@ -48,22 +119,20 @@ class ConditionalCFM(nn.Module):
         t: torch.Tensor,
         spks: torch.Tensor,
         cond: torch.Tensor,
+        r: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Guided velocity `[B, 80, T]` at scalar time t `[1]`, and the 2B-row estimator inputs it was made from."""
-        b = x.size(0)
-        # Rows 0..B-1 conditional, B..2B-1 unconditional (mu, spks and cond zero), as the reference lays them out.
-        inputs = {
-            "x": torch.cat([x, x], dim=0),
-            "mask": torch.cat([mask, mask], dim=0),
-            "mu": torch.cat([mu, torch.zeros_like(mu)], dim=0),
-            "t": t.expand(2 * b).contiguous(),
-            "spks": torch.cat([spks, torch.zeros_like(spks)], dim=0),
-            "cond": torch.cat([cond, torch.zeros_like(cond)], dim=0),
-        }
+        """Velocity `[B, 80, T]` of the step from t `[1]` (to r `[1]`, mean flow), and the estimator inputs it was
+        made from (2B CFG rows, or the B rows as they are for mean flow)."""
+        inputs = estimator_rows(x, mask, mu, t, spks, cond, r=r, guided=not self.meanflow)
         out = self.estimator(**inputs)
-        v_cond, v_uncond = out[:b], out[b:]
-        rate = self.config.inference_cfg_rate
-        return (1.0 + rate) * v_cond - rate * v_uncond, inputs
+        if self.meanflow:
+            return out, inputs
+        return guided_velocity(out, x.size(0), self.config.inference_cfg_rate), inputs
+
+    @property
+    def scheduler(self) -> str:
+        """The time grid: mean flow always steps linearly (the reference ignores its cosine setting there)."""
+        return "linear" if self.meanflow else self.config.t_scheduler
 
     @torch.inference_mode()
     def forward(
@@ -75,16 +144,20 @@ class ConditionalCFM(nn.Module):
         n_timesteps: int = 10,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        generated_frames: int | None = None,
     ) -> torch.Tensor:
         """Generated mel `[B, 80, T]` for encoder output mu `[B, 80, T]` (all frames, prompt included).
 
-        The initial noise is `noise` if given, else `randn` of mu's shape from `generator` (the global RNG when None,
-        which is the reference's `torch.randn_like(mu)`). The reference has a `temperature` that multiplies z only
+        The initial noise is `noise` if given, else drawn by `draw_initial_noise` from `generator` (the global RNG
+        when None, which is the reference's `torch.randn_like(mu)`); mean flow draws the last `generated_frames`
+        frames (those of the tokens to speak) first, as the reference's S3Gen does. The reference has a `temperature` that multiplies z only
         in an unused code path; here z is always unit Gaussian, as in its inference.
         """
         if noise is None:
-            device = generator.device if generator is not None else mu.device
-            noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=device)
+            noise = draw_initial_noise(
+                mu.shape, meanflow=self.meanflow, generated_frames=generated_frames, generator=generator,
+                dtype=mu.dtype, device=generator.device if generator is not None else mu.device,
+            )  # fmt: skip
         in_dtype = noise.dtype
         dtype = self.estimator.dtype
         x = noise.to(device=mu.device, dtype=dtype)
@@ -117,12 +190,13 @@ class ConditionalCFM(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
         n_timesteps: int,
     ) -> torch.Tensor:  # fmt: skip
-        """The Euler loop from noise x (the estimator's dtype, or `compute_dtype` under autocast)."""
-        times = time_grid(n_timesteps, self.config.t_scheduler, device=mu.device, dtype=mu.dtype).to(x.dtype)
+        """The Euler loop from noise x (the estimator's dtype, or `compute_dtype` under autocast): CFG steps on the
+        configured grid, or mean-flow steps over [t, t_next] on a linear one."""
+        times = time_grid(n_timesteps, self.scheduler, device=mu.device, dtype=mu.dtype).to(x.dtype)
         with torch.autocast(x.device.type, dtype=self.compute_dtype or x.dtype, enabled=self.compute_dtype is not None):
             for k in range(n_timesteps):
                 t, t_next = times[k : k + 1], times[k + 1 : k + 2]
-                v, _ = self.velocity(x, mask, mu, t, spks, cond)
+                v, _ = self.velocity(x, mask, mu, t, spks, cond, r=t_next if self.meanflow else None)
                 x = x + (t_next - t) * v.to(x.dtype)
         return x
 

@@ -6,7 +6,8 @@ mel) and the HiFT vocoder (mel -> waveform) and fades the waveform in.
 
 Randomness: one generator (or the global RNG) is used first for the flow decoder's initial noise, then by HiFT
 for its source draws, in the reference's order; so `torch.Generator().manual_seed(s)` here reproduces the
-reference's `torch.manual_seed(s); s3gen.inference(...)`.
+reference's `torch.manual_seed(s); s3gen.inference(...)`. The mean-flow S3Gen (Turbo, Nano; `config.meanflow`)
+draws its flow noise in two parts (`flow_matching.draw_initial_noise`), still from that one generator and first.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class S3Gen(nn.Module):
         self.config = config
         self.tokenizer = S3TokenizerV2(config.tokenizer)
         self.speaker_encoder = CAMPPlus(config.speaker_encoder)
-        self.flow = CausalMaskedDiffWithXvec(config.flow)
+        self.flow = CausalMaskedDiffWithXvec(config.flow, meanflow=config.meanflow)
         self.mel2wav = HiFTGenerator(config.hift)
         self.register_buffer("trim_fade", trim_fade_window(config.trim_fade_samples), persistent=False)
 
