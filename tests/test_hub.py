@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from chatterbox_vllm.checkpoint.hub import download, resolve_model
-from chatterbox_vllm.checkpoint.layout import ENGLISH, HF_REPO_ID
+from chatterbox_vllm.checkpoint.layout import ENGLISH, HF_REPO_ID, NANO, TURBO
 from chatterbox_vllm.checkpoint.weights import CheckpointError
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -53,3 +53,25 @@ def test_unknown_model_setting(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no Chatterbox T3 weights"):
         resolve_model(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("name,repo", [("turbo", TURBO.repo_id), ("chatterbox-nano", NANO.repo_id)])
+def test_turbo_and_nano_come_from_their_own_repos(name: str, repo: str, tmp_path: Path) -> None:
+    """`turbo`/`nano` resolve through huggingface_hub to ResembleAI/chatterbox-turbo / -nano, with the GPT-2
+    tokenizer files; the optional tokenizer config is fetched when the repo has it, not required."""
+    layout = NANO if "nano" in name else TURBO
+    cache = tmp_path / "hub"
+    snapshot = cache / ("models--" + repo.replace("/", "--")) / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(REVISION)
+    for file in layout.files:
+        (snapshot / file).write_bytes(b"")  # resolution looks at names only
+    directory, resolved = resolve_model(name, cache_dir=cache, local_files_only=True)
+    assert directory == snapshot and resolved == layout
+    assert set(layout.files) >= {layout.t3, "s3gen_meanflow.safetensors", "vocab.json", "merges.txt", "added_tokens.json"}
+    (snapshot / "merges.txt").unlink()
+    with pytest.raises(CheckpointError, match="missing merges.txt"):
+        resolve_model(name, cache_dir=cache, local_files_only=True)
+    with pytest.raises(CheckpointError, match=repo):
+        download(layout.variant, cache_dir=tmp_path / "empty", local_files_only=True)

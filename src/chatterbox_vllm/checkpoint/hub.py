@@ -18,10 +18,16 @@ from .weights import CheckpointError
 
 log = logging.getLogger(__name__)
 
-MODEL_ALIASES: dict[str, Variant] = {"english": "english", "en": "english", "multilingual": "multilingual", "mtl": "multilingual"}
+MODEL_ALIASES: dict[str, Variant] = {
+    "english": "english", "en": "english", "multilingual": "multilingual", "mtl": "multilingual",
+    "turbo": "turbo", "chatterbox-turbo": "turbo", "nano": "nano", "chatterbox-nano": "nano",
+}  # fmt: skip
 # Random-weight checkpoints (tiny dimensions, seed 0), written on first use: the whole pipeline without any
 # download. The audio is noise; this is for smoke tests and trying the API offline.
-RANDOM_MODELS: dict[str, Variant] = {"random-tiny": "english", "random-tiny-multilingual": "multilingual"}
+RANDOM_MODELS: dict[str, Variant] = {
+    "random-tiny": "english", "random-tiny-multilingual": "multilingual", "random-tiny-turbo": "turbo",
+    "random-tiny-nano": "nano",
+}  # fmt: skip
 
 
 def random_checkpoint_dir(variant: Variant) -> Path:
@@ -61,7 +67,7 @@ def check_complete(directory: Path, layout: CheckpointLayout) -> None:
 def download(
     variant: Variant,
     *,
-    repo_id: str = HF_REPO_ID,
+    repo_id: str | None = None,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool | None = None,
@@ -71,6 +77,7 @@ def download(
     `local_files_only=None` follows HF_HUB_OFFLINE, as huggingface_hub itself does.
     """
     layout = LAYOUTS[variant]
+    repo_id = repo_id or layout.repo_id
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     try:
@@ -78,7 +85,7 @@ def download(
             repo_id,
             revision=revision,
             cache_dir=cache_dir,
-            allow_patterns=list(layout.files),
+            allow_patterns=[*layout.files, *layout.optional_files],
             local_files_only=local_files_only,
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:

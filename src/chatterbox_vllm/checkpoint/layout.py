@@ -1,4 +1,4 @@
-"""File names of the published Chatterbox checkpoints (Hugging Face `ResembleAI/chatterbox`).
+"""File names of the published Chatterbox checkpoints (Hugging Face `ResembleAI/chatterbox`, `-turbo`, `-nano`).
 
 The names are the real ones so that a directory downloaded from the hub and a random checkpoint made by
 `chatterbox-vllm make-checkpoint` load through exactly the same code.
@@ -9,10 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Variant = Literal["english", "multilingual"]
-VARIANTS: tuple[Variant, ...] = ("english", "multilingual")
+Variant = Literal["english", "multilingual", "turbo", "nano"]
+VARIANTS: tuple[Variant, ...] = ("english", "multilingual", "turbo", "nano")
 
 HF_REPO_ID = "ResembleAI/chatterbox"
+TURBO_REPO_ID = "ResembleAI/chatterbox-turbo"
+NANO_REPO_ID = "ResembleAI/chatterbox-nano"
+# Turbo's and Nano's GPT-2 tokenizer, read by the reference with `AutoTokenizer.from_pretrained(checkpoint_dir)`:
+# three files it needs, two more it reads when present (see text/gpt2.py).
+GPT2_TOKENIZER_FILES = ("vocab.json", "merges.txt", "added_tokens.json")
+GPT2_TOKENIZER_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
 
 # Written by make-checkpoint next to the weights; absent in published checkpoints (which are full size).
 CONFIG_FILE = "chatterbox_config.json"
@@ -29,11 +35,21 @@ class CheckpointLayout:
     conds: str
     text_tokenizer: str
     cangjie_table: str | None = None
+    repo_id: str = HF_REPO_ID
+    # More files of the text tokenizer, beside `text_tokenizer` (GPT-2's merges and added tags).
+    tokenizer_extras: tuple[str, ...] = ()
+    # Fetched with the rest when the repo has them, not required (GPT-2's tokenizer config).
+    optional_files: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[str, ...]:
-        names = (self.voice_encoder, self.t3, self.s3gen, self.conds, self.text_tokenizer)
+        names = (self.voice_encoder, self.t3, self.s3gen, self.conds, self.text_tokenizer, *self.tokenizer_extras)
         return names + ((self.cangjie_table,) if self.cangjie_table else ())
+
+    @property
+    def is_gpt2(self) -> bool:
+        """Turbo and Nano: GPT-2 T3, GPT-2 tokenizer, mean-flow S3Gen."""
+        return self.variant in ("turbo", "nano")
 
 
 ENGLISH = CheckpointLayout(
@@ -55,4 +71,29 @@ MULTILINGUAL = CheckpointLayout(
     cangjie_table="Cangjie5_TC.json",
 )
 
-LAYOUTS: dict[str, CheckpointLayout] = {"english": ENGLISH, "multilingual": MULTILINGUAL}
+TURBO = CheckpointLayout(
+    variant="turbo",
+    voice_encoder="ve.safetensors",
+    t3="t3_turbo_v1.safetensors",
+    s3gen="s3gen_meanflow.safetensors",
+    conds="conds.pt",
+    text_tokenizer=GPT2_TOKENIZER_FILES[0],
+    tokenizer_extras=GPT2_TOKENIZER_FILES[1:],
+    optional_files=GPT2_TOKENIZER_OPTIONAL,
+    repo_id=TURBO_REPO_ID,
+)
+
+# Nano's s3gen_meanflow.safetensors, ve.safetensors and conds.pt are Turbo's files (the same LFS blobs upstream).
+NANO = CheckpointLayout(
+    variant="nano",
+    voice_encoder="ve.safetensors",
+    t3="t3_nano_v1.safetensors",
+    s3gen="s3gen_meanflow.safetensors",
+    conds="conds.pt",
+    text_tokenizer=GPT2_TOKENIZER_FILES[0],
+    tokenizer_extras=GPT2_TOKENIZER_FILES[1:],
+    optional_files=GPT2_TOKENIZER_OPTIONAL,
+    repo_id=NANO_REPO_ID,
+)
+
+LAYOUTS: dict[str, CheckpointLayout] = {"english": ENGLISH, "multilingual": MULTILINGUAL, "turbo": TURBO, "nano": NANO}
