@@ -30,8 +30,9 @@ class ModelConfig:
 
     @classmethod
     def published(cls, variant: str) -> "ModelConfig":
-        t3 = T3Config.english() if variant == "english" else T3Config.multilingual()
-        return cls(t3=t3, s3gen=S3GenConfig(), voice_encoder=VoiceEncoderConfig())
+        t3 = T3Config.for_variant(variant)
+        s3gen = S3GenConfig.meanflow_model() if t3.is_gpt2 else S3GenConfig()
+        return cls(t3=t3, s3gen=s3gen, voice_encoder=VoiceEncoderConfig())
 
 
 def load_model_config(directory: Path, layout: CheckpointLayout) -> ModelConfig:

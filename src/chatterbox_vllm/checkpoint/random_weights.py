@@ -48,6 +48,7 @@ CONFIG_FORMAT = 1
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 ENGLISH_TOKENIZER = DATA_DIR / "tokenizer.json"  # the genuine published English tokenizer (sha256 d71e3a44...)
+GPT2_TOKENIZER_DIR = DATA_DIR / "gpt2"  # Turbo's and Nano's tokenizer files (provenance in its README)
 
 # The published s3gen.safetensors lacks the S3 tokenizer's Hann window (the reference loads it with strict=False and
 # keeps the constructed value); s3gen.pt has it.
@@ -60,6 +61,11 @@ SPEECH_VOCAB = 6561  # valid S3 speech tokens are 0..6560
 CONDS_T3_PROMPT_TOKENS = 150
 CONDS_GEN_PROMPT_TOKENS = 156
 CONDS_GEN_PROMPT_FRAMES = 313
+# Turbo/Nano: T3 reads a 375-token prompt (15 s); S3Gen's reference clip is at most 10 s (250 tokens). The published
+# conds.pt's lengths are not known here; these are the longest the reference's prepare_conditionals makes.
+GPT2_CONDS_T3_PROMPT_TOKENS = 375
+GPT2_CONDS_GEN_PROMPT_TOKENS = 250
+GPT2_CONDS_GEN_PROMPT_FRAMES = 501
 CONDS_SPEAKER_DIM = 256
 CONDS_XVECTOR_DIM = 192
 CONDS_MELS = 80
@@ -88,7 +94,10 @@ def model_config(component: str, variant: str, size: str) -> Any:
     if component == "s3gen":
         from ..models.s3gen import S3GenConfig
 
-        return S3GenConfig.tiny() if tiny else S3GenConfig()
+        meanflow = LAYOUTS[variant].is_gpt2  # Turbo and Nano: s3gen_meanflow.safetensors
+        if tiny:
+            return S3GenConfig.tiny(meanflow=meanflow)
+        return S3GenConfig.meanflow_model() if meanflow else S3GenConfig()
     if component == "voice_encoder":
         from ..models.voice_encoder import VoiceEncoderConfig
 
@@ -232,11 +241,16 @@ def build_state_dict(
 
 
 # ------------------------------------------------------------------------------------------------------- conds
-def make_conds(seed: int) -> dict[str, dict[str, torch.Tensor | None]]:
+def make_conds(seed: int, variant: str = "english") -> dict[str, dict[str, torch.Tensor | None]]:
     """The built-in voice in `Conditionals.save()` structure: {"t3": T3Cond fields, "gen": S3Gen reference dict}.
 
-    Every field has its own generator so the fields are independent of one another.
+    Every field has its own generator so the fields are independent of one another. Turbo's and Nano's voice has
+    longer prompts (`GPT2_CONDS_*`); its fields are drawn the same way.
     """
+    gpt2 = LAYOUTS[variant].is_gpt2
+    t3_tokens = GPT2_CONDS_T3_PROMPT_TOKENS if gpt2 else CONDS_T3_PROMPT_TOKENS
+    gen_tokens = GPT2_CONDS_GEN_PROMPT_TOKENS if gpt2 else CONDS_GEN_PROMPT_TOKENS
+    gen_frames = GPT2_CONDS_GEN_PROMPT_FRAMES if gpt2 else CONDS_GEN_PROMPT_FRAMES
 
     def gen(field: str) -> torch.Generator:
         g = torch.Generator(device="cpu")
@@ -249,19 +263,19 @@ def make_conds(seed: int) -> dict[str, dict[str, torch.Tensor | None]]:
         "speaker_emb": speaker,
         "clap_emb": None,
         "cond_prompt_speech_tokens": torch.randint(
-            0, SPEECH_VOCAB, (1, CONDS_T3_PROMPT_TOKENS), generator=gen("t3.cond_prompt_speech_tokens"),
+            0, SPEECH_VOCAB, (1, t3_tokens), generator=gen("t3.cond_prompt_speech_tokens"),
             dtype=torch.long,
         ),
         "cond_prompt_speech_emb": None,
         "emotion_adv": 0.5 * torch.ones(1, 1, 1),
     }
     # A log-mel-like prompt (values around -6, as quiet speech has) rather than unit noise.
-    prompt_feat = torch.randn(1, CONDS_GEN_PROMPT_FRAMES, CONDS_MELS, generator=gen("gen.prompt_feat")) * 2.0 - 6.0
+    prompt_feat = torch.randn(1, gen_frames, CONDS_MELS, generator=gen("gen.prompt_feat")) * 2.0 - 6.0
     ref = {
         "prompt_token": torch.randint(
-            0, SPEECH_VOCAB, (1, CONDS_GEN_PROMPT_TOKENS), generator=gen("gen.prompt_token"), dtype=torch.long
+            0, SPEECH_VOCAB, (1, gen_tokens), generator=gen("gen.prompt_token"), dtype=torch.long
         ),
-        "prompt_token_len": torch.tensor([CONDS_GEN_PROMPT_TOKENS], dtype=torch.long),
+        "prompt_token_len": torch.tensor([gen_tokens], dtype=torch.long),
         "prompt_feat": prompt_feat,
         "prompt_feat_len": None,
         "embedding": torch.randn(1, CONDS_XVECTOR_DIM, generator=gen("gen.embedding")),
@@ -349,6 +363,10 @@ def write_tokenizer_files(layout: CheckpointLayout, out: Path) -> None:
     if layout.variant == "english":
         _atomic_copy(ENGLISH_TOKENIZER, out / layout.text_tokenizer)
         return
+    if layout.is_gpt2:
+        for name in (layout.text_tokenizer, *layout.tokenizer_extras, *layout.optional_files):
+            _atomic_copy(GPT2_TOKENIZER_DIR / name, out / name)
+        return
     text = json.dumps(synthetic_multilingual_tokenizer(), ensure_ascii=False, indent=2)
     _atomic_write_text(out / layout.text_tokenizer, text)
     assert layout.cangjie_table is not None
@@ -419,7 +437,7 @@ def _save_weights(state: "OrderedDict[str, torch.Tensor]", path: Path) -> None:
 def write_random_checkpoint(
     variant: str, size: str, seed: int, out: Path | str, weights: Collection[str] | None = None
 ) -> Path:
-    """Write a complete random checkpoint directory for `variant` ("english"/"multilingual") and `size`
+    """Write a complete random checkpoint directory for `variant` ("english", "multilingual", "turbo", "nano") and `size`
     ("full"/"tiny") and return it. Deterministic in `seed`; files are generated one at a time, so peak memory is
     about the largest file (T3, 2.1 GB at full size).
 
@@ -446,7 +464,7 @@ def write_random_checkpoint(
         logger.info("wrote %s: %d tensors in %.1f s", out / file, len(state), time.perf_counter() - t0)
         del state
     conds_tmp = _partial(out / layout.conds)
-    torch.save(make_conds(seed), str(conds_tmp))
+    torch.save(make_conds(seed, variant), str(conds_tmp))
     _publish(conds_tmp, out / layout.conds)
     write_tokenizer_files(layout, out)
     config_path = out / CONFIG_FILE

@@ -26,6 +26,7 @@ class SamplingParams:
 
     temperature: float = 0.8  # 0 = greedy (not in the reference; for tests and deterministic output)
     top_p: float = 1.0
+    top_k: int = 0  # 0 = off; Turbo and Nano sample from the 1000 most likely tokens
     min_p: float = 0.05
     repetition_penalty: float = 1.2
     cfg_weight: float = 0.5
@@ -49,10 +50,21 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if finite("cfg_weight") < 0:
             raise ValueError(f"cfg_weight must be >= 0, got {self.cfg_weight}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer (0 = off), got {self.top_k!r}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+
+    @classmethod
+    def turbo(cls, **overrides: object) -> "SamplingParams":
+        """The reference's Turbo/Nano `generate` defaults: no CFG and no min-p (it ignores both), top-k 1000,
+        top-p 0.95."""
+        values: dict[str, object] = dict(temperature=0.8, top_k=1000, top_p=0.95, min_p=0.0, repetition_penalty=1.2,
+                                         cfg_weight=0.0)  # fmt: skip
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
 
     @property
     def greedy(self) -> bool:
@@ -93,19 +105,50 @@ def speech_tokens_for_s3gen(tokens: Iterable[int]) -> list[int]:
 
 
 def check_text_tokens(text_tokens: torch.Tensor, config: T3Config) -> torch.Tensor:
-    """One request's text tokens ([L] or [1, L]) with T3's start/stop tokens, as a long tensor; else ValueError."""
+    """One request's text tokens ([L] or [1, L]) as a long tensor; else ValueError. Llama T3 takes them between its
+    start/stop text tokens; GPT-2 T3 (Turbo, Nano) takes GPT-2's ids as they are, with no markers."""
     tokens = torch.as_tensor(text_tokens).to(dtype=torch.long)
     if tokens.dim() == 2 and tokens.shape[0] == 1:
         tokens = tokens[0]
-    if tokens.dim() != 1 or tokens.numel() < 2:
-        raise ValueError(f"text_tokens must be one sequence [L] with start/stop tokens, got {tuple(tokens.shape)}")
-    if int(tokens[0]) != config.start_text_token or int(tokens[-1]) != config.stop_text_token:
-        raise ValueError(
-            f"text_tokens must start with {config.start_text_token} and end with {config.stop_text_token} "
-            f"(got {int(tokens[0])} ... {int(tokens[-1])})"
-        )
+    if config.is_gpt2:
+        if tokens.dim() != 1 or tokens.numel() < 1:
+            raise ValueError(f"text_tokens must be one non-empty sequence [L], got {tuple(tokens.shape)}")
+    else:
+        if tokens.dim() != 1 or tokens.numel() < 2:
+            raise ValueError(f"text_tokens must be one sequence [L] with start/stop tokens, got {tuple(tokens.shape)}")
+        if int(tokens[0]) != config.start_text_token or int(tokens[-1]) != config.stop_text_token:
+            raise ValueError(
+                f"text_tokens must start with {config.start_text_token} and end with {config.stop_text_token} "
+                f"(got {int(tokens[0])} ... {int(tokens[-1])})"
+            )
     if int(tokens.min()) < 0 or int(tokens.max()) >= config.text_tokens_dict_size:
         raise ValueError(f"text token ids must lie in [0, {config.text_tokens_dict_size})")
-    if tokens.numel() > config.text_pos_emb_size:
-        raise ValueError(f"text is {tokens.numel()} tokens long; T3 takes at most {config.text_pos_emb_size}")
+    limit = text_token_limit(config)
+    if tokens.numel() > limit:
+        raise ValueError(f"text is {tokens.numel()} tokens long; T3 takes at most {limit}")
     return tokens
+
+
+def text_token_limit(config: T3Config) -> int:
+    """The longest text T3 reads: its text position table (Llama T3), or what GPT-2's position table leaves after
+    the conditioning prefix, the start-of-speech token and at least one generated token."""
+    if config.is_gpt2:
+        return config.n_positions - config.cond_len - 2
+    return config.text_pos_emb_size
+
+
+def prompt_length(config: T3Config, cond: T3Cond, text_len: int) -> int:
+    """Embeddings before the first sampled token: conditioning, text and the start-of-speech token(s)."""
+    prompt = cond.cond_prompt_speech_tokens
+    prompt_tokens = 0 if prompt is None else int(prompt.shape[-1])
+    cond_len = 1 + (config.perceiver_query_tokens if config.use_perceiver_resampler and prompt is not None
+                    else prompt_tokens) + (1 if config.emotion_adv else 0)  # fmt: skip
+    return cond_len + text_len + (1 if config.is_gpt2 else 2)
+
+
+def speech_token_limit(config: T3Config, prompt_len: int = 0) -> int:
+    """The most tokens T3 may generate: its speech position table (Llama T3), or GPT-2's positions left after a
+    prompt of `prompt_len` embeddings."""
+    if config.is_gpt2:
+        return config.n_positions - prompt_len
+    return config.speech_pos_emb_size

@@ -2,6 +2,9 @@
 
 CFG -> repetition penalty over [start-of-speech] + generated -> / temperature -> min-p -> top-p -> softmax.
 
+Turbo and Nano (`T3.inference_turbo`) run a different chain: / temperature -> top-k -> top-p -> repetition
+penalty -> softmax, the penalty over [start-of-speech] at the first step and over the generated tokens alone after.
+
 Each step reproduces the Hugging Face logits processors the reference instantiates (RepetitionPenalty, MinP, TopP)
 operation for operation, so the probabilities match to float32 rounding. The functions take [rows, vocab] logits.
 """
@@ -54,6 +57,36 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     remove_sorted[..., -1:] = False
     remove = remove_sorted.scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, float("-inf"))
+
+
+def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Keep the `top_k` highest logits (ties at the k-th value kept too, as HF's TopKLogitsWarper does)."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def turbo_penalty_history(start_token: int, generated: torch.Tensor) -> torch.Tensor:
+    """Whose logits Turbo's repetition penalty touches: the start-of-speech token until a token exists, then only
+    the generated tokens (the reference passes `speech_start_token`, then `cat(generated)`)."""
+    if generated.numel() == 0:
+        return torch.tensor([start_token], dtype=torch.long, device=generated.device)
+    return generated
+
+
+def turbo_processed_logits(logits: torch.Tensor, history: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Turbo's chain on [rows, vocab] logits, before the softmax. Temperature 0 (greedy) skips the temperature."""
+    if params.temperature not in (0.0, 1.0):
+        logits = logits / params.temperature
+    logits = apply_top_k(logits, int(params.top_k))
+    logits = apply_top_p(logits, float(params.top_p))
+    return apply_repetition_penalty(logits, history, float(params.repetition_penalty))
+
+
+def turbo_sampling_probs(logits: torch.Tensor, history: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Turbo's sampling distribution over [rows, vocab] logits (`history` from `turbo_penalty_history`)."""
+    return torch.softmax(turbo_processed_logits(logits, history, params), dim=-1)
 
 
 def greedy_token(logits: torch.Tensor, history: torch.Tensor, params: SamplingParams) -> torch.Tensor:

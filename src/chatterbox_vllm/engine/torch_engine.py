@@ -6,6 +6,9 @@ lower rep_penalty default to 1.2"):
 * the multilingual model decodes without the AlignmentStreamAnalyzer, so its backbone keeps SDPA attention and no
   EOS suppression/forcing is applied to the logits (0.1.7 switched to eager attention and hooked 3 heads);
 * the multilingual default repetition penalty is 1.2 (see `SamplingParams`), not 2.0.
+
+GPT-2 T3 (Turbo, Nano) follows `T3.inference_turbo` instead: one row (no CFG, whatever `cfg_weight` says, as the
+reference ignores it) and Turbo's logits chain (`sampling.turbo_sampling_probs`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,16 @@ from collections.abc import Iterator
 import torch
 
 from ..models.t3 import T3, T3Cond
-from .base import SamplingParams, check_text_tokens
-from .sampling import apply_cfg, greedy_token, make_generator, sampling_probs
+from .base import SamplingParams, check_text_tokens, prompt_length, speech_token_limit
+from .sampling import (
+    apply_cfg,
+    greedy_token,
+    make_generator,
+    sampling_probs,
+    turbo_penalty_history,
+    turbo_processed_logits,
+    turbo_sampling_probs,
+)
 
 
 class TorchT3Engine:
@@ -35,21 +46,24 @@ class TorchT3Engine:
 
     def stream(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
         text_tokens = self._check_text(text_tokens)
-        self._check_length(params.max_new_tokens)
+        self._check_length(params.max_new_tokens, prompt_length(self.config, cond, text_tokens.numel()))
         return self._decode(text_tokens, cond, params)
 
     # ----------------------------------------------------------------------------------------------------
     def _check_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
         return check_text_tokens(text_tokens, self.config).to(self.device)
 
-    def _check_length(self, max_new_tokens: int) -> None:
-        # Generated token i is embedded at speech position i + 1; the last sampled token is never embedded.
-        limit = self.config.speech_pos_emb_size
+    def _check_length(self, max_new_tokens: int, prompt_len: int = 0) -> None:
+        # Llama T3: generated token i is embedded at speech position i + 1; the last sampled token is never embedded.
+        limit = speech_token_limit(self.config, prompt_len)
         if max_new_tokens > limit:
-            raise ValueError(f"max_new_tokens={max_new_tokens} exceeds T3's speech position table ({limit})")
+            raise ValueError(f"max_new_tokens={max_new_tokens} exceeds T3's position table ({limit} left)")
 
     @torch.inference_mode()
     def _decode(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
+        if self.config.is_gpt2:
+            yield from self._decode_gpt2(text_tokens, cond, params)
+            return
         model, cfg = self.model, self.config
         use_cfg = params.uses_cfg
         rows = 2 if use_cfg else 1
@@ -79,3 +93,28 @@ class TorchT3Engine:
             history[step + 1] = value
             embeds = model.speech_embeds(token, step + 1).expand(rows, -1, -1)
             hidden = model(embeds, cache)
+
+    def _decode_gpt2(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
+        """`inference_turbo`: one row; [cond | text | start-of-speech], then each sampled token's embedding."""
+        model, cfg = self.model, self.config
+        generator = make_generator(params.seed, self.device)
+        prefix = model.prefill_embeds(cond.to(self.device), text_tokens, cfg=False)
+        cache = model.new_kv_cache(1, prefix.shape[1] + params.max_new_tokens)
+        hidden = model(prefix, cache)[:, -1:]
+        generated = torch.empty(params.max_new_tokens, dtype=torch.long, device=self.device)
+        for step in range(params.max_new_tokens):
+            logits = model.speech_logits(hidden[:, -1])  # [1, vocab]
+            history = turbo_penalty_history(cfg.start_speech_token, generated[:step])
+            if params.greedy:
+                token = turbo_processed_logits(logits, history, params).argmax(dim=-1, keepdim=True)
+            else:
+                probs = turbo_sampling_probs(logits, history, params)
+                token = torch.multinomial(probs, num_samples=1, generator=generator)
+            value = int(token)
+            if value == cfg.stop_speech_token:
+                return
+            yield value
+            if step + 1 == params.max_new_tokens:
+                return
+            generated[step] = value
+            hidden = model(model.speech_embeds(token, step + 1), cache)

@@ -33,9 +33,9 @@ import torch
 from ..models.t3 import T3, T3Cond
 from ..settings import EngineLimits, gpu_memory_utilization
 from ..models.t3.config import T3Config
-from .base import SamplingParams, check_text_tokens
+from .base import SamplingParams, check_text_tokens, prompt_length, speech_token_limit
 from .vllm_t3 import plugin
-from .vllm_t3.plugin import CFG_WEIGHT, REPETITION_PENALTY
+from .vllm_t3.plugin import CFG_WEIGHT, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
 from .vllm_t3.model_dir import prepare_model_dir
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,9 @@ def _prepare_process_environment() -> None:
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 
-def engine_kwargs(model_dir: Path, options: VLLMOptions) -> dict[str, Any]:
-    """vLLM engine arguments for a prepared T3 model directory (AsyncLLM here; `vllm.LLM` in diagnostics)."""
+def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None = None) -> dict[str, Any]:
+    """vLLM engine arguments for a prepared T3 model directory (AsyncLLM here; `vllm.LLM` in diagnostics). The
+    logits processor is the model's chain: CFG + penalty (Llama T3) or Turbo's (GPT-2 T3)."""
     whole_prefills: dict[str, Any] = {}
     if options.whole_prefills:  # a step's budget then takes the longest prompt whole
         whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=options.max_model_len)
@@ -113,7 +114,9 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions) -> dict[str, Any]:
         gpu_memory_utilization=options.gpu_memory_utilization,
         enforce_eager=options.enforce_eager,
         seed=options.seed,
-        logits_processors=[plugin.LOGITS_PROCESSOR],
+        logits_processors=[
+            plugin.TURBO_LOGITS_PROCESSOR if config is not None and config.is_gpt2 else plugin.LOGITS_PROCESSOR
+        ],
         disable_log_stats=False,
         served_model_name=SERVED_MODEL_NAME,
     )
@@ -127,9 +130,26 @@ def vllm_sampling_params(
     import vllm
     from vllm.sampling_params import RequestOutputKind
 
+    output_kind = RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA
+    if config.is_gpt2:
+        # Turbo's chain runs in TurboLogitsProcessor; vLLM only draws from its result (or takes the argmax).
+        return vllm.SamplingParams(
+            temperature=0.0 if params.greedy else 1.0,
+            seed=params.seed,
+            max_tokens=params.max_new_tokens,
+            min_tokens=min_tokens,
+            stop_token_ids=[config.stop_speech_token],
+            extra_args={
+                TEMPERATURE: float(params.temperature), TOP_K: int(params.top_k), TOP_P: float(params.top_p),
+                REPETITION_PENALTY: float(params.repetition_penalty),
+            },
+            output_kind=output_kind,
+            detokenize=False,
+        )  # fmt: skip
     return vllm.SamplingParams(
         temperature=float(params.temperature),
         top_p=float(params.top_p),
+        top_k=int(params.top_k),
         min_p=float(params.min_p),
         seed=params.seed,
         max_tokens=params.max_new_tokens,
@@ -137,7 +157,7 @@ def vllm_sampling_params(
         stop_token_ids=[config.stop_speech_token],
         repetition_penalty=1.0,  # T3's own penalty runs in CFGLogitsProcessor
         extra_args={CFG_WEIGHT: float(params.cfg_weight), REPETITION_PENALTY: float(params.repetition_penalty)},
-        output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
+        output_kind=output_kind,
         detokenize=False,
     )
 
@@ -157,7 +177,7 @@ class VLLMT3Engine:
             options = dataclasses.replace(options, whole_prefills=self.device.type == "cpu")
         self.options = options
         model_dir = prepare_model_dir(t3_weights, self.config, cache_dir)
-        self._args = AsyncEngineArgs(**engine_kwargs(model_dir, options))
+        self._args = AsyncEngineArgs(**engine_kwargs(model_dir, options, self.config))
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chatterbox-vllm-engine", daemon=True)
@@ -180,7 +200,12 @@ class VLLMT3Engine:
 
     # ------------------------------------------------------------------------------------------ requests
     def prompt_embeds(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> torch.Tensor:
-        """[L, 2 * hidden]: the conditional prefix beside the unconditional one (itself again without CFG)."""
+        """[L, 2 * hidden]: the conditional prefix beside the unconditional one (itself again without CFG); GPT-2 T3:
+        [L, hidden], its one row."""
+        if self.config.is_gpt2:
+            with torch.inference_mode():
+                rows = self.prefix_model.prefill_embeds(cond.to(self.device), text_tokens, cfg=False)
+            return rows[0].to(device="cpu", dtype=self.dtype)
         with torch.inference_mode():
             rows = self.prefix_model.prefill_embeds(cond.to(self.device), text_tokens, cfg=params.uses_cfg)
         uncond = rows[1] if rows.shape[0] == 2 else rows[0]
@@ -189,14 +214,12 @@ class VLLMT3Engine:
     def _sampling_params(self, params: SamplingParams, *, final_only: bool = False) -> Any:
         return vllm_sampling_params(params, self.config, final_only=final_only)
 
-    def _check(self, text_tokens: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    def _check(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> torch.Tensor:
         tokens = check_text_tokens(text_tokens, self.config).to(self.device)
-        if params.max_new_tokens > self.config.speech_pos_emb_size:
-            raise ValueError(
-                f"max_new_tokens={params.max_new_tokens} exceeds T3's speech position table "
-                f"({self.config.speech_pos_emb_size})"
-            )
-        prompt = self.config.cond_len + tokens.numel() + 2
+        prompt = prompt_length(self.config, cond, tokens.numel())
+        limit = speech_token_limit(self.config, prompt)
+        if params.max_new_tokens > limit:
+            raise ValueError(f"max_new_tokens={params.max_new_tokens} exceeds T3's position table ({limit} left)")
         if prompt + params.max_new_tokens > self.options.max_model_len:
             raise ValueError(
                 f"prompt ({prompt} embeddings) + max_new_tokens ({params.max_new_tokens}) exceeds the engine's "
@@ -222,7 +245,7 @@ class VLLMT3Engine:
     def _submit(
         self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams, emit: Any, *, final_only: bool = False
     ) -> Future:
-        tokens = self._check(text_tokens, params)
+        tokens = self._check(text_tokens, cond, params)
         embeds = self.prompt_embeds(tokens, cond, params)
         request_id = f"t3-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         return asyncio.run_coroutine_threadsafe(

@@ -1,4 +1,5 @@
-"""The directory vLLM loads T3 from: a `config.json` describing the doubled (CFG) model, and the T3 weights.
+"""The directory vLLM loads T3 from: a `config.json` describing the model (the doubled CFG stream for Llama T3,
+GPT-2 as it is for Turbo and Nano), and the T3 weights.
 
 vLLM reads every `*.safetensors` in a model directory, and a Chatterbox checkpoint keeps the voice encoder and
 S3Gen beside T3, so the T3 file is linked into a directory of its own under the cache. Nothing is copied.
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 
 from ...models.t3.config import T3Config
-from .plugin import ARCHITECTURE
+from .plugin import ARCHITECTURE, GPT2_ARCHITECTURE
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -28,8 +29,17 @@ def default_cache_dir() -> Path:
 def vllm_hf_config(config: T3Config) -> dict:
     """What vLLM's bookkeeping reads (sizes of the doubled stream) plus T3's own config for the model class.
 
-    `mrope_section` only switches on vLLM's M-RoPE position path; the model applies its own (llama3) RoPE.
+    `mrope_section` only switches on vLLM's M-RoPE position path; the model applies its own (llama3) RoPE. GPT-2 T3
+    has one stream (no CFG) and GPT-2's own config, read by vLLM's GPT-2 blocks.
     """
+    if config.is_gpt2:
+        return {
+            **config.hf_gpt2_config(),
+            "architectures": [GPT2_ARCHITECTURE],
+            "vocab_size": config.speech_tokens_dict_size,  # what compute_logits returns
+            "torch_dtype": "float32",
+            "chatterbox_t3": dataclasses.asdict(config),
+        }
     return {
         "architectures": [ARCHITECTURE],
         "model_type": "llama",

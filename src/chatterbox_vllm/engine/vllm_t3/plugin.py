@@ -6,16 +6,26 @@ from __future__ import annotations
 ARCHITECTURE = "ChatterboxT3ForVLLM"
 MODEL_CLASS = "chatterbox_vllm.engine.vllm_t3.model:ChatterboxT3ForVLLM"
 LOGITS_PROCESSOR = "chatterbox_vllm.engine.vllm_t3.logits:CFGLogitsProcessor"
+# GPT-2 T3 (Turbo, Nano)
+GPT2_ARCHITECTURE = "ChatterboxGPT2T3ForVLLM"
+GPT2_MODEL_CLASS = "chatterbox_vllm.engine.vllm_t3.gpt2_model:ChatterboxGPT2T3ForVLLM"
+TURBO_LOGITS_PROCESSOR = "chatterbox_vllm.engine.vllm_t3.logits:TurboLogitsProcessor"
 
 # Keys of `SamplingParams.extra_args` that CFGLogitsProcessor reads.
 CFG_WEIGHT = "chatterbox_cfg_weight"
 REPETITION_PENALTY = "chatterbox_repetition_penalty"
+# ... and that TurboLogitsProcessor reads (with REPETITION_PENALTY): it applies temperature, top-k and top-p itself.
+TEMPERATURE = "chatterbox_temperature"
+TOP_K = "chatterbox_top_k"
+TOP_P = "chatterbox_top_p"
 
 
 def register() -> None:
     """Idempotent: vLLM calls general plugins once per process, we may call it again before building an engine."""
     from vllm import ModelRegistry
 
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        # Lazy (a "module:Class" string): vLLM imports the model only in the process that runs it.
-        ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    supported = ModelRegistry.get_supported_archs()
+    for architecture, model_class in ((ARCHITECTURE, MODEL_CLASS), (GPT2_ARCHITECTURE, GPT2_MODEL_CLASS)):
+        if architecture not in supported:
+            # Lazy (a "module:Class" string): vLLM imports the model only in the process that runs it.
+            ModelRegistry.register_model(architecture, model_class)

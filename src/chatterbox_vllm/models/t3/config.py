@@ -1,18 +1,24 @@
-"""Dimensions and token ids of T3, Chatterbox's text-to-speech-token Llama.
+"""Dimensions and token ids of T3, Chatterbox's text-to-speech-token transformer.
 
 Defaults are the published model (`Llama_520M` backbone, English text vocabulary). The multilingual model differs
-only in its text vocabulary (2454 instead of 704 ids). Published checkpoints carry no config, so these numbers are
-the contract with the weight files.
+only in its text vocabulary (2454 instead of 704 ids). Turbo and Nano (`ResembleAI/chatterbox-turbo`, `-nano`) swap
+the backbone for GPT-2 (medium: 24 layers x 1024; small: 12 x 768) with its own absolute positions (`wpe`), read
+GPT-2 text tokens (50,257 + 19 paralinguistic tags), keep the 375-token speech prompt as it is (no perceiver) and
+have no emotion input. Published checkpoints carry no config, so these numbers are the contract with the weight
+files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 ENGLISH_TEXT_VOCAB = 704
 MULTILINGUAL_TEXT_VOCAB = 2454
+GPT2_TEXT_VOCAB = 50_276  # GPT-2's 50,257 ids + 19 paralinguistic tags (Turbo, Nano)
+
+Backbone = Literal["llama", "gpt2"]
 
 
 @dataclass(frozen=True)
@@ -54,11 +60,27 @@ class T3Config:
     # Rows of the backbone's own token embedding: the file has it ([8, hidden]) but T3 never uses it.
     backbone_vocab_size: int = 8
 
+    # ---------------------------------------- backbone family (GPT-2 for Turbo and Nano)
+    backbone: Backbone = "llama"
+    # T3's own learned text/speech position tables (Llama T3); GPT-2 T3 relies on the backbone's `wpe` alone.
+    learned_pos_emb: bool = True
+    layer_norm_epsilon: float = 1e-5  # GPT-2's LayerNorms
+    n_positions: int = 8196  # GPT-2's absolute position table: the longest sequence, prefix included
+
     # ------------------------------------------------------------------ derived
     @property
     def is_multilingual(self) -> bool:
         """The reference tells the variants apart by the text vocabulary size."""
         return self.text_tokens_dict_size == MULTILINGUAL_TEXT_VOCAB
+
+    @property
+    def is_gpt2(self) -> bool:
+        return self.backbone == "gpt2"
+
+    @property
+    def supports_cfg(self) -> bool:
+        """Turbo and Nano were distilled without classifier-free guidance: their reference never runs it."""
+        return not self.is_gpt2
 
     @property
     def text_pos_emb_size(self) -> int:
@@ -84,12 +106,39 @@ class T3Config:
         return cls(text_tokens_dict_size=MULTILINGUAL_TEXT_VOCAB)
 
     @classmethod
+    def turbo(cls) -> "T3Config":
+        """`GPT2_medium` as the reference's `tts_turbo.py` configures it (`t3_turbo_v1.safetensors`)."""
+        return cls(
+            text_tokens_dict_size=GPT2_TEXT_VOCAB,
+            speech_tokens_dict_size=6563,
+            speech_cond_prompt_len=375,
+            use_perceiver_resampler=False,
+            emotion_adv=False,
+            backbone="gpt2",
+            learned_pos_emb=False,
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            head_dim=64,
+            intermediate_size=4096,
+            backbone_vocab_size=GPT2_TEXT_VOCAB,
+        )
+
+    @classmethod
+    def nano(cls) -> "T3Config":
+        """`GPT2_small` (upstream chatterbox since 5de7a54, `t3_nano_v1.safetensors`): Turbo at 12 x 768."""
+        return dataclasses.replace(
+            cls.turbo(), hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+            intermediate_size=3072,
+        )  # fmt: skip
+
+    @classmethod
     def for_variant(cls, variant: str) -> "T3Config":
-        if variant == "english":
-            return cls.english()
-        if variant == "multilingual":
-            return cls.multilingual()
-        raise ValueError(f"unknown T3 variant {variant!r} (expected 'english' or 'multilingual')")
+        presets = {"english": cls.english, "multilingual": cls.multilingual, "turbo": cls.turbo, "nano": cls.nano}
+        if variant not in presets:
+            raise ValueError(f"unknown T3 variant {variant!r} (expected one of {', '.join(presets)})")
+        return presets[variant]()
 
     @classmethod
     def tiny(cls, variant: str = "english") -> "T3Config":
@@ -102,7 +151,7 @@ class T3Config:
             num_attention_heads=2,
             num_key_value_heads=2,
             head_dim=32,
-            intermediate_size=128,
+            intermediate_size=256 if variant in ("turbo", "nano") else 128,  # GPT-2's MLP is 4 x hidden
         )
 
     @classmethod
@@ -120,6 +169,32 @@ class T3Config:
             raise ValueError("T3Config: num_attention_heads must be a multiple of num_key_value_heads")
         if self.hidden_size % self.perceiver_heads:
             raise ValueError("T3Config: hidden_size must be divisible by perceiver_heads")
+        if self.backbone not in ("llama", "gpt2"):
+            raise ValueError(f"T3Config: unknown backbone {self.backbone!r} (expected 'llama' or 'gpt2')")
+        if self.is_gpt2 and (
+            self.num_attention_heads * self.head_dim != self.hidden_size
+            or self.num_key_value_heads != self.num_attention_heads
+        ):
+            raise ValueError("T3Config: a GPT-2 backbone has hidden_size = heads x head_dim and no grouped KV heads")
+
+    def hf_gpt2_config(self) -> dict[str, Any]:
+        """The backbone as a Hugging Face `GPT2Config` dict (what vLLM's GPT-2 layers are built from)."""
+        return {
+            "model_type": "gpt2",
+            "vocab_size": self.backbone_vocab_size,
+            "n_embd": self.hidden_size,
+            "n_layer": self.num_hidden_layers,
+            "n_head": self.num_attention_heads,
+            "n_inner": self.intermediate_size,
+            "n_positions": self.n_positions,
+            "n_ctx": self.n_positions,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            "tie_word_embeddings": False,
+        }
 
     def hf_llama_config(self) -> dict[str, Any]:
         """The backbone as a Hugging Face `LlamaConfig` dict (what vLLM's Llama layers are built from)."""

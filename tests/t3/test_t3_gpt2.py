@@ -1,0 +1,106 @@
+"""GPT-2 T3 (Turbo, Nano) against the reference: full-size tensor manifests, and on tiny seed-0 weights the
+conditioning prefix, prefill embeddings, logits, Turbo's sampling distribution and a top-1 decode
+(`tools/reference/make_gpt2_t3_fixtures.py`). Tolerances are those of the Llama T3 golden tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chatterbox_vllm.checkpoint.random_weights import build_state_dict, component_specs
+from chatterbox_vllm.engine.base import SamplingParams, check_text_tokens
+from chatterbox_vllm.engine.sampling import turbo_penalty_history, turbo_sampling_probs
+from chatterbox_vllm.engine.torch_engine import TorchT3Engine
+from chatterbox_vllm.models.t3 import T3, T3Cond, T3Config
+from chatterbox_vllm.models.t3.loader import build_t3, infer_config
+
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "turbo"
+
+
+@pytest.mark.parametrize("variant,file", [("turbo", "t3_turbo_v1.safetensors"), ("nano", "t3_nano_v1.safetensors")])
+def test_full_size_state_dict_equals_the_reference_manifest(variant: str, file: str) -> None:
+    expected = json.loads((GOLDEN / f"{file}.json").read_text())
+    with torch.device("meta"):
+        model = T3(T3Config.for_variant(variant))
+    ours = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            for n, t in model.state_dict().items()]  # fmt: skip
+    assert ours == expected
+
+
+def test_the_published_file_tells_turbo_from_nano() -> None:
+    for variant in ("turbo", "nano", "english", "multilingual"):
+        config = T3Config.for_variant(variant)
+        text = torch.empty(config.text_tokens_dict_size, config.hidden_size, device="meta")
+        assert infer_config({"text_emb.weight": text}) == config
+
+
+@pytest.fixture(scope="module")
+def model() -> T3:
+    config = T3Config.tiny("turbo")
+    model = build_t3(config)
+    model.load_state_dict(build_state_dict(component_specs("t3", "turbo", "tiny"), 0, {}))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, torch.Tensor]:
+    return load_file(str(GOLDEN / "t3_gpt2_tiny.safetensors"))
+
+
+def cond_of(g: dict[str, torch.Tensor]) -> T3Cond:
+    return T3Cond(g["speaker_emb"], g["cond_prompt_speech_tokens"], torch.zeros(1, 1, 1))
+
+
+@torch.inference_mode()
+def test_prefix_and_logits_match_the_reference(model: T3, golden: dict[str, torch.Tensor]) -> None:
+    cond = cond_of(golden)
+    torch.testing.assert_close(model.prepare_conditioning(cond), golden["cond_emb"], atol=1e-5, rtol=0)
+    prefix = model.prefill_embeds(cond, golden["text_tokens"][0], cfg=False)
+    torch.testing.assert_close(prefix, golden["prefill_embeds"], atol=1e-5, rtol=0)
+    forced = model.speech_embeds(golden["speech_tokens"], 1)
+    hidden = model(torch.cat([prefix, forced], dim=1))
+    logits = model.speech_logits(hidden[:, prefix.shape[1] - 1 :])
+    torch.testing.assert_close(logits, golden["logits"], atol=1e-3, rtol=1e-4)
+
+
+def test_turbo_sampling_distribution_matches_the_reference(golden: dict[str, torch.Tensor]) -> None:
+    params = SamplingParams.turbo()
+    logits, forced = golden["logits"][0], golden["speech_tokens"][0]
+    step0 = turbo_sampling_probs(logits[0:1], turbo_penalty_history(6561, forced[:0]), params)
+    step3 = turbo_sampling_probs(logits[3:4], turbo_penalty_history(6561, forced[:3]), params)
+    torch.testing.assert_close(step0, golden["probs_step0"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(step3, golden["probs_step3"], atol=1e-5, rtol=0)
+    assert int((step0 > 0).sum()) <= 1000  # top-k did cut the 6563-token vocabulary
+
+
+def test_top1_decode_equals_inference_turbo(model: T3, golden: dict[str, torch.Tensor]) -> None:
+    expected = golden["top1_tokens"].tolist()
+    engine = TorchT3Engine(model)
+    params = SamplingParams.turbo(top_k=1, max_new_tokens=len(expected), seed=0)
+    assert engine.generate(golden["text_tokens"][0], cond_of(golden), params) == expected
+    # cfg_weight is ignored for GPT-2 T3, as the reference ignores it
+    cfg = SamplingParams.turbo(top_k=1, max_new_tokens=len(expected), cfg_weight=0.5)
+    assert engine.generate(golden["text_tokens"][0], cond_of(golden), cfg) == expected
+
+
+def test_gpt2_text_needs_no_start_stop_tokens_and_is_bounded() -> None:
+    config = T3Config.turbo()
+    assert check_text_tokens(torch.tensor([464, 50257]), config).tolist() == [464, 50257]
+    with pytest.raises(ValueError, match="ids must lie"):
+        check_text_tokens(torch.tensor([50276]), config)
+    with pytest.raises(ValueError, match="at most"):
+        check_text_tokens(torch.zeros(config.n_positions, dtype=torch.long), config)
+    with pytest.raises(ValueError, match="non-empty"):
+        check_text_tokens(torch.tensor([], dtype=torch.long), config)
+
+
+def test_gpt2_t3_refuses_cfg_rows_and_long_decodes(model: T3, golden: dict[str, torch.Tensor]) -> None:
+    with pytest.raises(ValueError, match="classifier-free guidance"):
+        model.prefill_embeds(cond_of(golden), golden["text_tokens"][0], cfg=True)
+    engine = TorchT3Engine(model)
+    with pytest.raises(ValueError, match="position table"):
+        engine.stream(golden["text_tokens"][0], cond_of(golden), SamplingParams.turbo(max_new_tokens=8000))
