@@ -157,6 +157,11 @@ def multilingual_tiny_checkpoint() -> Path:
     return seed0_checkpoint("multilingual", "tiny")
 
 
+@pytest.fixture(scope="session")
+def turbo_tiny_checkpoint() -> Path:
+    return seed0_checkpoint("turbo", "tiny")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

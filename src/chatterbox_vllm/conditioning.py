@@ -23,9 +23,10 @@ from .models.t3 import T3Cond
 
 S3GEN_SAMPLE_RATE = 24_000
 S3_SAMPLE_RATE = 16_000
-# The reference keeps the first 10 s of the clip for S3Gen and the first 6 s for T3's speech prompt.
+# The reference keeps the first 10 s of the clip for S3Gen and, for T3's speech prompt, as many seconds as the prompt
+# holds tokens at 25 Hz (6 s for 150 tokens; Turbo and Nano: 15 s for 375).
 S3GEN_REF_SECONDS = 10
-T3_PROMPT_SECONDS = 6
+SPEECH_TOKENS_PER_SECOND = 25
 MIN_REFERENCE_SECONDS = 0.5
 # The whole clip feeds the speaker embedding; past this a file is refused rather than decoded into memory.
 MAX_REFERENCE_SECONDS = 600
@@ -84,13 +85,42 @@ class Conditionals:
         return Conditionals(t3=replace(self.t3, emotion_adv=emotion), gen=self.gen)
 
 
+def normalize_loudness(wav: np.ndarray, sample_rate: int, target_lufs: float) -> np.ndarray:
+    """`wav` scaled to `target_lufs` integrated loudness (ITU-R BS.1770, pyloudnorm as the reference uses it);
+    unchanged when the loudness is not measurable (too short or silent gating blocks)."""
+    import pyloudnorm
+
+    try:
+        loudness = pyloudnorm.Meter(sample_rate).integrated_loudness(wav)
+    except ValueError:  # shorter than one gating block
+        return wav
+    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    if not np.isfinite(gain) or gain <= 0:
+        return wav
+    return (wav * gain).astype(np.float32)
+
+
 class VoiceConditioner:
     """Computes conditionals from reference clips, with an LRU cache keyed by the clip's bytes."""
 
-    def __init__(self, voice_encoder, s3gen, *, prompt_tokens: int, device: torch.device, cache_size: int = 64):
+    def __init__(
+        self,
+        voice_encoder,
+        s3gen,
+        *,
+        prompt_tokens: int,
+        device: torch.device,
+        cache_size: int = 64,
+        loudness_lufs: float | None = None,
+        min_seconds: float = MIN_REFERENCE_SECONDS,
+    ):
+        """`loudness_lufs`: bring the clip to this integrated loudness first (Turbo's reference does, to -27 LUFS);
+        `min_seconds`: the shortest clip accepted (Turbo's reference asserts more than 5 s)."""
         self.voice_encoder = voice_encoder
         self.s3gen = s3gen
         self.prompt_tokens = prompt_tokens
+        self.loudness_lufs = loudness_lufs
+        self.min_seconds = min_seconds
         self.device = device
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Conditionals] = OrderedDict()
@@ -119,19 +149,22 @@ class VoiceConditioner:
             raise VoiceCloneError(
                 f"reference audio lasts longer than {MAX_REFERENCE_SECONDS} s; 5-10 s of clean speech works best"
             ) from exc
-        if wav_24k.size < MIN_REFERENCE_SECONDS * S3GEN_SAMPLE_RATE:
+        if wav_24k.size < self.min_seconds * S3GEN_SAMPLE_RATE:
             raise VoiceCloneError(
                 f"reference audio is {wav_24k.size / S3GEN_SAMPLE_RATE:.2f} s long; at least "
-                f"{MIN_REFERENCE_SECONDS} s is needed (5-10 s of clean speech works best)"
+                f"{self.min_seconds} s is needed (5-10 s of clean speech works best)"
             )
         if not np.any(np.abs(wav_24k) > 1e-4):
             raise VoiceCloneError("reference audio is silent")
+        if self.loudness_lufs is not None:
+            wav_24k = normalize_loudness(wav_24k, S3GEN_SAMPLE_RATE, self.loudness_lufs)
         wav_16k = resample_soxr_hq(wav_24k, S3GEN_SAMPLE_RATE, S3_SAMPLE_RATE)
 
         ref_dict = self.s3gen.embed_ref(
             torch.from_numpy(wav_24k[: S3GEN_REF_SECONDS * S3GEN_SAMPLE_RATE]).to(self.device), S3GEN_SAMPLE_RATE
         )
-        prompt_clip = torch.from_numpy(wav_16k[: T3_PROMPT_SECONDS * S3_SAMPLE_RATE]).to(self.device)
+        prompt_seconds = self.prompt_tokens / SPEECH_TOKENS_PER_SECOND
+        prompt_clip = torch.from_numpy(wav_16k[: int(prompt_seconds * S3_SAMPLE_RATE)]).to(self.device)
         prompt_tokens, _ = self.s3gen.tokenizer.forward([prompt_clip], max_len=self.prompt_tokens)
         speaker = self.voice_encoder.embeds_from_wavs([wav_16k], sample_rate=S3_SAMPLE_RATE)
         speaker = torch.as_tensor(np.asarray(speaker)).mean(dim=0, keepdim=True).to(self.device)

@@ -1,8 +1,10 @@
-"""ChatterboxTTS: text in, 24 kHz speech out, for the English and the multilingual Chatterbox models.
+"""ChatterboxTTS: text in, 24 kHz speech out, for the English, multilingual, Turbo and Nano Chatterbox models.
 
 The pipeline is the reference's: normalise and tokenize text -> T3 speech tokens (conditioned on a voice) ->
 S3Gen (flow matching to a mel, HiFT vocoder to a waveform). Where it differs from chatterbox-tts 0.1.7 it follows
-fixes made upstream later, marked below.
+fixes made upstream later, marked below. Turbo and Nano (`tts_turbo.py` in the reference) differ in every stage:
+GPT-2 text tokens with paralinguistic tags, GPT-2 T3 without CFG, a mean-flow S3Gen, three silence tokens appended
+to the speech, and voice clips brought to -27 LUFS before analysis.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .checkpoint.config import ModelConfig, load_model_config
 from .checkpoint.hub import download, resolve_model
 from .checkpoint.layout import CheckpointLayout
 from .checkpoint.weights import CheckpointError
-from .conditioning import S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
+from .conditioning import MIN_REFERENCE_SECONDS, S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
 from .engine.base import SamplingParams, T3Engine, speech_tokens_for_s3gen
 from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
@@ -26,8 +28,11 @@ from .settings import Settings
 from .models.s3gen import S3Gen, load_s3gen
 from .models.s3gen.flow import FlowRow
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
+from .text import turbo_normalize
+from .text.gpt2 import GPT2TextTokenizer
 from .text.languages import SUPPORTED_LANGUAGES, validate_language
 from .text.normalize import punc_norm, validate_text
+from .text.paralinguistic import prepare_tags
 from .text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,12 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = S3GEN_SAMPLE_RATE
 # S3 speech tokens run at 25 Hz: each token is 960 samples of 24 kHz audio.
 SAMPLES_PER_TOKEN = SAMPLE_RATE // 25
+# Turbo/Nano: the reference appends three silence tokens to T3's output before S3Gen (`S3GEN_SIL`).
+S3GEN_SILENCE_TOKEN = 4299
+GPT2_TAIL_SILENCE_TOKENS = 3
+# Turbo/Nano voice clips: loudness target and shortest clip of the reference's `prepare_conditionals`.
+GPT2_VOICE_LUFS = -27.0
+GPT2_MIN_VOICE_SECONDS = 5.0
 
 
 def default_device() -> torch.device:
@@ -77,21 +88,8 @@ def flow_compute_dtype(name: str, device: torch.device, *, low_memory: bool = Fa
     return getattr(torch, name)
 
 
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """Per-variant defaults (both 1.2: upstream lowered the multilingual penalty from 0.1.7's 2.0)."""
-
-    exaggeration: float = 0.5
-    cfg_weight: float = 0.5
-    temperature: float = 0.8
-    repetition_penalty: float = 1.2
-    min_p: float = 0.05
-    top_p: float = 1.0
-    max_new_tokens: int = 1000
-
-
 class ChatterboxTTS:
-    """A loaded Chatterbox model (either variant) ready to synthesize."""
+    """A loaded Chatterbox model (English, multilingual, Turbo or Nano) ready to synthesize."""
 
     sample_rate = SAMPLE_RATE
 
@@ -103,7 +101,7 @@ class ChatterboxTTS:
         engine: T3Engine,
         s3gen: S3Gen,
         voice_encoder: VoiceEncoder,
-        tokenizer: EnglishTokenizer | MultilingualTokenizer,
+        tokenizer: EnglishTokenizer | MultilingualTokenizer | GPT2TextTokenizer,
         conds: Conditionals | None,
         device: torch.device,
     ) -> None:
@@ -115,10 +113,12 @@ class ChatterboxTTS:
         self.tokenizer = tokenizer
         self.default_conds = conds
         self.device = device
-        self.defaults = GenerationDefaults()
+        gpt2 = layout.is_gpt2
         self.voices = VoiceConditioner(
-            voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device
-        )
+            voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
+            loudness_lufs=GPT2_VOICE_LUFS if gpt2 else None,
+            min_seconds=GPT2_MIN_VOICE_SECONDS if gpt2 else MIN_REFERENCE_SECONDS,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -234,10 +234,11 @@ class ChatterboxTTS:
                 # Only beside graphs: warm_up_s3gen's first capture then compiles at start-up, not a request.
                 s3gen.flow.decoder.compile_blocks()
         voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
-        if layout.variant == "english":
-            tokenizer: EnglishTokenizer | MultilingualTokenizer = EnglishTokenizer.from_file(
-                directory / layout.text_tokenizer
-            )
+        tokenizer: EnglishTokenizer | MultilingualTokenizer | GPT2TextTokenizer
+        if layout.is_gpt2:
+            tokenizer = GPT2TextTokenizer.from_dir(directory)
+        elif layout.variant == "english":
+            tokenizer = EnglishTokenizer.from_file(directory / layout.text_tokenizer)
         else:
             tokenizer = MultilingualTokenizer.from_files(
                 directory / layout.text_tokenizer, directory / (layout.cangjie_table or "")
@@ -292,6 +293,11 @@ class ChatterboxTTS:
         return self.layout.variant == "multilingual"
 
     @property
+    def is_gpt2(self) -> bool:
+        """Turbo or Nano: GPT-2 T3 (no CFG, paralinguistic tags), mean-flow S3Gen."""
+        return self.layout.is_gpt2
+
+    @property
     def supported_languages(self) -> dict[str, str]:
         return dict(SUPPORTED_LANGUAGES) if self.is_multilingual else {"en": SUPPORTED_LANGUAGES["en"]}
 
@@ -301,15 +307,37 @@ class ChatterboxTTS:
         return self.voices.from_audio(audio, exaggeration)
 
     def text_tokens(self, text: str, language_id: str | None = None) -> torch.Tensor:
-        """T3's text input: [start] + tokens of the normalised text + [stop]."""
+        """T3's text input: Llama T3 [start] + tokens of the normalised text + [stop]; GPT-2 T3 (Turbo, Nano) the
+        GPT-2 ids of the text normalised as its reference does. Paralinguistic tags ([laugh], [sigh], ...) pass
+        through to Turbo and Nano; other models would read them aloud, so they are removed, with a warning."""
         validate_text(text)
         language = validate_language(language_id, multilingual=self.is_multilingual)
+        text, removed = prepare_tags(text, self.variant)
+        if removed:
+            log.warning("the %s model has no paralinguistic tags: removed %s", self.variant, ", ".join(removed))
+            if not text.strip():
+                raise ValueError("the text holds nothing but paralinguistic tags, which this model does not speak")
+        if isinstance(self.tokenizer, GPT2TextTokenizer):
+            return torch.tensor(self.tokenizer.encode(turbo_normalize.punc_norm(text)), dtype=torch.long)
         normalised = punc_norm(text, multilingual=self.is_multilingual)
         if isinstance(self.tokenizer, MultilingualTokenizer):
             ids = self.tokenizer.encode(normalised, language)
         else:
             ids = self.tokenizer.encode(normalised)
         return torch.tensor(text_token_ids(ids), dtype=torch.long)
+
+    def sampling_params(self, **settings: float | int | None) -> SamplingParams:
+        """This model's sampling defaults with the given settings (None = the default) in their place. Turbo and
+        Nano ignore `cfg_weight` and `min_p`, as their reference does (it warns and runs without them)."""
+        given = {name: value for name, value in settings.items() if value is not None}
+        if self.is_gpt2:
+            ignored = sorted(name for name in ("cfg_weight", "min_p") if given.pop(name, 0))
+            if ignored:
+                log.debug("the %s model ignores %s", self.variant, ", ".join(ignored))
+            return SamplingParams.turbo(**given)
+        if given.get("top_k"):
+            raise ValueError("top_k is a setting of the Turbo and Nano models; this model samples with min_p/top_p")
+        return SamplingParams(**given)  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def generate(
@@ -318,32 +346,45 @@ class ChatterboxTTS:
         language_id: str | None = None,
         audio_prompt_path: str | Path | bytes | None = None,
         exaggeration: float = 0.5,
-        cfg_weight: float = 0.5,
-        temperature: float = 0.8,
-        repetition_penalty: float = 1.2,
-        min_p: float = 0.05,
-        top_p: float = 1.0,
+        cfg_weight: float | None = None,
+        temperature: float | None = None,
+        repetition_penalty: float | None = None,
+        min_p: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
         seed: int | None = None,
         max_new_tokens: int = 1000,
         conditionals: Conditionals | None = None,
     ) -> np.ndarray:
         """Synthesize `text`; returns a float32 waveform at 24 kHz.
 
-        The voice is `conditionals` if given, else the clip at `audio_prompt_path`, else the built-in voice.
+        The voice is `conditionals` if given, else the clip at `audio_prompt_path`, else the built-in voice. Unset
+        sampling settings take the model's defaults (`sampling_params`).
         """
         tokens = self.text_tokens(text, language_id)
         conds = self._conditionals(conditionals, audio_prompt_path, exaggeration)
-        params = SamplingParams(
-            temperature=temperature,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            cfg_weight=cfg_weight,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-        )
+        params = self.sampling_params(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
+            cfg_weight=cfg_weight, max_new_tokens=max_new_tokens, seed=seed,
+        )  # fmt: skip
         speech = self.engine.generate(tokens.to(self.device), conds.t3, params)
         return self.vocode(speech, conds, seed=seed)
+
+    def s3gen_tokens(self, speech_tokens: list[int]) -> list[int]:
+        """What S3Gen decodes for these T3 tokens: the real S3 tokens, and for Turbo/Nano three silence tokens
+        after them (as the reference appends; a prefix decoded early gets them too, where they are held back)."""
+        valid = speech_tokens_for_s3gen(speech_tokens)
+        if valid and self.is_gpt2:
+            valid = valid + [S3GEN_SILENCE_TOKEN] * GPT2_TAIL_SILENCE_TOKENS
+        return valid
+
+    def kept_samples(self, tokens: int, wav_samples: int) -> int:
+        """How much of a piece's waveform is kept. Llama T3 models: all but the last token's audio, as upstream
+        cuts it after 0.1.7 (the token before the stop token decodes to ~40 ms of noise); Turbo/Nano: all of it
+        (their reference keeps the appended silence)."""
+        if self.is_gpt2:
+            return wav_samples
+        return min(wav_samples, max(1, tokens - 1) * SAMPLES_PER_TOKEN)
 
     def vocode(
         self,
@@ -361,7 +402,8 @@ class ChatterboxTTS:
         noise. We do it for English too, for the same reason.
         `noise` (`[1, 80, prompt frames + 2 x tokens]`) fixes the flow's initial noise (incremental vocoding).
         """
-        valid = speech_tokens_for_s3gen(speech_tokens)
+        real = len(speech_tokens_for_s3gen(speech_tokens))
+        valid = self.s3gen_tokens(speech_tokens)
         if not valid:
             return np.zeros(0, dtype=np.float32)
         generator = None
@@ -370,8 +412,7 @@ class ChatterboxTTS:
         token_tensor = torch.tensor(valid, dtype=torch.long, device=self.device).unsqueeze(0)
         wav = self.s3gen.inference(token_tensor, conds.gen, generator=generator, noise=noise)
         wav = wav.squeeze(0).float().cpu().numpy()
-        keep = max(1, len(valid) - 1) * SAMPLES_PER_TOKEN
-        return np.ascontiguousarray(wav[:keep], dtype=np.float32)
+        return np.ascontiguousarray(wav[: self.kept_samples(real, len(wav))], dtype=np.float32)
 
     @torch.inference_mode()
     def vocode_batch(self, jobs: list[VocodeJob]) -> list[np.ndarray]:
@@ -387,7 +428,8 @@ class ChatterboxTTS:
         out: list[np.ndarray | None] = [None] * len(jobs)
         rows, generators, kept, index = [], [], [], []
         for i, job in enumerate(jobs):
-            valid = speech_tokens_for_s3gen(job.tokens)
+            real = len(speech_tokens_for_s3gen(job.tokens))
+            valid = self.s3gen_tokens(job.tokens)
             if not valid:
                 out[i] = np.zeros(0, dtype=np.float32)
                 continue
@@ -408,14 +450,14 @@ class ChatterboxTTS:
                 )  # fmt: skip
             )
             generators.append(generator)
-            kept.append(max(1, len(valid) - 1) * SAMPLES_PER_TOKEN)
+            kept.append(real)
             index.append(i)
         if rows:
             mels = self.s3gen.flow.inference_rows(rows)
             wavs = self.s3gen.mel2wav.inference_rows([mel.to(self.s3gen.dtype) for mel in mels], generators)
             for i, wav, keep in zip(index, wavs, kept, strict=True):
                 wav = self.s3gen.apply_trim_fade(wav).float().cpu().numpy()
-                out[i] = np.ascontiguousarray(wav[:keep], dtype=np.float32)
+                out[i] = np.ascontiguousarray(wav[: self.kept_samples(keep, len(wav))], dtype=np.float32)
         return [wav if wav is not None else np.zeros(0, dtype=np.float32) for wav in out]
 
     def _conditionals(

@@ -403,3 +403,15 @@ def test_the_server_sets_its_gil_switch_interval(english_tts: ChatterboxTTS, tmp
     finally:
         stop_server(running)
         sys.setswitchinterval(previous)
+
+
+def test_english_model_removes_tags_with_a_warning(server: Server) -> None:
+    body = {"model": "tts-1", "voice": "alloy", "response_format": "pcm", "seed": 0, "temperature": 0}
+    tagged = httpx.post(f"{server.url}/v1/audio/speech", json={**body, "input": "Hello [laugh] world."}, timeout=120)
+    plain = httpx.post(f"{server.url}/v1/audio/speech", json={**body, "input": "Hello world."}, timeout=120)
+    assert tagged.status_code == plain.status_code == 200
+    assert "[laugh]" in tagged.headers["x-chatterbox-warning"] and "x-chatterbox-warning" not in plain.headers
+    assert tagged.content == plain.content
+    assert_error(httpx.post(f"{server.url}/v1/audio/speech", json={**body, "input": "[sigh]"}, timeout=60), 400)
+    assert_error(httpx.post(f"{server.url}/v1/audio/speech", json={**body, "input": "Hi.", "top_k": 5}, timeout=60),
+                 400, "top_k")  # fmt: skip

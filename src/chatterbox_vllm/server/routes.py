@@ -85,11 +85,22 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
         REQUESTS.labels(status="rejected").inc()
         raise
     IN_PROGRESS.inc()
+    headers = _notices(prepared)
     if body.stream_format == "sse":
         content = _sse_events(service, prepared, encoder, started)
-        return StreamingResponse(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
+        )
     content = await _started(_audio_bytes(service, prepared, encoder, started))
-    return StreamingResponse(content, media_type=CONTENT_TYPES[body.response_format])
+    return StreamingResponse(content, media_type=CONTENT_TYPES[body.response_format], headers=headers)
+
+
+def _notices(prepared: PreparedSpeech) -> dict[str, str]:
+    """What the client should know about how its input was read (a header: the audio itself is unaffected)."""
+    if not prepared.removed_tags:
+        return {}
+    tags = " ".join(dict.fromkeys(prepared.removed_tags))
+    return {"X-Chatterbox-Warning": f"removed paralinguistic tags the served model does not speak: {tags}"}
 
 
 async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # OpenAI's TTS model names (Open WebUI and SDK examples send these) and our own.
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-OWN_MODELS = ("chatterbox", "chatterbox-english", "chatterbox-multilingual")
+OWN_MODELS = ("chatterbox", "chatterbox-english", "chatterbox-multilingual", "chatterbox-turbo", "chatterbox-nano")
 
 
 class VoiceRef(BaseModel):
@@ -28,14 +28,17 @@ class SpeechRequest(BaseModel):
     instructions: str | None = Field(None, description="accepted for compatibility; Chatterbox ignores it")
     stream_format: Literal["audio", "sse"] = "audio"
 
-    # Chatterbox's controls (not in OpenAI's API)
+    # Chatterbox's controls (not in OpenAI's API). Unset sampling controls take the served model's defaults:
+    # cfg_weight 0.5, temperature 0.8, top_p 1, min_p 0.05, repetition_penalty 1.2 (English, multilingual);
+    # temperature 0.8, top_k 1000, top_p 0.95, repetition_penalty 1.2 and no CFG or min_p (Turbo, Nano).
     language_id: str | None = None
-    exaggeration: float = Field(0.5, ge=0.0, le=2.0)
-    cfg_weight: float = Field(0.5, ge=0.0, le=3.0)
-    temperature: float = Field(0.8, ge=0.0, le=5.0, description="0 decodes greedily")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.2, gt=0.0, le=10.0)
+    exaggeration: float = Field(0.5, ge=0.0, le=2.0, description="English/multilingual only; Turbo ignores it")
+    cfg_weight: float | None = Field(None, ge=0.0, le=3.0, description="English/multilingual only")
+    temperature: float | None = Field(None, ge=0.0, le=5.0, description="0 decodes greedily")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0, le=100_000, description="Turbo/Nano only; 0 = off")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="English/multilingual only")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
     @property

@@ -25,6 +25,7 @@ import torch
 
 from ..conditioning import Conditionals
 from ..engine.base import SamplingParams
+from ..text.paralinguistic import prepare_tags
 from ..incremental import IncrementalVocoder
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
@@ -50,6 +51,7 @@ class PreparedSpeech:
     conds: Conditionals
     params: SamplingParams
     text_tokens: int
+    removed_tags: tuple[str, ...] = ()  # paralinguistic tags dropped because the model does not speak them
 
 
 def fade_out(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -139,9 +141,10 @@ class SpeechService:
             raise APIError(400, str(exc), param="input") from exc
         conds = await self._conditionals(voice, request.exaggeration)
         try:
-            params = SamplingParams(
+            params = self.tts.sampling_params(
                 temperature=request.temperature,
                 top_p=request.top_p,
+                top_k=request.top_k,
                 min_p=request.min_p,
                 repetition_penalty=request.repetition_penalty,
                 cfg_weight=request.cfg_weight,
@@ -149,8 +152,9 @@ class SpeechService:
                 seed=request.seed,
             )
         except ValueError as exc:
-            raise APIError(400, str(exc)) from exc
-        return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces))
+            raise APIError(400, str(exc), param="top_k" if "top_k" in str(exc) else None) from exc
+        _, removed = prepare_tags(request.input, self.tts.variant)
+        return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces), tuple(removed))
 
     async def _conditionals(self, voice: Voice, exaggeration: float) -> Conditionals:
         if voice.path is None:
