@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ what to load, and where
     model: str = Field(
         "english",
-        description="english | multilingual | a local checkpoint directory | random-tiny (random weights, noise)",
+        description="english | multilingual | turbo | nano | a local checkpoint directory | random-tiny, "
+        "random-tiny-multilingual, random-tiny-turbo (random weights, noise)",
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) to pin the download to")
     device: str = Field("auto", description="auto (cuda if torch.cuda.is_available(), else cpu) | cuda | cuda:N | cpu")

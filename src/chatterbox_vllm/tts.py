@@ -28,7 +28,6 @@ from .settings import Settings
 from .models.s3gen import S3Gen, load_s3gen
 from .models.s3gen.flow import FlowRow
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
-from .text import turbo_normalize
 from .text.gpt2 import GPT2TextTokenizer
 from .text.languages import SUPPORTED_LANGUAGES, validate_language
 from .text.normalize import punc_norm, validate_text
@@ -318,7 +317,7 @@ class ChatterboxTTS:
             if not text.strip():
                 raise ValueError("the text holds nothing but paralinguistic tags, which this model does not speak")
         if isinstance(self.tokenizer, GPT2TextTokenizer):
-            return torch.tensor(self.tokenizer.encode(turbo_normalize.punc_norm(text)), dtype=torch.long)
+            return torch.tensor(self.tokenizer.encode(punc_norm(text, turbo=True)), dtype=torch.long)
         normalised = punc_norm(text, multilingual=self.is_multilingual)
         if isinstance(self.tokenizer, MultilingualTokenizer):
             ids = self.tokenizer.encode(normalised, language)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from chatterbox_vllm.text.paralinguistic import (
     strip_tags,
     supports_tags,
 )
-from chatterbox_vllm.text.turbo_normalize import EMPTY_TEXT_SENTENCE, punc_norm
+from chatterbox_vllm.text.normalize import EMPTY_TEXT_SENTENCE
+from chatterbox_vllm.text.normalize import punc_norm as _punc_norm
+
+punc_norm = partial(_punc_norm, turbo=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GPT2_DIR = REPO_ROOT / "src/chatterbox_vllm/checkpoint/data/gpt2"

@@ -6,6 +6,7 @@ The names are the real ones so that a directory downloaded from the hub and a ra
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,16 +85,6 @@ TURBO = CheckpointLayout(
 )
 
 # Nano's s3gen_meanflow.safetensors, ve.safetensors and conds.pt are Turbo's files (the same LFS blobs upstream).
-NANO = CheckpointLayout(
-    variant="nano",
-    voice_encoder="ve.safetensors",
-    t3="t3_nano_v1.safetensors",
-    s3gen="s3gen_meanflow.safetensors",
-    conds="conds.pt",
-    text_tokenizer=GPT2_TOKENIZER_FILES[0],
-    tokenizer_extras=GPT2_TOKENIZER_FILES[1:],
-    optional_files=GPT2_TOKENIZER_OPTIONAL,
-    repo_id=NANO_REPO_ID,
-)
+NANO = dataclasses.replace(TURBO, variant="nano", t3="t3_nano_v1.safetensors", repo_id=NANO_REPO_ID)
 
 LAYOUTS: dict[str, CheckpointLayout] = {"english": ENGLISH, "multilingual": MULTILINGUAL, "turbo": TURBO, "nano": NANO}

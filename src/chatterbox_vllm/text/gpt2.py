@@ -189,7 +189,7 @@ class GPT2TextTokenizer:
         return self.tokenizer.token_to_id(END_OF_TEXT)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of already normalised text (see `turbo_normalize.punc_norm`); no BOS/EOS, no truncation."""
+        """Ids of already normalised text (see `normalize.punc_norm(text, turbo=True)`); no BOS/EOS, no truncation."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:

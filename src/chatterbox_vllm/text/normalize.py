@@ -5,7 +5,9 @@ The models were trained on text cleaned this way, so deviations change what they
 
 from __future__ import annotations
 
-# Replacements in the reference's order (order matters: "..." must go before ":" etc.).
+# Replacements in the reference's order (order matters: "..." must go before ":" etc.). Turbo's and Nano's
+# reference (`tts_turbo.py`) drops the "...", " - " and ";" rewrites and keeps the rest in the same order.
+_TURBO_SKIPS = ("...", " - ", ";")
 _REPLACEMENTS: tuple[tuple[str, str], ...] = (
     ("...", ", "),
     ("…", ", "),
@@ -20,12 +22,13 @@ _REPLACEMENTS: tuple[tuple[str, str], ...] = (
     ("‘", "'"),
     ("’", "'"),
 )
+_TURBO_REPLACEMENTS = tuple((old, new) for old, new in _REPLACEMENTS if old not in _TURBO_SKIPS)
 _ENDERS = (".", "!", "?", "-", ",")
 # The multilingual model also accepts CJK sentence enders as final punctuation.
 _CJK_ENDERS = ("、", "，", "。", "？", "！")
 
 # What the reference substitutes for empty text; kept for parity, but the product refuses empty text earlier.
-_EMPTY_TEXT_SENTENCE = "You need to add some text for me to talk."
+EMPTY_TEXT_SENTENCE = "You need to add some text for me to talk."
 
 
 class EmptyTextError(ValueError):
@@ -40,14 +43,15 @@ def validate_text(text: str) -> None:
         raise EmptyTextError("text is empty")
 
 
-def punc_norm(text: str, *, multilingual: bool = False) -> str:
-    """Capitalise, collapse whitespace, map rare punctuation to common forms and ensure final punctuation."""
+def punc_norm(text: str, *, multilingual: bool = False, turbo: bool = False) -> str:
+    """Capitalise, collapse whitespace, map rare punctuation to common forms and ensure final punctuation.
+    `turbo`: Turbo's/Nano's variant (fewer rewrites; parity: tests/fixtures/golden/turbo_text)."""
     if len(text) == 0:
-        return _EMPTY_TEXT_SENTENCE
+        return EMPTY_TEXT_SENTENCE
     if text[0].islower():
         text = text[0].upper() + text[1:]
     text = " ".join(text.split())
-    for old, new in _REPLACEMENTS:
+    for old, new in _TURBO_REPLACEMENTS if turbo else _REPLACEMENTS:
         text = text.replace(old, new)
     text = text.rstrip(" ")
     enders = _ENDERS + _CJK_ENDERS if multilingual else _ENDERS

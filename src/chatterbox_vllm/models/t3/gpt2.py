@@ -96,12 +96,7 @@ class GPT2Backbone(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         t = inputs_embeds.shape[1]
-        start = 0
-        if kv_cache is not None:
-            if kv_cache.batch_size != inputs_embeds.shape[0]:
-                raise ValueError(f"KV cache holds {kv_cache.batch_size} rows, input has {inputs_embeds.shape[0]}")
-            kv_cache.reserve(t)
-            start = kv_cache.length
+        start = kv_cache.start(inputs_embeds) if kv_cache is not None else 0
         if start + t > self.config.n_positions:
             raise ValueError(f"sequence of {start + t} positions is longer than GPT-2's {self.config.n_positions}")
         positions = torch.arange(start, start + t, device=inputs_embeds.device)

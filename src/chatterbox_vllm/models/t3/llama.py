@@ -135,6 +135,13 @@ class KVCache:
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
 
+    def start(self, inputs_embeds: torch.Tensor) -> int:
+        """Make room for `inputs_embeds` ([B, T, hidden]) and return the position its first row takes."""
+        if self.batch_size != inputs_embeds.shape[0]:
+            raise ValueError(f"KV cache holds {self.batch_size} rows, input has {inputs_embeds.shape[0]}")
+        self.reserve(inputs_embeds.shape[1])
+        return self.length
+
 
 class LlamaAttention(nn.Module):
     def __init__(self, config: T3Config, layer_idx: int) -> None:
@@ -224,12 +231,7 @@ class LlamaBackbone(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """inputs_embeds: [B, T, hidden]. With a cache, positions continue after the cached ones."""
         t = inputs_embeds.shape[1]
-        start = 0
-        if kv_cache is not None:
-            if kv_cache.batch_size != inputs_embeds.shape[0]:
-                raise ValueError(f"KV cache holds {kv_cache.batch_size} rows, input has {inputs_embeds.shape[0]}")
-            kv_cache.reserve(t)
-            start = kv_cache.length
+        start = kv_cache.start(inputs_embeds) if kv_cache is not None else 0
         positions = torch.arange(start, start + t, device=inputs_embeds.device)
         cos, sin = self.rotary_emb(positions, inputs_embeds.dtype)
         h = inputs_embeds
