@@ -69,6 +69,15 @@ def test_seeded_sampling_repeats_and_streams_the_same_tokens(turbo: Setup) -> No
     assert other != first
 
 
+def test_the_torch_side_keeps_only_the_prefix(turbo: Setup) -> None:
+    """vLLM holds the blocks, positions and head: the torch copy keeps conditioning and embeddings only."""
+    prefix = turbo.engine.prefix_model
+    names = {name for name, _ in prefix.named_parameters()}
+    assert not any(name.startswith("tfmr.h.") for name in names)
+    assert prefix.tfmr.wte.weight.numel() == prefix.tfmr.wpe.weight.numel() == 1
+    assert {"cond_enc.spkr_enc.weight", "text_emb.weight", "speech_emb.weight"} <= names
+
+
 def test_requests_beyond_the_engine_length_are_refused(turbo: Setup) -> None:
     with pytest.raises(ValueError, match="max_model_len"):
         turbo.engine.generate(turbo.text, turbo.cond, SamplingParams.turbo(max_new_tokens=600))

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from ..models.t3 import T3, load_t3
+from ..models.t3.gpt2 import GPT2Backbone
 from ..models.t3.config import T3Config
 from .base import T3Engine
 from .torch_engine import TorchT3Engine
@@ -32,8 +33,14 @@ def resolve_engine_kind(kind: str) -> Literal["vllm", "torch"]:
 
 
 def prefix_only(t3: T3) -> T3:
-    """Drop what only the decode loop needs (backbone layers, heads): vLLM holds its own copy of those."""
-    t3.tfmr.layers = torch.nn.ModuleList()
+    """Drop what only the decode loop needs (backbone blocks, heads; GPT-2's position table, which vLLM's model
+    adds, and its unused token table): vLLM holds its own copy of those."""
+    if isinstance(t3.tfmr, GPT2Backbone):
+        t3.tfmr.h = torch.nn.ModuleList()
+        t3.tfmr.wte = torch.nn.Embedding(1, 1)
+        t3.tfmr.wpe = torch.nn.Embedding(1, 1)
+    else:
+        t3.tfmr.layers = torch.nn.ModuleList()
     t3.text_head = torch.nn.Linear(1, 1, bias=False)
     t3.speech_head = torch.nn.Linear(1, 1, bias=False)
     return t3
