@@ -37,6 +37,9 @@ def vllm_hf_config(config: T3Config) -> dict:
             **config.hf_gpt2_config(),
             "architectures": [GPT2_ARCHITECTURE],
             "vocab_size": config.speech_tokens_dict_size,  # what compute_logits returns
+            # GPT-2's own 50256 lies outside the speech vocabulary (requests stop on stop_token_ids anyway)
+            "bos_token_id": config.start_speech_token,
+            "eos_token_id": config.stop_speech_token,
             "torch_dtype": "float32",
             "chatterbox_t3": dataclasses.asdict(config),
         }
