@@ -7,6 +7,8 @@ whose stop token was made likely, checks that the stop token ends a request.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import shutil
 import threading
 import time
@@ -227,6 +229,24 @@ def test_cancelling_an_async_consumer_frees_the_request(english: Setup) -> None:
             time.sleep(0.1)
             usage = _kv_cache_usage()
         assert usage == 0.0
+
+
+def test_a_consumer_loop_that_ends_mid_stream_leaves_no_error_behind(
+    english: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller's loop may close while its request is still in the engine (a benchmark's asyncio.run returning with
+    a stream half read): the request is aborted and its last hand-over, to a closed loop, is dropped quietly."""
+    text = english.tokens(0)
+
+    async def read_three() -> list[int]:
+        stream = english.engine.stream_async(text, english.cond, SamplingParams(max_new_tokens=400))
+        return [await anext(stream) for _ in range(3)]  # the generator is left open: asyncio.run closes it
+
+    with caplog.at_level(logging.ERROR):
+        assert len(asyncio.run(read_three())) == 3
+        _wait_until_idle(english.engine)
+        gc.collect()
+    assert "never retrieved" not in caplog.text and "Event loop is closed" not in caplog.text
 
 
 def test_generate_async_gives_the_streams_tokens_at_once(english: Setup) -> None:

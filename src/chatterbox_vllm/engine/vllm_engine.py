@@ -278,7 +278,12 @@ class VLLMT3Engine:
         """Tokens as they are sampled, for a caller on any event loop. Closing it early aborts the request."""
         loop = asyncio.get_running_loop()
         box: asyncio.Queue = asyncio.Queue()
-        future = self._submit(text_tokens, cond, params, lambda item: loop.call_soon_threadsafe(box.put_nowait, item))
+
+        def emit(item: Any) -> None:  # on the engine's thread
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone (a consumer that was dropped)
+                loop.call_soon_threadsafe(box.put_nowait, item)
+
+        future = self._submit(text_tokens, cond, params, emit)
         try:
             while True:
                 item = await box.get()
