@@ -9,7 +9,7 @@ usage() {
 Usage: ./start-api-server.sh [options]
 
   --preset low|medium|high|auto   VRAM preset (auto: from the GPU's memory; 8 GB -> low, 12 GB -> medium, 24 GB+ -> high)
-  --model NAME                    english | multilingual | random-tiny | random-tiny-multilingual | a checkpoint directory
+  --model NAME                    english | multilingual | turbo | nano | random-tiny[-multilingual|-turbo|-nano] | a directory
   --host HOST                     address to listen on (default 0.0.0.0)
   --port PORT                     port (default 8000)
   --api-key KEY                   require "Authorization: Bearer KEY"

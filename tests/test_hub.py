@@ -75,3 +75,11 @@ def test_turbo_and_nano_come_from_their_own_repos(name: str, repo: str, tmp_path
         resolve_model(name, cache_dir=cache, local_files_only=True)
     with pytest.raises(CheckpointError, match=repo):
         download(layout.variant, cache_dir=tmp_path / "empty", local_files_only=True)
+
+
+def test_random_tiny_nano_is_written_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATTERBOX_CACHE_DIR", str(tmp_path))
+    directory, layout = resolve_model("random-tiny-nano")
+    assert layout == NANO and directory == tmp_path / "random" / "nano-tiny-seed0"
+    assert all((directory / name).is_file() for name in (*layout.files, *layout.optional_files))
+    assert resolve_model("random-tiny-nano") == (directory, layout)  # reused, not rewritten

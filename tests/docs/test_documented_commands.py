@@ -153,16 +153,16 @@ def write_clip(path: Path, seconds: float = 3.0, rate: int = 24_000) -> None:
     soundfile.write(path, wave.astype(np.float32), rate)
 
 
-def fake_hub_cache(home: Path, english: Path, multilingual: Path) -> None:
-    """An HF_HOME whose hub cache holds ResembleAI/chatterbox at `main` (the random tiny files), as after a download.
+def fake_hub_cache(home: Path, repo_id: str, *sources: Path) -> None:
+    """An HF_HOME whose hub cache holds `repo_id` at `main` (the random tiny files), as after a download.
 
     With HF_HUB_OFFLINE=1, `from_pretrained()` then takes the same huggingface_hub path as on a user's machine.
     """
-    repo = home / "hub" / "models--ResembleAI--chatterbox"
+    repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
     commit = "0" * 40
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
-    for source in (english, multilingual):
+    for source in sources:
         for file in source.iterdir():
             if not file.name.startswith(".") and not (snapshot / file.name).exists():
                 (snapshot / file.name).symlink_to(file)
@@ -189,14 +189,15 @@ def check_outputs(command: Command, result: subprocess.CompletedProcess, scratch
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory, english_tiny_checkpoint: Path,
-            multilingual_tiny_checkpoint: Path) -> Path:  # fmt: skip
+            multilingual_tiny_checkpoint: Path, turbo_tiny_checkpoint: Path) -> Path:  # fmt: skip
     """One directory for all documented commands (later ones use what earlier ones made, as a reader would)."""
     root = tmp_path_factory.mktemp("docs")
     (root / "examples").symlink_to(REPO / "examples")
     for name in DOC_VOICE_CLIPS:
         write_clip(root / name)
     (root / "chatterbox-multilingual").symlink_to(multilingual_tiny_checkpoint)
-    fake_hub_cache(root / "hf-home", english_tiny_checkpoint, multilingual_tiny_checkpoint)
+    fake_hub_cache(root / "hf-home", "ResembleAI/chatterbox", english_tiny_checkpoint, multilingual_tiny_checkpoint)
+    fake_hub_cache(root / "hf-home", "ResembleAI/chatterbox-turbo", turbo_tiny_checkpoint)
     return root
 
 
