@@ -51,7 +51,7 @@ class IncrementalVocoder:
         self.prompt_frames = MEL_FRAMES_PER_TOKEN * (int(prompt_tokens.shape[-1]) if prompt_tokens is not None else 0)
         generator = torch.Generator().manual_seed(self.seed)
         # S3Gen may decode a few tokens more than T3 wrote (Turbo's appended silence): room for those too.
-        decoded = len(tts.s3gen_tokens([0] * max_tokens)) if max_tokens > 0 else 0
+        decoded = max_tokens + tts.s3gen_tail_tokens
         self.noise = torch.randn((1, MEL_BINS, self.prompt_frames + MEL_FRAMES_PER_TOKEN * decoded), generator=generator)
         self.next_at = max(first_tokens, HOLDBACK_TOKENS + 2)
         self.emitted = 0  # samples sent, not counting the held crossfade tail
@@ -76,7 +76,7 @@ class IncrementalVocoder:
         valid = speech_tokens_for_s3gen(tokens)
         if not valid:
             return None
-        frames = self.prompt_frames + MEL_FRAMES_PER_TOKEN * len(self.tts.s3gen_tokens(valid))
+        frames = self.prompt_frames + MEL_FRAMES_PER_TOKEN * (len(valid) + self.tts.s3gen_tail_tokens)
         noise = self.noise[:, :, :frames] if frames <= self.noise.size(-1) else None
         return VocodeJob(valid, self.conds, self.seed, noise)
 

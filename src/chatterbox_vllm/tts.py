@@ -369,13 +369,16 @@ class ChatterboxTTS:
         speech = self.engine.generate(tokens.to(self.device), conds.t3, params)
         return self.vocode(speech, conds, seed=seed)
 
+    @property
+    def s3gen_tail_tokens(self) -> int:
+        """Tokens S3Gen decodes after T3's: Turbo's/Nano's appended silence (3), none for the other models."""
+        return GPT2_TAIL_SILENCE_TOKENS if self.is_gpt2 else 0
+
     def s3gen_tokens(self, speech_tokens: list[int]) -> list[int]:
         """What S3Gen decodes for these T3 tokens: the real S3 tokens, and for Turbo/Nano three silence tokens
         after them (as the reference appends; a prefix decoded early gets them too, where they are held back)."""
         valid = speech_tokens_for_s3gen(speech_tokens)
-        if valid and self.is_gpt2:
-            valid = valid + [S3GEN_SILENCE_TOKEN] * GPT2_TAIL_SILENCE_TOKENS
-        return valid
+        return valid + [S3GEN_SILENCE_TOKEN] * self.s3gen_tail_tokens if valid else valid
 
     def kept_samples(self, tokens: int, wav_samples: int) -> int:
         """How much of a piece's waveform is kept. Llama T3 models: all but the last token's audio, as upstream

@@ -44,26 +44,35 @@ def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+def apply_top_p(logits: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
     """Nucleus filtering: drop the least likely tokens whose cumulative probability is <= 1 - top_p.
 
     top_p == 1 keeps every token of non-zero probability, which leaves the softmax unchanged, so it is skipped.
+    A [rows, 1] tensor gives each row its own top_p (vLLM's logits processor, many requests in one batch).
     """
-    if top_p >= 1.0:
+    if not isinstance(top_p, torch.Tensor) and top_p >= 1.0:
         return logits
     ascending, order = torch.sort(logits, descending=False)
     cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cumulative <= (1 - top_p)
+    threshold = 1 - (top_p.to(cumulative.dtype) if isinstance(top_p, torch.Tensor) else top_p)
+    remove_sorted = cumulative <= threshold
     remove_sorted[..., -1:] = False
     remove = remove_sorted.scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, float("-inf"))
 
 
-def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Keep the `top_k` highest logits (ties at the k-th value kept too, as HF's TopKLogitsWarper does)."""
-    if top_k <= 0 or top_k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+def apply_top_k(logits: torch.Tensor, top_k: int | torch.Tensor) -> torch.Tensor:
+    """Keep the `top_k` highest logits (ties at the k-th value kept too, as HF's TopKLogitsWarper does); 0 = off.
+    A [rows] tensor gives each row its own k (vLLM's logits processor)."""
+    if not isinstance(top_k, torch.Tensor):
+        if top_k <= 0 or top_k >= logits.shape[-1]:
+            return logits
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+    k = top_k.to(torch.long).clamp(0, logits.shape[-1])
+    descending = logits.sort(dim=-1, descending=True).values
+    kth = descending.gather(-1, (k - 1).clamp(min=0).unsqueeze(-1))
+    kth = torch.where((k > 0).unsqueeze(-1), kth, torch.full_like(kth, float("-inf")))
     return logits.masked_fill(logits < kth, float("-inf"))
 
 

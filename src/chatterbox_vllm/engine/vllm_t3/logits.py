@@ -33,6 +33,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
+from ..sampling import apply_top_k, apply_top_p
 from .plugin import CFG_WEIGHT, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
 
 
@@ -206,26 +207,6 @@ class TurboLogitsProcessor(_T3LogitsProcessor):
         columns = self._per_row(batch, torch.float32)
         self._mark_new_tokens(batch)
         logits = logits / columns[:, 0:1].to(logits.dtype)
-        logits = _top_k_rows(logits, columns[:, 1])
-        logits = _top_p_rows(logits, columns[:, 2:3])
+        logits = apply_top_k(logits, columns[:, 1])
+        logits = apply_top_p(logits, columns[:, 2:3])
         return self._penalise(logits, columns[:, 3:4].to(logits.dtype), batch)
-
-
-def _top_k_rows(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """Per-row top-k (0 = off), keeping ties at the k-th value like HF's TopKLogitsWarper."""
-    vocab = logits.shape[-1]
-    k = top_k.to(torch.long).clamp(0, vocab)
-    descending = logits.sort(dim=-1, descending=True).values
-    kth = descending.gather(-1, (k - 1).clamp(min=0).unsqueeze(-1))
-    kth = torch.where((k > 0).unsqueeze(-1), kth, torch.full_like(kth, float("-inf")))
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def _top_p_rows(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Per-row nucleus filtering as HF's TopPLogitsWarper (p = 1 removes nothing with any probability)."""
-    ascending, order = logits.sort(dim=-1, descending=False)
-    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - top_p.to(cumulative.dtype))
-    remove[..., -1:] = False
-    remove = remove.scatter(-1, order, remove)
-    return logits.masked_fill(remove, float("-inf"))
