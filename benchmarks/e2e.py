@@ -81,7 +81,8 @@ def tokens_per_piece(text: str, total_tokens: int, chunk_chars: int) -> int:
 # -------------------------------------------------------------------------------------------------- T3 alone
 def decode_weight_bytes(tts: ChatterboxTTS, model: str, dtype_bytes: int) -> int:
     """Bytes one decode step must read: every backbone layer, the final norm and the speech head (the embeddings
-    read one row). Both CFG branches share them (see engine/vllm_t3/model.py)."""
+    read one row). Both CFG branches share them (see engine/vllm_t3/model.py). Llama T3s name their blocks
+    `tfmr.layers.*` and `tfmr.norm.*`, Turbo's GPT-2 T3 `tfmr.h.*` and `tfmr.ln_f.*`."""
     from safetensors import safe_open
 
     from chatterbox_vllm.checkpoint.hub import resolve_model
@@ -90,7 +91,7 @@ def decode_weight_bytes(tts: ChatterboxTTS, model: str, dtype_bytes: int) -> int
     with safe_open(str(directory / layout.t3), "pt") as f:
         count = 0
         for key in f.keys():
-            if key.startswith(("tfmr.layers.", "tfmr.norm.", "speech_head.")):
+            if key.startswith(("tfmr.layers.", "tfmr.norm.", "tfmr.h.", "tfmr.ln_f.", "speech_head.")):
                 count += math.prod(f.get_slice(key).get_shape())
     return count * dtype_bytes
 
