@@ -43,9 +43,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(settings: Settings, tts: ChatterboxTTS) -> Server:
+def start_server(settings: Settings, tts: ChatterboxTTS | None, extra: tuple[ChatterboxTTS, ...] = ()) -> Server:
+    """uvicorn on a free loopback port: `tts` (and `extra` models beside it) served, or loaded by the app when None."""
     port = _free_port()
-    app = create_app(settings, tts=tts)
+    app = create_app(settings, tts=tts, extra=extra)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

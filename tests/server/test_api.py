@@ -274,18 +274,26 @@ def test_model_lists(server: Server) -> None:
     models = httpx.get(f"{server.url}/v1/models").json()
     assert models["object"] == "list"
     ids = [m["id"] for m in models["data"]]
-    assert {"tts-1", "tts-1-hd", "gpt-4o-mini-tts"} <= set(ids)
+    assert ids == ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "chatterbox", "chatterbox-english"]  # what is loaded
     assert all(m["object"] == "model" for m in models["data"])
     audio = httpx.get(f"{server.url}/v1/audio/models").json()
     assert [m["id"] for m in audio["models"]] == ids and all("name" in m for m in audio["models"])
     assert httpx.get(f"{server.url}/v1/models/tts-1").json()["id"] == "tts-1"
     assert_error(httpx.get(f"{server.url}/v1/models/nope"), 404)
+    assert_error(httpx.get(f"{server.url}/v1/models/chatterbox-turbo"), 404)  # a Chatterbox model not loaded
+    refused = speech(server, model="chatterbox-multilingual")
+    assert_error(refused, 400)
+    assert refused.json()["error"]["code"] == "model_not_found"
+    assert "CHATTERBOX_EXTRA_MODELS=multilingual" in refused.json()["error"]["message"]
 
 
 def test_health_and_metrics(server: Server) -> None:
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["engine"] == "vllm" and health["device"] == "cpu"
     assert health["variant"] == "english"
+    assert health["models"] == [
+        {"id": "chatterbox-english", "model": "english", "variant": "english", "status": "ready", "engine": "vllm"}
+    ]
     speech(server, response_format="pcm")
     text = httpx.get(f"{server.url}/metrics").text
     assert "chatterbox_speech_requests_total" in text and "chatterbox_audio_seconds_total" in text
