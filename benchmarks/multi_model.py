@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import shlex
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,45 +27,23 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import PeakDeviceMemory, device_name, free_port  # noqa: E402
+from e2e import HTTPServer, PeakDeviceMemory, device_name  # noqa: E402
 from texts import SENTENCE, SENTENCE_TOKENS  # noqa: E402
 
 from chatterbox_vllm.settings import Settings  # noqa: E402
 from chatterbox_vllm.tts import SAMPLE_RATE  # noqa: E402
 
 
-class LoadingServer:
-    """The app under uvicorn on loopback, loading its models itself as `chatterbox-vllm serve` does."""
-
-    def __init__(self, settings: Settings) -> None:
-        import uvicorn
-
-        from chatterbox_vllm.server.app import create_app
-
-        self.url = f"http://127.0.0.1:{free_port()}"
-        app = create_app(settings)
-        port = int(self.url.rsplit(":", 1)[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LoadingServer":
-        self.thread.start()
-        return self
-
-    def wait_loaded(self, timeout_s: float = 1800) -> dict[str, Any]:
-        """/health once no model is loading any more (200: all serve; 503: one failed)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                health = httpx.get(f"{self.url}/health", timeout=10).json()
-                if health["status"] != "loading":
-                    return health
-            time.sleep(0.5)
-        raise TimeoutError("the models did not load in time")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=120)
+def wait_loaded(url: str, timeout_s: float = 1800) -> dict[str, Any]:
+    """/health once no model is loading any more (200: all serve; 503: one failed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            health = httpx.get(f"{url}/health", timeout=10).json()
+            if health["status"] != "loading":
+                return health
+        time.sleep(0.5)
+    raise TimeoutError("the models did not load in time")
 
 
 async def speak(client: httpx.AsyncClient, url: str, model: str) -> dict[str, Any]:
@@ -119,8 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cuda = torch.cuda.is_available() and settings.device != "cpu"
     memory = PeakDeviceMemory() if cuda else contextlib.nullcontext()
     started = time.perf_counter()
-    with memory, LoadingServer(settings) as server:
-        health = server.wait_loaded()
+    with memory, HTTPServer(None, settings) as server:  # no model given: the app loads them, as `serve` does
+        health = wait_loaded(server.url)
         load_s = time.perf_counter() - started
         if health["status"] != "ok":
             raise RuntimeError(f"not every model loaded: {json.dumps(health['models'])}")

@@ -27,10 +27,12 @@ from server_utils import (  # noqa: F401 - fixtures
     english_tts,
     keyed_server,
     make_settings,
+    one_request_in_progress,
     server,
     sine_clip,
     start_server,
     stop_server,
+    wait_idle,
 )
 
 SENTENCE = "Hello there, this is a test."
@@ -235,19 +237,12 @@ def test_unknown_route_and_method(server: Server) -> None:
 def test_busy_server_answers_429(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
     busy = start_server(make_settings(tmp_path, max_queue=1, max_input_chars=100_000), english_tts)
     try:
-        # ~80 pieces of pcm (~6 MB): more than the socket buffers hold while this client reads nothing more
-        text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(400))
-        with httpx.stream("POST", f"{busy.url}/v1/audio/speech", timeout=300,
-                          json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as first:
-            chunks = first.iter_bytes()  # kept: a dropped iterator closes the response (a client hanging up)
-            next(chunks)
+        with one_request_in_progress(busy):
             assert busy.app.state.model.service.active == 1
             second = speech(busy)
             error = assert_error(second, 429)
             assert second.headers["retry-after"] == "2" and error["type"] == "rate_limit_error"
-        deadline = time.monotonic() + 30
-        while busy.app.state.model.service.active and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_idle(busy)
         assert speech(busy).status_code == 200  # the place was given back
     finally:
         stop_server(busy)

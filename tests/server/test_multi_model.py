@@ -19,7 +19,9 @@ import pytest
 
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import Server, assert_error, english_tts, make_settings, start_server, stop_server  # noqa: F401
+from server_utils import (  # noqa: F401 - english_tts: a fixture
+    Server, assert_error, english_tts, make_settings, one_request_in_progress, start_server, stop_server, wait_idle,
+)
 
 TAGGED = "Well [laugh] that was fun."
 
@@ -115,16 +117,10 @@ def test_the_models_share_the_request_places(
 ) -> None:
     busy = start_server(make_settings(tmp_path, max_queue=1, max_input_chars=100_000), english_tts, extra=(turbo_tts,))
     try:
-        text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(400))
-        with httpx.stream("POST", f"{busy.url}/v1/audio/speech", timeout=300,
-                          json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as first:
-            chunks = first.iter_bytes()  # kept: a dropped iterator closes the response (a client hanging up)
-            next(chunks)
+        with one_request_in_progress(busy, model="tts-1"):
             error = assert_error(say(busy, "chatterbox-turbo"), 429)  # the other model, the same places
             assert error["type"] == "rate_limit_error"
-        deadline = time.monotonic() + 30
-        while busy.app.state.model.service.active and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_idle(busy)
         assert say(busy, "chatterbox-turbo").status_code == 200
     finally:
         stop_server(busy)
