@@ -131,7 +131,7 @@ def test_sse_events(server: Server) -> None:
 def _audio_seconds_made(server: Server) -> float:
     """The server's own count of audio it has synthesised (not sent): chatterbox_audio_seconds_total."""
     for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("chatterbox_audio_seconds_total "):
+        if line.startswith('chatterbox_audio_seconds_total{model="chatterbox-english"} '):
             return float(line.split()[1])
     raise AssertionError("chatterbox_audio_seconds_total missing from /metrics")
 

@@ -246,7 +246,7 @@ def test_a_client_that_hangs_up_is_cancelled_within_a_second(live: Live) -> None
     elapsed = time.monotonic() - hung_up
     assert not any(load.values()) and elapsed < 1.0, f"{load} {elapsed:.2f} s after the client hung up"
     metrics = httpx.get(f"{live.url}/metrics").text
-    assert _metric(metrics, 'chatterbox_speech_requests_total{status="cancelled"}') >= 1
+    assert _metric(metrics, 'chatterbox_speech_requests_total{model="chatterbox-english",status="cancelled"}') >= 1
 
 
 def test_log_holds_no_secret_and_no_traceback(live: Live) -> None:

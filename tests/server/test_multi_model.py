@@ -8,6 +8,7 @@ paralinguistic tags and takes `top_k`; the English model removes the tags with a
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -89,6 +90,18 @@ def test_health_and_languages_per_model(server: Server) -> None:
     languages = httpx.get(f"{server.url}/v1/audio/languages", params={"model": "chatterbox-turbo"}).json()
     assert languages["languages"] == [{"code": "en", "name": "English"}]
     assert_error(httpx.get(f"{server.url}/v1/audio/languages", params={"model": "whisper-1"}), 400, "model")
+
+
+def test_metrics_count_each_model(server: Server) -> None:
+    def count(model: str) -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        match = re.search(rf'^chatterbox_speech_requests_total{{model="{model}",status="ok"}} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    before = {model: count(model) for model in ("chatterbox-english", "chatterbox-turbo")}
+    pcm(say(server, "chatterbox-turbo"))
+    assert count("chatterbox-turbo") == before["chatterbox-turbo"] + 1
+    assert count("chatterbox-english") == before["chatterbox-english"]
 
 
 def test_both_models_speak_at_once(server: Server) -> None:

@@ -24,7 +24,7 @@ from .errors import APIError, log_failure
 from .metrics import AUDIO_SECONDS, FIRST_AUDIO, IN_PROGRESS, REQUEST_SECONDS, REQUESTS, VOICES
 from .schemas import SpeechRequest
 from .service import PreparedSpeech, SpeechService
-from .state import ModelState, ServedModels
+from .state import ModelState, ServedModels, served_id
 from .voices import UnknownVoiceError, VoiceExistsError, VoiceLibrary, VoiceNotFoundError, VoiceUploadError
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
         encoder = AudioEncoder(body.response_format, SAMPLE_RATE, body.speed)
     except BaseException:
         service.release()
-        REQUESTS.labels(status="rejected").inc()
+        REQUESTS.labels(model=state.id, status="rejected").inc()
         raise
     IN_PROGRESS.inc()
     headers = {"X-Chatterbox-Model": state.id, **_notices(prepared)}  # which model spoke (aliases name none)
@@ -115,9 +115,10 @@ async def _encoded_chunks(
 ) -> AsyncIterator[bytes]:
     """Encoded audio as it is made; owns the request's queue place and its metrics."""
     status, first = "ok", True
+    model = served_id(service.tts.variant)
     try:
         async for wav in service.stream(prepared, usage):
-            AUDIO_SECONDS.inc(len(wav) / SAMPLE_RATE)
+            AUDIO_SECONDS.labels(model=model).inc(len(wav) / SAMPLE_RATE)
             data = await asyncio.to_thread(encoder.encode, np.asarray(wav, dtype=np.float32))
             if data:
                 if first:
@@ -138,7 +139,7 @@ async def _encoded_chunks(
         encoder.close()
         service.release()
         IN_PROGRESS.dec()
-        REQUESTS.labels(status=status).inc()
+        REQUESTS.labels(model=model, status=status).inc()
         REQUEST_SECONDS.observe(time.perf_counter() - started)
 
 

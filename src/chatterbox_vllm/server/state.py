@@ -27,6 +27,11 @@ VARIANT_NAMES = ("english", "multilingual", "turbo", "nano")
 Status = Literal["loading", "ready", "error"]
 
 
+def served_id(variant: str) -> str:
+    """The name requests use for a model of `variant`, e.g. chatterbox-turbo."""
+    return SERVED_PREFIX + variant
+
+
 @dataclass
 class ModelState:
     """One model: loading, ready (with its service and voices) or failed (with a one-line reason)."""
@@ -43,7 +48,7 @@ class ModelState:
     @property
     def id(self) -> str | None:
         """The name requests use for this model, e.g. chatterbox-turbo."""
-        return SERVED_PREFIX + self.variant if self.variant else None
+        return served_id(self.variant) if self.variant else None
 
     def require_ready(self) -> None:
         """503 unless the model is ready: Retry-After while it loads, the reason once loading failed."""
