@@ -42,32 +42,34 @@ def test_models_that_fit_keep_their_preset_budget() -> None:
 
 def test_models_that_do_not_fit_share_what_is_left_evenly() -> None:
     needs = [model_need(v, v, "high", 3072) for v in ("multilingual", "turbo")]
-    # two at high: 2 x (10 + 3.6) = 27.2 GiB; a 24 GB card's ~22.5 free leave (22.5 - 7.2) / 2 = 7.65 each
-    assert plan_t3_budgets(needs, limits("high"), 22.5, t3_budget_explicit=False) == [7.65, 7.65]
-    # an 8 GB card at low: 2 x 2.2 pipeline, 3.5 left, 1.75 each: what one model alone gets
+    # two at high: 10 + 4.4 + 10 + 5.8 = 30.2 GiB; a 24 GB card's ~22.5 free leave (22.5 - 10.2) / 2 = 6.15 each
+    assert plan_t3_budgets(needs, limits("high"), 22.5, t3_budget_explicit=False) == [6.15, 6.15]
+    # a 12 GB card at low: 1.75 + 2.9 + 1.75 + 3.3 = 9.7 GiB fit its ~11.5 free as they are
     low = [model_need(v, v, "low", 1536) for v in ("english", "turbo")]
-    assert plan_t3_budgets(low, limits("low"), 7.9, t3_budget_explicit=False) == [1.75, 1.75]
+    assert plan_t3_budgets(low, limits("low"), 11.5, t3_budget_explicit=False) == [1.75, 1.75]
 
 
 def test_models_that_cannot_fit_are_refused_with_the_figures() -> None:
-    needs = [model_need(v, v, "low", 1536) for v in ("multilingual", "turbo", "english")]
+    # an 8 GB card holds one model at low, not two: 7.6 - 2.9 - 3.3 leaves 0.7 GiB each, under either T3's least
+    needs = [model_need(v, v, "low", 1536) for v in ("multilingual", "turbo")]
     with pytest.raises(VRAMPlanError) as refused:
         plan_t3_budgets(needs, limits("low"), 7.6, t3_budget_explicit=False)
     message = str(refused.value)
-    assert "3 models do not fit the VRAM budget of 7.60 GiB" in message
-    assert "multilingual (multilingual): T3 1.75 + pipeline 2.2 GiB" in message and "CHATTERBOX_EXTRA_MODELS" in message
+    assert "2 models do not fit the VRAM budget of 7.60 GiB" in message
+    assert "multilingual (multilingual): T3 1.75 + pipeline 2.9 GiB (its T3 needs at least 1.73)" in message
+    assert "CHATTERBOX_EXTRA_MODELS" in message
 
 
 def test_an_explicit_t3_budget_is_kept_and_the_message_says_what_would_fit() -> None:
     needs = [model_need(v, v, "high", 3072) for v in ("multilingual", "turbo")]
-    with pytest.raises(VRAMPlanError, match=r"CHATTERBOX_GPU_MEMORY_GIB=10 is set: lower it to 7.65 or less"):
+    with pytest.raises(VRAMPlanError, match=r"CHATTERBOX_GPU_MEMORY_GIB=10 is set: lower it to 6.15 or less"):
         plan_t3_budgets(needs, limits("high"), 22.5, t3_budget_explicit=True)
 
 
 def test_the_server_plans_only_several_models_on_a_gpu(tmp_path) -> None:
     two = Settings(model="random-tiny", extra_models="random-tiny-turbo", preset="high", device="cuda",
                    vram_budget_gib=22.5)  # fmt: skip
-    assert vram_plan(two, model_states(two)) == [7.65, 7.65]  # no GPU is touched: the budget is given
+    assert vram_plan(two, model_states(two)) == [6.15, 6.15]  # no GPU is touched: the budget is given
     assert vram_plan(two.model_copy(update={"device": "cpu"}), model_states(two)) == [None, None]
     one = Settings(model="random-tiny", device="cuda", vram_budget_gib=4)
     assert vram_plan(one, model_states(one)) == [None]  # one model: vLLM checks its own budget, as before
@@ -75,10 +77,11 @@ def test_the_server_plans_only_several_models_on_a_gpu(tmp_path) -> None:
                       preset="high", device="cuda", vram_budget_gib=22.5)  # fmt: skip
     states = model_states(failed)
     assert [s.status for s in states] == ["loading", "error", "loading"]
-    assert vram_plan(failed, states) == [7.65, None, 7.65]  # a model that cannot load takes no share
+    assert vram_plan(failed, states) == [6.15, None, 6.15]  # a model that cannot load takes no share
     with pytest.raises(VRAMPlanError):
         vram_plan(two.model_copy(update={"vram_budget_gib": 8.0}), model_states(two))
 
 
-def test_pipeline_figures_cover_every_preset() -> None:
-    assert set(PIPELINE_GIB) == set(PRESETS)
+def test_pipeline_figures_cover_every_backbone_and_preset() -> None:
+    assert set(PIPELINE_GIB) == {T3Config.english().backbone, T3Config.turbo().backbone}
+    assert all(set(by_preset) == set(PRESETS) for by_preset in PIPELINE_GIB.values())

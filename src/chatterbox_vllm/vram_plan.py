@@ -3,7 +3,7 @@ each one gets.
 
 A loaded model takes its T3 budget (vLLM's weights + KV cache, the preset's `gpu_memory_gib`) plus the rest of its
 pipeline: S3Gen with its CUDA graphs and activations, the voice encoder, the speech tokenizer and the CUDA context
-of vLLM's engine process. The rest is a measured figure per preset (`PIPELINE_GIB`). When the models do not fit
+of vLLM's engine process. The rest is a measured figure per T3 backbone and preset (`PIPELINE_GIB`). When the models do not fit
 and no T3 budget was set explicitly, the memory left after every pipeline is split evenly between the T3s, as long
 as each share still holds T3's weights and one request of `max_model_len` tokens; otherwise start-up stops with
 the figures and what to change. One model alone is not planned: vLLM checks its own budget, as it always has.
@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from .models.t3.config import T3Config
 from .settings import EngineLimits
 
-# GiB a model takes beside its T3 budget, by preset: the peak device memory of a whole server process minus the
-# T3 budget, multilingual on an H100, 2026-11-25 (BENCHMARKS.md, "Peak GPU memory per preset": 3.85 - 1.75,
-# 8.57 - 5, 13.56 - 10), rounded up. Turbo's S3Gen has the same weights and half the rows (no CFG), so the figure
-# is an upper bound for it.
-PIPELINE_GIB: dict[str, float] = {"low": 2.2, "medium": 3.6, "high": 3.6}
+# GiB a model takes beside its T3 budget, by T3 backbone and preset: the peak device memory of a whole server
+# process (`benchmarks/e2e.py vram`) minus the T3 budget, rounded up. Llama (English, multilingual): multilingual
+# on an H100, 2026-11-25 (3.85 - 1.75, 8.57 - 5, 13.56 - 10), and on an H200, 2026-11-28, low 4.60 - 1.75: the
+# larger low figure is taken, and the same 0.75 GiB added to medium and high, which were not measured there.
+# GPT-2 (Turbo, Nano): Turbo on the H200, 2026-11-28 (4.98 - 1.75, 9.91 - 5, 15.72 - 10); its S3Gen holds more
+# (torch reserved 2.4-4.7 GiB against multilingual's 1.9-2.1), so it is counted on its own. BENCHMARKS.md has both.
+PIPELINE_GIB: dict[str, dict[str, float]] = {
+    "llama": {"low": 2.9, "medium": 4.4, "high": 4.4},
+    "gpt2": {"low": 3.3, "medium": 5.0, "high": 5.8},
+}
 # Room within a T3 budget beyond weights and one request's KV cache: vLLM's profiling activations, sampler buffers.
 T3_ACTIVATION_GIB = 0.4
 _T3_DTYPE_BYTES = 2  # the presets run T3 in bfloat16
@@ -67,7 +72,7 @@ def model_need(model: str, variant: str, preset: str, max_model_len: int) -> Mod
     config = T3Config.for_variant(variant)
     one_request = t3_kv_bytes_per_token(config) * max_model_len
     min_t3 = (t3_weight_bytes(config) + one_request) / 2**30 + T3_ACTIVATION_GIB
-    return ModelNeed(model, variant, PIPELINE_GIB[preset], round(min_t3, 2))
+    return ModelNeed(model, variant, PIPELINE_GIB[config.backbone][preset], round(min_t3, 2))
 
 
 def plan_t3_budgets(
