@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 class VariantChoice(str, Enum):
     english = "english"
     multilingual = "multilingual"
+    turbo = "turbo"
+    nano = "nano"
 
 
 class SizeChoice(str, Enum):
