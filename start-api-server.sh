@@ -10,6 +10,7 @@ Usage: ./start-api-server.sh [options]
 
   --preset low|medium|high|auto   VRAM preset (auto: from the GPU's memory; 8 GB -> low, 12 GB -> medium, 24 GB+ -> high)
   --model NAME                    english | multilingual | turbo | nano | random-tiny[-multilingual|-turbo|-nano] | a directory
+  --extra-models A,B              more models served beside it (e.g. turbo); a request picks one by its "model"
   --host HOST                     address to listen on (default 0.0.0.0)
   --port PORT                     port (default 8000)
   --api-key KEY                   require "Authorization: Bearer KEY"
@@ -17,7 +18,7 @@ Usage: ./start-api-server.sh [options]
   --print-config                  print the settings a start would use (preset resolved) as JSON, and exit
   -h, --help                      this help
 
-Every setting can also come from the environment (CHATTERBOX_MODEL, CHATTERBOX_PRESET, CHATTERBOX_PORT,
+Every setting can also come from the environment (CHATTERBOX_MODEL, CHATTERBOX_EXTRA_MODELS, CHATTERBOX_PRESET, CHATTERBOX_PORT,
 CHATTERBOX_MAX_BATCH_SIZE, CHATTERBOX_MAX_MODEL_LEN, CHATTERBOX_GPU_MEMORY_GIB, ... see README.md) or a .env
 file; options given here win. Without access to the Hugging Face hub, use --model with a local directory, or
 --model random-tiny for a smoke test (random weights: the audio is noise).
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --preset) [ $# -ge 2 ] || fail "--preset needs a value"; preset="$2"; shift 2 ;;
     --model) [ $# -ge 2 ] || fail "--model needs a value"; export CHATTERBOX_MODEL="$2"; shift 2 ;;
+    --extra-models) [ $# -ge 2 ] || fail "--extra-models needs a value"; export CHATTERBOX_EXTRA_MODELS="$2"; shift 2 ;;
     --host) [ $# -ge 2 ] || fail "--host needs a value"; export CHATTERBOX_HOST="$2"; shift 2 ;;
     --port) [ $# -ge 2 ] || fail "--port needs a value"; export CHATTERBOX_PORT="$2"; shift 2 ;;
     --api-key) [ $# -ge 2 ] || fail "--api-key needs a value"; export CHATTERBOX_API_KEY="$2"; shift 2 ;;

@@ -216,10 +216,12 @@ def running_server(args: list[str], env: dict[str, str], port: int, log_path: Pa
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `chatterbox-vllm serve` on random-tiny (vLLM CPU build), as users start it; its base URL."""
+    """A real `chatterbox-vllm serve` on random-tiny with random-tiny-turbo beside it (vLLM CPU build, two
+    engines), as users start it; its base URL."""
     tmp = tmp_path_factory.mktemp("examples-server")
     port = _free_port()
-    env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_CACHE_DIR": str(tmp / "cache"),
+    env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_EXTRA_MODELS": "random-tiny-turbo",
+           "CHATTERBOX_CACHE_DIR": str(tmp / "cache"),
            "CHATTERBOX_MAX_NEW_TOKENS": "40", "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "512",
            "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port), "CHATTERBOX_VOICES_DIR": str(tmp / "voices")}  # fmt: skip
     with running_server([sys.executable, "-m", "chatterbox_vllm.cli", "serve"], env, port, tmp / "server.log") as url:

@@ -32,3 +32,12 @@ def test_synthesize_reports_bad_model_without_traceback(tmp_path: Path) -> None:
     result = run_cli("synthesize", "Hello.", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "x.wav"))
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_make_checkpoint_writes_turbo_and_nano_layouts(tmp_path: Path) -> None:
+    for variant, t3 in (("turbo", "t3_turbo_v1.safetensors"), ("nano", "t3_nano_v1.safetensors")):
+        ckpt = tmp_path / variant
+        made = run_cli("make-checkpoint", "--variant", variant, "--size", "tiny", "--out", str(ckpt))
+        assert made.returncode == 0, made.stderr
+        for name in (t3, "s3gen_meanflow.safetensors", "ve.safetensors", "conds.pt", "vocab.json", "merges.txt"):
+            assert (ckpt / name).is_file(), (variant, name)

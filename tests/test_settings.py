@@ -260,3 +260,16 @@ def test_the_api_key_never_shows_in_a_repr_or_the_printed_config() -> None:
 def test_upload_limit_in_bytes_is_what_every_layer_enforces() -> None:
     assert Settings().max_upload_bytes == 10 * 2**20
     assert Settings(max_upload_mib=0.5).max_upload_bytes == 2**19
+
+
+def test_extra_models_read_as_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHATTERBOX_MODEL", raising=False)
+    monkeypatch.setenv("CHATTERBOX_EXTRA_MODELS", " turbo, multilingual ,")
+    settings = Settings(_env_file=None)
+    assert settings.extra_models == ["turbo", "multilingual"]
+    assert settings.models == [settings.model, "turbo", "multilingual"]
+    monkeypatch.setenv("CHATTERBOX_EXTRA_MODELS", "")
+    assert Settings(_env_file=None).extra_models == []
+    assert Settings(_env_file=None, extra_models=["nano"]).models == ["english", "nano"]
+    with pytest.raises(ValueError, match="vram_budget_gib"):
+        Settings(_env_file=None, vram_budget_gib=0)

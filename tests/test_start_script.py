@@ -62,6 +62,19 @@ def test_random_tiny_serves_end_to_end(tmp_path: Path) -> None:
         assert (tmp_path / "cache" / "random" / "english-tiny-seed0" / "t3_cfg.safetensors").is_file()
 
 
+def test_extra_models_reach_the_settings_and_a_second_model_of_one_variant_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATTERBOX_")}
+    env["CHATTERBOX_CACHE_DIR"] = str(tmp_path / "cache")
+    result = run_script("--preset", "low", "--extra-models", "turbo, random-tiny-nano", "--print-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["extra_models"] == ["turbo", "random-tiny-nano"]
+    twice = subprocess.run([sys.executable, "-m", "chatterbox_vllm.cli", "serve", "--model", "random-tiny",
+                            "--extra-models", "random-tiny-turbo,english"], capture_output=True, text=True,
+                           timeout=120, env=env)  # fmt: skip
+    assert twice.returncode == 2 and "Traceback" not in twice.stderr
+    assert "english is a second english model (after random-tiny); each variant loads once" in twice.stderr
+
+
 @pytest.mark.parametrize(("mib", "preset"), [("8192", "low"), ("12288", "medium"), ("24576", "high"), ("81559", "high")])
 def test_auto_preset_from_gpu_memory(tmp_path: Path, mib: str, preset: str) -> None:
     """--preset auto reads nvidia-smi (there is no GPU here, so a stand-in prints a card's memory as it does)."""

@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 class VariantChoice(str, Enum):
     english = "english"
     multilingual = "multilingual"
+    turbo = "turbo"
+    nano = "nano"
 
 
 class SizeChoice(str, Enum):
@@ -95,7 +97,12 @@ def synthesize(
 def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on [CHATTERBOX_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="port [CHATTERBOX_PORT]")] = None,
-    model: Annotated[str | None, typer.Option(help="english | multilingual | a directory [CHATTERBOX_MODEL]")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="english | multilingual | turbo | nano | a directory [CHATTERBOX_MODEL]")
+    ] = None,
+    extra_models: Annotated[
+        str | None, typer.Option(help="more models to serve beside it, comma-separated [CHATTERBOX_EXTRA_MODELS]")
+    ] = None,
     engine: Annotated[str | None, typer.Option(help="auto | vllm | torch [CHATTERBOX_ENGINE]")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cuda | cuda:N | cpu [CHATTERBOX_DEVICE]")] = None,
     preset: Annotated[str | None, typer.Option(help="VRAM preset low | medium | high [CHATTERBOX_PRESET]")] = None,
@@ -117,7 +124,7 @@ def serve(
     from .settings import Settings
 
     flags = {
-        "host": host, "port": port, "model": model, "engine": engine, "device": device, "preset": preset,
+        "host": host, "port": port, "model": model, "extra_models": extra_models, "engine": engine, "device": device, "preset": preset,
         "gpu_memory_gib": gpu_memory_gib, "max_batch_size": max_batch_size, "max_model_len": max_model_len,
         "api_key": api_key, "voices_dir": voices_dir,
     }  # fmt: skip
@@ -130,11 +137,13 @@ def serve(
         typer.echo(json.dumps(effective_config(settings), indent=2))
         return
     log_config = configure_logging(settings.log_level)
-    from .checkpoint.hub import resolve_model
+    from .checkpoint.hub import check_distinct_variants, resolve_model
     from .checkpoint.weights import CheckpointError
 
     try:  # download (with progress bars) or find the weights before the server starts, so failures are readable
-        resolve_model(settings.model, revision=settings.revision)
+        check_distinct_variants(settings.models)
+        for name in settings.models:
+            resolve_model(name, revision=settings.revision)
     except CheckpointError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc

@@ -14,10 +14,10 @@ import math
 import re
 from dataclasses import dataclass, fields
 from fractions import Fraction
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PresetName = Literal["low", "medium", "high"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -96,6 +96,18 @@ class Settings(BaseSettings):
         "english",
         description="english | multilingual | turbo | nano | a local checkpoint directory | random-tiny, "
         "random-tiny-multilingual, random-tiny-turbo (random weights, noise)",
+    )
+    extra_models: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="more models to load beside CHATTERBOX_MODEL, comma-separated (e.g. turbo,multilingual); a "
+        "request picks one by its `model` field (chatterbox-turbo, ...; OpenAI's names get CHATTERBOX_MODEL). "
+        "On a GPU all of them share the VRAM budget: their T3 budgets shrink to fit, or start-up says what fits",
+    )
+    vram_budget_gib: float | None = Field(
+        None,
+        gt=0,
+        description="GPU memory all loaded models may use together (T3 budgets, S3Gen, voice encoder, CUDA "
+        "contexts), GiB; unset: the GPU's free memory at start-up. Checked when several models are loaded",
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) to pin the download to")
     device: str = Field("auto", description="auto (cuda if torch.cuda.is_available(), else cpu) | cuda | cuda:N | cpu")
@@ -190,6 +202,16 @@ class Settings(BaseSettings):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
         return value
 
+    @field_validator("extra_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        """`turbo, multilingual` (the environment's form) as a list; blanks dropped."""
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            return [str(item).strip() for item in value if str(item).strip()]
+        return value
+
     @field_validator("gpu_memory_gib")
     @classmethod
     def _check_gpu_memory(cls, value: float | None) -> float | None:
@@ -222,6 +244,11 @@ class Settings(BaseSettings):
         return value
 
     # ------------------------------------------------------------------ the limits the engine gets
+    @property
+    def models(self) -> list[str]:
+        """Every model to load, CHATTERBOX_MODEL (the default one) first."""
+        return [self.model, *self.extra_models]
+
     @property
     def max_upload_bytes(self) -> int:
         """`max_upload_mib` in bytes: the one figure the body-size middleware, the upload route and the voice

@@ -18,7 +18,7 @@ END = "<!-- settings-table:end -->"
 def _default(name: str, default: object) -> str:
     if name in {f.name for f in fields(EngineLimits)}:
         return "preset"
-    return "" if default is None else f"`{default}`"
+    return "" if default in (None, []) else f"`{default}`"
 
 
 def settings_table() -> str:

@@ -9,6 +9,7 @@ to the speech, and voice clips brought to -27 LUFS before analysis.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ GPT2_MIN_VOICE_SECONDS = 5.0
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def settings_device(settings: Settings) -> torch.device:
+    """The device CHATTERBOX_DEVICE names (auto: cuda when there is one)."""
+    return default_device() if settings.device == "auto" else torch.device(settings.device)
 
 
 @dataclass(frozen=True)
@@ -137,10 +143,17 @@ class ChatterboxTTS:
         return cls._load(directory, layout, device, engine, vllm_options)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ChatterboxTTS":
-        """Load what the CHATTERBOX_* settings name: model, revision, device, engine and the VRAM limits."""
-        device = default_device() if settings.device == "auto" else torch.device(settings.device)
+    def from_settings(
+        cls, settings: Settings, *, model: str | None = None, gpu_memory_gib: float | None = None
+    ) -> "ChatterboxTTS":
+        """Load what the CHATTERBOX_* settings name: model, revision, device, engine and the VRAM limits.
+
+        `model` loads another of the server's models with the same settings; `gpu_memory_gib` replaces T3's budget
+        (the share a VRAM plan gave it when several models are loaded)."""
+        device = settings_device(settings)
         limits = settings.limits()
+        if gpu_memory_gib is not None:
+            limits = dataclasses.replace(limits, gpu_memory_gib=gpu_memory_gib)
         options = VLLMOptions.from_limits(limits, device, explicit_dtype=settings.dtype is not None)
         if device.type == "cuda":
             # Process-wide, read when kernels are chosen: set before anything is loaded or captured. vLLM's T3 runs
@@ -153,7 +166,7 @@ class ChatterboxTTS:
             compile_flow=settings.s3gen_compile,
         )
         return cls.load(
-            settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
+            model or settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
             s3gen_options=s3gen_options,
         )  # fmt: skip
 

@@ -220,8 +220,8 @@ def test_live_command(command: Command, live_server: str, scratch: Path) -> None
 
 
 # --------------------------------------------------------------------------------------------- start script
-OPTION_FIELDS = {"--preset": "preset", "--model": "model", "--host": "host", "--port": "port",
-                 "--voices-dir": "voices_dir", "--api-key": "api_key"}  # fmt: skip
+OPTION_FIELDS = {"--preset": "preset", "--model": "model", "--extra-models": "extra_models", "--host": "host",
+                 "--port": "port", "--voices-dir": "voices_dir", "--api-key": "api_key"}  # fmt: skip
 
 
 @pytest.mark.parametrize("command", by_kind("start-script"))
@@ -241,7 +241,8 @@ def test_start_script_command(command: Command, tmp_path: Path) -> None:
     for flag, value in zip(words_left[::2], words_left[1::2], strict=True):
         field = OPTION_FIELDS[flag]
         expected = "***" if field == "api_key" else value
-        assert str(config[field]) == expected, (flag, config[field])
+        actual = ",".join(config[field]) if isinstance(config[field], list) else str(config[field])
+        assert actual == expected, (flag, config[field])
     for name, value in variables.items():
         field = name.removeprefix("CHATTERBOX_").lower()
         assert str(config["limits"].get(field, config.get(field))) == value, (name, config)

@@ -3,6 +3,7 @@ sharing one vLLM engine. (Not a conftest.py: the top-level conftest is imported 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
@@ -43,9 +44,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(settings: Settings, tts: ChatterboxTTS) -> Server:
+def start_server(settings: Settings, tts: ChatterboxTTS | None, extra: tuple[ChatterboxTTS, ...] = ()) -> Server:
+    """uvicorn on a free loopback port: `tts` (and `extra` models beside it) served, or loaded by the app when None."""
     port = _free_port()
-    app = create_app(settings, tts=tts)
+    app = create_app(settings, tts=tts, extra=extra)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -55,6 +57,25 @@ def start_server(settings: Settings, tts: ChatterboxTTS) -> Server:
             raise RuntimeError("test server did not start")
         time.sleep(0.05)
     return Server(f"http://127.0.0.1:{port}", settings, app, server, thread)
+
+
+@contextlib.contextmanager
+def one_request_in_progress(server: Server, model: str = "tts-1") -> Iterator[None]:
+    """A long pcm request whose response is left unread after its first chunk, so it stays in progress."""
+    # ~80 pieces of pcm (~6 MB): more than the socket buffers hold while this client reads nothing more
+    text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(400))
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,
+                      json={"model": model, "input": text, "voice": "alloy", "response_format": "pcm"}) as first:
+        chunks = first.iter_bytes()  # kept: a dropped iterator closes the response (a client hanging up)
+        next(chunks)
+        yield
+
+
+def wait_idle(server: Server, timeout_s: float = 30) -> None:
+    """Until no speech request is in progress (a closed stream gives its place back)."""
+    deadline = time.monotonic() + timeout_s
+    while server.app.state.model.service.active and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def stop_server(server: Server) -> None:

@@ -27,10 +27,12 @@ from server_utils import (  # noqa: F401 - fixtures
     english_tts,
     keyed_server,
     make_settings,
+    one_request_in_progress,
     server,
     sine_clip,
     start_server,
     stop_server,
+    wait_idle,
 )
 
 SENTENCE = "Hello there, this is a test."
@@ -129,7 +131,7 @@ def test_sse_events(server: Server) -> None:
 def _audio_seconds_made(server: Server) -> float:
     """The server's own count of audio it has synthesised (not sent): chatterbox_audio_seconds_total."""
     for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("chatterbox_audio_seconds_total "):
+        if line.startswith('chatterbox_audio_seconds_total{model="chatterbox-english"} '):
             return float(line.split()[1])
     raise AssertionError("chatterbox_audio_seconds_total missing from /metrics")
 
@@ -235,19 +237,12 @@ def test_unknown_route_and_method(server: Server) -> None:
 def test_busy_server_answers_429(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
     busy = start_server(make_settings(tmp_path, max_queue=1, max_input_chars=100_000), english_tts)
     try:
-        # ~80 pieces of pcm (~6 MB): more than the socket buffers hold while this client reads nothing more
-        text = " ".join(f"Sentence number {i} is here to make the input long enough." for i in range(400))
-        with httpx.stream("POST", f"{busy.url}/v1/audio/speech", timeout=300,
-                          json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as first:
-            chunks = first.iter_bytes()  # kept: a dropped iterator closes the response (a client hanging up)
-            next(chunks)
+        with one_request_in_progress(busy):
             assert busy.app.state.model.service.active == 1
             second = speech(busy)
             error = assert_error(second, 429)
             assert second.headers["retry-after"] == "2" and error["type"] == "rate_limit_error"
-        deadline = time.monotonic() + 30
-        while busy.app.state.model.service.active and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_idle(busy)
         assert speech(busy).status_code == 200  # the place was given back
     finally:
         stop_server(busy)
@@ -274,18 +269,26 @@ def test_model_lists(server: Server) -> None:
     models = httpx.get(f"{server.url}/v1/models").json()
     assert models["object"] == "list"
     ids = [m["id"] for m in models["data"]]
-    assert {"tts-1", "tts-1-hd", "gpt-4o-mini-tts"} <= set(ids)
+    assert ids == ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "chatterbox", "chatterbox-english"]  # what is loaded
     assert all(m["object"] == "model" for m in models["data"])
     audio = httpx.get(f"{server.url}/v1/audio/models").json()
     assert [m["id"] for m in audio["models"]] == ids and all("name" in m for m in audio["models"])
     assert httpx.get(f"{server.url}/v1/models/tts-1").json()["id"] == "tts-1"
     assert_error(httpx.get(f"{server.url}/v1/models/nope"), 404)
+    assert_error(httpx.get(f"{server.url}/v1/models/chatterbox-turbo"), 404)  # a Chatterbox model not loaded
+    refused = speech(server, model="chatterbox-multilingual")
+    assert_error(refused, 400)
+    assert refused.json()["error"]["code"] == "model_not_found"
+    assert "CHATTERBOX_EXTRA_MODELS=multilingual" in refused.json()["error"]["message"]
 
 
 def test_health_and_metrics(server: Server) -> None:
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["engine"] == "vllm" and health["device"] == "cpu"
     assert health["variant"] == "english"
+    assert health["models"] == [
+        {"id": "chatterbox-english", "model": "english", "variant": "english", "status": "ready", "engine": "vllm"}
+    ]
     speech(server, response_format="pcm")
     text = httpx.get(f"{server.url}/metrics").text
     assert "chatterbox_speech_requests_total" in text and "chatterbox_audio_seconds_total" in text

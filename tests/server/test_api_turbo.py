@@ -37,9 +37,10 @@ def pcm(response: httpx.Response) -> np.ndarray:
 
 def test_turbo_speaks_tags_and_lists_its_model(turbo_server: Server) -> None:
     ids = [m["id"] for m in httpx.get(f"{turbo_server.url}/v1/models").json()["data"]]
-    assert "chatterbox-turbo" in ids and "chatterbox-nano" in ids
+    assert "chatterbox-turbo" in ids and "chatterbox-english" not in ids  # only what is loaded
     with_tag = say(turbo_server)
     assert "x-chatterbox-warning" not in with_tag.headers  # Turbo speaks its tags
+    assert with_tag.headers["x-chatterbox-model"] == "chatterbox-turbo"
     audio = pcm(with_tag)
     assert np.abs(audio).max() > 100
     np.testing.assert_array_equal(pcm(say(turbo_server)), audio)  # seeded: the same audio again

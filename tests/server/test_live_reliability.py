@@ -118,7 +118,9 @@ def _audio_ok(content: bytes, fmt: str, stream_format: str) -> bool:
 def test_while_the_model_loads_health_and_speech_answer_503(live: Live) -> None:
     assert live.loading, "the server was never seen loading"
     for seen in live.loading:
-        assert seen["health"] == (503, {"status": "loading", "model": "random-tiny"})
+        assert seen["health"] == (503, {"status": "loading", "model": "random-tiny", "models": [
+            {"id": "chatterbox-english", "model": "random-tiny", "variant": "english", "status": "loading"},
+        ]})  # fmt: skip
         speech = seen["speech"]
         assert speech.status_code == 503 and speech.json()["error"]["code"] == "model_loading"
         assert int(speech.headers["retry-after"]) > 0
@@ -244,7 +246,7 @@ def test_a_client_that_hangs_up_is_cancelled_within_a_second(live: Live) -> None
     elapsed = time.monotonic() - hung_up
     assert not any(load.values()) and elapsed < 1.0, f"{load} {elapsed:.2f} s after the client hung up"
     metrics = httpx.get(f"{live.url}/metrics").text
-    assert _metric(metrics, 'chatterbox_speech_requests_total{status="cancelled"}') >= 1
+    assert _metric(metrics, 'chatterbox_speech_requests_total{model="chatterbox-english",status="cancelled"}') >= 1
 
 
 def test_log_holds_no_secret_and_no_traceback(live: Live) -> None:

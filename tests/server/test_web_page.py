@@ -26,7 +26,7 @@ import soundfile
 from fastapi.testclient import TestClient
 
 from chatterbox_vllm.server.app import create_app
-from chatterbox_vllm.server.state import ModelState
+from chatterbox_vllm.server.state import ModelState, ServedModels
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.text.languages import SUPPORTED_LANGUAGES
 from chatterbox_vllm.tts import ChatterboxTTS
@@ -449,11 +449,42 @@ def test_a_multilingual_server_offers_its_languages_and_sends_the_choice(open_pa
     page.select_option("#language", "fr")
     assert web.speak("Bonjour tout le monde.") == "error"
     assert web.sent("POST", "/v1/audio/speech")[-1]["json"]["language_id"] == "fr"
-    assert web.error() == "Speech failed: this server runs the English model; language_id must be omitted or 'en'"
+    assert web.error() == "Speech failed: the english model speaks English only; language_id must be omitted or 'en'"
 
     page.select_option("#language", "")
     assert web.speak("Hello again.") == "done", page.inner_text("#error")
     assert "language_id" not in web.sent("POST", "/v1/audio/speech")[-1]["json"]
+
+
+def test_a_server_of_two_models_offers_both_and_speaks_with_the_chosen_one(
+    open_page, english_tts: ChatterboxTTS, turbo_tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """English (vLLM) with Turbo beside it: the page shows a model picker, sends the chosen model's name, and asks
+    the server which languages that model speaks."""
+    turbo = ChatterboxTTS.from_local(turbo_tiny_checkpoint, device="cpu", engine="torch")
+    server = start_server(make_settings(tmp_path, max_new_tokens=MAX_NEW_TOKENS), english_tts, extra=(turbo,))
+    try:
+        web = open_page(server)
+        page = web.page
+        web.open()
+        assert page.inner_text("#server-status") == "Ready: the English, Turbo models."
+        assert page.is_visible("#model")
+        options = page.eval_on_selector_all("#model option", "options => options.map(o => [o.value, o.text])")
+        assert options == [["chatterbox-english", "English"], ["chatterbox-turbo", "Turbo"]]
+
+        page.select_option("#model", "chatterbox-turbo")
+        page.wait_for_function("() => window.chatterboxPage.variant === 'turbo'")
+        assert web.speak("Well [laugh] that was fun.") == "done", page.inner_text("#error")
+        assert web.sent("POST", "/v1/audio/speech")[-1]["json"]["model"] == "chatterbox-turbo"
+        assert web.sent("GET", "/v1/audio/languages?model=chatterbox-turbo")
+        assert web.audio()["duration"] > 0
+
+        page.select_option("#model", "chatterbox-english")
+        assert web.speak("Hello again.") == "done", page.inner_text("#error")
+        assert web.sent("POST", "/v1/audio/speech")[-1]["json"]["model"] == "chatterbox-english"
+    finally:
+        stop_server(server)
+        turbo.close()
 
 
 def test_a_keyed_server_asks_for_the_key_once_and_the_browser_keeps_it(open_page, keyed_web_server: Server) -> None:
@@ -511,12 +542,12 @@ def test_languages_endpoint_lists_what_the_english_model_speaks(web_server: Serv
 def _unloaded_app(model: str, state: ModelState) -> TestClient:
     """An app whose model state is `state`, without loading anything (its lifespan is not run)."""
     app = create_app(Settings(model=model, api_key=KEY))
-    app.state.model = state
+    app.state.models = ServedModels([state])
     return TestClient(app)
 
 
 def test_languages_endpoint_lists_the_multilingual_languages() -> None:
-    ready = ModelState(status="ready", tts=SimpleNamespace(is_multilingual=True))
+    ready = ModelState(status="ready", tts=SimpleNamespace(is_multilingual=True), variant="multilingual")
     response = _unloaded_app("multilingual", ready).get("/v1/audio/languages")
     assert response.status_code == 200
     body = response.json()

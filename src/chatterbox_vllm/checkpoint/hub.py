@@ -104,6 +104,32 @@ def download(
     return directory
 
 
+def variant_of(model: str) -> Variant:
+    """The variant a model setting names, without downloading or loading anything (a directory is looked at)."""
+    name = model.strip().lower()
+    if name in RANDOM_MODELS:
+        return RANDOM_MODELS[name]
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]
+    directory = Path(model).expanduser()
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"model {model!r} is neither a known name ({', '.join(sorted(MODEL_ALIASES) + sorted(RANDOM_MODELS))}) "
+            "nor a directory"
+        )
+    return detect_layout(directory).variant
+
+
+def check_distinct_variants(models: list[str]) -> None:
+    """A server serves each variant once (requests name it chatterbox-<variant>): two of one are refused."""
+    seen: dict[str, str] = {}
+    for model in models:
+        variant = variant_of(model)
+        if variant in seen:
+            raise CheckpointError(f"{model} is a second {variant} model (after {seen[variant]}); each variant loads once")
+        seen[variant] = model
+
+
 def resolve_model(
     model: str,
     *,
@@ -121,11 +147,6 @@ def resolve_model(
         directory = download(alias, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         return directory, LAYOUTS[alias]
     directory = Path(model).expanduser()
-    if not directory.is_dir():
-        raise CheckpointError(
-            f"model {model!r} is neither a known name ({', '.join(sorted(MODEL_ALIASES) + sorted(RANDOM_MODELS))}) "
-            "nor a directory"
-        )
-    layout = detect_layout(directory)
+    layout = LAYOUTS[variant_of(model)]
     check_complete(directory, layout)
     return directory, layout

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("chatterbox_speech_requests_total", "Speech requests by outcome", ["status"])
-AUDIO_SECONDS = Counter("chatterbox_audio_seconds_total", "Seconds of audio produced")
+REQUESTS = Counter("chatterbox_speech_requests_total", "Speech requests by model and outcome", ["model", "status"])
+AUDIO_SECONDS = Counter("chatterbox_audio_seconds_total", "Seconds of audio produced, by model", ["model"])
 FIRST_AUDIO = Histogram(
     "chatterbox_time_to_first_audio_seconds",
     "From request to the first audio bytes",

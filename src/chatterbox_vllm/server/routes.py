@@ -17,14 +17,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..text.languages import SUPPORTED_LANGUAGES
-from ..tts import SAMPLE_RATE
+from ..tts import SAMPLE_RATE, ChatterboxTTS
 from .audio import CONTENT_TYPES, AudioEncoder
 from .auth import require_api_key
 from .errors import APIError, log_failure
 from .metrics import AUDIO_SECONDS, FIRST_AUDIO, IN_PROGRESS, REQUEST_SECONDS, REQUESTS, VOICES
-from .schemas import OPENAI_MODELS, OWN_MODELS, SpeechRequest
+from .schemas import SpeechRequest
 from .service import PreparedSpeech, SpeechService
-from .state import ModelState
+from .state import ModelState, ServedModels, served_id
 from .voices import UnknownVoiceError, VoiceExistsError, VoiceLibrary, VoiceNotFoundError, VoiceUploadError
 
 log = logging.getLogger(__name__)
@@ -42,39 +42,27 @@ PAGE_HEADERS = {
 }
 
 
-def _model(request: Request) -> ModelState:
-    return request.app.state.model
-
-
-def _service(request: Request) -> SpeechService:
-    state = _model(request)
-    state.require_ready()
-    return state.service
+def _models(request: Request) -> ServedModels:
+    return request.app.state.models
 
 
 def _voices(request: Request) -> VoiceLibrary:
-    state = _model(request)
+    """The voices (one library for every model), once the default model serves."""
+    state = _models(request).default
     state.require_ready()
     return state.voices
-
-
-def _model_ids() -> tuple[str, ...]:
-    return OPENAI_MODELS + OWN_MODELS
 
 
 # ----------------------------------------------------------------------------------------------- speech
 @router.post("/v1/audio/speech", dependencies=[Depends(require_api_key)])
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
-    if body.model not in _model_ids():
-        raise APIError(
-            400, f"model {body.model!r} is not served here; use one of {', '.join(_model_ids())}", param="model",
-            code="model_not_found",
-        )
+    state = _models(request).for_request(body.model)
+    state.require_ready()
     try:
-        voice = _voices(request).resolve(body.voice_id)
+        voice = state.voices.resolve(body.voice_id)
     except UnknownVoiceError as exc:
         raise APIError(400, str(exc), param="voice", code="voice_not_found") from exc
-    service = _service(request)
+    service = state.service
     service.acquire()
     started = time.perf_counter()
     try:
@@ -82,10 +70,10 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
         encoder = AudioEncoder(body.response_format, SAMPLE_RATE, body.speed)
     except BaseException:
         service.release()
-        REQUESTS.labels(status="rejected").inc()
+        REQUESTS.labels(model=state.id, status="rejected").inc()
         raise
     IN_PROGRESS.inc()
-    headers = _notices(prepared)
+    headers = {"X-Chatterbox-Model": state.id, **_notices(prepared)}  # which model spoke (aliases name none)
     if body.stream_format == "sse":
         content = _sse_events(service, prepared, encoder, started)
         return StreamingResponse(
@@ -127,9 +115,10 @@ async def _encoded_chunks(
 ) -> AsyncIterator[bytes]:
     """Encoded audio as it is made; owns the request's queue place and its metrics."""
     status, first = "ok", True
+    model = served_id(service.tts.variant)
     try:
         async for wav in service.stream(prepared, usage):
-            AUDIO_SECONDS.inc(len(wav) / SAMPLE_RATE)
+            AUDIO_SECONDS.labels(model=model).inc(len(wav) / SAMPLE_RATE)
             data = await asyncio.to_thread(encoder.encode, np.asarray(wav, dtype=np.float32))
             if data:
                 if first:
@@ -150,7 +139,7 @@ async def _encoded_chunks(
         encoder.close()
         service.release()
         IN_PROGRESS.dec()
-        REQUESTS.labels(status=status).inc()
+        REQUESTS.labels(model=model, status=status).inc()
         REQUEST_SECONDS.observe(time.perf_counter() - started)
 
 
@@ -182,23 +171,24 @@ async def _sse_events(
 
 # ----------------------------------------------------------------------------------------------- models
 @router.get("/v1/models")
-async def list_models() -> dict:
-    return {
-        "object": "list",
-        "data": [{"id": m, "object": "model", "created": CREATED, "owned_by": "chatterbox-vllm"} for m in _model_ids()],
-    }
+async def list_models(request: Request) -> dict:
+    """The names a speech request may use: OpenAI's and `chatterbox` (the default model), then each loaded model."""
+    return {"object": "list", "data": [_model_card(m) for m in _models(request).ids()]}
 
 
-@router.get("/v1/models/{model_id}")
-async def get_model(model_id: str) -> dict:
-    if model_id not in _model_ids():
-        raise APIError(404, f"model {model_id!r} does not exist", param="model", code="model_not_found")
+def _model_card(model_id: str) -> dict:
     return {"id": model_id, "object": "model", "created": CREATED, "owned_by": "chatterbox-vllm"}
 
 
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, request: Request) -> dict:
+    _models(request).for_request(model_id, status=404)
+    return _model_card(model_id)
+
+
 @router.get("/v1/audio/models")
-async def list_audio_models() -> dict:
-    return {"models": [{"id": m, "name": m} for m in _model_ids()]}
+async def list_audio_models(request: Request) -> dict:
+    return {"models": [{"id": m, "name": m} for m in _models(request).ids()]}
 
 
 # ----------------------------------------------------------------------------------------------- voices
@@ -255,10 +245,10 @@ async def delete_voice(voice_id: str, request: Request) -> dict:
 
 
 @router.get("/v1/audio/languages")
-async def list_languages(request: Request) -> dict:
-    """The languages the loaded model speaks (English alone for the English model), and the input limit.
-    Open without a key, like the other listings."""
-    state = _model(request)
+async def list_languages(request: Request, model: str | None = None) -> dict:
+    """The languages a model speaks (`?model=`, default the default model; English alone but for the multilingual
+    model), and the input limit. Open without a key, like the other listings."""
+    state = _models(request).for_request(model) if model else _models(request).default
     state.require_ready()
     codes = SUPPORTED_LANGUAGES if state.tts.is_multilingual else {"en": SUPPORTED_LANGUAGES["en"]}
     return {
@@ -277,13 +267,16 @@ async def web_page() -> FileResponse:
 # ------------------------------------------------------------------------------------------- operations
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 once the model serves; 503 while it loads (`"status": "loading"`) or after it failed (`"error"`)."""
-    state = _model(request)
+    """200 once every model serves; 503 while one loads (`"status": "loading"`) or after one failed (`"error"`).
+    The top level describes the default model (as with one model); `models` has every model's state."""
+    served = _models(request)
     settings = request.app.state.settings
-    if state.status != "ready":
-        body = {"status": state.status, "model": settings.model}
-        if state.error:
-            body["error"] = state.error
+    state = served.default
+    models = [_model_health(s) for s in served.states]
+    if served.status != "ready":
+        body = {"status": served.status, "model": settings.model, "models": models}
+        if state.error or served.status == "error":
+            body["error"] = state.error or next(s.error for s in served.states if s.error)
         return JSONResponse(body, status_code=503)
     tts = state.tts
     device = tts.device
@@ -291,14 +284,31 @@ async def health(request: Request) -> JSONResponse:
         "status": "ok",
         "model": settings.model,
         "variant": tts.variant,
-        "engine": "vllm" if hasattr(tts.engine, "stream_async") else "torch",
+        "engine": _engine_name(tts),
         "device": str(device),
         "speech_requests_in_progress": state.service.active,
+        "models": models,
     }
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         body["vram"] = {"used_gib": round((total - free) / 2**30, 2), "total_gib": round(total / 2**30, 2)}
     return JSONResponse(body)
+
+
+def _engine_name(tts: ChatterboxTTS) -> str:
+    return "vllm" if hasattr(tts.engine, "stream_async") else "torch"
+
+
+def _model_health(state: ModelState) -> dict:
+    """One model in /health: its name for requests, what loaded it, and how it is."""
+    entry: dict = {"id": state.id, "model": state.model, "variant": state.variant, "status": state.status}
+    if state.tts is not None:
+        entry["engine"] = _engine_name(state.tts)
+    if state.t3_budget_gib is not None:
+        entry["t3_gpu_memory_gib"] = state.t3_budget_gib
+    if state.error:
+        entry["error"] = state.error
+    return entry
 
 
 @router.get("/metrics")

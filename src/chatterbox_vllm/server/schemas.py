@@ -6,9 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# OpenAI's TTS model names (Open WebUI and SDK examples send these) and our own.
+# OpenAI's TTS model names (Open WebUI and SDK examples send these): the server's default model speaks for them.
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-OWN_MODELS = ("chatterbox", "chatterbox-english", "chatterbox-multilingual", "chatterbox-turbo", "chatterbox-nano")
 
 
 class VoiceRef(BaseModel):

@@ -75,47 +75,71 @@ def fade_edges(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return wav
 
 
+class Admission:
+    """The server's `max_queue` places for speech requests, shared by every model it serves; 429 beyond them."""
+
+    def __init__(self, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self.active = 0
+
+    def acquire(self) -> None:
+        """Take a place (given back by `release` when the response ends), or 429 with Retry-After."""
+        if self.active >= self.max_queue:
+            raise APIError(
+                429,
+                f"the server is busy ({self.active} speech requests in progress); retry shortly",
+                code="server_busy",
+                headers={"Retry-After": "2"},
+            )
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+
 class SpeechService:
-    def __init__(self, tts: ChatterboxTTS, settings: Settings) -> None:
+    """One loaded model's synthesis for the API (one per model when the server loads several)."""
+
+    def __init__(self, tts: ChatterboxTTS, settings: Settings, admission: Admission | None = None) -> None:
         self.tts = tts
         self.settings = settings
+        self.admission = admission or Admission(settings.max_queue)
         self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
         self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, self._max_batch))
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
-        self._active = 0
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
         self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)
 
     # ---------------------------------------------------------------------------------------- admission
     @property
     def active(self) -> int:
-        return self._active
+        """Speech requests in progress on the whole server (every model's)."""
+        return self.admission.active
 
     def acquire(self) -> None:
-        """Take one of `max_queue` places for a request (released by `release` when its response ends), or 429."""
-        if self._active >= self.settings.max_queue:
-            raise APIError(
-                429,
-                f"the server is busy ({self._active} speech requests in progress); retry shortly",
-                code="server_busy",
-                headers={"Retry-After": "2"},
-            )
-        self._active += 1
+        self.admission.acquire()
 
     def release(self) -> None:
-        self._active -= 1
+        self.admission.release()
 
     def _few_active(self) -> bool:
         """Whether partial vocodes (first audio sooner, at S3Gen time's cost) are worth it now."""
-        return self._active <= INCREMENTAL_MAX_ACTIVE
+        return self.active <= INCREMENTAL_MAX_ACTIVE
 
     # ------------------------------------------------------------------------------------------ prepare
     def language_for(self, request: SpeechRequest, voice: Voice) -> str | None:
         if not self.tts.is_multilingual:
             if request.language_id not in (None, "", "en", "EN"):
                 raise APIError(
-                    400, "this server runs the English model; language_id must be omitted or 'en'", param="language_id"
-                )
+                    400, f"the {self.tts.variant} model speaks English only; language_id must be omitted or 'en'",
+                    param="language_id",
+                )  # fmt: skip
+            if voice.kind == "language" and voice.language != "en":  # listed because another model speaks it
+                raise APIError(
+                    400, f"voice {voice.id!r} is the built-in voice speaking {voice.name.split(' (')[0]}, which the "
+                    f"{self.tts.variant} model does not speak; ask for the multilingual model "
+                    "(model: chatterbox-multilingual) or pick another voice", param="voice",
+                )  # fmt: skip
             return None
         language = request.language_id or voice.language or "en"
         try:

@@ -1,4 +1,10 @@
-"""Where the served model is: loading, ready (with its service and voices) or failed, and the 503s that follow."""
+"""The models a server loads: each one loading, ready (with its service) or failed, and which one a request's
+`model` field names.
+
+Each loaded model is served as `chatterbox-<variant>` (chatterbox-english, chatterbox-turbo, ...). OpenAI's model
+names and plain `chatterbox` go to the default model (CHATTERBOX_MODEL), so OpenAI clients work unchanged; a
+Chatterbox model the server did not load is a 400 that says how to load it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .errors import APIError
+from .schemas import OPENAI_MODELS
 
 if TYPE_CHECKING:
     from ..tts import ChatterboxTTS
@@ -13,24 +20,88 @@ if TYPE_CHECKING:
     from .voices import VoiceLibrary
 
 LOADING_RETRY_AFTER_S = 10
+DEFAULT_ALIAS = "chatterbox"  # with OpenAI's names: whatever CHATTERBOX_MODEL loaded
+SERVED_PREFIX = "chatterbox-"
+VARIANT_NAMES = ("english", "multilingual", "turbo", "nano")
+
+Status = Literal["loading", "ready", "error"]
+
+
+def served_id(variant: str) -> str:
+    """The name requests use for a model of `variant`, e.g. chatterbox-turbo."""
+    return SERVED_PREFIX + variant
 
 
 @dataclass
 class ModelState:
-    """Where the model is: loading, ready (with its service and voices) or failed (with a one-line reason)."""
+    """One model: loading, ready (with its service and voices) or failed (with a one-line reason)."""
 
-    status: Literal["loading", "ready", "error"] = "loading"
+    status: Status = "loading"
     error: str | None = None
     tts: ChatterboxTTS | None = None
     service: SpeechService | None = None
     voices: VoiceLibrary | None = None
+    model: str = ""  # the setting that names it: english, turbo, a directory, ...
+    variant: str | None = None  # known before it loads (from the name or the directory's files)
+    t3_budget_gib: float | None = None  # T3's GPU budget when a VRAM plan shared the GPU between models
+
+    @property
+    def id(self) -> str | None:
+        """The name requests use for this model, e.g. chatterbox-turbo."""
+        return served_id(self.variant) if self.variant else None
 
     def require_ready(self) -> None:
         """503 unless the model is ready: Retry-After while it loads, the reason once loading failed."""
+        what = f"the model {self.id}" if self.id else "the model"
         if self.status == "loading":
             raise APIError(
-                503, "the model is still loading; retry shortly", code="model_loading",
+                503, f"{what} is still loading; retry shortly", code="model_loading",
                 headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
             )  # fmt: skip
         if self.status == "error":
-            raise APIError(503, f"the model failed to load: {self.error}", code="model_unavailable")
+            raise APIError(503, f"{what} failed to load: {self.error}", code="model_unavailable")
+
+
+class ServedModels:
+    """The server's models, the default (CHATTERBOX_MODEL) first."""
+
+    def __init__(self, states: list[ModelState]) -> None:
+        if not states:
+            raise ValueError("a server needs at least one model")
+        self.states = states
+
+    @property
+    def default(self) -> ModelState:
+        return self.states[0]
+
+    @property
+    def status(self) -> Status:
+        """loading while any model loads; then error if any failed, else ready."""
+        statuses = {state.status for state in self.states}
+        if "loading" in statuses:
+            return "loading"
+        return "error" if "error" in statuses else "ready"
+
+    def ids(self) -> tuple[str, ...]:
+        """Every name a request may send: OpenAI's, the default alias, then each model's own."""
+        own = tuple(state.id for state in self.states if state.id)
+        return (*OPENAI_MODELS, DEFAULT_ALIAS, *own)
+
+    def find(self, name: str) -> ModelState | None:
+        if name in OPENAI_MODELS or name == DEFAULT_ALIAS:
+            return self.default
+        return next((state for state in self.states if state.id == name), None)
+
+    def for_request(self, name: str, status: int = 400) -> ModelState:
+        """The model `name` names, or a `status` error (OpenAI's code model_not_found) that lists what is served."""
+        state = self.find(name)
+        if state is not None:
+            return state
+        message = f"model {name!r} is not served here; use one of {', '.join(self.ids())}"
+        if name.startswith(SERVED_PREFIX) and name[len(SERVED_PREFIX):] in VARIANT_NAMES:
+            variant = name[len(SERVED_PREFIX):]
+            message = (
+                f"model {name!r} is not loaded on this server (it serves {', '.join(self.ids())}); "
+                f"start it with CHATTERBOX_EXTRA_MODELS={variant} to serve it too"
+            )
+        raise APIError(status, message, param="model", code="model_not_found")

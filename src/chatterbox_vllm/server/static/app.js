@@ -15,6 +15,7 @@
     keyForm: $("key-form"), keyMessage: $("key-message"), apiKey: $("api-key"), keyCancel: $("key-cancel"),
     error: $("error"),
     speakForm: $("speak-form"), text: $("text"), charCount: $("char-count"), voice: $("voice"),
+    modelField: $("model-field"), model: $("model"),
     language: $("language"), format: $("format"), seed: $("seed"), speak: $("speak"), stop: $("stop"),
     reset: $("reset"), result: $("result"), speakStatus: $("speak-status"), player: $("player"),
     download: $("download"),
@@ -24,7 +25,8 @@
 
   // What the page is doing, readable from outside (the browser tests read it).
   const state = {
-    variant: null, // "english" or "multilingual" once the model is ready
+    variant: null, // the chosen model's variant ("english", "multilingual", "turbo", "nano") once it is ready
+    models: [], // the models that serve: {id, variant}, the default one first
     maxChars: 4096,
     phase: "idle", // idle, streaming, encoding, done, stopped, error
     playback: "none", // "webaudio" while speech is played as it streams, "unavailable" without Web Audio
@@ -159,6 +161,10 @@
   }
 
   // ------------------------------------------------------------------------------ model, voices, languages
+  const VARIANT_NAMES = { english: "English", multilingual: "multilingual", turbo: "Turbo", nano: "Nano" };
+
+  /** Wait until the default model serves; the models that serve by then fill the model picker (shown when the
+   * server loads more than one). A model that failed is reported, the others are used. */
   async function waitForModel() {
     for (;;) {
       let response;
@@ -171,10 +177,15 @@
         await sleep(3000);
         continue;
       }
-      if (response.ok) {
-        state.variant = body.variant;
-        const model = body.variant === "english" ? "English" : body.variant;
-        el.serverStatus.textContent = `Ready: the ${model} model.`;
+      const models = body.models || [];
+      const ready = models.filter((m) => m.status === "ready");
+      const defaultReady = response.ok || (models.length > 0 && models[0].status === "ready");
+      if (defaultReady && body.status !== "loading") {
+        showModels(ready.length ? ready : [{ id: "tts-1", variant: body.variant }]);
+        const failed = models.filter((m) => m.status === "error");
+        if (failed.length) {
+          showError(`Not loaded: ${failed.map((m) => `${m.model} (${m.error})`).join("; ")}.`);
+        }
         return true;
       }
       if (body.status === "error") {
@@ -185,6 +196,26 @@
       el.serverStatus.textContent = "The model is loading; this page waits for it…";
       await sleep(3000);
     }
+  }
+
+  function showModels(models) {
+    state.models = models.map((m) => ({ id: m.id, variant: m.variant }));
+    el.model.replaceChildren(...state.models.map((m) => new Option(VARIANT_NAMES[m.variant] || m.variant, m.id)));
+    el.model.value = state.models[0].id;
+    el.modelField.hidden = state.models.length < 2;
+    const names = state.models.map((m) => VARIANT_NAMES[m.variant] || m.variant);
+    el.serverStatus.textContent =
+      names.length === 1 ? `Ready: the ${names[0]} model.` : `Ready: the ${names.join(", ")} models.`;
+    chooseModel();
+  }
+
+  /** The `model` a request sends: OpenAI's name (the default model) unless the picker offers a choice. */
+  const chosenModel = () => (state.models.length > 1 ? el.model.value : "tts-1");
+  const modelQuery = () => (state.models.length > 1 ? `?model=${encodeURIComponent(el.model.value)}` : "");
+
+  function chooseModel() {
+    const chosen = state.models.find((m) => m.id === el.model.value) || state.models[0];
+    state.variant = chosen.variant;
   }
 
   function voiceLabel(voice) {
@@ -206,7 +237,7 @@
   }
 
   async function loadLanguages() {
-    const response = await apiFetch("/v1/audio/languages");
+    const response = await apiFetch(`/v1/audio/languages${modelQuery()}`);
     if (!response.ok) throw new PageError(`Could not list the languages: ${await errorMessage(response)}`);
     const body = await response.json();
     if (Number.isInteger(body.max_input_chars)) state.maxChars = body.max_input_chars;
@@ -425,7 +456,7 @@
 
   function speechBody(format, seed) {
     const body = {
-      model: "tts-1",
+      model: chosenModel(),
       input: el.text.value,
       voice: el.voice.value || "default",
       response_format: format,
@@ -594,6 +625,14 @@
     el.forgetKey.addEventListener("click", () => {
       storeKey("");
       el.serverStatus.textContent = "The API key was forgotten; the page asks again when the server needs it.";
+    });
+    el.model.addEventListener("change", async () => {
+      chooseModel();
+      try {
+        await loadLanguages();
+      } catch (err) {
+        showError(describe(err));
+      }
     });
     el.forgetKey.hidden = !currentKey();
     updateCount();

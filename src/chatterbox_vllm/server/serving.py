@@ -1,0 +1,140 @@
+"""The models a server loads and what they share: each one's state, the VRAM plan that fits them on one GPU, the
+loading (one after another, the default first), and the request places, voices and engine gauge common to all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from ..checkpoint.hub import variant_of
+from ..checkpoint.weights import CheckpointError
+from ..settings import Settings
+from ..tts import ChatterboxTTS, settings_device
+from ..vram_plan import model_need, plan_t3_budgets
+from .errors import describe_failure, log_failure
+from .metrics import T3_IN_ENGINE
+from .service import Admission, SpeechService
+from .state import ModelState, ServedModels
+from .voices import VoiceLibrary
+
+log = logging.getLogger(__name__)
+
+
+def model_states(settings: Settings) -> list[ModelState]:
+    """One state per model the settings name, its variant known before anything loads. A name that is no model
+    (or a second model of a variant already named) is a failed state with the reason, so the server still starts
+    and says why."""
+    states: list[ModelState] = []
+    for name in settings.models:
+        state = ModelState(model=name)
+        try:
+            state.variant = variant_of(name)
+        except CheckpointError as exc:
+            state.status, state.error = "error", describe_failure(exc)
+        twin = next((other for other in states if other.variant and other.variant == state.variant), None)
+        if twin is not None:
+            state.status = "error"
+            state.error = f"{name} is a second {state.variant} model (after {twin.model}); each variant loads once"
+            state.variant = None  # its name stays the first one's
+        states.append(state)
+    return states
+
+
+def vram_plan(settings: Settings, states: list[ModelState]) -> list[float | None]:
+    """Each model's T3 budget when several share a GPU (None: its preset's, as for one model alone)."""
+    loading = [state for state in states if state.status == "loading"]
+    device = settings_device(settings)
+    if len(loading) < 2 or device.type != "cuda":
+        return [None] * len(states)
+    limits = settings.limits()
+    if settings.vram_budget_gib is not None:
+        budget = settings.vram_budget_gib
+    else:
+        budget = torch.cuda.mem_get_info(device)[0] / 2**30
+    needs = [model_need(state.model, state.variant, settings.preset, limits.max_model_len) for state in loading]
+    shares = iter(plan_t3_budgets(needs, limits, budget, t3_budget_explicit=settings.gpu_memory_gib is not None))
+    budgets = [next(shares) if state.status == "loading" else None for state in states]
+    share = next(b for b in budgets if b is not None)
+    log.info("VRAM plan: %d models in %.2f GiB; each T3 gets %.2f GiB (the %s preset's: %g)",
+             len(loading), budget, share, settings.preset, limits.gpu_memory_gib)  # fmt: skip
+    return budgets
+
+
+class Serving:
+    """What the models being served share: the request places, the voices, and the engines' gauge."""
+
+    def __init__(self, settings: Settings, served: ServedModels) -> None:
+        self.settings = settings
+        self.served = served
+        self.admission = Admission(settings.max_queue)
+        self._voices: VoiceLibrary | None = None
+        T3_IN_ENGINE.set_function(self._requests_in_engines)
+
+    def voices(self) -> VoiceLibrary:
+        """One library over the voices directory for every model (it lists the language voices when any model is
+        multilingual; a model that does not speak a language refuses its voice)."""
+        if self._voices is None:
+            self._voices = VoiceLibrary(
+                Path(self.settings.voices_dir) if self.settings.voices_dir else None,
+                multilingual=any(state.variant == "multilingual" for state in self.served.states),
+                max_upload_bytes=self.settings.max_upload_bytes,
+            )
+        return self._voices
+
+    def serve(self, state: ModelState, tts: ChatterboxTTS) -> None:
+        """Build what requests use around a loaded model, then mark its state ready."""
+        sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)  # see the setting: S3Gen's launches
+        service = SpeechService(tts, self.settings, self.admission)
+        try:
+            voices = self.voices()
+        except BaseException:
+            service.close()
+            raise
+        state.tts, state.service, state.voices = tts, service, voices
+        state.variant = tts.variant
+        state.status = "ready"
+        log.info("serving %s Chatterbox (%s) on %s:%d", tts.variant, state.id, self.settings.host, self.settings.port)
+
+    def _requests_in_engines(self) -> float:
+        counts = (getattr(state.tts.engine, "num_unfinished_requests", None) for state in self.served.states if state.tts)
+        return float(sum(count() for count in counts if count is not None))
+
+    async def load(self) -> None:
+        """Load every model in turn (the default first), each within its share of the GPU; a model that fails is
+        reported by its state and the others still serve."""
+        states = self.served.states
+        try:
+            budgets = await asyncio.to_thread(vram_plan, self.settings, states)
+        except Exception as exc:
+            for state in states:
+                if state.status == "loading":
+                    state.status, state.error = "error", describe_failure(exc)
+            log_failure("the models do not fit the GPU; the server stays up and answers 503", exc)
+            return
+        for state, budget in zip(states, budgets):
+            if state.status != "loading":
+                log.error("model %s not loaded: %s", state.model, state.error)
+                continue
+            state.t3_budget_gib = budget
+            model: ChatterboxTTS | None = None
+            try:
+                model = await asyncio.to_thread(
+                    ChatterboxTTS.from_settings, self.settings, model=state.model, gpu_memory_gib=budget
+                )
+                await asyncio.to_thread(self.serve, state, model)
+            except Exception as exc:
+                if model is not None:
+                    model.close()
+                state.status, state.error = "error", describe_failure(exc)
+                log_failure(f"the model {state.model} failed to load; the server stays up and answers 503", exc)
+
+    def close(self, owned: bool) -> None:
+        for state in self.served.states:
+            if state.service is not None:
+                state.service.close()
+            if owned and state.tts is not None:
+                state.tts.close()

@@ -1,0 +1,116 @@
+"""How several loaded models share one GPU: what each needs, whether they fit the VRAM budget, and the T3 budget
+each one gets.
+
+A loaded model takes its T3 budget (vLLM's weights + KV cache, the preset's `gpu_memory_gib`) plus the rest of its
+pipeline: S3Gen with its CUDA graphs and activations, the voice encoder, the speech tokenizer and the CUDA context
+of vLLM's engine process. The rest is a measured figure per T3 backbone and preset (`PIPELINE_GIB`). When the models do not fit
+and no T3 budget was set explicitly, the memory left after every pipeline is split evenly between the T3s, as long
+as each share still holds T3's weights and one request of `max_model_len` tokens; otherwise start-up stops with
+the figures and what to change. One model alone is not planned: vLLM checks its own budget, as it always has.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .models.t3.config import T3Config
+from .settings import EngineLimits
+
+# GiB a model takes beside its T3 budget, by T3 backbone and preset: the peak device memory of a whole server
+# process (`benchmarks/e2e.py vram`) minus the T3 budget, rounded up. Llama (English, multilingual): multilingual
+# on an H100, 2026-11-25 (3.85 - 1.75, 8.57 - 5, 13.56 - 10), and on an H200, 2026-11-28, low 4.60 - 1.75: the
+# larger low figure is taken, and the same 0.75 GiB added to medium and high, which were not measured there.
+# GPT-2 (Turbo, Nano): Turbo on the H200, 2026-11-28 (4.98 - 1.75, 9.91 - 5, 15.72 - 10); its S3Gen holds more
+# (torch reserved 2.4-4.7 GiB against multilingual's 1.9-2.1), so it is counted on its own. BENCHMARKS.md has both.
+PIPELINE_GIB: dict[str, dict[str, float]] = {
+    "llama": {"low": 2.9, "medium": 4.4, "high": 4.4},
+    "gpt2": {"low": 3.3, "medium": 5.0, "high": 5.8},
+}
+# Room within a T3 budget beyond weights and one request's KV cache: vLLM's profiling activations, sampler buffers.
+T3_ACTIVATION_GIB = 0.4
+_T3_DTYPE_BYTES = 2  # the presets run T3 in bfloat16
+
+
+class VRAMPlanError(ValueError):
+    """The models asked for do not fit the VRAM budget; the message gives the figures and what to change."""
+
+
+@dataclass(frozen=True)
+class ModelNeed:
+    """What one model to load needs on the GPU: `min_t3_gib` is the least T3 budget it can run in."""
+
+    model: str  # the setting that names it (english, turbo, a directory, ...)
+    variant: str
+    pipeline_gib: float
+    min_t3_gib: float
+
+
+def t3_weight_bytes(config: T3Config, dtype_bytes: int = _T3_DTYPE_BYTES) -> int:
+    """T3's parameters in `dtype_bytes`: the transformer layers, the text and speech embeddings and heads."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    if config.is_gpt2:  # fused qkv + output projection, two-matrix MLP (4h), biases and LayerNorms ignored
+        per_layer = 4 * h * h + 2 * h * config.intermediate_size
+    else:  # Llama: q and o full width, k and v per KV head, gated MLP (three matrices)
+        kv = config.num_key_value_heads * config.head_dim
+        per_layer = 2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size
+    vocab = config.text_tokens_dict_size + config.speech_tokens_dict_size
+    return (layers * per_layer + 2 * vocab * h) * dtype_bytes
+
+
+def t3_kv_bytes_per_token(config: T3Config, dtype_bytes: int = _T3_DTYPE_BYTES) -> int:
+    """KV cache one request's token holds: K and V in every layer, for both CFG rows where the model has CFG."""
+    if config.is_gpt2:
+        width = config.hidden_size
+    else:
+        width = config.num_key_value_heads * config.head_dim
+    rows = 2 if config.supports_cfg else 1
+    return config.num_hidden_layers * 2 * width * dtype_bytes * rows
+
+
+def model_need(model: str, variant: str, preset: str, max_model_len: int) -> ModelNeed:
+    config = T3Config.for_variant(variant)
+    one_request = t3_kv_bytes_per_token(config) * max_model_len
+    min_t3 = (t3_weight_bytes(config) + one_request) / 2**30 + T3_ACTIVATION_GIB
+    return ModelNeed(model, variant, PIPELINE_GIB[config.backbone][preset], round(min_t3, 2))
+
+
+def plan_t3_budgets(
+    needs: list[ModelNeed], limits: EngineLimits, budget_gib: float, *, t3_budget_explicit: bool
+) -> list[float]:
+    """The T3 budget (GiB) of each model in `needs`, so that all of them fit `budget_gib` together.
+
+    Every model gets the preset's budget when all fit with it. Otherwise, unless the budget was set explicitly
+    (then it is kept and the plan fails), the memory left after the pipelines is shared evenly (rounded down to
+    0.01 GiB). Raises VRAMPlanError, with the figures, when no such plan exists.
+    """
+    preset_t3 = limits.gpu_memory_gib
+    pipelines = sum(need.pipeline_gib for need in needs)
+    if preset_t3 * len(needs) + pipelines <= budget_gib:
+        return [preset_t3] * len(needs)
+    share = math.floor((budget_gib - pipelines) / len(needs) * 100) / 100
+    short = [need for need in needs if share < need.min_t3_gib]
+    if t3_budget_explicit or short:
+        raise VRAMPlanError(_does_not_fit(needs, preset_t3, budget_gib, share, t3_budget_explicit))
+    return [share] * len(needs)
+
+
+def _does_not_fit(
+    needs: list[ModelNeed], preset_t3: float, budget_gib: float, share: float, t3_budget_explicit: bool
+) -> str:
+    each = ", ".join(
+        f"{need.model} ({need.variant}): T3 {preset_t3:g} + pipeline {need.pipeline_gib:g} GiB "
+        f"(its T3 needs at least {need.min_t3_gib:g})"
+        for need in needs
+    )
+    total = sum(preset_t3 + need.pipeline_gib for need in needs)
+    lines = [f"the {len(needs)} models do not fit the VRAM budget of {budget_gib:.2f} GiB: {each}; {total:.2f} GiB in all."]
+    if t3_budget_explicit and share >= max(need.min_t3_gib for need in needs):
+        lines.append(f"CHATTERBOX_GPU_MEMORY_GIB={preset_t3:g} is set: lower it to {share:g} or less, or unset it")
+    else:
+        lines.append(
+            "Load fewer models (CHATTERBOX_EXTRA_MODELS), pick a smaller preset (CHATTERBOX_PRESET: low shrinks the "
+            "pipeline too), lower CHATTERBOX_MAX_MODEL_LEN, or raise CHATTERBOX_VRAM_BUDGET_GIB if the GPU has more "
+            "free memory"
+        )
+    return " ".join(lines)
