@@ -48,6 +48,14 @@ GPT2_VOICE_LUFS = -27.0
 GPT2_MIN_VOICE_SECONDS = 5.0
 
 
+class UnsupportedSettingError(ValueError):
+    """A generation setting the loaded model does not have; `param` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -348,7 +356,9 @@ class ChatterboxTTS:
                 log.debug("the %s model ignores %s", self.variant, ", ".join(ignored))
             return SamplingParams.turbo(**given)
         if given.get("top_k"):
-            raise ValueError("top_k is a setting of the Turbo and Nano models; this model samples with min_p/top_p")
+            raise UnsupportedSettingError(
+                "top_k", "top_k is a setting of the Turbo and Nano models; this model samples with min_p/top_p"
+            )
         return SamplingParams(**given)  # type: ignore[arg-type]
 
     @torch.inference_mode()

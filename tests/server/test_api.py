@@ -415,6 +415,7 @@ def test_english_model_removes_tags_with_a_warning(server: Server) -> None:
     assert tagged.status_code == plain.status_code == 200
     assert "[laugh]" in tagged.headers["x-chatterbox-warning"] and "x-chatterbox-warning" not in plain.headers
     assert tagged.content == plain.content
-    assert_error(httpx.post(f"{server.url}/v1/audio/speech", json={**body, "input": "[sigh]"}, timeout=60), 400)
+    tags_only = httpx.post(f"{server.url}/v1/audio/speech", json={**body, "input": "[sigh] [laugh]"}, timeout=60)
+    assert "nothing but paralinguistic tags ([sigh] [laugh])" in assert_error(tags_only, 400, "input")["message"]
     assert_error(httpx.post(f"{server.url}/v1/audio/speech", json={**body, "input": "Hi.", "top_k": 5}, timeout=60),
                  400, "top_k")  # fmt: skip

@@ -31,7 +31,7 @@ from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
 from ..text.languages import validate_language
-from ..tts import SAMPLE_RATE, ChatterboxTTS, VocodeJob
+from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .errors import APIError
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
@@ -156,7 +156,15 @@ class SpeechService:
                 code="string_above_max_length",
             )
         language = self.language_for(request, voice)
-        texts = split_for_synthesis(remove_control_characters(request.input), self.settings.chunk_chars)
+        # Tags the model does not speak are removed once, here: the response header names them (text_tokens would
+        # otherwise remove them piece by piece).
+        text, removed = prepare_tags(remove_control_characters(request.input), self.tts.variant)
+        if removed and not text.strip():
+            raise APIError(
+                400, f"input holds nothing but paralinguistic tags ({' '.join(dict.fromkeys(removed))}), which the "
+                f"{self.tts.variant} model does not speak", param="input",
+            )  # fmt: skip
+        texts = split_for_synthesis(text, self.settings.chunk_chars)
         if not texts:
             raise APIError(400, "input has no text to speak", param="input")
         try:
@@ -175,9 +183,10 @@ class SpeechService:
                 max_new_tokens=self.settings.max_new_tokens,
                 seed=request.seed,
             )
+        except UnsupportedSettingError as exc:
+            raise APIError(400, str(exc), param=exc.param) from exc
         except ValueError as exc:
-            raise APIError(400, str(exc), param="top_k" if "top_k" in str(exc) else None) from exc
-        _, removed = prepare_tags(request.input, self.tts.variant)
+            raise APIError(400, str(exc)) from exc
         return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces), tuple(removed))
 
     async def _conditionals(self, voice: Voice, exaggeration: float) -> Conditionals:
