@@ -137,11 +137,13 @@ def serve(
         typer.echo(json.dumps(effective_config(settings), indent=2))
         return
     log_config = configure_logging(settings.log_level)
-    from .checkpoint.hub import check_distinct_variants, resolve_model
+    from .checkpoint.hub import resolve_model, variants_of
     from .checkpoint.weights import CheckpointError
 
     try:  # download (with progress bars) or find the weights before the server starts, so failures are readable
-        check_distinct_variants(settings.models)
+        for variant in variants_of(settings.models):
+            if isinstance(variant, CheckpointError):
+                raise variant
         for name in settings.models:
             resolve_model(name, revision=settings.revision)
     except CheckpointError as exc:

@@ -165,3 +165,17 @@ def test_models_load_at_start_and_one_that_cannot_does_not_stop_the_others(
         assert say(running, "tts-1").headers["x-chatterbox-model"] == "chatterbox-english"
     finally:
         stop_server(running)
+
+
+def test_a_language_voice_is_refused_by_a_model_that_does_not_speak_it(
+    multilingual_tiny_checkpoint: Path, turbo_tts: ChatterboxTTS, tmp_path: Path
+) -> None:
+    multilingual = ChatterboxTTS.from_local(multilingual_tiny_checkpoint, device="cpu", engine="torch")
+    running = start_server(make_settings(tmp_path, model="multilingual"), multilingual, extra=(turbo_tts,))
+    try:
+        assert say(running, "tts-1", voice="fr", input="Bonjour.").status_code == 200  # one library, both models
+        refused = assert_error(say(running, "chatterbox-turbo", voice="fr"), 400, "voice")
+        assert "the built-in voice speaking French, which the turbo model does not speak" in refused["message"]
+    finally:
+        stop_server(running)
+        multilingual.close()

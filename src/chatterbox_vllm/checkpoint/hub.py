@@ -120,14 +120,25 @@ def variant_of(model: str) -> Variant:
     return detect_layout(directory).variant
 
 
-def check_distinct_variants(models: list[str]) -> None:
-    """A server serves each variant once (requests name it chatterbox-<variant>): two of one are refused."""
-    seen: dict[str, str] = {}
+def variants_of(models: list[str]) -> list[Variant | CheckpointError]:
+    """Each model's variant, or why it has none: not a model, or a second one of a variant already named (a server
+    serves each variant once, as chatterbox-<variant>)."""
+    first: dict[str, str] = {}
+    results: list[Variant | CheckpointError] = []
     for model in models:
-        variant = variant_of(model)
-        if variant in seen:
-            raise CheckpointError(f"{model} is a second {variant} model (after {seen[variant]}); each variant loads once")
-        seen[variant] = model
+        try:
+            variant = variant_of(model)
+        except CheckpointError as exc:
+            results.append(exc)
+            continue
+        if variant in first:
+            results.append(CheckpointError(
+                f"{model} is a second {variant} model (after {first[variant]}); each variant loads once"
+            ))  # fmt: skip
+            continue
+        first[variant] = model
+        results.append(variant)
+    return results
 
 
 def resolve_model(

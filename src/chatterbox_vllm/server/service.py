@@ -30,7 +30,7 @@ from ..incremental import IncrementalVocoder
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
-from ..text.languages import validate_language
+from ..text.languages import SUPPORTED_LANGUAGES, validate_language
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .errors import APIError
 from .s3gen_worker import S3GenWorker
@@ -135,8 +135,9 @@ class SpeechService:
                     param="language_id",
                 )  # fmt: skip
             if voice.kind == "language" and voice.language != "en":  # listed because another model speaks it
+                language = SUPPORTED_LANGUAGES[voice.language]
                 raise APIError(
-                    400, f"voice {voice.id!r} is the built-in voice speaking {voice.name.split(' (')[0]}, which the "
+                    400, f"voice {voice.id!r} is the built-in voice speaking {language}, which the "
                     f"{self.tts.variant} model does not speak; ask for the multilingual model "
                     "(model: chatterbox-multilingual) or pick another voice", param="voice",
                 )  # fmt: skip

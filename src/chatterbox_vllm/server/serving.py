@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint.hub import variant_of
+from ..checkpoint.hub import variants_of
 from ..checkpoint.weights import CheckpointError
 from ..settings import Settings
 from ..tts import ChatterboxTTS, settings_device
@@ -29,18 +29,11 @@ def model_states(settings: Settings) -> list[ModelState]:
     (or a second model of a variant already named) is a failed state with the reason, so the server still starts
     and says why."""
     states: list[ModelState] = []
-    for name in settings.models:
-        state = ModelState(model=name)
-        try:
-            state.variant = variant_of(name)
-        except CheckpointError as exc:
-            state.status, state.error = "error", describe_failure(exc)
-        twin = next((other for other in states if other.variant and other.variant == state.variant), None)
-        if twin is not None:
-            state.status = "error"
-            state.error = f"{name} is a second {state.variant} model (after {twin.model}); each variant loads once"
-            state.variant = None  # its name stays the first one's
-        states.append(state)
+    for name, variant in zip(settings.models, variants_of(settings.models)):
+        if isinstance(variant, CheckpointError):
+            states.append(ModelState(model=name, status="error", error=describe_failure(variant)))
+        else:
+            states.append(ModelState(model=name, variant=variant))
     return states
 
 
@@ -95,7 +88,6 @@ class Serving:
             service.close()
             raise
         state.tts, state.service, state.voices = tts, service, voices
-        state.variant = tts.variant
         state.status = "ready"
         log.info("serving %s Chatterbox (%s) on %s:%d", tts.variant, state.id, self.settings.host, self.settings.port)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..checkpoint.layout import VARIANTS
 from .errors import APIError
 from .schemas import OPENAI_MODELS
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 LOADING_RETRY_AFTER_S = 10
 DEFAULT_ALIAS = "chatterbox"  # with OpenAI's names: whatever CHATTERBOX_MODEL loaded
 SERVED_PREFIX = "chatterbox-"
-VARIANT_NAMES = ("english", "multilingual", "turbo", "nano")
 
 Status = Literal["loading", "ready", "error"]
 
@@ -98,7 +98,7 @@ class ServedModels:
         if state is not None:
             return state
         message = f"model {name!r} is not served here; use one of {', '.join(self.ids())}"
-        if name.startswith(SERVED_PREFIX) and name[len(SERVED_PREFIX):] in VARIANT_NAMES:
+        if name.startswith(SERVED_PREFIX) and name[len(SERVED_PREFIX):] in VARIANTS:
             variant = name[len(SERVED_PREFIX):]
             message = (
                 f"model {name!r} is not loaded on this server (it serves {', '.join(self.ids())}); "
