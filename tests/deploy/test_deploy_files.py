@@ -3,9 +3,10 @@ what users rely on (non-root, health checks on /health, port 8000, GPU reservati
 
 from __future__ import annotations
 
-import re
-
 import configparser
+import os
+import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -36,13 +37,50 @@ def test_dockerfile() -> None:
     # compile caches in the volume: a restart does not compile again
     assert any("VLLM_CACHE_ROOT=/models/" in line for line in lines)
     assert any("TORCHINDUCTOR_CACHE_DIR=/models/" in line for line in lines)
-    assert any(line.startswith("FROM nvidia/cuda:") for line in lines)
-    assert any('".[gpu]"' in line for line in lines)
+    # Two variants over one Ubuntu release, picked by a build argument; the GPU one by default.
+    assert "ARG VARIANT=gpu" in lines
+    assert any(re.fullmatch(r"FROM nvidia/cuda:\S+-ubuntu24\.04 AS base-gpu", line) for line in lines)
+    assert "FROM ubuntu:24.04 AS base-cpu" in lines
+    assert "FROM base-${VARIANT}" in lines
+
+
+def dockerfile_install(variant: str) -> list[list[str]]:
+    """The commands the Dockerfile's install step runs for `variant`, as scripts/install.sh --dry-run prints them."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (step,) = [line for line in dockerfile.splitlines() if line.startswith("RUN ") and "scripts/install.sh" in line]
+    assert "COPY scripts/install.sh ./scripts/" in dockerfile.splitlines()  # the script is in the image
+    words = shlex.split(step.removeprefix("RUN ").replace("${VARIANT}", variant))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATTERBOX_", "PYTHON"))}
+    while "=" in words[0]:
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    assert words[0] == "scripts/install.sh", words
+    done = subprocess.run(["bash", *words, "--dry-run"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [shlex.split(line) for line in done.stdout.splitlines() if not line.startswith("#")]
+
+
+def test_dockerfile_installs_each_variant_through_the_install_script() -> None:
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    gpu = dockerfile_install("gpu")
+    assert gpu[0] == ["python3", "-m", "venv", "/opt/venv"]
+    assert gpu[-1][-2:] == ["install", ".[gpu]"]  # a regular install, not an editable one
+    assert not any(cpu_index in command for command in gpu)
+    cpu = dockerfile_install("cpu")
+    (torch_step,) = [c for c in cpu if "--no-deps" in c]
+    assert torch_step[-3:] == ["--extra-index-url", cpu_index, "torch==2.13.0+cpu"]
+    assert any(c[-3:] == ["install", ".[cpu]", "torch==2.13.0+cpu"] for c in cpu)
+    assert all(c[0].startswith("/opt/venv/bin/") for c in cpu[1:])
+    # The image's PATH points at that environment, and no later step installs anything else.
+    assert "ENV PATH=/opt/venv/bin:$PATH" in (ROOT / "Dockerfile").read_text().splitlines()
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
-    ignored = set((ROOT / ".dockerignore").read_text().split())
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
     assert {".git", ".venv", ".cache", "tests"} <= ignored
+    assert not {"scripts", "scripts/", "scripts/install.sh", "*.sh"} & ignored  # the image installs through it
 
 
 def test_compose() -> None:

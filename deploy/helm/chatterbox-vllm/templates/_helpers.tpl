@@ -106,3 +106,24 @@ The environment the server reads, as a dict: the settings with their own values 
 {{- end }}
 {{- toYaml $data }}
 {{- end }}
+
+{{/*
+The replica range of autoscaling, refused when it is empty (either engine).
+*/}}
+{{- define "chatterbox-vllm.checkReplicaRange" -}}
+{{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- end }}
+
+{{/*
+PromQL for KEDA's trigger: autoscaling.keda.query, or the sum of autoscaling.metricName over this Deployment's
+pods (<fullname>-<template hash>-<suffix>) in the release's namespace.
+*/}}
+{{- define "chatterbox-vllm.kedaQuery" -}}
+{{- if .Values.autoscaling.keda.query }}
+{{- .Values.autoscaling.keda.query }}
+{{- else }}
+{{- printf "sum(%s{namespace=\"%s\", pod=~\"%s-[a-z0-9]+-[a-z0-9]+\"})" .Values.autoscaling.metricName .Release.Namespace (include "chatterbox-vllm.fullname" .) }}
+{{- end }}
+{{- end }}
