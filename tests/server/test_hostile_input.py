@@ -257,7 +257,8 @@ def test_lone_surrogates_in_json_are_refused_clearly(hostile_server: Server) -> 
     content = b'{"model": "tts-1", "input": "Hello \\ud800 world", "voice": "alloy"}'
     response = httpx.post(f"{hostile_server.url}/v1/audio/speech", content=content,
                           headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
-    assert_error(response, 400)
+    error = assert_error(response, 400, "input")
+    assert "\\ud800" in error["message"]  # the value shown escaped: a lone surrogate cannot travel in UTF-8
 
 
 # ------------------------------------------------------------------------------------------------------ uploads

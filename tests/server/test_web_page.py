@@ -404,7 +404,8 @@ def test_api_and_network_errors_are_shown_in_plain_words(open_page, web_server: 
     page.wait_for_function("() => document.getElementById('clone-status').textContent.includes('not added')",
                            timeout=WAIT_MS)  # fmt: skip
     message = web.error()
-    assert message.startswith("Could not add the voice: ") and "not audio we can read" in message
+    assert message == ("Could not add the voice: notes.wav is not audio this server can read; send a WAV, MP3, FLAC "
+                       "or OGG (Vorbis or Opus) file")
     assert "{" not in message  # words, not JSON
     assert len(web.sent("POST", "/v1/audio/voices")) == 1
     web.snap("upload-error")

@@ -74,10 +74,14 @@ RULES: dict[str, str] = {**field_rules(SpeechRequest), **DESCRIBED_FIELDS}
 
 
 def _shown(value: object) -> str:
+    """The value sent, as JSON and short; escaped where it holds what UTF-8 cannot carry (lone surrogates)."""
     try:
         text = json.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value)
     except (TypeError, ValueError):
-        text = repr(value)
+        text = repr(value).encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
