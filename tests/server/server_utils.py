@@ -139,8 +139,8 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}, error
     assert isinstance(error["message"], str) and error["message"].strip(), error
-    expected_type = "server_error" if status >= 500 else "rate_limit_error" if status == 429 else "invalid_request_error"
-    assert error["type"] == expected_type, error
+    expected = "server_error" if status >= 500 else "rate_limit_error" if status == 429 else "invalid_request_error"
+    assert error["type"] == expected, error
     assert isinstance(error["code"], str) and re.fullmatch(r"[a-z_]+", error["code"]), error
     if param is not None:
         assert error["param"] == param, error

@@ -11,7 +11,6 @@ import json
 import typing
 from collections.abc import Sequence
 
-import annotated_types
 from pydantic import BaseModel
 
 from .schemas import SpeechRequest
@@ -43,12 +42,12 @@ def _range_rule(annotation: object, metadata: Sequence[object]) -> str | None:
     whole = int in kinds and float not in kinds
     low = high = None
     low_open = False
-    for item in metadata:
-        if isinstance(item, annotated_types.Ge):
+    for item in metadata:  # pydantic's Field(ge=..., gt=..., le=...) constraints (annotated_types)
+        if getattr(item, "ge", None) is not None:
             low = item.ge
-        elif isinstance(item, annotated_types.Gt):
+        elif getattr(item, "gt", None) is not None:
             low, low_open = item.gt, True
-        elif isinstance(item, annotated_types.Le):
+        elif getattr(item, "le", None) is not None:
             high = item.le
     if low is None or high is None:
         return None
