@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import socket
 import threading
 import time
@@ -130,11 +131,19 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
 
 
 def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    """The error in OpenAI's shape, exactly: its four keys, the type for `status`, a message and a code (clients
+    branch on it), and `param` naming the field at fault when one is given."""
     assert response.status_code == status, (response.status_code, response.content[:300])
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"].strip(), error
+    expected = "server_error" if status >= 500 else "rate_limit_error" if status == 429 else "invalid_request_error"
+    assert error["type"] == expected, error
+    assert isinstance(error["code"], str) and re.fullmatch(r"[a-z_]+", error["code"]), error
     if param is not None:
-        assert error["param"] == param
+        assert error["param"] == param, error
     return error
 
 

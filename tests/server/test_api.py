@@ -208,30 +208,124 @@ def test_client_disconnect_stops_generation(server: Server, english_tts: Chatter
 
 
 # ------------------------------------------------------------------------------------------------- errors
-def test_validation_errors_are_openai_400s(server: Server) -> None:
-    assert_error(httpx.post(f"{server.url}/v1/audio/speech", json={"model": "tts-1", "voice": "alloy"}), 400, "input")
-    assert_error(speech(server, speed=5), 400, "speed")
-    assert_error(speech(server, response_format="ogg"), 400, "response_format")
-    assert_error(speech(server, input=""), 400, "input")
-    assert_error(speech(server, input="x" * 4097), 400, "input")
+def test_validation_errors_name_the_field_and_what_it_accepts(server: Server) -> None:
+    missing = assert_error(httpx.post(f"{server.url}/v1/audio/speech", json={"model": "tts-1", "voice": "alloy"}),
+                           400, "input")  # fmt: skip
+    assert missing["code"] == "missing_required_parameter" and "'input'" in missing["message"]
+    expected = {
+        "speed": (9, "speed must be a number between 0.25 and 4; got 9"),
+        "response_format": ("ogg", 'response_format must be one of mp3, opus, aac, flac, wav, pcm; got "ogg"'),
+        "stream_format": ("json", 'stream_format must be one of audio, sse; got "json"'),
+        "temperature": (-1, "temperature must be a number between 0 and 5; got -1"),
+        "top_p": (0, "top_p must be a number above 0 and at most 1; got 0"),
+        "seed": (-3, f"seed must be a whole number between 0 and {2**63 - 1}; got -3"),
+        "top_k": (1.5, "top_k must be a whole number between 0 and 100000; got 1.5"),
+        "exaggeration": ("high", 'exaggeration must be a number between 0 and 2; got "high"'),
+    }
+    for field, (value, message) in expected.items():
+        error = assert_error(speech(server, **{field: value}), 400, field)
+        assert (error["message"], error["code"]) == (message, "invalid_value"), field
+    voice = assert_error(speech(server, voice=5), 400, "voice")  # not "voice.str": the union's member is no field
+    assert "GET /v1/audio/voices" in voice["message"] and voice["message"].endswith("got 5")
+    empty = assert_error(speech(server, input=""), 400, "input")
+    assert "non-empty" in empty["message"]
+    too_long = assert_error(speech(server, input="x" * 4097), 400, "input")
+    assert too_long["code"] == "string_above_max_length" and "4096" in too_long["message"]
     assert_error(speech(server, model="whisper-1"), 400, "model")
+    several = assert_error(speech(server, speed=9, temperature=-1), 400, "speed")
+    assert several["message"].endswith("(also at fault: temperature)")
     bad = httpx.post(f"{server.url}/v1/audio/speech", content=b"{not json", timeout=30,
                      headers={"content-type": "application/json"})
-    assert_error(bad, 400)
+    assert assert_error(bad, 400)["code"] == "invalid_json"
+    empty_body = httpx.post(f"{server.url}/v1/audio/speech", content=b"", timeout=30,
+                            headers={"content-type": "application/json"})  # fmt: skip
+    assert "'None'" not in assert_error(empty_body, 400)["message"]
 
 
-def test_unknown_voice_lists_the_valid_ones(server: Server) -> None:
+def test_unknown_voice_lists_the_first_known_ones(server: Server) -> None:
     error = assert_error(speech(server, voice="nobody"), 400, "voice")
-    assert "alloy" in error["message"] and "default" in error["message"]
+    assert error["code"] == "voice_not_found"
+    assert error["message"] == (
+        "unknown voice 'nobody'; known voices: default, alloy, ash, ballad, coral, echo, fable, nova, onyx, sage "
+        "and 4 more (GET /v1/audio/voices lists them all)"
+    )
+    typo = assert_error(speech(server, voice="novva"), 400, "voice")
+    assert "did you mean 'nova'?" in typo["message"]
 
 
-def test_english_model_refuses_other_languages(server: Server) -> None:
-    assert_error(speech(server, language_id="fr"), 400, "language_id")
+def test_a_language_the_english_model_does_not_speak_says_how_to_get_it(server: Server) -> None:
+    for field, value in (("language_id", "fr"), ("voice", "fr"), ("voice", "pt-BR")):
+        error = assert_error(speech(server, **{field: value}), 400, field)
+        assert error["code"] == "unsupported_language", value
+        assert "needs the multilingual model, which this server has not loaded" in error["message"]
+        assert "CHATTERBOX_MODEL=multilingual" in error["message"]
+        assert "CHATTERBOX_EXTRA_MODELS=multilingual" in error["message"]
+        assert ("French" if value == "fr" else "Portuguese") in error["message"]
+    assert speech(server, language_id="en-US", response_format="pcm").status_code == 200  # English in any tag
+    assert assert_error(speech(server, language_id="xx"), 400, "language_id")["code"] == "unsupported_language"
 
 
 def test_unknown_route_and_method(server: Server) -> None:
-    assert_error(httpx.get(f"{server.url}/v1/nothing"), 404)
-    assert_error(httpx.get(f"{server.url}/v1/audio/speech"), 405)
+    assert assert_error(httpx.get(f"{server.url}/v1/nothing"), 404)["code"] == "not_found"
+    wrong_method = assert_error(httpx.get(f"{server.url}/v1/audio/speech"), 405)
+    assert wrong_method["message"] == "GET is not allowed on /v1/audio/speech; use POST"
+
+
+def _upload(url: str, name: str = "ok", consent: str | None = "yes", data: bytes | None = None,
+            filename: str = "a.wav") -> httpx.Response:  # fmt: skip
+    form = {"name": name} | ({"consent": consent} if consent is not None else {})
+    clip = sine_clip() if data is None else data
+    return httpx.post(f"{url}/v1/audio/voices", data=form, files={"audio_sample": (filename, clip, "audio/wav")},
+                      timeout=60)  # fmt: skip
+
+
+def test_every_error_has_the_same_shape_a_code_and_the_field_at_fault(server: Server) -> None:
+    """A sweep of bad requests over every route that refuses: each answer is OpenAI's error shape exactly (four
+    keys, the status's type), with a code, and `param` where one field is at fault (asserted by assert_error)."""
+    url = server.url
+    taken = _upload(url, name="Sweep Taken")
+    assert taken.status_code == 201, taken.text
+    cases: list[tuple[str, httpx.Response, int, str | None, str]] = [
+        ("blank input", speech(server, input=" \t\n "), 400, "input", "empty_input"),
+        ("control characters only", speech(server, input="\x00\x07"), 400, "input", "empty_input"),
+        ("speed", speech(server, speed=0), 400, "speed", "invalid_value"),
+        ("voice object", speech(server, voice={"id": ""}), 400, "voice", "invalid_value"),
+        ("no model", speech(server, model=""), 400, "model", "invalid_value"),
+        ("top_k on English", speech(server, top_k=5), 400, "top_k", "unsupported_parameter"),
+        ("unknown voice", speech(server, voice="nobody"), 400, "voice", "voice_not_found"),
+        ("unknown model", speech(server, model="tts-9"), 400, "model", "model_not_found"),
+        ("languages of an unknown model", httpx.get(f"{url}/v1/audio/languages", params={"model": "x"}), 400,
+         "model", "model_not_found"),
+        ("invalid voice name", _upload(url, name="../evil"), 400, "name", "invalid_voice_name"),
+        ("reserved voice name", _upload(url, name="alloy"), 400, "name", "invalid_voice_name"),
+        ("consent=no", _upload(url, consent="no"), 400, "consent", "consent_required"),
+        ("consent missing", _upload(url, consent=None), 400, "consent", "missing_required_parameter"),
+        ("not audio", _upload(url, data=b"\x00\x01 not audio" * 100), 400, "audio_sample", "invalid_audio"),
+        ("too short", _upload(url, data=sine_clip(0.3)), 400, "audio_sample", "invalid_audio"),
+        ("duplicate name", _upload(url, name="sweep taken"), 409, "name", "voice_exists"),
+        ("delete a built-in", httpx.delete(f"{url}/v1/audio/voices/alloy"), 400, "voice_id", "voice_not_deletable"),
+        ("delete a missing voice", httpx.delete(f"{url}/v1/audio/voices/nobody"), 404, "voice_id",
+         "voice_not_found"),
+        ("unknown model card", httpx.get(f"{url}/v1/models/nope"), 404, "model", "model_not_found"),
+        ("unknown route", httpx.get(f"{url}/v2/speech"), 404, None, "not_found"),
+        ("wrong method", httpx.put(f"{url}/v1/audio/voices"), 405, None, "method_not_allowed"),
+        ("body not JSON", httpx.post(f"{url}/v1/audio/speech", content=b"{", headers={"content-type":
+         "application/json"}), 400, None, "invalid_json"),
+        ("body a list", httpx.post(f"{url}/v1/audio/speech", json=[1]), 400, None, "invalid_request"),
+    ]  # fmt: skip
+    for label, response, status, param, code in cases:
+        error = assert_error(response, status, param)
+        assert error["code"] == code, (label, error)
+        if param is None:
+            assert error["param"] is None, (label, error)
+        assert response.headers["content-type"] == "application/json", label
+    assert httpx.delete(f"{url}/v1/audio/voices/{taken.json()['id']}").status_code == 200
+
+
+def test_an_unreadable_upload_says_which_formats_work_and_shows_no_internals(server: Server) -> None:
+    error = assert_error(_upload(server.url, data=b"x" * 1800, filename="notes.wav"), 400, "audio_sample")
+    assert error["message"] == "notes.wav is not audio this server can read; send a WAV, MP3, FLAC or OGG " \
+        "(Vorbis or Opus) file"
 
 
 def test_busy_server_answers_429(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
@@ -355,7 +449,9 @@ def test_upload_size_limit(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
     try:
         response = httpx.post(f"{small.url}/v1/audio/voices", data={"name": "big", "consent": "yes"},
                               files={"audio_sample": ("big.wav", sine_clip(3.0), "audio/wav")}, timeout=60)
-        assert_error(response, 413, "audio_sample")
+        error = assert_error(response, 413, "audio_sample")
+        assert error["code"] == "file_too_large"
+        assert error["message"].startswith("audio_sample is larger than 0.05 MiB, the server's upload limit")
     finally:
         stop_server(small)
 

@@ -133,14 +133,26 @@ def _raw_http(url: str, head: bytes, body_parts: list[bytes] = ()) -> tuple[int,
     return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
 
 
+def _assert_413(body: bytes, param: str | None, code: str) -> None:
+    """A 413 in OpenAI's shape, laid out byte for byte like every other error the server sends (FastAPI's compact
+    JSON), whichever check refused the body."""
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert (error["param"], error["code"]) == (param, code) and error["message"]
+    assert body == json.dumps({"error": error}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(hostile_server: Server) -> None:
-    for path in ("/v1/audio/speech", "/v1/audio/voices"):
+    for path, param, code in (("/v1/audio/speech", None, "request_too_large"),
+                              ("/v1/audio/voices", "audio_sample", "file_too_large")):  # fmt: skip
         head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {10**12}\r\n\r\n").encode()  # fmt: skip
         started = time.monotonic()
         status, body = _raw_http(hostile_server.url, head)
         assert status == 413 and time.monotonic() - started < 5, path
-        assert json.loads(body)["error"]["code"] == "request_too_large"
+        _assert_413(body, param, code)
+    other = httpx.post(f"{hostile_server.url}/v1/audio/speech", json={"model": "tts-1"}, timeout=30)
+    assert other.status_code == 400 and other.content.startswith(b'{"error":{"message":')  # the same layout
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit(hostile_server: Server) -> None:
@@ -149,7 +161,8 @@ def test_a_chunked_body_is_cut_off_at_the_limit(hostile_server: Server) -> None:
     piece = b"x" * 65536
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
     status, body = _raw_http(hostile_server.url, head, [chunk] * (limit // len(piece) + 8))
-    assert status == 413 and json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert status == 413
+    _assert_413(body, None, "request_too_large")
 
 
 def test_an_upload_over_the_limit_is_refused_and_not_stored(hostile_server: Server, sandbox: Path) -> None:
@@ -170,7 +183,9 @@ def test_an_upload_over_the_limit_is_refused_and_not_stored(hostile_server: Serv
         request = (f"POST /v1/audio/voices HTTP/1.1\r\nHost: x\r\n"
                    f"Content-Type: multipart/form-data; boundary=b\r\n{head}\r\n").encode()  # fmt: skip
         status, answer = _raw_http(hostile_server.url, request, parts)
-        assert status == 413 and json.loads(answer)["error"]["code"] == "request_too_large", framing
+        assert status == 413, framing
+        _assert_413(answer, "audio_sample", "file_too_large")
+        assert "10 MiB, the server's upload limit" in json.loads(answer)["error"]["message"]
     assert not (sandbox / "voices").exists() or not any((sandbox / "voices").iterdir())
 
 
@@ -242,7 +257,8 @@ def test_lone_surrogates_in_json_are_refused_clearly(hostile_server: Server) -> 
     content = b'{"model": "tts-1", "input": "Hello \\ud800 world", "voice": "alloy"}'
     response = httpx.post(f"{hostile_server.url}/v1/audio/speech", content=content,
                           headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
-    assert_error(response, 400)
+    error = assert_error(response, 400, "input")
+    assert "\\ud800" in error["message"]  # the value shown escaped: a lone surrogate cannot travel in UTF-8
 
 
 # ------------------------------------------------------------------------------------------------------ uploads

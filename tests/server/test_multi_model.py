@@ -176,6 +176,30 @@ def test_a_language_voice_is_refused_by_a_model_that_does_not_speak_it(
         assert say(running, "tts-1", voice="fr", input="Bonjour.").status_code == 200  # one library, both models
         refused = assert_error(say(running, "chatterbox-turbo", voice="fr"), 400, "voice")
         assert "the built-in voice speaking French, which the turbo model does not speak" in refused["message"]
+        # which loaded model speaks it, and how to ask for it
+        assert refused["message"].endswith('French is spoken by the model chatterbox-multilingual: send "model": '
+                                           '"chatterbox-multilingual"')  # fmt: skip
+        assert refused["code"] == "unsupported_language"
+        asked = assert_error(say(running, "chatterbox-turbo", voice="alloy", language_id="de"), 400, "language_id")
+        assert "the turbo model speaks English only" in asked["message"]
+        assert "German is spoken by the model chatterbox-multilingual" in asked["message"]
     finally:
         stop_server(running)
         multilingual.close()
+
+
+def test_language_advice_names_the_speaker_or_how_to_load_one() -> None:
+    """What a refusal of French adds, for each state the multilingual model can be in (no model is loaded: the
+    advice reads only the states)."""
+    from chatterbox_vllm.server.state import ModelState, ServedModels
+
+    english = ModelState(model="english", variant="english", status="ready")
+    alone = ServedModels([english]).language_advice("fr")
+    assert alone.startswith("French needs the multilingual model, which this server has not loaded")
+    assert "CHATTERBOX_MODEL=multilingual" in alone and "CHATTERBOX_EXTRA_MODELS=multilingual" in alone
+    failed = ModelState(model="multilingual", variant="multilingual", status="error", error="no weights")
+    assert "failed to load on this server (GET /health says why)" in ServedModels([english, failed]).language_advice("fr")
+    loading = ModelState(model="multilingual", variant="multilingual")
+    assert ServedModels([english, loading]).language_advice("pt") == (
+        'Portuguese is spoken by the model chatterbox-multilingual: send "model": "chatterbox-multilingual"'
+    )

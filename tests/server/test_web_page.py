@@ -165,8 +165,8 @@ def open_page(browser, request: pytest.FixtureRequest) -> Iterator:
     contexts, pages = [], []
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")
 
-    def open_on(server: Server) -> Page:
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1000, "height": 1200})
+    def open_on(server: Server, width: int = 1000, height: int = 1200) -> Page:
+        context = browser.new_context(accept_downloads=True, viewport={"width": width, "height": height})
         context.set_default_timeout(WAIT_MS)
         contexts.append(context)
         page = Page(context.new_page(), server, f"{name}-{len(pages) + 1}" if pages else name)
@@ -203,6 +203,8 @@ def test_the_page_loads_and_lists_voices_and_languages(open_page, web_server: Se
     voices = page.eval_on_selector_all("#voice option", "options => options.map(o => o.value)")
     assert {"default", "alloy", "nova"} <= set(voices)
     assert page.input_value("#voice") == "default"
+    labels = dict(page.eval_on_selector_all("#voice option", "options => options.map(o => [o.value, o.text])"))
+    assert (labels["default"], labels["alloy"]) == ("Default (built-in voice)", "Alloy")  # no id said twice
     languages = page.eval_on_selector_all("#language option", "options => options.map(o => o.value)")
     assert languages == ["en"] and page.is_disabled("#language")  # the English model speaks English only
     assert web.state()["variant"] == "english"
@@ -402,7 +404,8 @@ def test_api_and_network_errors_are_shown_in_plain_words(open_page, web_server: 
     page.wait_for_function("() => document.getElementById('clone-status').textContent.includes('not added')",
                            timeout=WAIT_MS)  # fmt: skip
     message = web.error()
-    assert message.startswith("Could not add the voice: ") and "not audio we can read" in message
+    assert message == ("Could not add the voice: notes.wav is not audio this server can read; send a WAV, MP3, FLAC "
+                       "or OGG (Vorbis or Opus) file")
     assert "{" not in message  # words, not JSON
     assert len(web.sent("POST", "/v1/audio/voices")) == 1
     web.snap("upload-error")
@@ -429,6 +432,63 @@ def test_api_and_network_errors_are_shown_in_plain_words(open_page, web_server: 
     assert page.locator("#error").is_hidden()
 
 
+def _text_fits(page, selector: str) -> dict:
+    """Whether a select's chosen text fits inside it (a select clips its text without scrolling, so the text is
+    measured in a span with the select's font), with both widths."""
+    return page.evaluate(
+        """(selector) => {
+            const select = document.querySelector(selector);
+            const style = getComputedStyle(select);
+            const probe = document.createElement('span');
+            probe.style.font = style.font;
+            probe.style.whiteSpace = 'pre';
+            probe.textContent = select.selectedOptions[0].textContent;
+            document.body.appendChild(probe);
+            const text = probe.getBoundingClientRect().width;
+            probe.remove();
+            const room = select.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight) - 20;
+            return {fits: text <= room, text, room};
+        }""",
+        selector,
+    )
+
+
+def test_the_page_fits_a_wide_screen_and_a_phone(open_page, english_tts: ChatterboxTTS, tmp_path: Path) -> None:
+    """random-tiny served: the header says the weights are random (its speech is noise); at 1280 px the default
+    voice's name is whole; on a 390 px phone the status is not squeezed to a word a line, and nothing scrolls
+    sideways. Every file the page asks for exists (the favicon included)."""
+    settings = make_settings(tmp_path, model="random-tiny", max_new_tokens=MAX_NEW_TOKENS)
+    server = start_server(settings, english_tts)
+    try:
+        for width, height in ((1280, 800), (390, 844)):
+            web = open_page(server, width=width, height=height)
+            failed: list[str] = []
+            web.page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+            web.open()
+            page = web.page
+            status = page.inner_text("#server-status")
+            assert status == "Ready: random-tiny, random weights in the English model's shape; its speech is noise."
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            fit = _text_fits(page, "#voice")
+            assert page.eval_on_selector("#voice", "s => s.selectedOptions[0].text") == "Default (built-in voice)"
+            assert fit["fits"], (width, fit)
+            box = page.locator("#server-status").bounding_box()
+            line = float(page.eval_on_selector("#server-status", "e => parseFloat(getComputedStyle(e).lineHeight)"))
+            assert box["height"] <= 3 * line + 1, (width, box, line)  # at most three lines, not one word a line
+            icon = page.get_attribute("link[rel=icon]", "href")
+            for path in ("/favicon.ico", icon):
+                answer = page.request.get(server.url + path)
+                assert answer.status == 200 and answer.headers["content-type"].startswith("image/svg+xml"), path
+            assert failed == [], failed
+            web.snap(f"{width}px")
+        health = httpx.get(f"{server.url}/health").json()
+        assert health["models"][0]["random_weights"] is True
+        favicon = httpx.get(f"{server.url}/favicon.ico")
+        assert favicon.status_code == 308 and favicon.headers["location"] == "/static/favicon.svg"
+    finally:
+        stop_server(server)
+
+
 def test_a_multilingual_server_offers_its_languages_and_sends_the_choice(open_page, web_server: Server) -> None:
     """The English server dressed as a multilingual one (its /health and language list answered by the test): the
     picker offers the 23 languages, and the chosen one goes out as language_id, which the English model refuses
@@ -449,7 +509,9 @@ def test_a_multilingual_server_offers_its_languages_and_sends_the_choice(open_pa
     page.select_option("#language", "fr")
     assert web.speak("Bonjour tout le monde.") == "error"
     assert web.sent("POST", "/v1/audio/speech")[-1]["json"]["language_id"] == "fr"
-    assert web.error() == "Speech failed: the english model speaks English only; language_id must be omitted or 'en'"
+    message = web.error()
+    assert message.startswith("Speech failed: the english model speaks English only; language_id must be omitted")
+    assert "French needs the multilingual model" in message and "CHATTERBOX_MODEL=multilingual" in message
 
     page.select_option("#language", "")
     assert web.speak("Hello again.") == "done", page.inner_text("#error")

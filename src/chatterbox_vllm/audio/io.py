@@ -20,6 +20,11 @@ class AudioDecodeError(ValueError):
     """The audio cannot be decoded, or holds no samples."""
 
 
+class UnreadableAudioError(AudioDecodeError):
+    """The decoder does not recognise the data as audio (another format, or a broken file); the message holds
+    the decoder's own words, meant for a log rather than for whoever sent the file."""
+
+
 class AudioTooLongError(AudioDecodeError):
     """The audio lasts longer than the caller accepts; found before decoding more than the limit."""
 
@@ -45,9 +50,12 @@ def load_audio(source: AudioSource, target_sr: int | None, max_seconds: float | 
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def decode_audio(source: AudioSource, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """`source` as mono float32 at its own rate, and that rate (`load_audio` without resampling; same checks)."""
-    name = _describe(source)
+def decode_audio(
+    source: AudioSource, max_seconds: float | None = None, name: str | None = None
+) -> tuple[np.ndarray, int]:
+    """`source` as mono float32 at its own rate, and that rate (`load_audio` without resampling; same checks).
+    Error messages start with `name` (default: the path, or the size of in-memory data)."""
+    name = name or _describe(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise AudioDecodeError(f"{name}: empty input")
@@ -70,7 +78,7 @@ def decode_audio(source: AudioSource, max_seconds: float | None = None) -> tuple
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
         detail = str(exc).replace(repr(source), "the data")  # libsndfile names an in-memory file by its repr
-        raise AudioDecodeError(f"{name}: cannot decode audio ({detail})") from exc
+        raise UnreadableAudioError(f"{name}: cannot decode audio ({detail})") from exc
     except OSError as exc:  # missing file, permission denied
         raise AudioDecodeError(f"{name}: cannot read audio ({exc})") from exc
     if y.ndim > 1:

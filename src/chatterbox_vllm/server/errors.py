@@ -12,6 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from .validation import describe_validation
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,8 @@ ERROR_TYPES = {
     500: "server_error",
     503: "server_error",
 }
+# Codes of errors raised by Starlette itself (routing, body parsing) rather than by our routes.
+HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -42,15 +47,16 @@ def log_failure(what: str, exc: BaseException) -> None:
 
 
 class APIError(Exception):
-    """An error to answer with; `param` names the offending request field."""
+    """An error to answer with; `param` names the offending request field, `code` (required: clients branch on
+    it) says what went wrong in one word."""
 
     def __init__(
         self,
         status: int,
         message: str,
         *,
+        code: str,
         param: str | None = None,
-        code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -61,7 +67,7 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+def error_body(status: int, message: str, param: str | None, code: str) -> dict:
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"), "param": param,
                       "code": code}}
 
@@ -72,16 +78,14 @@ def error_response(error: APIError) -> JSONResponse:
     )
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
-    location = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
-    param = ".".join(location) or None
-    message = first.get("msg", "invalid request")
-    if first.get("type") == "json_invalid":
-        return "the request body is not valid JSON", None
-    if first.get("type") == "missing":
-        return f"missing required parameter: '{param}'", param
-    return (f"invalid value for '{param}': {message}" if param else message), param
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on the request's path (Starlette's Allow header names only the first
+    route's: GET and POST /v1/audio/voices are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -91,18 +95,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return JSONResponse(error_body(400, message, param, "invalid_value"), status_code=400)
+        message, param, code = describe_validation(exc.errors())
+        return JSONResponse(error_body(400, message, param, code), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = (
                 "no such route; see /v1/audio/speech, /v1/audio/voices, /v1/audio/languages, /v1/models, /health, "
                 "/metrics, and the web page at /"
             )
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        elif exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            message = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+        code = getattr(exc, "code", None) or HTTP_CODES.get(exc.status_code, "invalid_request")
         return JSONResponse(
             error_body(exc.status_code, message, getattr(exc, "param", None), code),
             status_code=exc.status_code,

@@ -7,10 +7,10 @@ refuses a declared Content-Length over the limit before reading a byte, and stop
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body
@@ -41,20 +41,25 @@ def is_upload(path: str) -> bool:
     return path.rstrip("/") in UPLOAD_ROUTES
 
 
-def too_large_message(path: str, limit: int) -> tuple[str, str | None]:
-    """The 413's message and `param`: uploads name the file field and the upload limit in MiB."""
+def upload_too_large_message(max_upload_bytes: int) -> str:
+    """The one wording of an upload over the limit, whichever check finds it."""
+    return (f"audio_sample is larger than {max_upload_bytes / 2**20:.3g} MiB, the server's upload limit "
+            "(CHATTERBOX_MAX_UPLOAD_MIB); 5-15 s of speech is all a voice needs")  # fmt: skip
+
+
+def too_large(path: str, limit: int) -> tuple[str, str | None, str]:
+    """The 413's message, `param` and `code`: uploads name the file field and the upload limit in MiB."""
     if is_upload(path):
-        upload_mib = (limit - MULTIPART_OVERHEAD_BYTES) / 2**20
-        return f"audio_sample is larger than {upload_mib:g} MiB (the server's upload limit)", "audio_sample"
-    return f"the request body is larger than the limit of {limit} bytes", None
+        return upload_too_large_message(limit - MULTIPART_OVERHEAD_BYTES), "audio_sample", "file_too_large"
+    return f"the request body is larger than the limit of {limit} bytes", None, "request_too_large"
 
 
 class BodyTooLarge(HTTPException):
     """Raised from `receive` when a streamed body passes the limit; FastAPI re-raises HTTPExceptions from body
-    parsing, and the error handlers answer it in OpenAI's shape."""
+    parsing, and the error handlers answer it in OpenAI's shape (with this `param` and `code`)."""
 
     def __init__(self, path: str, limit: int) -> None:
-        message, self.param = too_large_message(path, limit)
+        message, self.param, self.code = too_large(path, limit)
         super().__init__(413, message)
 
 
@@ -70,7 +75,7 @@ class BodySizeLimit:
         limit = self.limits.for_path(scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send, scope["path"], limit)
+            await _refuse(scope, receive, send, limit)
             return
         seen = 0
 
@@ -96,15 +101,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: Send, path: str, limit: int) -> None:
-    message, param = too_large_message(path, limit)
-    body = json.dumps(error_body(413, message, param, "request_too_large")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")],
-        }  # fmt: skip
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    """A 413 before the body is read, rendered like every other error; the connection closes, as the unread
+    body cannot be skipped."""
+    message, param, code = too_large(scope["path"], limit)
+    response = JSONResponse(error_body(413, message, param, code), status_code=413, headers={"Connection": "close"})
+    await response(scope, receive, send)

@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..checkpoint.hub import RANDOM_MODELS
 from ..text.languages import SUPPORTED_LANGUAGES
 from ..tts import SAMPLE_RATE, ChatterboxTTS
 from .audio import CONTENT_TYPES, AudioEncoder
 from .auth import require_api_key
-from .errors import APIError, log_failure
+from .errors import APIError, error_body, log_failure
+from .limits import upload_too_large_message
 from .metrics import AUDIO_SECONDS, FIRST_AUDIO, IN_PROGRESS, REQUEST_SECONDS, REQUESTS, VOICES
 from .schemas import SpeechRequest
 from .service import PreparedSpeech, SpeechService
@@ -56,11 +58,18 @@ def _voices(request: Request) -> VoiceLibrary:
 # ----------------------------------------------------------------------------------------------- speech
 @router.post("/v1/audio/speech", dependencies=[Depends(require_api_key)])
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
-    state = _models(request).for_request(body.model)
+    served = _models(request)
+    state = served.for_request(body.model)
     state.require_ready()
     try:
         voice = state.voices.resolve(body.voice_id)
     except UnknownVoiceError as exc:
+        if exc.language not in (None, "en"):  # a language code: known to the multilingual model alone
+            raise APIError(
+                400, f"voice {body.voice_id!r} is the built-in voice speaking {SUPPORTED_LANGUAGES[exc.language]}, "
+                f"which no model loaded here speaks. {served.language_advice(exc.language)}",
+                param="voice", code="unsupported_language",
+            ) from exc  # fmt: skip
         raise APIError(400, str(exc), param="voice", code="voice_not_found") from exc
     service = state.service
     service.acquire()
@@ -163,7 +172,8 @@ async def _sse_events(
         async for data in _encoded_chunks(service, prepared, encoder, started, usage):
             yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
     except Exception:  # headers are sent: report in-band rather than cutting the stream silently
-        yield _event({"type": "error", "error": {"message": "speech synthesis failed", "type": "server_error"}})
+        failure = error_body(500, "speech synthesis failed", None, "synthesis_failed")
+        yield _event({"type": "error", **failure})
         return
     total = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
     yield _event({"type": "speech.audio.done", "usage": {**usage, "total_tokens": total}})
@@ -202,9 +212,7 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     while chunk := await upload.read(1 << 20):
         size += len(chunk)
         if size > limit:
-            raise APIError(
-                413, f"audio_sample is larger than {limit / 2**20:g} MiB", param="audio_sample", code="file_too_large"
-            )
+            raise APIError(413, upload_too_large_message(limit), param="audio_sample", code="file_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -218,15 +226,17 @@ async def create_voice(
 ) -> JSONResponse:
     """Add a cloned voice: multipart `name`, `audio_sample` (wav/mp3/flac/ogg) and `consent` (the speaker agreed)."""
     if consent.strip().lower() in ("", "0", "false", "no"):
-        raise APIError(400, "consent is required: confirm the speaker agreed to having their voice cloned",
-                       param="consent")
+        raise APIError(
+            400, 'consent is required: send consent "yes" to confirm the speaker agreed to having their voice cloned',
+            param="consent", code="consent_required",
+        )  # fmt: skip
     library = _voices(request)
     data = await _read_limited(audio_sample, request.app.state.settings.max_upload_bytes)
     try:
         voice = await asyncio.to_thread(library.add, name, data, audio_sample.filename)
     except VoiceUploadError as exc:
         status = 409 if isinstance(exc, VoiceExistsError) else 400
-        raise APIError(status, str(exc), param=exc.param) from exc
+        raise APIError(status, str(exc), param=exc.param, code=exc.code) from exc
     VOICES.set(sum(1 for v in library.list() if v.kind == "custom"))
     return JSONResponse({"id": voice.id, "name": voice.name}, status_code=201)
 
@@ -239,7 +249,7 @@ async def delete_voice(voice_id: str, request: Request) -> dict:
     except VoiceNotFoundError as exc:
         raise APIError(404, f"voice {voice_id!r} does not exist", param="voice_id", code="voice_not_found") from exc
     except VoiceUploadError as exc:
-        raise APIError(400, str(exc), param="voice_id") from exc
+        raise APIError(400, str(exc), param="voice_id", code=exc.code) from exc
     VOICES.set(sum(1 for v in library.list() if v.kind == "custom"))
     return {"id": voice_id, "deleted": True}
 
@@ -262,6 +272,12 @@ async def list_languages(request: Request, model: str | None = None) -> dict:
 async def web_page() -> FileResponse:
     """The page to try voices (static/index.html); its scripts and styles are served under /static/."""
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> RedirectResponse:
+    """Browsers and other tools ask for /favicon.ico whatever the page links: the page's SVG icon."""
+    return RedirectResponse("/static/favicon.svg", status_code=308, headers={"Cache-Control": "max-age=86400"})
 
 
 # ------------------------------------------------------------------------------------------- operations
@@ -304,6 +320,8 @@ def _model_health(state: ModelState) -> dict:
     entry: dict = {"id": state.id, "model": state.model, "variant": state.variant, "status": state.status}
     if state.tts is not None:
         entry["engine"] = _engine_name(state.tts)
+    if state.model in RANDOM_MODELS:
+        entry["random_weights"] = True  # a random-tiny checkpoint: the audio is noise (the web page says so)
     if state.t3_budget_gib is not None:
         entry["t3_gpu_memory_gib"] = state.t3_budget_gib
     if state.error:

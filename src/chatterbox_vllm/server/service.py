@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import threading
 from functools import partial
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..audio.io import AudioDecodeError
 from ..conditioning import Conditionals
 from ..engine.base import SamplingParams
 from ..text.paralinguistic import prepare_tags
@@ -30,9 +31,9 @@ from ..incremental import IncrementalVocoder
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
-from ..text.languages import SUPPORTED_LANGUAGES, validate_language
+from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
-from .errors import APIError
+from .errors import APIError, log_failure
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
 from .voices import Voice
@@ -75,6 +76,10 @@ def fade_edges(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return wav
 
 
+def _multilingual_advice(language: str) -> str:
+    return f"{SUPPORTED_LANGUAGES.get(language, language)} needs the multilingual model (CHATTERBOX_MODEL=multilingual)"
+
+
 class Admission:
     """The server's `max_queue` places for speech requests, shared by every model it serves; 429 beyond them."""
 
@@ -100,10 +105,19 @@ class Admission:
 class SpeechService:
     """One loaded model's synthesis for the API (one per model when the server loads several)."""
 
-    def __init__(self, tts: ChatterboxTTS, settings: Settings, admission: Admission | None = None) -> None:
+    def __init__(
+        self,
+        tts: ChatterboxTTS,
+        settings: Settings,
+        admission: Admission | None = None,
+        language_advice: Callable[[str], str] | None = None,
+    ) -> None:
+        """`language_advice(code)` says which model speaks a language this one does not (the server's models
+        know; alone, a service can only say that the multilingual model does)."""
         self.tts = tts
         self.settings = settings
         self.admission = admission or Admission(settings.max_queue)
+        self._language_advice = language_advice or _multilingual_advice
         self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
         self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, self._max_batch))
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
@@ -128,25 +142,35 @@ class SpeechService:
 
     # ------------------------------------------------------------------------------------------ prepare
     def language_for(self, request: SpeechRequest, voice: Voice) -> str | None:
+        """The language to speak (None for a model that speaks English only), or a 400 that says which model
+        speaks the one asked for."""
         if not self.tts.is_multilingual:
-            if request.language_id not in (None, "", "en", "EN"):
+            variant = self.tts.variant
+            try:
+                asked = validate_language(request.language_id, multilingual=True)
+            except UnsupportedLanguageError as exc:
                 raise APIError(
-                    400, f"the {self.tts.variant} model speaks English only; language_id must be omitted or 'en'",
-                    param="language_id",
+                    400, f"the {variant} model speaks English only; language_id must be omitted or 'en'",
+                    param="language_id", code="unsupported_language",
+                ) from exc  # fmt: skip
+            if asked != "en":
+                raise APIError(
+                    400, f"the {variant} model speaks English only; language_id must be omitted or 'en'. "
+                    f"{self._language_advice(asked)}", param="language_id", code="unsupported_language",
                 )  # fmt: skip
             if voice.kind == "language" and voice.language != "en":  # listed because another model speaks it
                 language = SUPPORTED_LANGUAGES[voice.language]
                 raise APIError(
-                    400, f"voice {voice.id!r} is the built-in voice speaking {language}, which the "
-                    f"{self.tts.variant} model does not speak; ask for the multilingual model "
-                    "(model: chatterbox-multilingual) or pick another voice", param="voice",
+                    400, f"voice {voice.id!r} is the built-in voice speaking {language}, which the {variant} model "
+                    f"does not speak. {self._language_advice(voice.language)}",
+                    param="voice", code="unsupported_language",
                 )  # fmt: skip
             return None
         language = request.language_id or voice.language or "en"
         try:
             return validate_language(language, multilingual=True)
         except ValueError as exc:
-            raise APIError(400, str(exc), param="language_id") from exc
+            raise APIError(400, str(exc), param="language_id", code="unsupported_language") from exc
 
     async def prepare(self, request: SpeechRequest, voice: Voice) -> PreparedSpeech:
         if len(request.input) > self.settings.max_input_chars:
@@ -163,15 +187,18 @@ class SpeechService:
         if removed and not text.strip():
             raise APIError(
                 400, f"input holds nothing but paralinguistic tags ({' '.join(dict.fromkeys(removed))}), which the "
-                f"{self.tts.variant} model does not speak", param="input",
+                f"{self.tts.variant} model does not speak", param="input", code="empty_input",
             )  # fmt: skip
         texts = split_for_synthesis(text, self.settings.chunk_chars)
         if not texts:
-            raise APIError(400, "input has no text to speak", param="input")
+            raise APIError(
+                400, "input has no text to speak (it is blank, or holds only control characters)",
+                param="input", code="empty_input",
+            )  # fmt: skip
         try:
             pieces = [self.tts.text_tokens(text, language) for text in texts]
         except ValueError as exc:
-            raise APIError(400, str(exc), param="input") from exc
+            raise APIError(400, str(exc), param="input", code="invalid_value") from exc
         conds = await self._conditionals(voice, request.exaggeration)
         try:
             params = self.tts.sampling_params(
@@ -185,20 +212,29 @@ class SpeechService:
                 seed=request.seed,
             )
         except UnsupportedSettingError as exc:
-            raise APIError(400, str(exc), param=exc.param) from exc
+            raise APIError(400, str(exc), param=exc.param, code="unsupported_parameter") from exc
         except ValueError as exc:
-            raise APIError(400, str(exc)) from exc
+            raise APIError(400, str(exc), code="invalid_value") from exc
         return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces), tuple(removed))
 
     async def _conditionals(self, voice: Voice, exaggeration: float) -> Conditionals:
         if voice.path is None:
             if self.tts.default_conds is None:
-                raise APIError(400, "this checkpoint has no built-in voice; use an uploaded voice", param="voice")
+                raise APIError(
+                    400, "this checkpoint has no built-in voice; use an uploaded voice (GET /v1/audio/voices)",
+                    param="voice", code="voice_not_found",
+                )  # fmt: skip
             return self.tts.default_conds.with_exaggeration(exaggeration)
         try:
             return await asyncio.wrap_future(self._s3gen.call(self.tts.prepare_conditionals, voice.path, exaggeration))
+        except AudioDecodeError as exc:  # its words name the server's files: for the log only
+            log_failure(f"voice {voice.id!r} cannot be used", exc)
+            raise APIError(
+                400, f"voice {voice.id!r}: its clip in the voices directory cannot be read (the server log says why); "
+                "upload the voice again", param="voice", code="invalid_voice",
+            ) from exc  # fmt: skip
         except ValueError as exc:
-            raise APIError(400, f"voice {voice.id!r}: {exc}", param="voice") from exc
+            raise APIError(400, f"voice {voice.id!r}: {exc}", param="voice", code="invalid_voice") from exc
 
     # --------------------------------------------------------------------------------------- synthesis
     async def _tokens(self, text: torch.Tensor, prepared: PreparedSpeech, params: SamplingParams) -> list[int]:

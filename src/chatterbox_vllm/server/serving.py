@@ -81,7 +81,7 @@ class Serving:
     def serve(self, state: ModelState, tts: ChatterboxTTS) -> None:
         """Build what requests use around a loaded model, then mark its state ready."""
         sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)  # see the setting: S3Gen's launches
-        service = SpeechService(tts, self.settings, self.admission)
+        service = SpeechService(tts, self.settings, self.admission, language_advice=self.served.language_advice)
         try:
             voices = self.voices()
         except BaseException:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ..checkpoint.layout import VARIANTS
+from ..text.languages import SUPPORTED_LANGUAGES
 from .errors import APIError
 from .schemas import OPENAI_MODELS
 
@@ -105,3 +106,19 @@ class ServedModels:
                 f"start it with CHATTERBOX_EXTRA_MODELS={variant} to serve it too"
             )
         raise APIError(status, message, param="model", code="model_not_found")
+
+    def language_advice(self, language: str) -> str:
+        """Where speech in `language` (a supported code other than English, which every model speaks) can be had:
+        the loaded model that speaks it, else how to load one."""
+        name = SUPPORTED_LANGUAGES.get(language, language)
+        speakers = [state for state in self.states if state.variant == "multilingual"]
+        serving = [state.id for state in speakers if state.status != "error"]
+        if serving:
+            return f"{name} is spoken by the model {serving[0]}: send \"model\": \"{serving[0]}\""
+        if speakers:
+            return f"{name} needs the multilingual model, which failed to load on this server (GET /health says why)"
+        return (
+            f"{name} needs the multilingual model, which this server has not loaded: start the server with "
+            f"CHATTERBOX_MODEL=multilingual, or with CHATTERBOX_EXTRA_MODELS=multilingual to serve it beside "
+            f"the {self.default.variant or 'default'} model"
+        )

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from ..audio.io import AudioDecodeError, AudioTooLongError, decode_audio
+from ..audio.io import AudioDecodeError, AudioTooLongError, UnreadableAudioError, decode_audio
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,14 @@ OPENAI_VOICES: tuple[str, ...] = (
 DEFAULT_VOICE = "default"
 # Read from the directory in this order of preference when one id has several files.
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
+READABLE_FORMATS = "send a WAV, MP3, FLAC or OGG (Vorbis or Opus) file"  # what libsndfile decodes for us
 MIN_SECONDS = 1.0
 MAX_SECONDS = 60.0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
 # A language tag as clients send it: a primary code with optional script/region subtags ("pt-BR", "zh_Hant").
 # Narrower than BCP 47 on purpose, so that names like "fr-marie" stay ordinary voice names.
 _LANGUAGE_TAG = re.compile(r"[a-z]{2}(?:[-_](?:[a-z]{4}|[a-z]{2}|[0-9]{3})){0,2}")
-_MAX_LISTED_CUSTOM = 20  # custom ids an unknown-voice message names before it says "and N more"
+_MAX_LISTED = 10  # voice ids an unknown-voice message names before it says "and N more"
 
 VoiceKind = Literal["builtin", "openai", "language", "custom"]
 
@@ -60,29 +61,36 @@ class Voice:
 
 
 class UnknownVoiceError(ValueError):
-    """A voice name nothing answers to; the message lists the valid ones."""
+    """A voice name nothing answers to; the message lists valid ones. `language` is the language code the name
+    denotes when it is one (a voice only a multilingual model speaks)."""
+
+    def __init__(self, message: str, language: str | None = None) -> None:
+        super().__init__(message)
+        self.language = language
 
 
 class VoiceUploadError(ValueError):
-    """An upload (or a deletion) the library refuses; the message says what is wrong, `param` which field."""
+    """An upload (or a deletion) the library refuses; the message says what is wrong, `param` which field and
+    `code` what kind of refusal it is (the API's error code)."""
 
-    def __init__(self, message: str, param: str = "audio_sample") -> None:
+    def __init__(self, message: str, param: str = "audio_sample", code: str = "invalid_audio") -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 class VoiceNameError(VoiceUploadError):
     """The voice's name is unusable (empty, too long, a path)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, param="name")
+        super().__init__(message, param="name", code="invalid_voice_name")
 
 
 class VoiceExistsError(VoiceUploadError):
     """An upload whose id is taken; a separate class so the server can answer 409 Conflict."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, param="name")
+        super().__init__(message, param="name", code="voice_exists")
 
 
 class VoiceNotFoundError(KeyError):
@@ -158,7 +166,7 @@ class VoiceLibrary:
                 self._scan()  # a clip dropped in or removed since the last look
                 voice = self._lookup(name)
             if voice is None:
-                raise UnknownVoiceError(self._unknown_message(name))
+                raise UnknownVoiceError(self._unknown_message(name), language=_language_code(name))
             return voice
 
     def get_path(self, name: str) -> Path | None:
@@ -169,14 +177,17 @@ class VoiceLibrary:
     def add(self, name: str, data: bytes, filename: str | None = None, *, overwrite: bool = False) -> Voice:
         """Validate an uploaded clip and store it as `<id>.wav`; nothing is written unless every check passes."""
         if self.directory is None:
-            raise VoiceUploadError("voice uploads need a voices directory (CHATTERBOX_VOICES_DIR)")
+            raise VoiceUploadError(
+                "voice uploads need a voices directory (CHATTERBOX_VOICES_DIR)", code="uploads_disabled"
+            )
         voice_id, display = self._safe_id(name)
         label = filename or "audio_sample"
         if len(data) == 0:
             raise VoiceUploadError(f"{label} is empty")
         if len(data) > self.max_upload_bytes:
             raise VoiceUploadError(
-                f"{label} is {len(data) / 2**20:.1f} MiB; the limit is {self.max_upload_bytes / 2**20:g} MiB"
+                f"{label} is {len(data) / 2**20:.1f} MiB; the limit is {self.max_upload_bytes / 2**20:.3g} MiB",
+                code="file_too_large",
             )
         with self._lock:
             self._scan()
@@ -205,8 +216,9 @@ class VoiceLibrary:
                 if _is_reserved(name.strip()):
                     raise VoiceUploadError(
                         f"{name.strip()!r} is a built-in voice name and cannot be deleted "
-                        "(a clip dropped in for it is removed by deleting its file from the voices directory)"
-                    )
+                        "(a clip dropped in for it is removed by deleting its file from the voices directory)",
+                        param="voice_id", code="voice_not_deletable",
+                    )  # fmt: skip
                 raise VoiceNotFoundError(f"voice {name!r} does not exist")
             for path in self._all_files(name):
                 path.unlink(missing_ok=True)
@@ -349,7 +361,10 @@ class VoiceLibrary:
         if taken and not overwrite:
             raise VoiceExistsError(f"a voice {taken[0]!r} already exists; delete it first or choose another name")
         if not taken and len(self._custom_ids()) >= self.max_voices:
-            raise VoiceUploadError(f"the library holds its maximum of {self.max_voices} voices; delete one first")
+            raise VoiceUploadError(
+                f"the library holds its maximum of {self.max_voices} voices; delete one first",
+                param="name", code="voice_limit_reached",
+            )  # fmt: skip
 
     def _target(self, voice_id: str) -> Path:
         """`<id>.wav`, proven to lie directly inside the voices directory."""
@@ -363,14 +378,17 @@ class VoiceLibrary:
     def _decode(self, data: bytes, label: str) -> tuple[np.ndarray, int]:
         """The clip as mono float32 at its own rate, checked to be usable as a voice sample."""
         try:
-            wav, sample_rate = decode_audio(data, max_seconds=MAX_SECONDS)
+            wav, sample_rate = decode_audio(data, max_seconds=MAX_SECONDS, name=label)
         except AudioTooLongError as exc:
             raise VoiceUploadError(
                 f"{label} lasts longer than {MAX_SECONDS:g} s; a voice sample may last at most {MAX_SECONDS:g} s "
                 "(5-15 s of clear speech works best)"
             ) from exc
-        except (AudioDecodeError, sf.LibsndfileError, RuntimeError) as exc:
-            raise VoiceUploadError(f"{label} is not audio we can read (use WAV, MP3, FLAC or OGG): {exc}") from exc
+        except UnreadableAudioError as exc:
+            log.info("refused an upload: %s", exc)  # the decoder's words are for the log, not the client
+            raise VoiceUploadError(f"{label} is not audio this server can read; {READABLE_FORMATS}") from exc
+        except AudioDecodeError as exc:  # audio, but not a usable recording: the reason is the client's to read
+            raise VoiceUploadError(str(exc)) from exc
         seconds = wav.size / sample_rate
         if seconds < MIN_SECONDS:
             raise VoiceUploadError(f"{label} is {seconds:.2f} s long; a voice sample needs at least {MIN_SECONDS:g} s")
@@ -400,16 +418,16 @@ class VoiceLibrary:
             raise
 
     def _unknown_message(self, name: str) -> str:
-        builtin = [DEFAULT_VOICE, *OPENAI_VOICES]
+        """Names the closest voice, then the first few of all (the caller's own voices first)."""
         custom = sorted(self._custom_ids(), key=lambda s: (s.lower(), s))
-        shown = builtin + custom[:_MAX_LISTED_CUSTOM]
+        known = [DEFAULT_VOICE, *custom, *OPENAI_VOICES]
         message = f"unknown voice {name[:80]!r}"
-        close = difflib.get_close_matches(name.strip().lower(), [*builtin, *custom], n=1)
+        close = difflib.get_close_matches(name.strip().lower(), [v.lower() for v in known], n=1)
         if close:
-            message += f" (did you mean {close[0]!r}?)"
-        message += f"; valid voices: {', '.join(shown)}"
-        if len(custom) > _MAX_LISTED_CUSTOM:
-            message += f" and {len(custom) - _MAX_LISTED_CUSTOM} more (GET /v1/audio/voices lists them all)"
+            message += f" (did you mean {next(v for v in known if v.lower() == close[0])!r}?)"
+        message += f"; known voices: {', '.join(known[:_MAX_LISTED])}"
+        if len(known) > _MAX_LISTED:
+            message += f" and {len(known) - _MAX_LISTED} more"
         if self.multilingual:
-            message += f", or a language code: {', '.join(SUPPORTED_LANGUAGES)}"
-        return message
+            message += ", and language codes such as fr or de"
+        return message + " (GET /v1/audio/voices lists them all)"

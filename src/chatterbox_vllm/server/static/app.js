@@ -198,14 +198,26 @@
     }
   }
 
+  /** What the header says is loaded, in the words of /health: a random-weight checkpoint (random-tiny) is
+   * said to be one, as its speech is noise. */
+  function describeModels(models) {
+    const names = models.map((m) => VARIANT_NAMES[m.variant] || m.variant);
+    if (models.length === 1 && models[0].random) {
+      return `Ready: ${models[0].model}, random weights in the ${names[0]} model's shape; its speech is noise.`;
+    }
+    const listed = models.map((m, i) => (m.random ? `${names[i]} (random weights: noise)` : names[i]));
+    return listed.length === 1 ? `Ready: the ${listed[0]} model.` : `Ready: the ${listed.join(", ")} models.`;
+  }
+
   function showModels(models) {
-    state.models = models.map((m) => ({ id: m.id, variant: m.variant }));
-    el.model.replaceChildren(...state.models.map((m) => new Option(VARIANT_NAMES[m.variant] || m.variant, m.id)));
+    state.models = models.map((m) => ({ id: m.id, variant: m.variant, model: m.model, random: !!m.random_weights }));
+    el.model.replaceChildren(...state.models.map((m) => {
+      const name = VARIANT_NAMES[m.variant] || m.variant;
+      return new Option(m.random ? `${name} (random weights)` : name, m.id);
+    }));
     el.model.value = state.models[0].id;
     el.modelField.hidden = state.models.length < 2;
-    const names = state.models.map((m) => VARIANT_NAMES[m.variant] || m.variant);
-    el.serverStatus.textContent =
-      names.length === 1 ? `Ready: the ${names[0]} model.` : `Ready: the ${names.join(", ")} models.`;
+    el.serverStatus.textContent = describeModels(state.models);
     chooseModel();
   }
 
@@ -218,9 +230,15 @@
     state.variant = chosen.variant;
   }
 
+  /** A voice's name, with its id where the name does not already start with it: "Default (built-in voice)",
+   * "Alloy", "French (built-in voice, fr)", "My Voice (my-voice)". */
   function voiceLabel(voice) {
-    if (!voice.name) return voice.id;
-    return voice.name.toLowerCase() === voice.id.toLowerCase() ? voice.name : `${voice.name} (${voice.id})`;
+    const name = voice.name || "";
+    const id = voice.id;
+    const firstWord = name.split(/[^A-Za-z0-9_.-]/)[0].toLowerCase();
+    if (!name || name.toLowerCase() === id.toLowerCase()) return name || id;
+    if (firstWord === id.toLowerCase()) return name;
+    return name.endsWith(")") ? `${name.slice(0, -1)}, ${id})` : `${name} (${id})`;
   }
 
   /** Fill the voice picker; select `wanted` (else keep the current choice, else "default"). */
