@@ -40,7 +40,7 @@ EXPECTED: tuple[Notice, ...] = (
     Notice("vllm.renderers.base", r"^Using None for (EOS|BOS) token id because tokenizer is not initialized",
            "T3 has no text tokenizer in vLLM (its prompts are embeddings); requests stop on stop_token_ids"),
     Notice("vllm.v1.engine.input_processor", r"^Passing raw prompts to InputProcessor is deprecated",
-           "T3's prompts are embeddings, passed as vLLM 0.26 .. 0.33 all take them"),
+           "T3's prompts are embeddings, passed the one way every vLLM from 0.26 to 0.33 takes them"),
     Notice("transformers.modeling_rope_utils", r"^Unrecognized keys in `rope_parameters` for 'rope_type'='default': "
            r"\{'mrope_section'\}$", "T3's vLLM config sets mrope_section to reach vLLM's M-RoPE positions "
            "(engine/vllm_t3/model_dir.py); transformers reads the config three times in each of two processes"),

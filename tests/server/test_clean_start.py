@@ -3,19 +3,22 @@ build, its engine core in a process of its own), on a fresh cache (the random ch
 
 The log has no line at WARNING or above, from any process and in any form (a log record, a Python warning, a C++
 note, a library's own handler), and exactly one line that says the server runs: the ready line, after /health has
-answered 503 with what loads. random-tiny answers about as long as its text would take to say. With
-`--log-level debug` the notices kept out of the info log show.
+answered 503 with what loads. random-tiny answers about as long as its text would take to say. A model that fails
+to load gives one ERROR line and no ready line. With `--log-level debug` the notices kept out of the info log show.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,33 +136,14 @@ def test_random_tiny_answers_about_as_long_as_the_text_takes_to_say(start: Start
     assert loud_lines(start.log.read_text()) == []
 
 
-def test_debug_shows_the_notices(tmp_path: Path) -> None:
-    """At debug nothing is dropped: vLLM's chunked-prefill notice (prompts are prefilled whole on CPU on purpose),
-    transformers' note on T3's M-RoPE key and uvicorn's own start lines show, in the log's format. The server is
-    stopped once they have (the engine need not finish starting)."""
-    port = _free_port()
-    log = tmp_path / "server.log"
-    wanted = {
-        "chunked prefill": re.compile(r" WARNING vllm\.engine\.arg_utils: This model does not officially support "
-                                      r"disabling chunked prefill"),
-        "mrope": re.compile(r" WARNING transformers\.modeling_rope_utils: Unrecognized keys in `rope_parameters`.*"
-                            r"mrope_section"),
-        "uvicorn": re.compile(r" INFO uvicorn\.error: Application startup complete"),
-    }  # fmt: skip
+@contextlib.contextmanager
+def started(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """A server process in a session of its own, so that it and vLLM's engine core stop together wherever their
+    start has got to."""
     with log.open("w") as out:
-        # a session of its own: the server and vLLM's engine core, stopped together mid-start
-        server = subprocess.Popen([*_args(), "--log-level", "debug"], stdout=out, stderr=subprocess.STDOUT,
-                                  env=_env(tmp_path, port), start_new_session=True)  # fmt: skip
+        server = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                text = log.read_text()
-                missing = [name for name, pattern in wanted.items() if not pattern.search(text)]
-                if not missing:
-                    break
-                assert server.poll() is None, text[-3000:]
-                assert time.monotonic() < deadline, f"not shown at debug: {missing}"
-                time.sleep(1)
+            yield server
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:
@@ -167,3 +151,53 @@ def test_debug_shows_the_notices(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait(timeout=60)
+
+
+def wait_for(server: subprocess.Popen, log: Path, done: Callable[[str], bool], what: str, timeout: float = 300) -> str:
+    """The log once `done(log text)` holds."""
+    deadline = time.monotonic() + timeout
+    while not done(text := log.read_text()):
+        assert server.poll() is None, text[-3000:]
+        assert time.monotonic() < deadline, f"{what}: not seen in\n{text[-3000:]}"
+        time.sleep(1)
+    return text
+
+
+def test_a_model_that_fails_to_load_logs_one_error_line_and_no_ready_line(
+    english_tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(english_tiny_checkpoint, broken)
+    weights = broken / "s3gen.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a download cut half way
+    port = _free_port()
+    log = tmp_path / "server.log"
+    args = [sys.executable, "-m", "chatterbox_vllm.cli", "serve", "--model", str(broken)]
+    with started(args, _env(tmp_path, port), log) as server:
+
+        def failed(text: str) -> bool:
+            with contextlib.suppress(httpx.TransportError):
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                return health["status"] == "error" and " ERROR " in text
+            return False
+
+        text = wait_for(server, log, failed, "/health status error and an ERROR line")
+    (error,) = loud_lines(text)
+    assert LOG_LINE.match(error)["level"] == "ERROR"
+    assert "chatterbox-english" in error and "failed to load" in error and "s3gen.safetensors" in error
+    assert ready_lines(text) == []
+
+
+def test_debug_shows_the_notices(tmp_path: Path) -> None:
+    """At debug nothing is dropped: vLLM's chunked-prefill notice (prompts are prefilled whole on CPU on purpose),
+    transformers' note on T3's M-RoPE key and uvicorn's own start lines show, in the log's format. The server is
+    stopped once they have (the engine need not finish starting)."""
+    port = _free_port()
+    log = tmp_path / "server.log"
+    wanted = [
+        re.compile(r" WARNING vllm\.engine\.arg_utils: This model does not officially support disabling chunked prefill"),
+        re.compile(r" WARNING transformers\.modeling_rope_utils: Unrecognized keys in `rope_parameters`.*mrope_section"),
+        re.compile(r" INFO uvicorn\.error: Application startup complete"),
+    ]
+    with started([*_args(), "--log-level", "debug"], _env(tmp_path, port), log) as server:
+        wait_for(server, log, lambda text: all(pattern.search(text) for pattern in wanted), "the notices at debug")

@@ -34,7 +34,7 @@ def voices_directory(settings: Settings) -> str:
 def loading_line(settings: Settings, served: ServedModels, device: str) -> str:
     """What the server starts to load, said once before the first model loads."""
     names = ", ".join(state.describe() for state in served.states if state.status == "loading")
-    return f"loading {names} (preset {settings.preset}, device {device}); /health answers 503 until ready"
+    return f"loading {names} on {device}, preset {settings.preset}; /health answers 503 until it is ready"
 
 
 def current_stage(served: ServedModels) -> str | None:
