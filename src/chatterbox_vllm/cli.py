@@ -112,8 +112,7 @@ def serve(
     api_key: Annotated[str | None, typer.Option(help="require this bearer key [CHATTERBOX_API_KEY]")] = None,
     voices_dir: Annotated[str | None, typer.Option(help="directory of voice clips [CHATTERBOX_VOICES_DIR]")] = None,
     log_level: Annotated[
-        str | None,
-        typer.Option(help="info | warning | error | debug (also the libraries' expected notices) [CHATTERBOX_LOG_LEVEL]"),
+        str | None, typer.Option(help="info | warning | error | debug (shows everything) [CHATTERBOX_LOG_LEVEL]")
     ] = None,
     print_config: Annotated[
         bool, typer.Option("--print-config", help="print the effective settings as JSON and exit")

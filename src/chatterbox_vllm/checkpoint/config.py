@@ -53,7 +53,8 @@ def load_model_config(directory: Path, layout: CheckpointLayout) -> ModelConfig:
     if raw.get("variant", layout.variant) != layout.variant:
         raise CheckpointError(f"{path}: config says variant {raw.get('variant')!r}, files are {layout.variant!r}")
     pace = raw.get("speech_tokens_per_text_token")
-    if pace is not None and (isinstance(pace, bool) or not isinstance(pace, (int, float)) or not math.isfinite(pace) or pace <= 0):
+    number = isinstance(pace, (int, float)) and not isinstance(pace, bool)
+    if pace is not None and not (number and math.isfinite(pace) and pace > 0):
         raise CheckpointError(f"{path}: speech_tokens_per_text_token must be a positive number, not {pace!r}")
     try:
         return ModelConfig(
