@@ -15,13 +15,15 @@ Usage: ./start-api-server.sh [options]
   --port PORT                     port (default 8000)
   --api-key KEY                   require "Authorization: Bearer KEY"
   --voices-dir DIR                directory of reference clips for cloned voices
+  --log-level LEVEL               info (default) | warning | error | debug (everything, tracebacks included)
   --print-config                  print the settings a start would use (preset resolved) as JSON, and exit
   -h, --help                      this help
 
 Every setting can also come from the environment (CHATTERBOX_MODEL, CHATTERBOX_EXTRA_MODELS, CHATTERBOX_PRESET, CHATTERBOX_PORT,
 CHATTERBOX_MAX_BATCH_SIZE, CHATTERBOX_MAX_MODEL_LEN, CHATTERBOX_GPU_MEMORY_GIB, ... see README.md) or a .env
 file; options given here win. Without access to the Hugging Face hub, use --model with a local directory, or
---model random-tiny for a smoke test (random weights: the audio is noise).
+--model random-tiny for a smoke test (random weights: the audio is noise, about as long as the text would
+take to say).
 EOF
 }
 
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
     --port) [ $# -ge 2 ] || fail "--port needs a value"; export CHATTERBOX_PORT="$2"; shift 2 ;;
     --api-key) [ $# -ge 2 ] || fail "--api-key needs a value"; export CHATTERBOX_API_KEY="$2"; shift 2 ;;
     --voices-dir) [ $# -ge 2 ] || fail "--voices-dir needs a value"; export CHATTERBOX_VOICES_DIR="$2"; shift 2 ;;
+    --log-level) [ $# -ge 2 ] || fail "--log-level needs a value"; export CHATTERBOX_LOG_LEVEL="$2"; shift 2 ;;
     --print-config) print_config=1; shift ;;
     *) usage >&2; fail "unknown option: $1" ;;
   esac

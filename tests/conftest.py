@@ -65,7 +65,8 @@ def seed0_checkpoint(variant: str, size: str = "tiny") -> Path:
     if not marker.is_file():
         from chatterbox_vllm.checkpoint.random_weights import write_random_checkpoint
 
-        write_random_checkpoint(variant=variant, size=size, seed=0, out=out)
+        # No speaking pace: the tests count on random pieces running to max_new_tokens (random-tiny has one).
+        write_random_checkpoint(variant=variant, size=size, seed=0, out=out, speaking_pace=False)
         marker.write_text("ok\n")
     return out
 

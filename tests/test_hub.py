@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.hub import download, resolve_model
 from chatterbox_vllm.checkpoint.layout import ENGLISH, HF_REPO_ID, NANO, TURBO
+from chatterbox_vllm.checkpoint.random_weights import SPEECH_TOKENS_PER_TEXT_TOKEN, write_random_checkpoint
 from chatterbox_vllm.checkpoint.weights import CheckpointError
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -83,3 +85,19 @@ def test_random_tiny_nano_is_written_on_first_use(tmp_path: Path, monkeypatch: p
     assert layout == NANO and directory == tmp_path / "random" / "nano-tiny-seed0"
     assert all((directory / name).is_file() for name in (*layout.files, *layout.optional_files))
     assert resolve_model("random-tiny-nano") == (directory, layout)  # reused, not rewritten
+    # its pieces stop at a speaking pace for GPT-2 text tokens (random weights never sample the stop token)
+    assert load_model_config(directory, layout).speech_tokens_per_text_token == SPEECH_TOKENS_PER_TEXT_TOKEN["gpt2"]
+
+
+def test_random_tiny_written_without_a_speaking_pace_gets_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A random-tiny cache from before checkpoints recorded a pace: its small files are written again, not its
+    weights."""
+    monkeypatch.setenv("CHATTERBOX_CACHE_DIR", str(tmp_path))
+    directory = write_random_checkpoint("english", "tiny", 0, tmp_path / "random" / "english-tiny-seed0",
+                                        speaking_pace=False)  # fmt: skip
+    assert load_model_config(directory, ENGLISH).speech_tokens_per_text_token is None
+    weights = directory / ENGLISH.t3
+    written = weights.stat().st_mtime_ns
+    assert resolve_model("random-tiny") == (directory, ENGLISH)
+    assert load_model_config(directory, ENGLISH).speech_tokens_per_text_token == SPEECH_TOKENS_PER_TEXT_TOKEN["llama"]
+    assert weights.stat().st_mtime_ns == written

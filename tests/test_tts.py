@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,9 @@ import torch
 
 from chatterbox_vllm.audio.io import AudioDecodeError
 from chatterbox_vllm.checkpoint.weights import CheckpointError
+from chatterbox_vllm.checkpoint.layout import CONFIG_FILE
 from chatterbox_vllm.conditioning import VoiceCloneError
+from chatterbox_vllm.engine.base import SamplingParams
 from chatterbox_vllm.text.languages import UnsupportedLanguageError
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.text.normalize import EmptyTextError
@@ -106,6 +110,36 @@ def _copy_checkpoint(src: Path, dst: Path) -> Path:
         if item.is_file():
             (dst / item.name).write_bytes(item.read_bytes())
     return dst
+
+
+def _with_pace(checkpoint: Path, directory: Path, pace: object) -> Path:
+    paced = _copy_checkpoint(checkpoint, directory)
+    record = json.loads((paced / CONFIG_FILE).read_text())
+    record["speech_tokens_per_text_token"] = pace
+    (paced / CONFIG_FILE).write_text(json.dumps(record))
+    return paced
+
+
+def test_a_random_checkpoints_pieces_stop_at_its_speaking_pace(
+    english: ChatterboxTTS, english_tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """random-tiny's config records a speaking pace (its random T3 never samples the stop token); without one (the
+    trained checkpoints, this test fixture) max_new_tokens alone bounds a piece, as before."""
+    paced = ChatterboxTTS.from_local(_with_pace(english_tiny_checkpoint, tmp_path / "paced", 2.5), device="cpu",
+                                     engine="torch")  # fmt: skip
+    params = SamplingParams(max_new_tokens=1000)
+    for text in ("Hello world.", "A longer sentence, which would take a few seconds to say out loud."):
+        tokens = paced.text_tokens(text)
+        assert paced.piece_params(tokens, params).max_new_tokens == math.ceil(2.5 * tokens.numel())
+        assert english.piece_params(tokens, params) is params
+    short = paced.text_tokens("Hi.")
+    assert paced.piece_params(short, SamplingParams(max_new_tokens=5)).max_new_tokens == 5  # the smaller bound wins
+    wav = paced.generate("Hello world.", seed=0, max_new_tokens=1000)
+    assert 0 < wav.size <= math.ceil(2.5 * paced.text_tokens("Hello world.").numel()) * SAMPLES_PER_TOKEN
+    for bad in (-1, 0, "fast", True):
+        with pytest.raises(CheckpointError, match="speech_tokens_per_text_token"):
+            ChatterboxTTS.from_local(_with_pace(english_tiny_checkpoint, tmp_path / f"bad-{bad}", bad), device="cpu",
+                                     engine="torch")  # fmt: skip
 
 
 def test_truncated_and_incomplete_checkpoints_fail_with_file_name(english_tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -111,6 +111,9 @@ def serve(
     max_model_len: Annotated[int | None, typer.Option(help="[CHATTERBOX_MAX_MODEL_LEN]")] = None,
     api_key: Annotated[str | None, typer.Option(help="require this bearer key [CHATTERBOX_API_KEY]")] = None,
     voices_dir: Annotated[str | None, typer.Option(help="directory of voice clips [CHATTERBOX_VOICES_DIR]")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="info | warning | error | debug (shows everything) [CHATTERBOX_LOG_LEVEL]")
+    ] = None,
     print_config: Annotated[
         bool, typer.Option("--print-config", help="print the effective settings as JSON and exit")
     ] = False,
@@ -126,7 +129,7 @@ def serve(
     flags = {
         "host": host, "port": port, "model": model, "extra_models": extra_models, "engine": engine, "device": device, "preset": preset,
         "gpu_memory_gib": gpu_memory_gib, "max_batch_size": max_batch_size, "max_model_len": max_model_len,
-        "api_key": api_key, "voices_dir": voices_dir,
+        "api_key": api_key, "voices_dir": voices_dir, "log_level": log_level,
     }  # fmt: skip
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})

@@ -95,7 +95,8 @@ class Settings(BaseSettings):
     model: str = Field(
         "english",
         description="english | multilingual | turbo | nano | a local checkpoint directory | random-tiny, "
-        "random-tiny-multilingual, random-tiny-turbo (random weights, noise)",
+        "random-tiny-multilingual, random-tiny-turbo, random-tiny-nano (random weights: noise, about as long as the "
+        "text would take to say)",
     )
     extra_models: Annotated[list[str], NoDecode] = Field(
         [],
@@ -143,7 +144,9 @@ class Settings(BaseSettings):
         None, repr=False, description="if set, requests need 'Authorization: Bearer <key>'"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="server log level; tracebacks are logged at debug only (one line per error otherwise)"
+        "info",
+        description="server log level; tracebacks are logged at debug only (one line per error otherwise), and so are "
+        "the notices other libraries print on every normal start (start_notices.py)",
     )
     drain_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="on SIGTERM, how long requests in progress may take to finish"

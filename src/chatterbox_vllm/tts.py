@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,13 @@ GPT2_TAIL_SILENCE_TOKENS = 3
 # Turbo/Nano voice clips: loudness target and shortest clip of the reference's `prepare_conditionals`.
 GPT2_VOICE_LUFS = -27.0
 GPT2_MIN_VOICE_SECONDS = 5.0
+
+# Told what a model load does now (for /health while the server starts): "loading S3Gen ...", ...
+Progress = Callable[[str], None]
+
+
+def _no_progress(stage: str) -> None:
+    log.debug("loading: %s", stage)
 
 
 class UnsupportedSettingError(ValueError):
@@ -152,12 +161,17 @@ class ChatterboxTTS:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, model: str | None = None, gpu_memory_gib: float | None = None
+        cls,
+        settings: Settings,
+        *,
+        model: str | None = None,
+        gpu_memory_gib: float | None = None,
+        progress: Progress | None = None,
     ) -> "ChatterboxTTS":
         """Load what the CHATTERBOX_* settings name: model, revision, device, engine and the VRAM limits.
 
         `model` loads another of the server's models with the same settings; `gpu_memory_gib` replaces T3's budget
-        (the share a VRAM plan gave it when several models are loaded)."""
+        (the share a VRAM plan gave it when several models are loaded); `progress` hears each stage of the load."""
         device = settings_device(settings)
         limits = settings.limits()
         if gpu_memory_gib is not None:
@@ -175,7 +189,7 @@ class ChatterboxTTS:
         )
         return cls.load(
             model or settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
-            s3gen_options=s3gen_options,
+            s3gen_options=s3gen_options, progress=progress,
         )  # fmt: skip
 
     @classmethod
@@ -188,10 +202,12 @@ class ChatterboxTTS:
         engine: str = "auto",
         vllm_options: VLLMOptions | None = None,
         s3gen_options: S3GenOptions | None = None,
+        progress: Progress | None = None,
     ) -> "ChatterboxTTS":
         """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory."""
+        (progress or _no_progress)("finding the checkpoint")
         directory, layout = resolve_model(model, revision=revision)
-        return cls._load(directory, layout, device, engine, vllm_options, s3gen_options)
+        return cls._load(directory, layout, device, engine, vllm_options, s3gen_options, progress)
 
     @classmethod
     def from_pretrained(
@@ -236,11 +252,14 @@ class ChatterboxTTS:
         engine_kind: str = "auto",
         vllm_options: VLLMOptions | None = None,
         s3gen_options: S3GenOptions | None = None,
+        progress: Progress | None = None,
     ) -> "ChatterboxTTS":
+        progress = progress or _no_progress
         device = torch.device(device) if device is not None else default_device()
         s3gen_options = s3gen_options or S3GenOptions()
         config = load_model_config(directory, layout)
-        resolve_engine_kind(engine_kind)  # a bad name fails before anything loads
+        kind = resolve_engine_kind(engine_kind)  # a bad name fails before anything loads
+        progress("loading S3Gen, the voice encoder and the text tokenizer")
         s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
         if s3gen_options.tokenizer_device is not None:
             s3gen.tokenizer.to(s3gen_options.tokenizer_device)
@@ -265,6 +284,7 @@ class ChatterboxTTS:
             )
         conds_path = directory / layout.conds
         conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
+        progress("starting the T3 engine (vLLM)" if kind == "vllm" else "loading T3 (PyTorch)")
         engine = build_t3_engine(engine_kind, directory / layout.t3, config.t3, device, vllm_options=vllm_options)
         log.info(
             "loaded %s Chatterbox from %s on %s (T3 engine: %s)",
@@ -361,6 +381,16 @@ class ChatterboxTTS:
             )
         return SamplingParams(**given)  # type: ignore[arg-type]
 
+    def piece_params(self, text_tokens: torch.Tensor, params: SamplingParams) -> SamplingParams:
+        """`params` for one text piece. A random checkpoint's T3 never samples the stop token: its pieces stop at
+        the speaking pace the checkpoint records (`ModelConfig.speech_tokens_per_text_token`), about as long as the
+        text would take to say, rather than at max_new_tokens. Other checkpoints: `params` as they are."""
+        pace = self.config.speech_tokens_per_text_token
+        if pace is None:
+            return params
+        limit = max(1, math.ceil(pace * text_tokens.numel()))
+        return dataclasses.replace(params, max_new_tokens=limit) if limit < params.max_new_tokens else params
+
     @torch.inference_mode()
     def generate(
         self,
@@ -389,7 +419,7 @@ class ChatterboxTTS:
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
             cfg_weight=cfg_weight, max_new_tokens=max_new_tokens, seed=seed,
         )  # fmt: skip
-        speech = self.engine.generate(tokens.to(self.device), conds.t3, params)
+        speech = self.engine.generate(tokens.to(self.device), conds.t3, self.piece_params(tokens, params))
         return self.vocode(speech, conds, seed=seed)
 
     @property

@@ -118,9 +118,12 @@ def _audio_ok(content: bytes, fmt: str, stream_format: str) -> bool:
 def test_while_the_model_loads_health_and_speech_answer_503(live: Live) -> None:
     assert live.loading, "the server was never seen loading"
     for seen in live.loading:
-        assert seen["health"] == (503, {"status": "loading", "model": "random-tiny", "models": [
-            {"id": "chatterbox-english", "model": "random-tiny", "variant": "english", "status": "loading"},
-        ]})  # fmt: skip
+        status, body = seen["health"]
+        assert status == 503 and body["status"] == "loading" and body["model"] == "random-tiny"
+        (model,) = body["models"]
+        assert model == {"id": "chatterbox-english", "model": "random-tiny", "variant": "english", "status": "loading",
+                         "stage": model["stage"]}  # fmt: skip
+        assert model["stage"] and body["loading"] == f"chatterbox-english (random-tiny): {model['stage']}"
         speech = seen["speech"]
         assert speech.status_code == 503 and speech.json()["error"]["code"] == "model_loading"
         assert int(speech.headers["retry-after"]) > 0

@@ -2,12 +2,13 @@
 
 Published checkpoints carry no config: they are the full-size models. Random checkpoints made for tests may be
 "tiny" and then record their dimensions in `chatterbox_config.json`, which this module reads, so the same loading
-code serves both.
+code serves both, and the speaking pace their pieces stop at (their random T3 never samples the stop token).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ class ModelConfig:
     t3: T3Config
     s3gen: S3GenConfig
     voice_encoder: VoiceEncoderConfig
+    # Random checkpoints only: the most speech tokens a text piece gets per text token, about the pace of speech.
+    # Trained weights stop on their own (None: max_new_tokens is the only bound).
+    speech_tokens_per_text_token: float | None = None
 
     @classmethod
     def published(cls, variant: str) -> "ModelConfig":
@@ -48,11 +52,16 @@ def load_model_config(directory: Path, layout: CheckpointLayout) -> ModelConfig:
         raise CheckpointError(f"{path}: unsupported config format {raw.get('format')!r} (expected {CONFIG_FORMAT})")
     if raw.get("variant", layout.variant) != layout.variant:
         raise CheckpointError(f"{path}: config says variant {raw.get('variant')!r}, files are {layout.variant!r}")
+    pace = raw.get("speech_tokens_per_text_token")
+    number = isinstance(pace, (int, float)) and not isinstance(pace, bool)
+    if pace is not None and not (number and math.isfinite(pace) and pace > 0):
+        raise CheckpointError(f"{path}: speech_tokens_per_text_token must be a positive number, not {pace!r}")
     try:
         return ModelConfig(
             t3=T3Config.from_dict(raw["t3"]),
             s3gen=S3GenConfig.from_dict(raw["s3gen"]),
             voice_encoder=VoiceEncoderConfig.from_dict(raw["voice_encoder"]),
+            speech_tokens_per_text_token=None if pace is None else float(pace),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid model config ({type(exc).__name__}: {exc})") from exc

@@ -39,13 +39,17 @@ def random_checkpoint_dir(variant: Variant) -> Path:
 
 
 def random_tiny(variant: Variant) -> Path:
+    from .config import load_model_config
     from .random_weights import write_random_checkpoint
 
     directory = random_checkpoint_dir(variant)
     layout = LAYOUTS[variant]
     if not all((directory / name).is_file() for name in layout.files):
-        log.warning("writing a random-weight %s checkpoint to %s (its audio is noise)", variant, directory)
+        log.info("writing a random-weight %s checkpoint to %s (its audio is noise)", variant, directory)
         write_random_checkpoint(variant, "tiny", 0, directory)
+    elif load_model_config(directory, layout).speech_tokens_per_text_token is None:
+        # written before random checkpoints recorded a speaking pace: the small files again, with it
+        write_random_checkpoint(variant, "tiny", 0, directory, weights=())
     return directory
 
 

@@ -12,7 +12,8 @@ names and formats, so it goes through exactly the loading code a downloaded one 
   is exercised, the multilingual token ids are not the real ones.
 
 Size "tiny" keeps every vocabulary, token id and rate but shrinks widths/depths; its dimensions are recorded in
-`chatterbox_config.json` (the published checkpoints, all full size, have no such file).
+`chatterbox_config.json` (the published checkpoints, all full size, have no such file), and so is a speaking pace:
+random weights never sample the stop token, so without it every text piece would run to max_new_tokens.
 
     python -m chatterbox_vllm.checkpoint.random_weights --variant english --size tiny --seed 0 --out /tmp/ckpt
 """
@@ -57,6 +58,10 @@ ABSENT_FROM_FILE: dict[str, frozenset[str]] = {"s3gen.safetensors": frozenset({"
 FIXED_BUFFERS = ("tokenizer._mel_filters", "tokenizer.window")
 
 SPEECH_VOCAB = 6561  # valid S3 speech tokens are 0..6560
+# A tiny checkpoint's pieces end about when their text would be said (~14 characters a second) rather than at
+# max_new_tokens (1000 tokens, 40 s of noise): speech tokens (25 a second) per text token. Llama T3's tokenizers
+# (English, multilingual) average ~1.4 characters a text token (start and stop tokens included), GPT-2's ~4.4.
+SPEECH_TOKENS_PER_TEXT_TOKEN = {"llama": 2.5, "gpt2": 8.0}
 # conds.pt: the built-in voice. Prompt lengths as estimated from the published file's size (T=156, F=2T+1).
 CONDS_T3_PROMPT_TOKENS = 150
 CONDS_GEN_PROMPT_TOKENS = 156
@@ -435,7 +440,13 @@ def _save_weights(state: "OrderedDict[str, torch.Tensor]", path: Path) -> None:
 
 
 def write_random_checkpoint(
-    variant: str, size: str, seed: int, out: Path | str, weights: Collection[str] | None = None
+    variant: str,
+    size: str,
+    seed: int,
+    out: Path | str,
+    weights: Collection[str] | None = None,
+    *,
+    speaking_pace: bool = True,
 ) -> Path:
     """Write a complete random checkpoint directory for `variant` ("english", "multilingual", "turbo", "nano") and `size`
     ("full"/"tiny") and return it. Deterministic in `seed`; files are generated one at a time, so peak memory is
@@ -443,7 +454,10 @@ def write_random_checkpoint(
 
     `weights` names the weight files to write (default: all). Every tensor is seeded by its own name, so a file
     written alone is byte-identical to the same file of a complete run; that lets a disk-short machine hold only
-    the files it needs. The small files (conds, tokenizers) are always written."""
+    the files it needs. The small files (conds, tokenizers) are always written.
+
+    `speaking_pace` (tiny only): record `SPEECH_TOKENS_PER_TEXT_TOKEN`, so that pieces end about when their text
+    would; without it they run to max_new_tokens (tests that count on that length turn it off)."""
     _check_args(variant, size)
     started = time.perf_counter()
     layout = LAYOUTS[variant]
@@ -472,6 +486,8 @@ def write_random_checkpoint(
         configs = model_configs(variant, size)
         record = {"format": CONFIG_FORMAT, "variant": variant, "size": size, "seed": seed}
         record.update({key: dataclasses.asdict(cfg) for key, cfg in configs.items()})
+        if speaking_pace:
+            record["speech_tokens_per_text_token"] = SPEECH_TOKENS_PER_TEXT_TOKEN["gpt2" if layout.is_gpt2 else "llama"]
         _atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
     elif config_path.exists():
         config_path.unlink()  # a full-size checkpoint is described by the published defaults

@@ -64,6 +64,4 @@ def build_t3_engine(
 
     prefix = prefix_only(t3).to(device)
     # The prefix tensors keep float32 as in the reference; vLLM's copy runs in its configured dtype.
-    engine = VLLMT3Engine(prefix, t3_weights, vllm_options or VLLMOptions())
-    log.info("T3 engine: vLLM")
-    return engine
+    return VLLMT3Engine(prefix, t3_weights, vllm_options or VLLMOptions())  # which logs its own line

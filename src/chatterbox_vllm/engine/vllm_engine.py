@@ -119,6 +119,7 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None
         ],
         disable_log_stats=False,
         served_model_name=SERVED_MODEL_NAME,
+        use_tqdm_on_load=False,  # T3 is one file, read in a moment: a progress bar of its "shards" says nothing
     )
 
 

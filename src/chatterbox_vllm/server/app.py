@@ -50,6 +50,7 @@ def create_app(
         if preloaded:
             for state, model in zip(served.states, preloaded):
                 serving.serve(state, model)
+            serving.announce_ready()
         else:
             loading = asyncio.create_task(serving.load())
         try:

@@ -26,6 +26,7 @@ from .limits import upload_too_large_message
 from .metrics import AUDIO_SECONDS, FIRST_AUDIO, IN_PROGRESS, REQUEST_SECONDS, REQUESTS, VOICES
 from .schemas import SpeechRequest
 from .service import PreparedSpeech, SpeechService
+from .startup import current_stage
 from .state import ModelState, ServedModels, served_id
 from .voices import UnknownVoiceError, VoiceExistsError, VoiceLibrary, VoiceNotFoundError, VoiceUploadError
 
@@ -283,14 +284,18 @@ async def favicon() -> RedirectResponse:
 # ------------------------------------------------------------------------------------------- operations
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 once every model serves; 503 while one loads (`"status": "loading"`) or after one failed (`"error"`).
-    The top level describes the default model (as with one model); `models` has every model's state."""
+    """200 once every model serves; 503 while one loads (`"status": "loading"`, with `loading`: the model loading now
+    and its stage) or after one failed (`"error"`). The top level describes the default model (as with one model);
+    `models` has every model's state (and its `stage` while it loads)."""
     served = _models(request)
     settings = request.app.state.settings
     state = served.default
     models = [_model_health(s) for s in served.states]
     if served.status != "ready":
         body = {"status": served.status, "model": settings.model, "models": models}
+        stage = current_stage(served)
+        if stage is not None:
+            body["loading"] = stage
         if state.error or served.status == "error":
             body["error"] = state.error or next(s.error for s in served.states if s.error)
         return JSONResponse(body, status_code=503)
@@ -318,6 +323,8 @@ def _engine_name(tts: ChatterboxTTS) -> str:
 def _model_health(state: ModelState) -> dict:
     """One model in /health: its name for requests, what loaded it, and how it is."""
     entry: dict = {"id": state.id, "model": state.model, "variant": state.variant, "status": state.status}
+    if state.stage is not None:
+        entry["stage"] = state.stage
     if state.tts is not None:
         entry["engine"] = _engine_name(state.tts)
     if state.model in RANDOM_MODELS:

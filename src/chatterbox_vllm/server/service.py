@@ -271,10 +271,11 @@ class SpeechService:
         count = len(prepared.pieces)
 
         def params_for(index: int) -> SamplingParams:
-            seed = prepared.params.seed
+            params = self.tts.piece_params(prepared.pieces[index], prepared.params)
+            seed = params.seed
             if seed is None or index == 0:
-                return prepared.params
-            return SamplingParams(**{**prepared.params.__dict__, "seed": seed + index})
+                return params
+            return SamplingParams(**{**params.__dict__, "seed": seed + index})
 
         futures: dict[int, asyncio.Future[tuple[int, np.ndarray]]] = {}
         t3_slots = asyncio.Semaphore(window)

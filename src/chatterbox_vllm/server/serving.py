@@ -13,11 +13,13 @@ import torch
 from ..checkpoint.hub import variants_of
 from ..checkpoint.weights import CheckpointError
 from ..settings import Settings
+from ..start_notices import route_transformers_logs
 from ..tts import ChatterboxTTS, settings_device
 from ..vram_plan import model_need, plan_t3_budgets
 from .errors import describe_failure, log_failure
 from .metrics import T3_IN_ENGINE
 from .service import Admission, SpeechService
+from .startup import loading_line, ready_line
 from .state import ModelState, ServedModels
 from .voices import VoiceLibrary
 
@@ -66,6 +68,9 @@ class Serving:
         self.admission = Admission(settings.max_queue)
         self._voices: VoiceLibrary | None = None
         T3_IN_ENGINE.set_function(self._requests_in_engines)
+        for index, state in enumerate(served.states):  # what /health says until each load reports its stages
+            if state.status == "loading":
+                state.stage = "waiting for the models before it" if index else "starting"
 
     def voices(self) -> VoiceLibrary:
         """One library over the voices directory for every model (it lists the language voices when any model is
@@ -81,6 +86,7 @@ class Serving:
     def serve(self, state: ModelState, tts: ChatterboxTTS) -> None:
         """Build what requests use around a loaded model, then mark its state ready."""
         sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)  # see the setting: S3Gen's launches
+        state.stage = "warming up S3Gen"
         service = SpeechService(tts, self.settings, self.admission, language_advice=self.served.language_advice)
         try:
             voices = self.voices()
@@ -88,8 +94,14 @@ class Serving:
             service.close()
             raise
         state.tts, state.service, state.voices = tts, service, voices
-        state.status = "ready"
-        log.info("serving %s Chatterbox (%s) on %s:%d", tts.variant, state.id, self.settings.host, self.settings.port)
+        state.status, state.stage = "ready", None
+
+    def announce_ready(self) -> None:
+        """The one line that says the server serves, once every model has loaded or failed (failures were logged
+        as errors, each in its own line)."""
+        line = ready_line(self.settings, self.served)
+        if line is not None:
+            log.info("%s", line)
 
     def _requests_in_engines(self) -> float:
         counts = (getattr(state.tts.engine, "num_unfinished_requests", None) for state in self.served.states if state.tts)
@@ -99,12 +111,16 @@ class Serving:
         """Load every model in turn (the default first), each within its share of the GPU; a model that fails is
         reported by its state and the others still serve."""
         states = self.served.states
+        log.info("%s", loading_line(self.settings, self.served, str(settings_device(self.settings))))
+        # transformers is imported with the models (a second's import, kept off the port's opening): its records
+        # join the log's handler from here on.
+        await asyncio.to_thread(route_transformers_logs)
         try:
             budgets = await asyncio.to_thread(vram_plan, self.settings, states)
         except Exception as exc:
             for state in states:
                 if state.status == "loading":
-                    state.status, state.error = "error", describe_failure(exc)
+                    state.status, state.error, state.stage = "error", describe_failure(exc), None
             log_failure("the models do not fit the GPU; the server stays up and answers 503", exc)
             return
         for state, budget in zip(states, budgets):
@@ -113,16 +129,22 @@ class Serving:
                 continue
             state.t3_budget_gib = budget
             model: ChatterboxTTS | None = None
+
+            def progress(stage: str, state: ModelState = state) -> None:
+                state.stage = stage
+
             try:
                 model = await asyncio.to_thread(
-                    ChatterboxTTS.from_settings, self.settings, model=state.model, gpu_memory_gib=budget
-                )
+                    ChatterboxTTS.from_settings, self.settings, model=state.model, gpu_memory_gib=budget,
+                    progress=progress,
+                )  # fmt: skip
                 await asyncio.to_thread(self.serve, state, model)
             except Exception as exc:
                 if model is not None:
                     model.close()
-                state.status, state.error = "error", describe_failure(exc)
-                log_failure(f"the model {state.model} failed to load; the server stays up and answers 503", exc)
+                state.status, state.error, state.stage = "error", describe_failure(exc), None
+                log_failure(f"the model {state.describe()} failed to load; the server stays up and answers 503", exc)
+        self.announce_ready()
 
     def close(self, owned: bool) -> None:
         for state in self.served.states:

@@ -45,11 +45,19 @@ class ModelState:
     model: str = ""  # the setting that names it: english, turbo, a directory, ...
     variant: str | None = None  # known before it loads (from the name or the directory's files)
     t3_budget_gib: float | None = None  # T3's GPU budget when a VRAM plan shared the GPU between models
+    stage: str | None = None  # while loading: what it does now ("starting the T3 engine (vLLM)", ...)
 
     @property
     def id(self) -> str | None:
         """The name requests use for this model, e.g. chatterbox-turbo."""
         return served_id(self.variant) if self.variant else None
+
+    def describe(self) -> str:
+        """The model as the log and /health name it: its id and the setting that named it, e.g.
+        `chatterbox-english (random-tiny)`."""
+        if self.id is None:
+            return self.model
+        return self.id if self.model == self.variant else f"{self.id} ({self.model})"
 
     def require_ready(self) -> None:
         """503 unless the model is ready: Retry-After while it loads, the reason once loading failed."""
