@@ -140,15 +140,22 @@ def serve(
         typer.echo(json.dumps(effective_config(settings), indent=2))
         return
     log_config = configure_logging(settings.log_level)
-    from .checkpoint.hub import resolve_model, variants_of
+    from huggingface_hub import constants as hf_constants
+
+    from .checkpoint.hub import is_hub_model, resolve_model, variants_of
     from .checkpoint.weights import CheckpointError
 
-    try:  # download (with progress bars) or find the weights before the server starts, so failures are readable
+    # What can be known at once is checked before the port opens, so a typo exits 2 with a readable message: each
+    # name is a model (or a directory of one), and offline, a hub model is in the cache. Downloads and the random
+    # checkpoint are written while the port already answers /health with that stage.
+    try:
         for variant in variants_of(settings.models):
             if isinstance(variant, CheckpointError):
                 raise variant
-        for name in settings.models:
-            resolve_model(name, revision=settings.revision)
+        if hf_constants.HF_HUB_OFFLINE:
+            for name in settings.models:
+                if is_hub_model(name):
+                    resolve_model(name, revision=settings.revision, local_files_only=True)
     except CheckpointError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint.config import ModelConfig, load_model_config
-from .checkpoint.hub import download, resolve_model
+from .checkpoint.hub import checkpoint_stage, download, resolve_model
 from .checkpoint.layout import CheckpointLayout
 from .checkpoint.weights import CheckpointError
 from .conditioning import MIN_REFERENCE_SECONDS, S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
@@ -205,7 +205,7 @@ class ChatterboxTTS:
         progress: Progress | None = None,
     ) -> "ChatterboxTTS":
         """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory."""
-        (progress or _no_progress)("finding the checkpoint")
+        (progress or _no_progress)(checkpoint_stage(model))
         directory, layout = resolve_model(model, revision=revision)
         return cls._load(directory, layout, device, engine, vllm_options, s3gen_options, progress)
 

@@ -113,6 +113,8 @@ def test_health_said_what_loads_before_the_ready_line(start: Start) -> None:
         assert body["models"][0]["stage"] in body["loading"]
     stages = {body["models"][0]["stage"] for body, _ in start.loading}
     assert stages & {"starting the T3 engine (vLLM)", "loading S3Gen, the voice encoder and the text tokenizer"}
+    # The cache starts empty: the port answered while the random checkpoint was still being written, not after.
+    assert "writing the random-weight checkpoint (first start) or finding it in the cache" in stages
 
 
 def _seconds(url: str, text: str) -> float:

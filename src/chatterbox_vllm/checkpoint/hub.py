@@ -124,6 +124,22 @@ def variant_of(model: str) -> Variant:
     return detect_layout(directory).variant
 
 
+def is_hub_model(model: str) -> bool:
+    """The setting names a model that comes from the Hugging Face hub (english, multilingual, turbo, nano)."""
+    return model.strip().lower() in MODEL_ALIASES
+
+
+def checkpoint_stage(model: str) -> str:
+    """What finding `model`'s files involves, as /health names the loading stage (a first start downloads or writes
+    them, later ones find them in the cache)."""
+    name = model.strip().lower()
+    if name in RANDOM_MODELS:
+        return "writing the random-weight checkpoint (first start) or finding it in the cache"
+    if name in MODEL_ALIASES:
+        return "downloading the weights from the Hugging Face hub (first start) or finding them in its cache"
+    return "checking the checkpoint directory"
+
+
 def variants_of(models: list[str]) -> list[Variant | CheckpointError]:
     """Each model's variant, or why it has none: not a model, or a second one of a variant already named (a server
     serves each variant once, as chatterbox-<variant>)."""
