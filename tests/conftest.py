@@ -7,12 +7,15 @@ Both use the same tensor names, so parity tests run over every directory that ex
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # vLLM on CPU: a small KV cache for the tiny test models (its default is sized for real ones).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# A server started without CHATTERBOX_VOICES_DIR creates `voices` in the user data directory: in tests, never the
+# real one (platformdirs reads XDG_DATA_HOME on Linux; subprocesses inherit it).
+_TEST_DATA_HOME = tempfile.mkdtemp(prefix="chatterbox-test-data-")
+os.environ["XDG_DATA_HOME"] = _TEST_DATA_HOME
+atexit.register(shutil.rmtree, _TEST_DATA_HOME, ignore_errors=True)
 OUR_GOLDEN = REPO_ROOT / "tests" / "fixtures" / "golden"
 KIT_ROOT = REPO_ROOT.parent / "shared" / "reference"
 KIT_GOLDEN = KIT_ROOT / "golden"
