@@ -236,6 +236,26 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+def assert_same_conditionals(got, want) -> None:
+    """Two voices' conditionals (`Conditionals`) agree: token tensors exactly, float tensors within 1e-5 of their
+    own scale."""
+    import torch
+
+    pairs = {"speaker_emb": (got.t3.speaker_emb, want.t3.speaker_emb),
+             "cond_prompt_speech_tokens": (got.t3.cond_prompt_speech_tokens, want.t3.cond_prompt_speech_tokens)}  # fmt: skip
+    pairs.update({key: (got.gen[key], want.gen[key]) for key in ("prompt_token", "prompt_token_len", "prompt_feat",
+                                                                   "embedding")})  # fmt: skip
+    for key, (a, b) in pairs.items():
+        assert a.shape == b.shape and a.dtype == b.dtype, key
+        if a.is_floating_point():
+            scale = float(b.abs().max())
+            assert scale > 0, key
+            assert float((a - b).abs().max()) <= 1e-5 * scale, key
+        else:
+            assert torch.equal(a, b), key
+    assert got.gen["prompt_feat_len"] is None and float(got.t3.emotion_adv.reshape(-1)[0]) == 0.5
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`slow` tests (minutes of full-size decoding on a CPU) run only when asked for with `-m slow`."""
     if "slow" in (config.getoption("-m") or ""):

@@ -16,9 +16,10 @@ from safetensors import safe_open
 
 from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.layout import ENGLISH
-from chatterbox_vllm.conditioning import Conditionals, VoiceConditioner
+from chatterbox_vllm.conditioning import VoiceConditioner
 from chatterbox_vllm.conditioning_store import CONDITIONING_FORMAT, ConditioningStore
 from chatterbox_vllm.tts import ChatterboxTTS, voice_analysis_fingerprint
+from conftest import assert_same_conditionals
 
 
 def _clip(path: Path, seed: int, seconds: float = 3.0) -> Path:
@@ -30,23 +31,6 @@ def _clip(path: Path, seed: int, seconds: float = 3.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(path, wave.astype(np.float32), rate)
     return path
-
-
-def assert_same_conditionals(got: Conditionals, want: Conditionals) -> None:
-    """Token tensors exactly; float tensors within 1e-5 of their own scale."""
-    pairs = {"speaker_emb": (got.t3.speaker_emb, want.t3.speaker_emb),
-             "cond_prompt_speech_tokens": (got.t3.cond_prompt_speech_tokens, want.t3.cond_prompt_speech_tokens)}  # fmt: skip
-    pairs.update({key: (got.gen[key], want.gen[key]) for key in ("prompt_token", "prompt_token_len", "prompt_feat",
-                                                                   "embedding")})  # fmt: skip
-    for key, (a, b) in pairs.items():
-        assert a.shape == b.shape and a.dtype == b.dtype, key
-        if a.is_floating_point():
-            scale = float(b.abs().max())
-            assert scale > 0, key
-            assert float((a - b).abs().max()) <= 1e-5 * scale, key
-        else:
-            assert torch.equal(a, b), key
-    assert got.gen["prompt_feat_len"] is None and float(got.t3.emotion_adv.reshape(-1)[0]) == 0.5
 
 
 @pytest.fixture(scope="module")
