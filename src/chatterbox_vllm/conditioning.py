@@ -9,7 +9,10 @@ beside its voice clips (`conditioning_store.py`), so a restart does not analyse 
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import soundfile
 import torch
 
 from .audio.io import AudioTooLongError, load_audio
@@ -36,6 +40,9 @@ SPEECH_TOKENS_PER_SECOND = 25
 MIN_REFERENCE_SECONDS = 0.5
 # The whole clip feeds the speaker embedding; past this a file is refused rather than decoded into memory.
 MAX_REFERENCE_SECONDS = 600
+WARM_UP_SECONDS = 6.0  # the warm-up clip: longer than any model's shortest accepted clip
+
+log = logging.getLogger(__name__)
 
 
 # Where a voice's conditionals came from: this process's cache, the voices directory's store, or a fresh analysis.
@@ -135,6 +142,24 @@ class VoiceConditioner:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Conditionals] = OrderedDict()
         self._lock = threading.Lock()
+        self._warm = False
+
+    def warm_up(self) -> None:
+        """Analyse a synthetic clip once, so that what the analysis loads on first use (librosa's lazily imported
+        modules, numba's compiled kernels: 4-12 s on a CPU) is loaded before the first real voice arrives."""
+        if self._warm:
+            return
+        t = np.arange(int(WARM_UP_SECONDS * S3GEN_SAMPLE_RATE)) / S3GEN_SAMPLE_RATE
+        buffer = io.BytesIO()
+        soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), S3GEN_SAMPLE_RATE, format="WAV")
+        start = time.perf_counter()
+        try:
+            self.compute(buffer.getvalue())
+        except Exception as exc:  # the first real voice then pays the warm-up, as it would have
+            log.warning("warming up voice analysis failed: %s: %s", type(exc).__name__, exc)
+            return
+        self._warm = True
+        log.debug("voice analysis warmed up in %.1f s", time.perf_counter() - start)
 
     def from_audio(self, source: str | Path | bytes, exaggeration: float = 0.5) -> Conditionals:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()

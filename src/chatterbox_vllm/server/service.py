@@ -128,6 +128,8 @@ class SpeechService:
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
         self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)
+        # Then voice analysis (once per model): its first run loads libraries for seconds, which no upload should pay.
+        self._s3gen.call(tts.voices.warm_up)
 
     # ---------------------------------------------------------------------------------------- admission
     @property
