@@ -14,7 +14,7 @@ Usage: ./start-api-server.sh [options]
   --host HOST                     address to listen on (default 0.0.0.0)
   --port PORT                     port (default 8000)
   --api-key KEY                   require "Authorization: Bearer KEY"
-  --voices-dir DIR                directory of reference clips for cloned voices
+  --voices-dir DIR                directory of cloned voices (default: ~/.local/share/chatterbox-vllm/voices on Linux)
   --log-level LEVEL               info (default) | warning | error | debug (everything, tracebacks included)
   --print-config                  print the settings a start would use (preset resolved) as JSON, and exit
   -h, --help                      this help

@@ -7,12 +7,15 @@ Both use the same tensor names, so parity tests run over every directory that ex
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # vLLM on CPU: a small KV cache for the tiny test models (its default is sized for real ones).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# A server started without CHATTERBOX_VOICES_DIR creates `voices` in the user data directory: in tests, never the
+# real one (platformdirs reads XDG_DATA_HOME on Linux; subprocesses inherit it).
+_TEST_DATA_HOME = tempfile.mkdtemp(prefix="chatterbox-test-data-")
+os.environ["XDG_DATA_HOME"] = _TEST_DATA_HOME
+atexit.register(shutil.rmtree, _TEST_DATA_HOME, ignore_errors=True)
 OUR_GOLDEN = REPO_ROOT / "tests" / "fixtures" / "golden"
 KIT_ROOT = REPO_ROOT.parent / "shared" / "reference"
 KIT_GOLDEN = KIT_ROOT / "golden"
@@ -227,6 +235,26 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
            "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port), "CHATTERBOX_VOICES_DIR": str(tmp / "voices")}  # fmt: skip
     with running_server([sys.executable, "-m", "chatterbox_vllm.cli", "serve"], env, port, tmp / "server.log") as url:
         yield url
+
+
+def assert_same_conditionals(got, want) -> None:
+    """Two voices' conditionals (`Conditionals`) agree: token tensors exactly, float tensors within 1e-5 of their
+    own scale."""
+    import torch
+
+    pairs = {"speaker_emb": (got.t3.speaker_emb, want.t3.speaker_emb),
+             "cond_prompt_speech_tokens": (got.t3.cond_prompt_speech_tokens, want.t3.cond_prompt_speech_tokens)}  # fmt: skip
+    pairs.update({key: (got.gen[key], want.gen[key]) for key in ("prompt_token", "prompt_token_len", "prompt_feat",
+                                                                   "embedding")})  # fmt: skip
+    for key, (a, b) in pairs.items():
+        assert a.shape == b.shape and a.dtype == b.dtype, key
+        if a.is_floating_point():
+            scale = float(b.abs().max())
+            assert scale > 0, key
+            assert float((a - b).abs().max()) <= 1e-5 * scale, key
+        else:
+            assert torch.equal(a, b), key
+    assert got.gen["prompt_feat_len"] is None and float(got.t3.emotion_adv.reshape(-1)[0]) == 0.5
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

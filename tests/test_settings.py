@@ -273,3 +273,18 @@ def test_extra_models_read_as_a_comma_separated_list(monkeypatch: pytest.MonkeyP
     assert Settings(_env_file=None, extra_models=["nano"]).models == ["english", "nano"]
     with pytest.raises(ValueError, match="vram_budget_gib"):
         Settings(_env_file=None, vram_budget_gib=0)
+
+
+def test_voices_dir_defaults_to_the_user_data_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from chatterbox_vllm.cli import effective_config
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # what platformdirs reads on Linux
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    default = tmp_path / "data" / "chatterbox-vllm" / "voices"
+    assert Settings().voices_dir is None and Settings().resolved_voices_dir() == default
+    assert effective_config(Settings())["voices_dir"] == str(default)  # --print-config shows where it would be
+    monkeypatch.setenv("CHATTERBOX_VOICES_DIR", "~/my-voices")
+    assert Settings().resolved_voices_dir() == tmp_path / "home" / "my-voices"
+    assert Settings(voices_dir="/srv/voices").resolved_voices_dir() == Path("/srv/voices")  # the flag wins
+    assert effective_config(Settings(voices_dir="./voices"))["voices_dir"] == "./voices"  # as given
+    assert not default.exists()  # settings create nothing; the server makes it at start

@@ -110,7 +110,9 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="[CHATTERBOX_MAX_BATCH_SIZE]")] = None,
     max_model_len: Annotated[int | None, typer.Option(help="[CHATTERBOX_MAX_MODEL_LEN]")] = None,
     api_key: Annotated[str | None, typer.Option(help="require this bearer key [CHATTERBOX_API_KEY]")] = None,
-    voices_dir: Annotated[str | None, typer.Option(help="directory of voice clips [CHATTERBOX_VOICES_DIR]")] = None,
+    voices_dir: Annotated[
+        str | None, typer.Option(help="directory of cloned voices (default: the user data directory's) [CHATTERBOX_VOICES_DIR]")
+    ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="info | warning | error | debug (shows everything) [CHATTERBOX_LOG_LEVEL]")
     ] = None,
@@ -177,9 +179,11 @@ def _stopped(signum: int, _frame: object) -> None:
 
 
 def effective_config(settings: Settings) -> dict[str, object]:
-    """Settings as the server applies them: every field, the preset's limits filled in, the API key masked."""
+    """Settings as the server applies them: every field, the preset's limits filled in, the API key masked, the
+    voices directory it would use when none is set."""
     config = settings.model_dump()
     config["api_key"] = "***" if settings.api_key else None
+    config["voices_dir"] = settings.voices_dir or str(settings.resolved_voices_dir())
     config["limits"] = dataclasses.asdict(settings.limits())
     return config
 

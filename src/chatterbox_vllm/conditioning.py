@@ -2,24 +2,34 @@
 
 A voice is either the checkpoint's built-in `conds.pt` or a reference clip. Turning a clip into conditionals
 runs three networks (voice encoder, S3 tokenizer, CAMPPlus) and costs far more than the lookup, and servers see
-the same clips again and again, so results are cached by the clip's content hash.
+the same clips again and again, so results are cached by the clip's content hash; a server also keeps them on disk
+beside its voice clips (`conditioning_store.py`), so a restart does not analyse its voices again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import soundfile
 import torch
 
 from .audio.io import AudioTooLongError, load_audio
 from .audio.resample import resample_soxr_hq
 from .checkpoint.weights import CheckpointError
 from .models.t3 import T3Cond
+
+if TYPE_CHECKING:
+    from .conditioning_store import ConditioningStore
 
 S3GEN_SAMPLE_RATE = 24_000
 S3_SAMPLE_RATE = 16_000
@@ -30,6 +40,13 @@ SPEECH_TOKENS_PER_SECOND = 25
 MIN_REFERENCE_SECONDS = 0.5
 # The whole clip feeds the speaker embedding; past this a file is refused rather than decoded into memory.
 MAX_REFERENCE_SECONDS = 600
+WARM_UP_SECONDS = 6.0  # the warm-up clip: longer than any model's shortest accepted clip
+
+log = logging.getLogger(__name__)
+
+
+# Where a voice's conditionals came from: this process's cache, the voices directory's store, or a fresh analysis.
+ConditioningSource = Literal["memory", "stored", "computed"]
 
 
 class VoiceCloneError(ValueError):
@@ -125,24 +142,81 @@ class VoiceConditioner:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Conditionals] = OrderedDict()
         self._lock = threading.Lock()
+        self._warm = False
+
+    def warm_up(self) -> None:
+        """Analyse a synthetic clip once, so that what the analysis loads on first use (librosa's lazily imported
+        modules, numba's compiled kernels: 4-12 s on a CPU) is loaded before the first real voice arrives."""
+        if self._warm:
+            return
+        t = np.arange(int(WARM_UP_SECONDS * S3GEN_SAMPLE_RATE)) / S3GEN_SAMPLE_RATE
+        buffer = io.BytesIO()
+        soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), S3GEN_SAMPLE_RATE, format="WAV")
+        start = time.perf_counter()
+        try:
+            self.compute(buffer.getvalue())
+        except Exception as exc:  # the first real voice then pays the warm-up, as it would have
+            log.warning("warming up voice analysis failed: %s: %s", type(exc).__name__, exc)
+            return
+        self._warm = True
+        log.debug("voice analysis warmed up in %.1f s", time.perf_counter() - start)
 
     def from_audio(self, source: str | Path | bytes, exaggeration: float = 0.5) -> Conditionals:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
         key = hashlib.sha256(data).hexdigest()
+        cached = self._cached(key)
+        if cached is None:
+            cached = self.compute(data)
+            self._remember(key, cached)
+        return cached.with_exaggeration(exaggeration)
+
+    def for_clip(
+        self,
+        clip: Path,
+        store: ConditioningStore | None = None,
+        *,
+        persist: bool = False,
+        compute: Callable[[bytes], Conditionals] | None = None,
+    ) -> tuple[Conditionals, ConditioningSource]:
+        """A voice clip's conditionals (exaggeration 0.5) and where they came from: this process's cache, else
+        `store` (when it holds them for this model and this very clip), else a fresh analysis, which `store` then
+        keeps. `persist`: make sure `store` holds them even when the cache had them (an upload: ready at once
+        after a restart too). `compute`: runs the analysis (`self.compute` by default; the server hands it to the
+        thread that runs S3Gen)."""
+        data = clip.read_bytes()
+        key = hashlib.sha256(data).hexdigest()
+        cached = self._cached(key)
+        if cached is not None:
+            if persist and store is not None and store.load(clip.stem, key, self.device) is None:
+                store.save(clip.stem, key, cached)
+            return cached, "memory"
+        if store is not None:
+            stored = store.load(clip.stem, key, self.device)
+            if stored is not None:
+                self._remember(key, stored)
+                return stored, "stored"
+        conds = (compute or self.compute)(data)
+        if store is not None:
+            store.save(clip.stem, key, conds)
+        self._remember(key, conds)
+        return conds, "computed"
+
+    def _cached(self, key: str) -> Conditionals | None:
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-        if cached is None:
-            cached = self._compute(data)
-            with self._lock:
-                self._cache[key] = cached
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        return cached.with_exaggeration(exaggeration)
+            return cached
+
+    def _remember(self, key: str, conds: Conditionals) -> None:
+        with self._lock:
+            self._cache[key] = conds
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
 
     @torch.inference_mode()
-    def _compute(self, data: bytes) -> Conditionals:
+    def compute(self, data: bytes) -> Conditionals:
+        """Analyse a clip (any format `load_audio` reads), uncached: what every cached or stored copy holds."""
         try:
             wav_24k = load_audio(data, S3GEN_SAMPLE_RATE, max_seconds=MAX_REFERENCE_SECONDS)
         except AudioTooLongError as exc:

@@ -14,8 +14,10 @@ import math
 import re
 from dataclasses import dataclass, fields
 from fractions import Fraction
+from pathlib import Path
 from typing import Annotated, Literal
 
+import platformdirs
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -32,6 +34,7 @@ MAX_GPU_FRACTION = 0.98
 MIN_GPU_FRACTION = 0.01
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+APP_NAME = "chatterbox-vllm"  # the user data directory's name (default voices directory)
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,12 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="on SIGTERM, how long requests in progress may take to finish"
     )
-    voices_dir: str | None = Field(None, description="directory of reference clips (one file per voice)")
+    voices_dir: str | None = Field(
+        None,
+        description="directory of cloned voices (one clip per voice, and what the models computed from it in "
+        "`.conditioning/`), created at start; unset: `voices` in the user data directory (Linux: "
+        "`~/.local/share/chatterbox-vllm/voices`); the Docker image sets `/voices`",
+    )
 
     # ------------------------------------------------------------------ limits of the HTTP API
     max_input_chars: int = Field(4096, ge=1, le=100_000, description="longest `input` accepted (OpenAI: 4096)")
@@ -251,6 +259,13 @@ class Settings(BaseSettings):
     def models(self) -> list[str]:
         """Every model to load, CHATTERBOX_MODEL (the default one) first."""
         return [self.model, *self.extra_models]
+
+    def resolved_voices_dir(self) -> Path:
+        """The voices directory the server uses: `voices_dir` when set, else `voices` in the platform's user data
+        directory (`platformdirs`; Linux: $XDG_DATA_HOME/chatterbox-vllm/voices, ~/.local/share by default)."""
+        if self.voices_dir:
+            return Path(self.voices_dir).expanduser()
+        return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "voices"
 
     @property
     def max_upload_bytes(self) -> int:

@@ -21,9 +21,10 @@ import torch
 
 from .checkpoint.config import ModelConfig, load_model_config
 from .checkpoint.hub import checkpoint_stage, download, resolve_model
-from .checkpoint.layout import CheckpointLayout
+from .checkpoint.layout import CONFIG_FILE, CheckpointLayout
 from .checkpoint.weights import CheckpointError
 from .conditioning import MIN_REFERENCE_SECONDS, S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
+from .conditioning_store import model_fingerprint
 from .engine.base import SamplingParams, T3Engine, speech_tokens_for_s3gen
 from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
@@ -110,6 +111,17 @@ def flow_compute_dtype(name: str, device: torch.device, *, low_memory: bool = Fa
     return getattr(torch, name)
 
 
+def voice_analysis_fingerprint(directory: Path, layout: CheckpointLayout, config: ModelConfig) -> str:
+    """What a voice clip's analysis depends on for this checkpoint: the voice encoder's and S3Gen's weights, the
+    config beside random checkpoints, the speech prompt's length and (Turbo, Nano) the loudness target."""
+    return model_fingerprint(
+        directory,
+        (layout.voice_encoder, layout.s3gen, CONFIG_FILE),
+        {"variant": layout.variant, "prompt_tokens": config.t3.speech_cond_prompt_len,
+         "loudness_lufs": GPT2_VOICE_LUFS if layout.is_gpt2 else None},
+    )  # fmt: skip
+
+
 class ChatterboxTTS:
     """A loaded Chatterbox model (English, multilingual, Turbo or Nano) ready to synthesize."""
 
@@ -126,7 +138,10 @@ class ChatterboxTTS:
         tokenizer: EnglishTokenizer | MultilingualTokenizer | GPT2TextTokenizer,
         conds: Conditionals | None,
         device: torch.device,
+        conditioning_fingerprint: str | None = None,
     ) -> None:
+        """`conditioning_fingerprint`: what stored voice conditionals must have been made with to be used for this
+        model (`voice_analysis_fingerprint`); None: none are used."""
         self.layout = layout
         self.config = config
         self.engine = engine
@@ -135,6 +150,7 @@ class ChatterboxTTS:
         self.tokenizer = tokenizer
         self.default_conds = conds
         self.device = device
+        self.conditioning_fingerprint = conditioning_fingerprint
         gpt2 = layout.is_gpt2
         self.voices = VoiceConditioner(
             voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
@@ -299,6 +315,7 @@ class ChatterboxTTS:
             tokenizer=tokenizer,
             conds=conds,
             device=device,
+            conditioning_fingerprint=voice_analysis_fingerprint(directory, layout, config),
         )
 
     def warm_up_s3gen(self, max_new_tokens: int, max_prompt_tokens: int = 250) -> int:

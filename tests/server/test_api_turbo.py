@@ -66,6 +66,9 @@ def test_turbo_streams_and_clones_long_enough_voices(turbo_server: Server) -> No
     upload = httpx.post(f"{turbo_server.url}/v1/audio/voices", data={"name": "short voice", "consent": "yes"},
                         files={"audio_sample": ("v.wav", sine_clip(3.0), "audio/wav")}, timeout=60)  # fmt: skip
     assert upload.status_code == 201, upload.text
+    # analysed at upload: the answer already says this model cannot use the clip
+    warning = upload.headers["x-chatterbox-warning"]
+    assert "chatterbox-turbo cannot use voice 'short-voice'" in warning and "at least 5.0 s" in warning
     refused = say(turbo_server, voice=upload.json()["id"])
     assert_error(refused, 400, "voice")
     assert "at least 5.0 s" in refused.json()["error"]["message"]

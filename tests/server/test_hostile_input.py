@@ -304,8 +304,11 @@ def test_a_hostile_file_name_does_not_choose_where_the_voice_is_stored(hostile_s
     response = httpx.post(f"{hostile_server.url}/v1/audio/voices", data={"name": "Safe Name", "consent": "yes"},
                           files={"audio_sample": ("../../../../tmp/evil.wav", sine_clip(3.0), "audio/wav")}, timeout=120)  # fmt: skip
     assert response.status_code == 201, response.text
-    stored = [p for p in (sandbox / "voices").rglob("*") if p.is_file()]
-    assert [p.parent for p in stored] == [sandbox / "voices"] and {p.name for p in sandbox.iterdir()} == {"voices"}
+    voices = sandbox / "voices"
+    stored = sorted(str(p.relative_to(voices)) for p in voices.rglob("*") if p.is_file())
+    # the clip under the voice's id, and beside it (hidden) what the model computed from it
+    assert stored == [".conditioning/safe-name/english.safetensors", "safe-name.wav"]
+    assert {p.name for p in sandbox.iterdir()} == {"voices"}
     assert httpx.delete(f"{hostile_server.url}/v1/audio/voices/{response.json()['id']}").status_code == 200
 
 

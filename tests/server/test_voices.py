@@ -18,6 +18,7 @@ from chatterbox_vllm.server.voices import (
     VoiceExistsError,
     VoiceLibrary,
     VoiceNotFoundError,
+    VoiceStorageError,
     VoiceUploadError,
 )
 from chatterbox_vllm.text.languages import SUPPORTED_LANGUAGES
@@ -355,10 +356,9 @@ BAD_NAMES = [
     ("nul\x00byte", "invalid voice name"),
     ("", "empty"),
     ("   ", "empty"),
-    ("default", "built-in voice name"),
-    ("Alloy", "built-in voice name"),
-    ("fr", "built-in voice name"),
-    ("pt-BR", "built-in voice name"),
+    ("default", "built-in voice and cannot be replaced"),
+    ("fr", "is a language code"),
+    ("pt-BR", "is a language code"),
     ("x" * 65, "invalid voice name"),
     ("émile", "invalid voice name"),
 ]
@@ -383,15 +383,66 @@ def test_good_names_become_safe_ids(library: VoiceLibrary) -> None:
     assert library.add("fr-marie", _wav_bytes()).id == "fr-marie"  # not a language tag
 
 
-def test_built_in_names_cannot_be_deleted(voices_dir: Path) -> None:
+def test_built_in_names_without_a_clip_cannot_be_deleted(voices_dir: Path) -> None:
     _drop_in(voices_dir, "alloy.wav")
     library = VoiceLibrary(voices_dir, multilingual=True)
-    for name in ("default", "alloy", "nova", "fr"):
-        with pytest.raises(VoiceUploadError, match="cannot be deleted"):
+    for name in ("default", "nova", "fr"):
+        with pytest.raises(VoiceUploadError, match="no uploaded clip to delete"):
             library.delete(name)
     assert _files(voices_dir) == ["alloy.wav"]
     with pytest.raises(VoiceNotFoundError):
         library.delete("../alloy")
+
+
+def test_upload_named_like_an_openai_voice_speaks_for_it_until_deleted(library: VoiceLibrary, voices_dir: Path) -> None:
+    voice = library.add("Alloy", _wav_bytes())
+    assert (voice.id, voice.name, voice.kind) == ("alloy", "Alloy", "custom")
+    assert voice.path == voices_dir.resolve() / "alloy.wav"
+    for name in ("alloy", "ALLOY", " alloy "):
+        assert library.resolve(name) == voice
+    listed = library.list()
+    assert [v.id for v in listed] == ["default", *OPENAI_VOICES]  # listed once, in its OpenAI place, as a clone
+    assert next(v for v in listed if v.id == "alloy") == voice
+    assert library.resolve("nova").kind == "openai"
+    with pytest.raises(VoiceExistsError):
+        library.add("alloy", _wav_bytes(3.0))
+    library.delete("ALLOY")
+    assert _files(voices_dir) == []
+    assert library.resolve("alloy") == Voice("alloy", "Alloy", "openai")  # the built-in voice again
+    with pytest.raises(VoiceUploadError, match="no uploaded clip"):
+        library.delete("alloy")
+
+
+def test_a_dropped_in_language_clip_can_be_deleted(voices_dir: Path) -> None:
+    _drop_in(voices_dir, "fr.wav")
+    library = VoiceLibrary(voices_dir, multilingual=True)
+    assert library.resolve("fr").kind == "custom"
+    library.delete("FR")
+    assert _files(voices_dir) == [] and library.resolve("fr").kind == "language"
+
+
+def test_delete_removes_what_was_computed_from_the_clip(library: VoiceLibrary, voices_dir: Path) -> None:
+    library.add("narrator", _wav_bytes())
+    library.add("other", _wav_bytes())
+    for stem in ("narrator", "other"):
+        folder = voices_dir / ".conditioning" / stem
+        folder.mkdir(parents=True)
+        (folder / "english.safetensors").write_bytes(b"stored")
+    library.delete("narrator")
+    assert sorted(p.name for p in (voices_dir / ".conditioning").iterdir()) == ["other"]
+    assert [v.id for v in library.list() if v.kind == "custom"] == ["other"]  # the hidden folder is no voice
+
+
+def test_an_unwritable_directory_is_reported_and_uploads_say_why(tmp_path: Path, caplog) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    library = VoiceLibrary(blocker / "voices", multilingual=False)
+    with caplog.at_level("ERROR"):
+        library.create_directory()
+    assert library.unwritable and "cannot create the voices directory" in caplog.text and str(blocker) in caplog.text
+    assert library.resolve("alloy").kind == "openai" and [v.id for v in library.list()] == ["default", *OPENAI_VOICES]
+    with pytest.raises(VoiceStorageError, match="voices directory is not writable .*CHATTERBOX_VOICES_DIR"):
+        library.add("mine", _wav_bytes())
 
 
 def test_library_without_directory_refuses_uploads() -> None:

@@ -47,6 +47,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading: asyncio.Task[None] | None = None
+        serving.open_voices()
         if preloaded:
             for state, model in zip(served.states, preloaded):
                 serving.serve(state, model)

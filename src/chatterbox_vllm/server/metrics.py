@@ -16,6 +16,12 @@ REQUEST_SECONDS = Histogram(
 )
 IN_PROGRESS = Gauge("chatterbox_speech_requests_in_progress", "Speech requests being served")
 VOICES = Gauge("chatterbox_custom_voices", "Uploaded voices")
+VOICE_CONDITIONING = Counter(
+    "chatterbox_voice_conditioning_total",
+    "Cloned-voice conditionals looked up, by model and where they came from: memory (this process's cache), stored "
+    "(the voices directory's .conditioning), computed (the clip analysed: at upload, or a clip dropped in by hand)",
+    ["model", "source"],
+)
 S3GEN_BATCH = Histogram(
     "chatterbox_s3gen_batch_size", "Pieces vocoded together in one S3Gen batch", buckets=(1, 2, 4, 8, 16, 32, 64)
 )

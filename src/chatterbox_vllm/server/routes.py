@@ -28,7 +28,15 @@ from .schemas import SpeechRequest
 from .service import PreparedSpeech, SpeechService
 from .startup import current_stage
 from .state import ModelState, ServedModels, served_id
-from .voices import UnknownVoiceError, VoiceExistsError, VoiceLibrary, VoiceNotFoundError, VoiceUploadError
+from .voices import (
+    UnknownVoiceError,
+    Voice,
+    VoiceExistsError,
+    VoiceLibrary,
+    VoiceNotFoundError,
+    VoiceStorageError,
+    VoiceUploadError,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -205,7 +213,9 @@ async def list_audio_models(request: Request) -> dict:
 # ----------------------------------------------------------------------------------------------- voices
 @router.get("/v1/audio/voices")
 async def list_voices(request: Request) -> dict:
-    return {"voices": [{"id": v.id, "name": v.name} for v in _voices(request).list()]}
+    """Every voice with its kind: builtin (`default`), openai (a name speaking with the built-in voice), language
+    (the built-in voice in that language), custom (a clip: uploaded, dropped in, or speaking for a built-in name)."""
+    return {"voices": [{"id": v.id, "name": v.name, "kind": v.kind} for v in _voices(request).list()]}
 
 
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:
@@ -225,7 +235,10 @@ async def create_voice(
     audio_sample: UploadFile = File(...),
     consent: str = Form(...),
 ) -> JSONResponse:
-    """Add a cloned voice: multipart `name`, `audio_sample` (wav/mp3/flac/ogg) and `consent` (the speaker agreed)."""
+    """Add a cloned voice: multipart `name`, `audio_sample` (wav/mp3/flac/ogg) and `consent` (the speaker agreed).
+    Every loaded model analyses the clip before the answer, so the voice's first request is as fast as any; a model
+    that cannot use it is named in X-Chatterbox-Warning. A name of OpenAI's voices (`alloy`) makes the clip speak
+    for that name."""
     if consent.strip().lower() in ("", "0", "false", "no"):
         raise APIError(
             400, 'consent is required: send consent "yes" to confirm the speaker agreed to having their voice cloned',
@@ -238,8 +251,20 @@ async def create_voice(
     except VoiceUploadError as exc:
         status = 409 if isinstance(exc, VoiceExistsError) else 400
         raise APIError(status, str(exc), param=exc.param, code=exc.code) from exc
+    except VoiceStorageError as exc:
+        raise APIError(500, str(exc), code="voices_dir_unwritable") from exc
     VOICES.set(sum(1 for v in library.list() if v.kind == "custom"))
-    return JSONResponse({"id": voice.id, "name": voice.name}, status_code=201)
+    unusable = await _prepare_voice(_models(request), voice)
+    headers = {"X-Chatterbox-Warning": "; ".join(unusable)} if unusable else None
+    return JSONResponse({"id": voice.id, "name": voice.name}, status_code=201, headers=headers)
+
+
+async def _prepare_voice(served: ServedModels, voice: Voice) -> list[str]:
+    """Each ready model analyses the new voice (at once: each on its own S3Gen thread); what the ones that cannot
+    use it say. A model still loading analyses it on the voice's first request."""
+    ready = [state for state in served.states if state.status == "ready" and state.service is not None]
+    reasons = await asyncio.gather(*(state.service.prepare_voice(voice) for state in ready))
+    return [f"{state.id} cannot use voice {voice.id!r}: {reason}" for state, reason in zip(ready, reasons) if reason]
 
 
 @router.delete("/v1/audio/voices/{voice_id}", dependencies=[Depends(require_api_key)])

@@ -5,6 +5,9 @@
 * T3 runs in the engine (vLLM batches concurrent requests); S3Gen and voice-clip analysis run in one worker
   thread, off the event loop, which vocodes pieces of concurrent requests together (`s3gen_worker`). While piece
   i is vocoded, T3 already decodes the next pieces (`parallel_pieces`).
+* A cloned voice is analysed when it is uploaded (`prepare_voice`) and its conditionals kept in memory and in the
+  voices directory (`conditioning_store`), so its first request costs no more than the built-in voice's; a clip
+  dropped in by hand is analysed on its first request.
 * The first piece's audio leaves after `stream_first_audio_tokens` tokens (S3Gen on growing prefixes), so time to
   first audio does not wait for a whole sentence.
 * A bounded number of requests may be in progress; beyond it the API answers 429 (`admit`).
@@ -15,16 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from functools import partial
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..audio.io import AudioDecodeError
 from ..conditioning import Conditionals
+from ..conditioning_store import ConditioningStore
 from ..engine.base import SamplingParams
 from ..text.paralinguistic import prepare_tags
 from ..incremental import IncrementalVocoder
@@ -33,9 +39,11 @@ from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
-from .errors import APIError, log_failure
+from .errors import APIError, describe_failure, log_failure
+from .metrics import VOICE_CONDITIONING
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
+from .state import served_id
 from .voices import Voice
 
 PAUSE_SECONDS = 0.12  # silence between sentence pieces
@@ -44,6 +52,8 @@ FADE_SECONDS = 0.005  # edges of each piece fade in/out: no clicks where pieces 
 # Checked again before every partial vocode: a request that started alone stops making them when a burst arrives
 # (each runs alone on the S3Gen thread, ~80-120 ms on an H100, holding up the burst's batches).
 INCREMENTAL_MAX_ACTIVE = 4
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,19 +120,25 @@ class SpeechService:
         tts: ChatterboxTTS,
         settings: Settings,
         admission: Admission | None = None,
+        store: ConditioningStore | None = None,
         language_advice: Callable[[str], str] | None = None,
     ) -> None:
-        """`language_advice(code)` says which model speaks a language this one does not (the server's models
-        know; alone, a service can only say that the multilingual model does)."""
+        """`store`: where this model's conditionals of the voices directory's clips are kept (None: memory only).
+        `language_advice(code)` says which model speaks a language this one does not (the server's models know;
+        alone, a service can only say that the multilingual model does)."""
         self.tts = tts
         self.settings = settings
         self.admission = admission or Admission(settings.max_queue)
+        self.store = store
+        self.model_id = served_id(tts.variant)
         self._language_advice = language_advice or _multilingual_advice
         self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
         self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, self._max_batch))
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
         self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)
+        # Then voice analysis (once per model): its first run loads libraries for seconds, which no upload should pay.
+        self._s3gen.call(tts.voices.warm_up)
 
     # ---------------------------------------------------------------------------------------- admission
     @property
@@ -226,7 +242,7 @@ class SpeechService:
                 )  # fmt: skip
             return self.tts.default_conds.with_exaggeration(exaggeration)
         try:
-            return await asyncio.wrap_future(self._s3gen.call(self.tts.prepare_conditionals, voice.path, exaggeration))
+            conds = await asyncio.to_thread(self.clip_conditionals, voice.path)
         except AudioDecodeError as exc:  # its words name the server's files: for the log only
             log_failure(f"voice {voice.id!r} cannot be used", exc)
             raise APIError(
@@ -235,6 +251,31 @@ class SpeechService:
             ) from exc  # fmt: skip
         except ValueError as exc:
             raise APIError(400, f"voice {voice.id!r}: {exc}", param="voice", code="invalid_voice") from exc
+        return conds.with_exaggeration(exaggeration)
+
+    def clip_conditionals(self, clip: Path, *, persist: bool = False) -> Conditionals:
+        """A voice clip's conditionals from memory or the store, else analysed on the S3Gen thread (which runs the
+        networks it uses) and stored; counted by where they came from. Blocks: call it from a worker thread."""
+        conds, source = self.tts.voices.for_clip(clip, self.store, persist=persist, compute=self._analyse)
+        VOICE_CONDITIONING.labels(model=self.model_id, source=source).inc()
+        return conds
+
+    def _analyse(self, data: bytes) -> Conditionals:
+        return self._s3gen.call(self.tts.voices.compute, data).result()
+
+    async def prepare_voice(self, voice: Voice) -> str | None:
+        """Analyse a newly uploaded voice for this model and store the result, so its first request is as fast as
+        any other. Returns why this model cannot use the voice (too short for Turbo, say), or None."""
+        if voice.path is None:
+            return None
+        try:
+            await asyncio.to_thread(self.clip_conditionals, voice.path, persist=True)
+        except ValueError as exc:
+            return str(exc)
+        except Exception as exc:  # the voice is stored; its analysis is tried again on its first request
+            log.error("analysing voice %r for %s failed: %s", voice.id, self.model_id, describe_failure(exc))
+            return f"its analysis failed ({type(exc).__name__}); it is tried again on the voice's first request"
+        return None
 
     # --------------------------------------------------------------------------------------- synthesis
     async def _tokens(self, text: torch.Tensor, prepared: PreparedSpeech, params: SamplingParams) -> list[int]:

@@ -12,12 +12,13 @@ import torch
 
 from ..checkpoint.hub import variants_of
 from ..checkpoint.weights import CheckpointError
+from ..conditioning_store import ConditioningStore
 from ..settings import Settings
 from ..start_notices import route_transformers_logs
 from ..tts import ChatterboxTTS, settings_device
 from ..vram_plan import model_need, plan_t3_budgets
 from .errors import describe_failure, log_failure
-from .metrics import T3_IN_ENGINE
+from .metrics import T3_IN_ENGINE, VOICE_CONDITIONING
 from .service import Admission, SpeechService
 from .startup import loading_line, ready_line
 from .state import ModelState, ServedModels
@@ -77,22 +78,36 @@ class Serving:
         multilingual; a model that does not speak a language refuses its voice)."""
         if self._voices is None:
             self._voices = VoiceLibrary(
-                Path(self.settings.voices_dir) if self.settings.voices_dir else None,
+                self.voices_dir,
                 multilingual=any(state.variant == "multilingual" for state in self.served.states),
                 max_upload_bytes=self.settings.max_upload_bytes,
             )
         return self._voices
 
+    @property
+    def voices_dir(self) -> Path:
+        """The directory cloned voices live in (CHATTERBOX_VOICES_DIR, else the user data directory's)."""
+        return self.settings.resolved_voices_dir()
+
+    def open_voices(self) -> VoiceLibrary:
+        """The library, its directory created (at start: uploads work without any setting)."""
+        library = self.voices()
+        library.create_directory()
+        if library.unwritable is None:
+            log.info("voices directory: %s", library.directory)
+        return library
+
     def serve(self, state: ModelState, tts: ChatterboxTTS) -> None:
         """Build what requests use around a loaded model, then mark its state ready."""
         sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)  # see the setting: S3Gen's launches
         state.stage = "warming up S3Gen"
-        service = SpeechService(tts, self.settings, self.admission, language_advice=self.served.language_advice)
-        try:
-            voices = self.voices()
-        except BaseException:
-            service.close()
-            raise
+        voices = self.voices()
+        store = None
+        if voices.directory is not None and tts.conditioning_fingerprint is not None:
+            store = ConditioningStore(voices.directory, tts.variant, tts.conditioning_fingerprint)
+        service = SpeechService(tts, self.settings, self.admission, store, language_advice=self.served.language_advice)
+        for source in ("memory", "stored", "computed"):  # each series from 0, so /metrics lists them from the start
+            VOICE_CONDITIONING.labels(model=service.model_id, source=source)
         state.tts, state.service, state.voices = tts, service, voices
         state.status, state.stage = "ready", None
 

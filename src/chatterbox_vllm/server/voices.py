@@ -2,11 +2,13 @@
 
 * ``default`` is the checkpoint's built-in voice.
 * OpenAI's voice names (``alloy``, ``nova``, ...) all speak with the built-in voice, so OpenAI clients work
-  unchanged; dropping ``alloy.wav`` (or .mp3/.flac/.ogg) into the voices directory gives that name its own voice.
+  unchanged; uploading a voice named ``alloy`` (or dropping ``alloy.wav``, .mp3/.flac/.ogg, into the voices
+  directory) gives that name its own voice, and deleting it gives the name back to the built-in voice.
 * With the multilingual model, a language code (``fr``, ``pt-BR``) is the built-in voice speaking that language;
   a dropped-in ``fr.wav`` likewise replaces the voice for it.
 * Every other audio file in the directory is a cloned voice whose id is the file's stem. Uploads are decoded,
-  checked and stored there as 16-bit WAV, so they survive a restart and are cheap and safe to load later.
+  checked and stored there as 16-bit WAV, so they survive a restart and are cheap and safe to load later. What the
+  models compute from a clip is kept beside it, in the hidden `.conditioning/` folder (`conditioning_store.py`).
 
 The server calls one library from several threads, so every look-up and change of the directory holds a lock.
 """
@@ -27,6 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio.io import AudioDecodeError, AudioTooLongError, UnreadableAudioError, decode_audio
+from ..conditioning_store import forget_voice
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,10 @@ class VoiceExistsError(VoiceUploadError):
         super().__init__(message, param="name", code="voice_exists")
 
 
+class VoiceStorageError(Exception):
+    """The voices directory cannot be created or written (permissions, a read-only or full disk): a server fault."""
+
+
 class VoiceNotFoundError(KeyError):
     """Deleting a voice that does not exist."""
 
@@ -112,11 +119,15 @@ def _language_code(name: str) -> str | None:
 
 
 def _is_reserved(voice_id: str) -> bool:
-    """Names uploads may not take, whatever the model: they would shadow or be shadowed by a built-in name.
-
-    Language codes are reserved for the English model too, so one voices directory serves both models alike.
-    """
+    """Names uploads may not take, whatever the model: `default` (always the checkpoint's voice) and language codes
+    (the built-in voice speaking a language; reserved for the English model too, so one voices directory serves
+    both models alike). OpenAI's names may be taken: the upload then speaks for that name."""
     lowered = voice_id.lower()
+    return lowered == DEFAULT_VOICE or _language_code(lowered) is not None
+
+
+def _is_builtin_name(name: str) -> bool:
+    lowered = name.strip().lower()
     return lowered == DEFAULT_VOICE or lowered in OPENAI_VOICES or _language_code(lowered) is not None
 
 
@@ -142,7 +153,22 @@ class VoiceLibrary:
         self._lock = threading.RLock()
         self._files: dict[str, Path] = {}  # stem -> clip, every audio file in the directory
         self._names: dict[Path, tuple[int, str]] = {}  # clip -> (mtime_ns, display name), read from WAV titles
+        self.unwritable: str | None = None  # why the directory could not be created, when it could not
         self._scan()
+
+    def create_directory(self) -> None:
+        """Make the voices directory (the server does at start). A failure is logged and kept: the built-in voices
+        still serve, and uploads say why they cannot be stored."""
+        if self.directory is None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.unwritable = None
+        except OSError as exc:
+            self.unwritable = exc.strerror or str(exc)
+            log.error("cannot create the voices directory %s (%s): uploads will fail until it exists and is "
+                      "writable; set CHATTERBOX_VOICES_DIR or --voices-dir to another directory",
+                      self.directory, self.unwritable)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- look-ups
     def list(self) -> list[Voice]:
@@ -197,33 +223,47 @@ class VoiceLibrary:
         with self._lock:  # again: another thread may have taken the id while we decoded
             self._scan()
             self._check_free(voice_id, overwrite)
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._write_atomically(target, wav, sample_rate, display)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._write_atomically(target, wav, sample_rate, display)
+            except OSError as exc:
+                log.error("cannot store voice %r in %s: %s", voice_id, self.directory, exc)
+                raise VoiceStorageError(
+                    f"the server cannot store voices: its voices directory is not writable ({exc.strerror or exc}); "
+                    "the operator sets another with CHATTERBOX_VOICES_DIR or --voices-dir"
+                ) from exc
             for stale in self._all_files(voice_id, ignore_case=True):  # an overwritten voice keeps no other file
                 if stale.name != target.name and not os.path.samefile(stale, target):
                     stale.unlink(missing_ok=True)
             self._scan()
             log.info("added voice %r (%.1f s) at %s", voice_id, wav.size / sample_rate, target)
-            return self._custom(voice_id)
+            voice = self._lookup(voice_id)
+            assert voice is not None and voice.path is not None
+            return voice
 
     def delete(self, name: str) -> None:
-        """Remove an uploaded (or dropped-in) voice; built-in names cannot be deleted."""
+        """Remove an uploaded (or dropped-in) voice and what was computed from it. A clip that speaks for a built-in
+        name (`alloy`, or `fr` with the multilingual model) is removed too, which gives the name back to the
+        built-in voice; `default` and built-in names without a clip cannot be deleted."""
         if not isinstance(name, str):
             raise VoiceNotFoundError(f"voice {name!r} does not exist")
         with self._lock:
             self._scan()
-            if not self._is_custom(name):
-                if _is_reserved(name.strip()):
+            stem = name if self._is_custom(name) else self._override_stem(name)
+            if stem is None:
+                if _is_builtin_name(name):
                     raise VoiceUploadError(
-                        f"{name.strip()!r} is a built-in voice name and cannot be deleted "
-                        "(a clip dropped in for it is removed by deleting its file from the voices directory)",
+                        f"{name.strip()!r} is a built-in voice name with no uploaded clip to delete; "
+                        "it speaks with the checkpoint's voice",
                         param="voice_id", code="voice_not_deletable",
                     )  # fmt: skip
                 raise VoiceNotFoundError(f"voice {name!r} does not exist")
-            for path in self._all_files(name):
+            assert self.directory is not None
+            for path in self._all_files(stem):
                 path.unlink(missing_ok=True)
+            forget_voice(self.directory, stem)
             self._scan()
-            log.info("deleted voice %r", name)
+            log.info("deleted voice %r", stem)
 
     # ------------------------------------------------------------------------------------------- internals
     def _lookup(self, name: str) -> Voice | None:
@@ -265,6 +305,18 @@ class VoiceLibrary:
             if stem.lower() == name:
                 return self._files[stem]
         return None
+
+    def _override_stem(self, name: str) -> str | None:
+        """The stem of the clip that speaks for built-in name `name` (an OpenAI name, or a language code when this
+        library is multilingual), or None."""
+        lowered = name.strip().lower()
+        if lowered in OPENAI_VOICES:
+            clip = self._override(lowered)
+        elif self.multilingual and (code := _language_code(lowered)) is not None:
+            clip = self._override(code)
+        else:
+            clip = None
+        return clip.stem if clip is not None else None
 
     def _is_custom(self, stem: str) -> bool:
         """Whether a directory clip is a voice of its own rather than the clip for a built-in name."""
@@ -349,10 +401,12 @@ class VoiceLibrary:
         voice_id = re.sub(r" +", "-", display.lower())
         if ".." in voice_id or voice_id.endswith("."):
             raise VoiceNameError(f"invalid voice name {display!r}: it must not contain '..' or end with '.'")
+        if voice_id == DEFAULT_VOICE:
+            raise VoiceNameError(f"{display!r} is the checkpoint's built-in voice and cannot be replaced; choose another name")
         if _is_reserved(voice_id):
             raise VoiceNameError(
-                f"{display!r} is a built-in voice name (default, OpenAI's voices and language codes are reserved); "
-                "choose another name"
+                f"{display!r} is a language code, reserved for the built-in voice speaking that language; choose "
+                "another name (to give a language a voice of its own, put <code>.wav in the voices directory)"
             )
         return voice_id, display
 
