@@ -27,8 +27,9 @@ def base_url(host: str, port: int) -> str:
 
 
 def voices_directory(settings: Settings) -> str:
-    """The voices directory the server uses, as the ready line shows it ("none": built-in voices only)."""
-    return settings.voices_dir or "none"
+    """The voices directory the server uses (the setting, else the platform's user data directory), as the ready
+    line shows it."""
+    return str(settings.resolved_voices_dir())
 
 
 def loading_line(settings: Settings, served: ServedModels, device: str) -> str:
