@@ -125,6 +125,10 @@ def enable_engine_profiler(trace_dir: Path) -> str:
 
     try:
         from vllm.config import ProfilerConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        if "profiler_config" not in AsyncEngineArgs.__dataclass_fields__:
+            raise ImportError("AsyncEngineArgs takes no profiler_config")
     except ImportError:
         os.environ["VLLM_TORCH_PROFILER_DIR"] = str(trace_dir)
         return "env VLLM_TORCH_PROFILER_DIR"
