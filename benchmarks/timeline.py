@@ -444,10 +444,16 @@ def gil_held(observations: list[tuple[int, int]], shift_ns: int, bridge: bool) -
     return held
 
 
+def is_mark_frame(name: str) -> bool:
+    """py-spy names a frame by its function's name (0.4.2) or its qualified name (0.4.3 on Python 3.11+:
+    `make_clock_mark.<locals>.timeline_clock_mark`)."""
+    return name == MARK_NAME or name.endswith("." + MARK_NAME)
+
+
 def py_spy_placement(trace: list[dict], marks: dict[str, int | None]) -> tuple[int, dict]:
     """py-spy's ts counts µs from its own start: the shift to wall ns, from the samples inside each clock mark
     (the middle of the first and last such sample against the middle of the mark's spin)."""
-    inside = sorted(e["ts"] for e in trace if e.get("ph") == "B" and e.get("name") == MARK_NAME)
+    inside = sorted(e["ts"] for e in trace if e.get("ph") == "B" and is_mark_frame(e.get("name", "")))
     groups: list[list[float]] = []
     for ts in inside:  # one group per mark: the marks are seconds apart
         if groups and ts - groups[-1][-1] < 0.5e6:
