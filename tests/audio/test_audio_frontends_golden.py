@@ -207,6 +207,6 @@ def test_token_check_catches_a_wrong_activation(golden_dir, tokenizer, monkeypat
     """SiLU instead of GELU in the tokenizer's feed-forward layers changes the tokens (compared exactly)."""
     g = _golden(golden_dir)
     for block in tokenizer.encoder.blocks:
-        monkeypatch.setitem(block.mlp, 1, nn.SiLU())
+        monkeypatch.setattr(block.mlp, "1", nn.SiLU())
     tokens, _ = tokenizer.forward([g["wav_16k"]])
     assert tokens.shape == g["s3tok_tokens"].shape and not torch.equal(tokens, g["s3tok_tokens"])
