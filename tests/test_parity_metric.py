@@ -10,12 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import parity
 import pytest
 import torch
 from parity import EPS32, STAGES, Stage, assert_caught, check, markdown_table, parity_error, power_of_log
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLAIN = Stage(n=1, why="test")
+
+
+@pytest.fixture
+def own_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These self-tests record into their own dicts, so a session's --parity-metrics holds only real checks."""
+    monkeypatch.setattr(parity, "MEASURED", {})
+    monkeypatch.setattr(parity, "MUTANTS", {})
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -70,6 +78,7 @@ def test_power_of_log_undoes_the_s3_tokenizer_scaling() -> None:
     torch.testing.assert_close(power_of_log(power.log()), power, rtol=1e-12, atol=0)
 
 
+@pytest.mark.usefixtures("own_records")
 def test_check_passes_under_the_bound_and_assert_caught_above_it() -> None:
     ref = _randn(4, 256, seed=3)
     stage = STAGES["t3.logits"]
@@ -102,17 +111,21 @@ def test_readme_table_lists_every_stage_with_its_bound() -> None:
 
 def test_plugin_sets_threads_and_writes_the_metrics(tmp_path: Path) -> None:
     """`CHATTERBOX_TEST_TORCH_THREADS` and `--parity-metrics`, through a real pytest run of one check."""
+    (tmp_path / "test_one.py").write_text(
+        "import torch\n"
+        "from parity import EPS32, check\n\n"
+        "def test_one():\n"
+        "    assert torch.get_num_threads() == 1\n"
+        "    ref = torch.full((4,), 0.5)\n"
+        "    check('ve.embedding', ref + torch.tensor([EPS32, 0, 0, 0]), ref, case='recorded')\n"
+    )
     out = tmp_path / "metrics.json"
-    env = {**os.environ, "CHATTERBOX_TEST_TORCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_error_is_recorded",
+    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "CHATTERBOX_TEST_TORCH_THREADS": "1", "PYTHONPATH": python_path}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "parity", "-p", "no:cacheprovider", "test_one.py",
            "--parity-metrics", str(out)]  # fmt: skip
-    result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     document = json.loads(out.read_text())
     assert document["torch_threads"] == 1
     assert document["stages"]["ve.embedding"]["cases"] == {"recorded": pytest.approx(EPS32 / 0.5)}
-
-
-def test_error_is_recorded() -> None:
-    ref = torch.full((4,), 0.5)
-    assert check("ve.embedding", ref + torch.tensor([EPS32, 0, 0, 0]), ref, case="recorded") > 0

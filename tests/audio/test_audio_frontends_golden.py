@@ -10,24 +10,25 @@ perturbed weight, a changed normalisation epsilon or a swapped activation.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import functools
 import types
+from pathlib import Path
 
 import librosa
 import numpy as np
 import pytest
+import soxr
 import torch
 from conftest import golden_id, golden_params
 from parity import assert_caught, check, perturbed, power_of_log
 from safetensors.torch import load_file
 from torch import nn
 
+import chatterbox_vllm.audio.kaldi as kaldi_module
 import chatterbox_vllm.audio.mel as mel_module
-from chatterbox_vllm.audio.mel import s3_log_mel_spectrogram
+import chatterbox_vllm.audio.resample as resample_module
 from chatterbox_vllm.audio.io import load_audio
-from chatterbox_vllm.audio.mel import s3gen_mel_spectrogram
+from chatterbox_vllm.audio.mel import s3_log_mel_spectrogram, s3gen_mel_spectrogram
 from chatterbox_vllm.audio.resample import resample_sinc_hann, resample_soxr_hq
 from chatterbox_vllm.checkpoint.weights import load_strict, read_state_dict
 from chatterbox_vllm.models.s3gen.campplus import CAMPPlus
@@ -154,10 +155,6 @@ def test_embed_ref_frontends(golden_dir, tokenizer, campplus):
 FIRST = golden_params()[:1]
 
 
-def _hamming(n: int, **kwargs) -> torch.Tensor:
-    return torch.hamming_window(n, **kwargs)
-
-
 @pytest.mark.parametrize("golden_dir", FIRST)
 def test_mel_checks_catch_a_wrong_window(golden_dir, tokenizer, voice_encoder, monkeypatch):
     g = _golden(golden_dir)
@@ -165,7 +162,7 @@ def test_mel_checks_catch_a_wrong_window(golden_dir, tokenizer, voice_encoder, m
     assert_caught("s3tok.log_mel", s3tok_power(log_mel), s3tok_power(g["s3tok_log_mel"]), mutant="s3tok: hamming")
 
     with monkeypatch.context() as m:
-        m.setattr(torch, "hann_window", _hamming)
+        m.setattr(torch, "hann_window", torch.hamming_window)
         mel = s3gen_mel_spectrogram(g["wav_24k"][:S3GEN_REF_SAMPLES][None])
     assert_caught("s3gen.mel_24k", power_of_log(mel), power_of_log(g["s3gen_mel_24k"]), mutant="s3gen mel: hamming")
 
@@ -200,6 +197,26 @@ def test_campplus_check_catches_a_batchnorm_epsilon(golden_dir, campplus, monkey
             monkeypatch.setattr(module, "eps", 1e-4)
     emb = campplus.inference(wav_16k)
     assert_caught("campplus.embedding", emb, g["embed_ref_embedding"], mutant="campplus: BatchNorm eps 1e-4")
+
+
+@pytest.mark.parametrize("golden_dir", FIRST)
+def test_campplus_check_catches_a_wrong_fbank_window(golden_dir, campplus, monkeypatch):
+    """Kaldi's plain Hann window where its default (and CAMPPlus's training) is Povey's (Hann^0.85)."""
+    g = _golden(golden_dir)
+    wav_16k = resample_sinc_hann(g["wav_24k"][:S3GEN_REF_SAMPLES][None], 24000, 16000)
+    monkeypatch.setattr(kaldi_module, "_povey_window", lambda size: torch.hann_window(size, periodic=False))
+    emb = campplus.inference(wav_16k)
+    assert_caught("campplus.embedding", emb, g["embed_ref_embedding"], mutant="kaldi fbank: hann for povey window")
+
+
+@pytest.mark.parametrize("golden_dir", FIRST)
+def test_soxr_check_catches_a_lower_quality(golden_dir, monkeypatch):
+    """soxr's "MQ" preset where librosa (and the reference) use "HQ"."""
+    g = _golden(golden_dir)
+    shim = types.SimpleNamespace(resample=lambda x, i, o, quality=None: soxr.resample(x, i, o, quality="soxr_mq"))
+    monkeypatch.setattr(resample_module, "soxr", shim)
+    wav_16k = resample_soxr_hq(g["wav_24k"].numpy(), 24000, 16000)
+    assert_caught("audio.soxr_16k", torch.from_numpy(wav_16k), g["wav_16k"], mutant="soxr: MQ for HQ")
 
 
 @pytest.mark.parametrize("golden_dir", FIRST)

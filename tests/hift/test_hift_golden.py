@@ -10,9 +10,8 @@ end show each check fails on one perturbed weight, a wrong activation slope or a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,6 +167,15 @@ def test_f0_check_catches_a_weight_and_an_activation(hift, golden, monkeypatch) 
     with torch.inference_mode():
         f0 = hift.f0_predictor(g["mel"])
     assert_caught("hift.f0", f0, g["hift_f0"], mutant="hift f0: SELU for ELU")
+
+
+@pytest.mark.parametrize("golden", FIRST)
+def test_source_check_catches_a_perturbed_weight(hift, golden) -> None:
+    v = _golden(golden, "hift_voiced")
+    f0 = v["f0_mel_rate"][:, None, :].repeat_interleave(480, dim=-1)
+    with perturbed(hift, "m_source.l_linear.weight"), torch.inference_mode():
+        source, _ = hift.m_source(f0, draws=SourceDraws(v["sine_phase"], v["sine_noise"]))
+    assert_caught("hift.source", source, v["source"], mutant="hift source: l_linear x (1+1e-3)")
 
 
 def _decode(hift, g) -> torch.Tensor:

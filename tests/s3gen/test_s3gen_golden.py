@@ -172,6 +172,14 @@ def test_encoder_check_catches_a_weight_and_a_norm_epsilon(s3gen, golden, monkey
     assert_caught("s3gen.encoder", out, g["encoder_out"], mutant="s3gen encoder: input LayerNorm eps 1e-12")
 
 
+@pytest.mark.parametrize("golden", FIRST)
+def test_spks_check_catches_a_perturbed_weight(s3gen, golden) -> None:
+    g = _golden(golden, "s3gen")
+    with perturbed(s3gen.flow, "spk_embed_affine_layer.weight"):
+        spks = _prepare(s3gen, g).spks
+    assert_caught("s3gen.spks", spks, g["cfm_spks"], mutant="s3gen spks: spk_embed_affine_layer x (1+1e-3)")
+
+
 def _estimator_step0(s3gen, g) -> torch.Tensor:
     with torch.inference_mode():
         return s3gen.flow.decoder.estimator(

@@ -166,6 +166,15 @@ def test_hidden_check_catches_a_weight_and_an_activation(first_case: Case, varia
     assert_caught("t3.hidden", hidden, case.g["final_hidden"], mutant=f"{case.id} t3: GELU for SiLU")
 
 
+def test_cond_emb_check_catches_a_perturbed_perceiver_weight(first_case: Case, variant_model) -> None:
+    case = first_case
+    _, model = variant_model
+    name = "cond_enc.perceiver.attn.to_v.weight"
+    with perturbed(model, name), torch.inference_mode():
+        cond_emb = model.prepare_conditioning(case.cond)
+    assert_caught("t3.cond_emb", cond_emb, case.g["cond_emb"], mutant=f"{case.id} t3: {name} x (1+1e-3)")
+
+
 def test_logits_check_catches_a_norm_epsilon(first_case: Case, variant_model, monkeypatch) -> None:
     """1e-6 (Hugging Face LlamaConfig's default) instead of the checkpoint's 1e-5 in every RMSNorm."""
     case = first_case

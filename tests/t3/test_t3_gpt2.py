@@ -94,6 +94,15 @@ def test_logits_check_catches_a_weight_a_norm_epsilon_and_an_activation(model, g
     assert_caught("t3_gpt2.logits", logits, golden["logits"], mutant="t3 gpt2: exact GELU")
 
 
+def test_cond_emb_and_probs_checks_catch_a_weight_and_a_skipped_temperature(model, golden) -> None:
+    with perturbed(model, "cond_enc.spkr_enc.weight"):
+        cond_emb, _, _ = _logits(model, golden)
+    assert_caught("t3_gpt2.cond_emb", cond_emb, golden["cond_emb"], mutant="t3 gpt2: spkr_enc x (1+1e-3)")
+    history = turbo_penalty_history(6561, golden["speech_tokens"][0][:0])
+    probs = turbo_sampling_probs(golden["logits"][0][0:1], history, SamplingParams.turbo(temperature=1.0))
+    assert_caught("t3_gpt2.probs", probs, golden["probs_step0"], mutant="turbo sampling: temperature skipped")
+
+
 def test_turbo_sampling_distribution_matches_the_reference(golden: dict[str, torch.Tensor]) -> None:
     params = SamplingParams.turbo()
     logits, forced = golden["logits"][0], golden["speech_tokens"][0]
