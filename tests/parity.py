@@ -182,14 +182,17 @@ STAGES: dict[str, Stage] = {
 
 def _scale(ref: torch.Tensor, stage: Stage) -> torch.Tensor:
     """The scale each element is judged at (broadcastable to ref)."""
-    reduce = lambda x, dims: (  # noqa: E731
-        x.abs().amax(dim=dims, keepdim=True) if stage.scale == "max" else x.pow(2).mean(dim=dims, keepdim=True).sqrt()
-    )
-    whole = reduce(ref, tuple(range(ref.dim())))
+
+    def over(dims: tuple[int, ...]) -> torch.Tensor:
+        if stage.scale == "max":
+            return ref.abs().amax(dim=dims, keepdim=True)
+        return ref.pow(2).mean(dim=dims, keepdim=True).sqrt()
+
+    whole = over(tuple(range(ref.dim())))
     if not stage.rows:
         return whole
     rows = {d % ref.dim() for d in stage.rows}
-    per_row = reduce(ref, tuple(d for d in range(ref.dim()) if d not in rows))
+    per_row = over(tuple(d for d in range(ref.dim()) if d not in rows))
     return torch.maximum(per_row, whole * ROW_FLOOR)
 
 
