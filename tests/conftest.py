@@ -25,6 +25,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The parity metric (tests/parity.py): its thread-count setting and its --parity-metrics report.
+pytest_plugins = ["parity"]
+
 # vLLM on CPU: a small KV cache for the tiny test models (its default is sized for real ones).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # A server started without CHATTERBOX_VOICES_DIR creates `voices` in the user data directory: in tests, never the
@@ -49,7 +52,12 @@ def golden_params() -> list:
     dirs = golden_dirs()
     if not dirs:
         return [pytest.param(None, marks=pytest.mark.skip(reason="no golden fixtures present"))]
-    return [pytest.param(d, id="ours" if d == OUR_GOLDEN else "kit") for d in dirs]
+    return [pytest.param(d, id=golden_id(d)) for d in dirs]
+
+
+def golden_id(directory: Path) -> str:
+    """'ours' (tests/fixtures/golden) or 'kit' (the shared reference kit): test ids and parity-metric cases."""
+    return "ours" if directory == OUR_GOLDEN else "kit"
 
 
 def manifest_path(name: str) -> Path:

@@ -12,7 +12,8 @@ from chatterbox_vllm.checkpoint.config import ModelConfig
 from chatterbox_vllm.conditioning import Conditionals, VoiceConditioner
 from chatterbox_vllm.models.s3gen import load_s3gen
 from chatterbox_vllm.models.voice_encoder import load_voice_encoder
-from conftest import golden_params
+from conftest import golden_id, golden_params
+from parity import check, power_of_log
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +29,16 @@ def test_prepare_conditionals_matches_reference(conditioner: VoiceConditioner, g
     want = load_file(golden / "audio_frontends.safetensors")
     got = conditioner.from_audio(golden / "ref_3s_24k.wav", exaggeration=0.5)
 
-    torch.testing.assert_close(got.t3.speaker_emb, want["prepare_conditionals_t3_speaker_emb"], atol=1e-4, rtol=0)
+    case = golden_id(golden)
+    check("ve.embedding", got.t3.speaker_emb, want["prepare_conditionals_t3_speaker_emb"], case=case)
     prompt = got.t3.cond_prompt_speech_tokens
     ref_prompt = want["prepare_conditionals_t3_cond_prompt_speech_tokens"]
     assert prompt.shape == ref_prompt.shape
     assert (prompt != ref_prompt).sum() <= 1, "S3 prompt tokens differ from the reference"
     assert (got.gen["prompt_token"] != want["prepare_conditionals_gen_prompt_token"]).sum() <= 1
-    torch.testing.assert_close(got.gen["prompt_feat"], want["prepare_conditionals_gen_prompt_feat"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got.gen["embedding"], want["prepare_conditionals_gen_embedding"], atol=1e-4, rtol=0)
+    feat, want_feat = got.gen["prompt_feat"], want["prepare_conditionals_gen_prompt_feat"]  # [1, frames, 80]
+    check("s3gen.mel_24k", power_of_log(feat.transpose(1, 2)), power_of_log(want_feat.transpose(1, 2)), case=case)
+    check("campplus.embedding", got.gen["embedding"], want["prepare_conditionals_gen_embedding"], case=case)
     assert float(got.t3.emotion_adv.reshape(-1)[0]) == 0.5
 
 

@@ -3,7 +3,8 @@
 Golden: `tests/fixtures/golden/meanflow/`, made by `tools/reference/make_meanflow_fixtures.py` on the full-size
 reference `S3Gen(meanflow=True)` whose `flow.*` and `mel2wav.*` tensors follow our checkpoints' value rule with seed
 0 (`random_weights.random_tensor`); the test regenerates the same weights instead of storing 1 GB.
-Tolerances (float32) as in test_s3gen_golden: stages 1e-4, mel and waveform 1e-3 absolute.
+Float tensors go through the shared parity metric (tests/parity.py), with the stages of test_s3gen_golden; a
+mutation test shows the estimator check fails on one perturbed tensor of the mean-flow time mixer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
 
 from chatterbox_vllm.checkpoint.random_weights import TensorSpec, random_tensor
@@ -23,9 +25,6 @@ from chatterbox_vllm.models.s3gen.flow import FlowRow
 from chatterbox_vllm.models.s3gen.flow_matching import draw_initial_noise, estimator_rows, time_grid
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "meanflow"
-STAGE_ATOL = 1e-4
-MEL_ATOL = 1e-3
-WAV_ATOL = 1e-3
 WEIGHT_PREFIXES = ("flow.", "mel2wav.")
 
 
@@ -36,11 +35,6 @@ def seeded(model: S3Gen, seed: int = 0) -> S3Gen:
             if name.startswith(WEIGHT_PREFIXES):
                 tensor.copy_(random_tensor(seed, TensorSpec(name, tuple(tensor.shape), tensor.dtype)))
     return model.eval()
-
-
-def _max_abs(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert tuple(ours.shape) == tuple(ref.shape)
-    return float((ours.double() - ref.double()).abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +150,16 @@ def test_estimator_steps(s3gen, golden) -> None:
         for k in range(2):
             out = est(x=golden[f"est_step{k}_in_x"], t=golden[f"est_step{k}_in_t"], r=golden[f"est_step{k}_in_r"],
                       **common)  # fmt: skip
-            assert _max_abs(out, golden[f"est_step{k}_out"]) < STAGE_ATOL, k
+            check("s3gen.estimator", out, golden[f"est_step{k}_out"], case=f"meanflow step {k}")
     assert golden["est_step0_in_t"].tolist() == [0.0] and golden["est_step1_in_r"].tolist() == [1.0]
+
+
+def test_estimator_check_catches_a_perturbed_time_mixer(s3gen, golden) -> None:
+    est = s3gen.flow.decoder.estimator
+    inputs = {k: golden[f"est_step0_in_{k}"] for k in ("x", "mask", "mu", "spks", "cond", "t", "r")}
+    with perturbed(est, "time_embed_mixer.weight"), torch.inference_mode():
+        out = est(**inputs)
+    assert_caught("s3gen.estimator", out, golden["est_step0_out"], mutant="meanflow: time_embed_mixer x (1+1e-3)")
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -167,18 +169,20 @@ def test_flow_inputs_and_mel_with_captured_noise(s3gen, golden) -> None:
     with torch.inference_mode():
         inputs = s3gen.flow.prepare(tokens, torch.tensor([tokens.size(1)]), ref["prompt_token"],
                                     ref["prompt_token_len"], ref["prompt_feat"], ref["embedding"])  # fmt: skip
-    for name in ("mu", "mask", "spks", "cond"):
-        assert _max_abs(getattr(inputs, name), golden[f"est_step0_in_{name}"]) < STAGE_ATOL, name
+    check("s3gen.encoder", inputs.mu, golden["est_step0_in_mu"], case="meanflow")
+    check("s3gen.spks", inputs.spks, golden["est_step0_in_spks"], case="meanflow")
+    assert torch.equal(inputs.mask, golden["est_step0_in_mask"])
+    assert torch.equal(inputs.cond, golden["est_step0_in_cond"])  # the prompt mel, copied
     mel = s3gen.flow_inference(tokens, ref, noise=golden["cfm_noise_z"])
     assert mel.shape == golden["mel"].shape == (1, 80, 2 * tokens.size(1) - 1)  # prompt mel = 2 x tokens + 1
-    assert _max_abs(mel, golden["mel"]) < MEL_ATOL
+    check("s3gen.mel_meanflow", mel, golden["mel"], case="meanflow")
 
 
 def test_mel_seeded(s3gen, golden, notes) -> None:
     mel = s3gen.flow_inference(
         golden["speech_tokens"], _ref_dict(golden), generator=torch.Generator().manual_seed(notes["torch_manual_seed"])
     )
-    assert _max_abs(mel, golden["mel"]) < MEL_ATOL
+    check("s3gen.mel_meanflow", mel, golden["mel"], case="meanflow seeded")
 
 
 def test_waveform_end_to_end_seeded(s3gen, golden, notes) -> None:
@@ -188,7 +192,7 @@ def test_waveform_end_to_end_seeded(s3gen, golden, notes) -> None:
         golden["speech_tokens"], _ref_dict(golden), generator=torch.Generator().manual_seed(notes["torch_manual_seed"])
     )
     assert wav.shape == golden["wav"].shape
-    assert _max_abs(wav, golden["wav"]) < WAV_ATOL
+    check("hift.wav", wav, golden["wav"], case="meanflow")
     assert torch.all(wav[:, :480] == 0)
 
 

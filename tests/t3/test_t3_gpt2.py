@@ -1,6 +1,7 @@
 """GPT-2 T3 (Turbo, Nano) against the reference: full-size tensor manifests, and on tiny seed-0 weights the
 conditioning prefix, prefill embeddings, logits, Turbo's sampling distribution and a top-1 decode
-(`tools/reference/make_gpt2_t3_fixtures.py`). Tolerances are those of the Llama T3 golden tests."""
+(`tools/reference/make_gpt2_t3_fixtures.py`). Float tensors go through the shared parity metric (tests/parity.py);
+the mutation tests show each check fails on one perturbed weight, a LayerNorm epsilon or GELU's exact form."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
+from torch import nn
 
 from chatterbox_vllm.checkpoint.random_weights import build_state_dict, component_specs
 from chatterbox_vllm.engine.base import SamplingParams, check_text_tokens
 from chatterbox_vllm.engine.sampling import turbo_penalty_history, turbo_sampling_probs
 from chatterbox_vllm.engine.torch_engine import TorchT3Engine
 from chatterbox_vllm.models.t3 import T3, T3Cond, T3Config
+from chatterbox_vllm.models.t3.gpt2 import GPT2MLP
 from chatterbox_vllm.models.t3.loader import build_t3, infer_config
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "turbo"
@@ -56,15 +61,46 @@ def cond_of(g: dict[str, torch.Tensor]) -> T3Cond:
 
 
 @torch.inference_mode()
-def test_prefix_and_logits_match_the_reference(model: T3, golden: dict[str, torch.Tensor]) -> None:
+def _logits(model: T3, golden: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conditioning, prefill embeddings and teacher-forced logits of the fixture's inputs."""
     cond = cond_of(golden)
-    torch.testing.assert_close(model.prepare_conditioning(cond), golden["cond_emb"], atol=1e-5, rtol=0)
     prefix = model.prefill_embeds(cond, golden["text_tokens"][0], cfg=False)
-    torch.testing.assert_close(prefix, golden["prefill_embeds"], atol=1e-5, rtol=0)
     forced = model.speech_embeds(golden["speech_tokens"], 1)
     hidden = model(torch.cat([prefix, forced], dim=1))
-    logits = model.speech_logits(hidden[:, prefix.shape[1] - 1 :])
-    torch.testing.assert_close(logits, golden["logits"], atol=1e-3, rtol=1e-4)
+    return model.prepare_conditioning(cond), prefix, model.speech_logits(hidden[:, prefix.shape[1] - 1 :])
+
+
+def test_prefix_and_logits_match_the_reference(model: T3, golden: dict[str, torch.Tensor]) -> None:
+    cond_emb, prefix, logits = _logits(model, golden)
+    check("t3_gpt2.cond_emb", cond_emb, golden["cond_emb"])
+    check("t3_gpt2.cond_emb", prefix, golden["prefill_embeds"])
+    check("t3_gpt2.logits", logits, golden["logits"])
+
+
+def test_logits_check_catches_a_weight_a_norm_epsilon_and_an_activation(model, golden, monkeypatch) -> None:
+    name = "tfmr.h.1.mlp.c_fc.weight"
+    with perturbed(model, name):
+        _, _, logits = _logits(model, golden)
+    assert_caught("t3_gpt2.logits", logits, golden["logits"], mutant=f"t3 gpt2: {name} x (1+1e-3)")
+    with monkeypatch.context() as m:
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                m.setattr(module, "eps", 1e-3)
+        _, _, logits = _logits(model, golden)
+    assert_caught("t3_gpt2.logits", logits, golden["logits"], mutant="t3 gpt2: LayerNorm eps 1e-3")
+    # exact GELU where GPT-2 uses its tanh approximation ("gelu_new")
+    monkeypatch.setattr(GPT2MLP, "forward", lambda self, x: self.c_proj(F.gelu(self.c_fc(x))))
+    _, _, logits = _logits(model, golden)
+    assert_caught("t3_gpt2.logits", logits, golden["logits"], mutant="t3 gpt2: exact GELU")
+
+
+def test_cond_emb_and_probs_checks_catch_a_weight_and_a_skipped_temperature(model, golden) -> None:
+    with perturbed(model, "cond_enc.spkr_enc.weight"):
+        cond_emb, _, _ = _logits(model, golden)
+    assert_caught("t3_gpt2.cond_emb", cond_emb, golden["cond_emb"], mutant="t3 gpt2: spkr_enc x (1+1e-3)")
+    history = turbo_penalty_history(6561, golden["speech_tokens"][0][:0])
+    probs = turbo_sampling_probs(golden["logits"][0][0:1], history, SamplingParams.turbo(temperature=1.0))
+    assert_caught("t3_gpt2.probs", probs, golden["probs_step0"], mutant="turbo sampling: temperature skipped")
 
 
 def test_turbo_sampling_distribution_matches_the_reference(golden: dict[str, torch.Tensor]) -> None:
@@ -72,8 +108,8 @@ def test_turbo_sampling_distribution_matches_the_reference(golden: dict[str, tor
     logits, forced = golden["logits"][0], golden["speech_tokens"][0]
     step0 = turbo_sampling_probs(logits[0:1], turbo_penalty_history(6561, forced[:0]), params)
     step3 = turbo_sampling_probs(logits[3:4], turbo_penalty_history(6561, forced[:3]), params)
-    torch.testing.assert_close(step0, golden["probs_step0"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(step3, golden["probs_step3"], atol=1e-5, rtol=0)
+    check("t3_gpt2.probs", step0, golden["probs_step0"])
+    check("t3_gpt2.probs", step3, golden["probs_step3"])
     assert int((step0 > 0).sum()) <= 1000  # top-k did cut the 6563-token vocabulary
 
 
