@@ -261,7 +261,7 @@ def test_log_holds_no_secret_and_no_traceback(live: Live) -> None:
     assert httpx.post(f"{live.url}/v1/audio/speech", content=b"{not json", headers=AUTH).status_code == 400
     time.sleep(0.5)  # let the log catch up
     log = live.log.read_text()
-    assert "serving english Chatterbox" in log  # the log is the server's, not empty
+    assert "chatterbox-vllm ready: " in log  # the log is the server's, not empty
     assert API_KEY not in log
     assert "Traceback" not in log and 'File "' not in log
 
