@@ -169,6 +169,18 @@ def english_tiny_checkpoint() -> Path:
     return seed0_checkpoint("english", "tiny")
 
 
+@pytest.fixture
+def half_written_checkpoint(english_tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """The tiny English checkpoint with its S3Gen weights cut half way, as an interrupted download leaves them."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(english_tiny_checkpoint, broken)
+    weights = broken / "s3gen.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return broken
+
+
 @pytest.fixture(scope="session")
 def multilingual_tiny_checkpoint() -> Path:
     return seed0_checkpoint("multilingual", "tiny")
