@@ -86,8 +86,11 @@ def vllm_phases(log_text: str) -> dict[str, float]:
 def server_env(model: str, preset: str, cache_dir: Path, port: int, *, device: str | None, log_level: str,
                voices_dir: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:  # fmt: skip
     """The environment of one start: this process's, without any library's own cache variable (every cache then
-    follows the cache directory), and the settings a user would set."""
-    env = {name: value for name, value in os.environ.items() if name not in CACHE_DIRECTORIES}
+    follows the cache directory) nor VLLM_ENABLE_V1_MULTIPROCESSING (which other benchmarks set to run vLLM in
+    their process: the server's default layout has its engine in a process of its own), and the settings a user
+    would set."""
+    dropped = {*CACHE_DIRECTORIES, "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env = {name: value for name, value in os.environ.items() if name not in dropped}
     env.update({
         CACHE_DIR_ENV: str(cache_dir), "CHATTERBOX_MODEL": model, "CHATTERBOX_PRESET": preset,
         "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port), "CHATTERBOX_LOG_LEVEL": log_level,

@@ -35,7 +35,11 @@ CACHE_DIRECTORIES: dict[str, str] = {
 }
 # Inductor's caches that skip recompiling a graph it has seen (on by default in recent torch: kept on here).
 CACHE_SWITCHES: dict[str, str] = {"TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
-_INDUCTOR_CONFIG = {"TORCHINDUCTOR_FX_GRAPH_CACHE": "fx_graph_cache", "TORCHINDUCTOR_AUTOGRAD_CACHE": "autograd_cache"}
+# Where torch keeps each switch once read: (config module, attribute).
+_SWITCH_CONFIG = {
+    "TORCHINDUCTOR_FX_GRAPH_CACHE": ("torch._inductor.config", "fx_graph_cache"),
+    "TORCHINDUCTOR_AUTOGRAD_CACHE": ("torch._functorch.config", "enable_autograd_cache"),
+}
 
 
 def default_cache_dir() -> Path:
@@ -73,11 +77,9 @@ def use_cache_dir(cache_dir: Path) -> dict[str, str]:
 
 
 def _sync_inductor_config(effective: dict[str, str]) -> None:
-    """Inductor reads its cache switches once, when its config module is first imported; if that happened before
-    the variables were set, the switches are copied to it here."""
-    config = sys.modules.get("torch._inductor.config")
-    if config is None:
-        return
-    for name, attribute in _INDUCTOR_CONFIG.items():
-        if name in effective and hasattr(config, attribute):
-            setattr(config, attribute, effective[name] == "1")
+    """torch reads its cache switches once, when their config modules are first imported (vLLM's import does it);
+    if that happened before the variables were set, the switches are copied to them here."""
+    for name, (module_name, attribute) in _SWITCH_CONFIG.items():
+        module = sys.modules.get(module_name)
+        if module is not None and name in effective and hasattr(module, attribute):
+            setattr(module, attribute, effective[name] == "1")
