@@ -4,7 +4,7 @@ a variable the user set kept, T3's CUDA-graph batch sizes bounded by its batch, 
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +25,18 @@ from chatterbox_vllm.tts import ChatterboxTTS
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No cache variable from outside; whatever a test sets is undone after it."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No cache variable from outside; the environment as it was after each test (use_cache_dir sets variables)."""
+    saved = dict(os.environ)
     for name in [*CACHE_DIRECTORIES, *CACHE_SWITCHES, CACHE_DIR_ENV, "VLLM_USE_FLASHINFER_SAMPLER"]:
-        monkeypatch.delenv(name, raising=False)
+        os.environ.pop(name, None)
     for name in list(os.environ):
         if name.upper().startswith("CHATTERBOX_"):
-            monkeypatch.delenv(name)
+            del os.environ[name]
     monkeypatch.chdir(tmp_path)  # the .env lookup sees only what a test writes here
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_every_compile_cache_goes_under_the_cache_directory(tmp_path: Path) -> None:

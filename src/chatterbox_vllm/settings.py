@@ -189,7 +189,8 @@ class Settings(BaseSettings):
         300, ge=0, le=4096,
         description="S3Gen's CUDA graphs captured at start-up cover pieces of up to this many speech tokens (25 = "
         "1 s; at most CHATTERBOX_MAX_NEW_TOKENS) after the longest voice prompt; a longer piece captures its shape "
-        "when it first comes (~1 s, once). Lower: a faster start; 0: the shortest shape only",
+        "when it first comes (~1 s, once). Lower: a faster start; 0: only lengths up to the longest prompt's (250 "
+        "tokens)",
     )  # fmt: skip
     s3gen_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
