@@ -19,9 +19,10 @@ from pathlib import Path
 
 import platformdirs
 
+from .settings import APP_NAME
+
 log = logging.getLogger(__name__)
 
-APP_NAME = "chatterbox-vllm"
 CACHE_DIR_ENV = "CHATTERBOX_CACHE_DIR"
 COMPILE_SUBDIR = "compile"
 
