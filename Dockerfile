@@ -39,11 +39,10 @@ COPY src ./src
 RUN CHATTERBOX_VENV=/opt/venv CHATTERBOX_EXTRA="${VARIANT}" PYTHON=python3 scripts/install.sh --no-editable
 ENV PATH=/opt/venv/bin:$PATH
 
-# Compiled kernels live in the /models volume too (vLLM's torch.compile artifacts, Inductor's kernels for S3Gen's
-# compiled blocks): a restarted container reuses them instead of compiling again.
+# The cache directory lives in the /models volume beside the downloaded models: its compile/ holds every compile
+# cache (vLLM's torch.compile artefacts, Inductor's and Triton's kernels, FlashInfer's and CUDA's JIT builds), so a
+# restarted container reuses them instead of compiling again (CHATTERBOX_CACHE_DIR in README.md).
 ENV HF_HOME=/models/huggingface \
-    VLLM_CACHE_ROOT=/models/vllm \
-    TORCHINDUCTOR_CACHE_DIR=/models/torchinductor \
     CHATTERBOX_CACHE_DIR=/models/chatterbox \
     CHATTERBOX_VOICES_DIR=/voices \
     CHATTERBOX_HOST=0.0.0.0 \

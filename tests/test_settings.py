@@ -114,6 +114,9 @@ def test_constructor_limit_overrides_the_preset() -> None:
         ("CHATTERBOX_S3GEN_DTYPE", "float16", "s3gen_dtype", "float16"),
         ("CHATTERBOX_S3GEN_COMPILE", "true", "s3gen_compile", True),
         ("CHATTERBOX_GIL_SWITCH_INTERVAL_MS", "1.5", "gil_switch_interval_ms", 1.5),
+        ("CHATTERBOX_CACHE_DIR", "/models/chatterbox", "cache_dir", "/models/chatterbox"),
+        ("CHATTERBOX_S3GEN_WARM_UP_TOKENS", "0", "s3gen_warm_up_tokens", 0),
+        ("CHATTERBOX_T3_FLASHINFER_SAMPLER", "true", "t3_flashinfer_sampler", True),
     ],
 )
 def test_each_variable_sets_exactly_its_field(

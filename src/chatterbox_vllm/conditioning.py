@@ -143,6 +143,7 @@ class VoiceConditioner:
         self._cache: OrderedDict[str, Conditionals] = OrderedDict()
         self._lock = threading.Lock()
         self._warm = False
+        self.warm_up_seconds: float | None = None  # how long `warm_up` took (a start-up phase)
 
     def warm_up(self) -> None:
         """Analyse a synthetic clip once, so that what the analysis loads on first use (librosa's lazily imported
@@ -156,10 +157,12 @@ class VoiceConditioner:
         try:
             self.compute(buffer.getvalue())
         except Exception as exc:  # the first real voice then pays the warm-up, as it would have
+            self.warm_up_seconds = time.perf_counter() - start
             log.warning("warming up voice analysis failed: %s: %s", type(exc).__name__, exc)
             return
         self._warm = True
-        log.debug("voice analysis warmed up in %.1f s", time.perf_counter() - start)
+        self.warm_up_seconds = time.perf_counter() - start
+        log.debug("voice analysis warmed up in %.1f s", self.warm_up_seconds)
 
     def from_audio(self, source: str | Path | bytes, exaggeration: float = 0.5) -> Conditionals:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()

@@ -160,6 +160,14 @@ class Settings(BaseSettings):
         "`.conditioning/`), created at start; unset: `voices` in the user data directory (Linux: "
         "`~/.local/share/chatterbox-vllm/voices`); the Docker image sets `/voices`",
     )
+    cache_dir: str | None = Field(
+        None,
+        description="directory for what the server makes once and reuses: compile caches (vLLM's torch.compile, "
+        "Inductor, Triton, FlashInfer and CUDA kernels, in `compile/`: a second start skips compiling), vLLM's T3 "
+        "model directories and random-tiny checkpoints; unset: the user cache directory (Linux: "
+        "`~/.cache/chatterbox-vllm`); the Docker image sets `/models/chatterbox`, in its model volume. A cache "
+        "variable set on its own (VLLM_CACHE_ROOT, TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, ...) wins",
+    )
 
     # ------------------------------------------------------------------ limits of the HTTP API
     max_input_chars: int = Field(4096, ge=1, le=100_000, description="longest `input` accepted (OpenAI: 4096)")
@@ -177,6 +185,13 @@ class Settings(BaseSettings):
     s3gen_batch_size: int = Field(
         16, ge=1, le=64, description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time)"
     )
+    s3gen_warm_up_tokens: int = Field(
+        300, ge=0, le=4096,
+        description="S3Gen's CUDA graphs captured at start-up cover pieces of up to this many speech tokens (25 = "
+        "1 s; at most CHATTERBOX_MAX_NEW_TOKENS) after the longest voice prompt; a longer piece captures its shape "
+        "when it first comes (~1 s, once). Lower: a faster start; 0: only lengths up to the longest prompt's (250 "
+        "tokens)",
+    )  # fmt: skip
     s3gen_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="S3Gen flow estimator's compute dtype on GPUs (autocast; auto: float16 on GPUs with tensor cores, "
@@ -188,6 +203,13 @@ class Settings(BaseSettings):
         True,
         description="S3Gen flow estimator's blocks through torch.compile where CUDA graphs run (not the low preset): "
         "fused kernels, ~1.3x faster in float16, compiled at start-up (~25 s; eager if Inductor fails)",
+    )
+    t3_flashinfer_sampler: bool = Field(
+        False,
+        description="T3's top-k/top-p sampling through FlashInfer's kernels in vLLM (GPUs): they are compiled "
+        "just-in-time on the first start (about 90 s on an H200; kept in the cache directory after). false: vLLM's "
+        "own sampling kernels, nothing to compile (T3's vocabulary is 8,194 tokens: little for either). The same "
+        "distribution either way; a seed draws different tokens on each",
     )
     gil_switch_interval_ms: float = Field(
         0.2,
@@ -266,6 +288,15 @@ class Settings(BaseSettings):
         if self.voices_dir:
             return Path(self.voices_dir).expanduser()
         return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "voices"
+
+    def resolved_cache_dir(self) -> Path:
+        """The cache directory the server uses: `cache_dir` when set, else the platform's user cache directory
+        (`compile_cache.default_cache_dir`)."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        from .compile_cache import default_cache_dir
+
+        return default_cache_dir()
 
     @property
     def max_upload_bytes(self) -> int:

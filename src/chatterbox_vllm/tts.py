@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from .checkpoint.config import ModelConfig, load_model_config
 from .checkpoint.hub import checkpoint_stage, download, resolve_model
 from .checkpoint.layout import CONFIG_FILE, CheckpointLayout
 from .checkpoint.weights import CheckpointError
+from .compile_cache import use_cache_dir
 from .conditioning import MIN_REFERENCE_SECONDS, S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
 from .conditioning_store import model_fingerprint
 from .engine.base import SamplingParams, T3Engine, speech_tokens_for_s3gen
@@ -95,6 +98,8 @@ class S3GenOptions:
     tokenizer_device: str | None = None
     flow_dtype: str = "float32"
     compile_flow: bool = False
+    # `warm_up_s3gen` captures graphs for pieces up to this many speech tokens (None: up to what it is asked).
+    warm_up_tokens: int | None = None
 
 
 def flow_compute_dtype(name: str, device: torch.device, *, low_memory: bool = False) -> torch.dtype | None:
@@ -151,6 +156,10 @@ class ChatterboxTTS:
         self.default_conds = conds
         self.device = device
         self.conditioning_fingerprint = conditioning_fingerprint
+        self.s3gen_warm_up_tokens: int | None = None  # see S3GenOptions.warm_up_tokens
+        # Seconds each start-up phase took, in order (loading, T3's engine, S3Gen's compile and graphs, ...): the
+        # server shows them in /health and the log, benchmarks/startup.py records them.
+        self.startup_phases: dict[str, float] = {}
         gpt2 = layout.is_gpt2
         self.voices = VoiceConditioner(
             voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
@@ -188,6 +197,10 @@ class ChatterboxTTS:
 
         `model` loads another of the server's models with the same settings; `gpu_memory_gib` replaces T3's budget
         (the share a VRAM plan gave it when several models are loaded); `progress` hears each stage of the load."""
+        # Before anything compiles or vLLM's engine process starts: both read the compile caches' variables.
+        use_cache_dir(settings.resolved_cache_dir())
+        if not settings.t3_flashinfer_sampler:  # read by vLLM's engine process; a value the user set wins
+            os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         device = settings_device(settings)
         limits = settings.limits()
         if gpu_memory_gib is not None:
@@ -202,6 +215,7 @@ class ChatterboxTTS:
             tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu",
             flow_dtype=settings.s3gen_dtype,
             compile_flow=settings.s3gen_compile,
+            warm_up_tokens=settings.s3gen_warm_up_tokens,
         )
         return cls.load(
             model or settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
@@ -276,6 +290,7 @@ class ChatterboxTTS:
         config = load_model_config(directory, layout)
         kind = resolve_engine_kind(engine_kind)  # a bad name fails before anything loads
         progress("loading S3Gen, the voice encoder and the text tokenizer")
+        started = time.perf_counter()
         s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
         if s3gen_options.tokenizer_device is not None:
             s3gen.tokenizer.to(s3gen_options.tokenizer_device)
@@ -300,13 +315,15 @@ class ChatterboxTTS:
             )
         conds_path = directory / layout.conds
         conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
+        loaded = time.perf_counter()
         progress("starting the T3 engine (vLLM)" if kind == "vllm" else "loading T3 (PyTorch)")
         engine = build_t3_engine(engine_kind, directory / layout.t3, config.t3, device, vllm_options=vllm_options)
+        phases = {"load_s3gen_voice_encoder": loaded - started, "t3_engine": time.perf_counter() - loaded}
         log.info(
             "loaded %s Chatterbox from %s on %s (T3 engine: %s)",
             layout.variant, directory, device, type(engine).__name__,
         )
-        return cls(
+        tts = cls(
             layout=layout,
             config=config,
             engine=engine,
@@ -317,24 +334,43 @@ class ChatterboxTTS:
             device=device,
             conditioning_fingerprint=voice_analysis_fingerprint(directory, layout, config),
         )
+        tts.s3gen_warm_up_tokens = s3gen_options.warm_up_tokens
+        tts.startup_phases.update(phases)
+        return tts
 
     def warm_up_s3gen(self, max_new_tokens: int, max_prompt_tokens: int = 250) -> int:
-        """Capture S3Gen's CUDA graphs for every length a request can reach (prompt + speech tokens, 2 frames
-        each) so no request pays a capture; a no-op without them (CPU). Returns the number captured."""
+        """Capture S3Gen's CUDA graphs for the lengths a request reaches (prompt + speech tokens, 2 frames each) so
+        that no common request pays a capture; a no-op without them (CPU). Returns the number captured.
+
+        With `s3gen_warm_up_tokens` set (the server's CHATTERBOX_S3GEN_WARM_UP_TOKENS) only pieces up to that many
+        speech tokens are covered now: each graph costs start-up time, and a longer, rarer piece captures its
+        shape on first use. The first capture compiles the flow blocks (when compiled): its seconds are recorded
+        as `s3gen_compile` in `startup_phases`, the others' as `s3gen_graphs`."""
         decoder = self.s3gen.flow.decoder
         if decoder.graphs is None:
             return 0
-        frames = 2 * (max_prompt_tokens + max_new_tokens)
+        tokens = max_new_tokens if self.s3gen_warm_up_tokens is None else min(max_new_tokens, self.s3gen_warm_up_tokens)
+        frames = 2 * (max_prompt_tokens + tokens)
+        started = time.perf_counter()
         with torch.inference_mode():
             try:  # with compiled blocks the first capture's warm-up run compiles them (outside the graph)
-                return decoder.graphs.capture_up_to(frames, device=self.device)
+                first = decoder.graphs.capture_up_to(1, device=self.device)  # the shortest bucket only
+                compiled = time.perf_counter()
+                rest = decoder.graphs.capture_up_to(frames, device=self.device)
             except Exception as exc:  # Inductor's errors have no common base; any failure here means no kernels
                 if not decoder.compiled:
                     raise
                 log.warning("S3Gen's compiled blocks failed to build (%s: %s); running them eagerly",
                             type(exc).__name__, exc)  # fmt: skip
                 decoder.uncompile_blocks()  # with fresh graphs
-                return decoder.graphs.capture_up_to(frames, device=self.device)
+                first = decoder.graphs.capture_up_to(1, device=self.device)
+                compiled = time.perf_counter()
+                rest = decoder.graphs.capture_up_to(frames, device=self.device)
+        self.startup_phases["s3gen_compile"] = compiled - started
+        self.startup_phases["s3gen_graphs"] = time.perf_counter() - compiled
+        log.debug("S3Gen: first graph (with compiling) %.1f s, %d more graphs up to %d frames %.1f s",
+                  compiled - started, rest, frames, time.perf_counter() - compiled)  # fmt: skip
+        return first + rest
 
     def close(self) -> None:
         """Stop the T3 engine (vLLM runs its engine core in a process of its own)."""

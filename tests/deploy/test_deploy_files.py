@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chatterbox_vllm.compile_cache import CACHE_DIRECTORIES
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,9 +36,10 @@ def test_dockerfile() -> None:
     assert any("/health" in line for line in lines)
     assert any(line.startswith("VOLUME") and "/models" in line and "/voices" in line for line in lines)
     assert any("HF_HOME=/models/huggingface" in line for line in lines)
-    # compile caches in the volume: a restart does not compile again
-    assert any("VLLM_CACHE_ROOT=/models/" in line for line in lines)
-    assert any("TORCHINDUCTOR_CACHE_DIR=/models/" in line for line in lines)
+    # the cache directory, and with it every compile cache, in the volume: a restart does not compile again. No
+    # library's cache variable is set on its own (it would win over the cache directory's, elsewhere).
+    assert any("CHATTERBOX_CACHE_DIR=/models/" in line for line in lines)
+    assert not any(name in line for line in lines for name in CACHE_DIRECTORIES)
     # Two variants over one Ubuntu release, picked by a build argument; the GPU one by default.
     assert "ARG VARIANT=gpu" in lines
     assert any(re.fullmatch(r"FROM nvidia/cuda:\S+-ubuntu24\.04 AS base-gpu", line) for line in lines)

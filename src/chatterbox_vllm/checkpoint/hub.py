@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+from ..compile_cache import cache_root
 from .layout import HF_REPO_ID, LAYOUTS, CheckpointLayout, Variant
 from .weights import CheckpointError
 
@@ -31,11 +32,9 @@ RANDOM_MODELS: dict[str, Variant] = {
 
 
 def random_checkpoint_dir(variant: Variant) -> Path:
-    """Where `random-tiny` checkpoints live: $CHATTERBOX_CACHE_DIR (default ~/.cache/chatterbox-vllm)/random/."""
-    root = os.environ.get("CHATTERBOX_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "chatterbox-vllm"
-    )
-    return Path(root) / "random" / f"{variant}-tiny-seed0"
+    """Where `random-tiny` checkpoints live: the cache directory's `random/` (CHATTERBOX_CACHE_DIR, default
+    ~/.cache/chatterbox-vllm)."""
+    return cache_root() / "random" / f"{variant}-tiny-seed0"
 
 
 def random_tiny(variant: Variant) -> Path:

@@ -58,6 +58,8 @@ class VLLMOptions:
     # prefill is split (it rewinds the request's generator, which CPU generators cannot do), which any burst of
     # requests with a `seed` whose prompts exceed one step's token budget would do. None: on CPU only.
     whole_prefills: bool | None = None
+    # Decode batch sizes vLLM captures CUDA graphs for (None: vLLM's default list). See `cudagraph_capture_sizes`.
+    cudagraph_capture_sizes: tuple[int, ...] | None = None
 
     @classmethod
     def from_limits(cls, limits: EngineLimits, device: torch.device, *, explicit_dtype: bool = True) -> "VLLMOptions":
@@ -72,13 +74,30 @@ class VLLMOptions:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(limits.gpu_memory_gib))))
             if not explicit_dtype:
                 dtype = "float32"
+        graphs = device.type == "cuda" and not limits.enforce_eager
         return cls(
             max_model_len=limits.max_model_len,
             max_num_seqs=limits.max_batch_size,
             gpu_memory_utilization=utilization,
             enforce_eager=limits.enforce_eager,
             dtype=dtype,
+            cudagraph_capture_sizes=cudagraph_capture_sizes(limits.max_batch_size) if graphs else None,
         )
+
+
+def cudagraph_capture_sizes(max_num_seqs: int) -> tuple[int, ...]:
+    """Batch sizes for T3's decode graphs: powers of two and the halfway points above 8, up to `max_num_seqs`
+    (which is included). vLLM's default list runs to twice max_num_seqs in steps of 8 (1, 2, 4, 8, 16, ..., 64 for
+    the high preset: 11 sizes, each captured piecewise and whole at start-up); a decode step never holds more
+    than max_num_seqs requests, and a batch between two sizes pads to the next, so 8 sizes serve as well."""
+    sizes = {max_num_seqs}
+    size = 1
+    while size < max_num_seqs:
+        sizes.add(size)
+        if size >= 8 and size + size // 2 < max_num_seqs:
+            sizes.add(size + size // 2)
+        size *= 2
+    return tuple(sorted(sizes))
 
 
 def vllm_available() -> bool:
@@ -102,8 +121,12 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None
     whole_prefills: dict[str, Any] = {}
     if options.whole_prefills:  # a step's budget then takes the longest prompt whole
         whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=options.max_model_len)
+    graphs: dict[str, Any] = {}
+    if options.cudagraph_capture_sizes and not options.enforce_eager:  # a dict: one shape from vLLM 0.26 to 0.33
+        graphs = dict(compilation_config={"cudagraph_capture_sizes": list(options.cudagraph_capture_sizes)})
     return dict(
         **whole_prefills,
+        **graphs,
         model=str(model_dir),
         skip_tokenizer_init=True,
         enable_prompt_embeds=True,

@@ -356,6 +356,15 @@ def _model_health(state: ModelState) -> dict:
         entry["random_weights"] = True  # a random-tiny checkpoint: the audio is noise (the web page says so)
     if state.t3_budget_gib is not None:
         entry["t3_gpu_memory_gib"] = state.t3_budget_gib
+    if state.ready_after_s is not None:  # how its start went (benchmarks/startup.py reads these)
+        entry["ready_after_s"] = round(state.ready_after_s, 2)
+    if state.tts is not None:
+        # What the start spent where; S3Gen's graphs and voice analysis warm up on S3Gen's thread after the model
+        # is ready (requests queue behind them), so their phases appear once done, voice_warm_up last.
+        phases = dict(state.tts.startup_phases)
+        if state.tts.voices.warm_up_seconds is not None:
+            phases["voice_warm_up"] = state.tts.voices.warm_up_seconds
+        entry["startup_phases_s"] = {name: round(seconds, 2) for name, seconds in phases.items()}
     if state.error:
         entry["error"] = state.error
     return entry

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from ..vram_plan import model_need, plan_t3_budgets
 from .errors import describe_failure, log_failure
 from .metrics import T3_IN_ENGINE, VOICE_CONDITIONING
 from .service import Admission, SpeechService
-from .startup import loading_line, ready_line
+from .startup import loading_line, phases_text, ready_line
 from .state import ModelState, ServedModels
 from .voices import VoiceLibrary
 
@@ -68,6 +69,7 @@ class Serving:
         self.served = served
         self.admission = Admission(settings.max_queue)
         self._voices: VoiceLibrary | None = None
+        self._created = time.monotonic()  # the server's start, as far as its models' start-up times count
         T3_IN_ENGINE.set_function(self._requests_in_engines)
         for index, state in enumerate(served.states):  # what /health says until each load reports its stages
             if state.status == "loading":
@@ -106,6 +108,8 @@ class Serving:
         if voices.directory is not None and tts.conditioning_fingerprint is not None:
             store = ConditioningStore(voices.directory, tts.variant, tts.conditioning_fingerprint)
         service = SpeechService(tts, self.settings, self.admission, store, language_advice=self.served.language_advice)
+        state.ready_after_s = time.monotonic() - self._created  # S3Gen's and voice analysis's warm-ups still run
+        log.debug("%s ready after %.1f s: %s", state.describe(), state.ready_after_s, phases_text(tts.startup_phases))
         for source in ("memory", "stored", "computed"):  # each series from 0, so /metrics lists them from the start
             VOICE_CONDITIONING.labels(model=service.model_id, source=source)
         state.tts, state.service, state.voices = tts, service, voices

@@ -47,6 +47,17 @@ def current_stage(served: ServedModels) -> str | None:
     return None
 
 
+def phases_text(phases: dict[str, float]) -> str:
+    """Start-up phases as the log shows them: `t3_engine 41.2 s, s3gen_compile 12.0 s, ...`."""
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()) or "no phases recorded"
+
+
+def ready_after(served: ServedModels) -> float | None:
+    """Seconds from the server's start until its last model was ready (None: none is)."""
+    times = [state.ready_after_s for state in served.states if state.ready_after_s is not None]
+    return max(times) if times else None
+
+
 def ready_line(settings: Settings, served: ServedModels) -> str | None:
     """The one line that says the server serves: API and web page URLs, the models, preset, device and voices.
     None when no model loaded (their errors were logged instead)."""
@@ -60,6 +71,9 @@ def ready_line(settings: Settings, served: ServedModels) -> str | None:
         f"{READY_PREFIX} API {url}/v1; web page {url}/; model{'s' if len(ready) > 1 else ''} {models}; "
         f"preset {settings.preset}; device {devices}; voices {voices_directory(settings)}"
     )
+    seconds = ready_after(served)
+    if seconds is not None:
+        line += f"; started in {seconds:.1f} s"
     failed = [state.describe() for state in served.states if state.status == "error"]
     if failed:
         line += f"; not loaded: {', '.join(failed)} (see the errors above, or /health)"

@@ -46,6 +46,7 @@ class ModelState:
     variant: str | None = None  # known before it loads (from the name or the directory's files)
     t3_budget_gib: float | None = None  # T3's GPU budget when a VRAM plan shared the GPU between models
     stage: str | None = None  # while loading: what it does now ("starting the T3 engine (vLLM)", ...)
+    ready_after_s: float | None = None  # seconds from the server's start until this model was ready
 
     @property
     def id(self) -> str | None:
