@@ -3,9 +3,10 @@ left in the same cache directory), with where each start's time went.
 
 Each start is the server as users start it (`python -m chatterbox_vllm.cli serve`, its default process layout,
 settings from CHATTERBOX_* variables), timed from the process's launch to two moments: /health's first 200
-(`health_ok_s`: requests are accepted) and the end of the warm-ups that run on S3Gen's thread after it, S3Gen's
-compile and CUDA graphs, then voice analysis (`ready_s`: requests no longer queue behind start-up work, which is
-what `ready_s_cold`/`ready_s_warm` report). Then it is stopped (SIGTERM) and the next one starts. The split comes
+(`health_ok_s`) and the end of the warm-ups that run on S3Gen's thread, S3Gen's compile and CUDA graphs, then voice
+analysis (`ready_s`: requests no longer queue behind start-up work, which is what `ready_s_cold`/`ready_s_warm`
+report). The server marks a model ready only after those warm-ups, so the two coincide; both are kept so a server
+that answered 200 early would show it. Then it is stopped (SIGTERM) and the next one starts. The split comes
 from two places:
 * the server's own phases (/health's `startup_phases_s`): S3Gen, voice encoder and tokenizer loading, T3's engine
   start (all of vLLM's work), S3Gen's compile (its first graph) and its other graphs, voice analysis warm-up;

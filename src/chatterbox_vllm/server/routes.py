@@ -359,8 +359,8 @@ def _model_health(state: ModelState) -> dict:
     if state.ready_after_s is not None:  # how its start went (benchmarks/startup.py reads these)
         entry["ready_after_s"] = round(state.ready_after_s, 2)
     if state.tts is not None:
-        # What the start spent where; S3Gen's graphs and voice analysis warm up on S3Gen's thread after the model
-        # is ready (requests queue behind them), so their phases appear once done, voice_warm_up last.
+        # What the start spent where; S3Gen's graphs and voice analysis warm up on S3Gen's thread before the model
+        # is marked ready (a request would otherwise queue behind them), voice_warm_up last.
         phases = dict(state.tts.startup_phases)
         if state.tts.voices.warm_up_seconds is not None:
             phases["voice_warm_up"] = state.tts.voices.warm_up_seconds

@@ -136,9 +136,15 @@ class SpeechService:
         self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, self._max_batch))
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
-        self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)
+        self._warm_ups = [self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)]
         # Then voice analysis (once per model): its first run loads libraries for seconds, which no upload should pay.
-        self._s3gen.call(tts.voices.warm_up)
+        self._warm_ups.append(self._s3gen.call(tts.voices.warm_up))
+
+    def wait_warm_up(self) -> None:
+        """Block until S3Gen's and voice analysis's warm-ups have run: before that, a request would queue behind
+        them on the S3Gen thread, so the model is not ready yet. A warm-up that failed raises here."""
+        for future in self._warm_ups:
+            future.result()
 
     # ---------------------------------------------------------------------------------------- admission
     @property

@@ -108,7 +108,8 @@ class Serving:
         if voices.directory is not None and tts.conditioning_fingerprint is not None:
             store = ConditioningStore(voices.directory, tts.variant, tts.conditioning_fingerprint)
         service = SpeechService(tts, self.settings, self.admission, store, language_advice=self.served.language_advice)
-        state.ready_after_s = time.monotonic() - self._created  # S3Gen's and voice analysis's warm-ups still run
+        service.wait_warm_up()  # ready means a request runs at once, not behind S3Gen's compile and graph capture
+        state.ready_after_s = time.monotonic() - self._created
         log.debug("%s ready after %.1f s: %s", state.describe(), state.ready_after_s, phases_text(tts.startup_phases))
         for source in ("memory", "stored", "computed"):  # each series from 0, so /metrics lists them from the start
             VOICE_CONDITIONING.labels(model=service.model_id, source=source)
