@@ -45,7 +45,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only to smoke-tes
 
 
 def build(args: argparse.Namespace):
-    weights, config = write_t3(args.work, args.variant, args.seed)
+    weights, config = write_t3(args.work, args.variant, args.seed, args.size)
     _prepare_process_environment()
     plugin.register()
     import vllm
