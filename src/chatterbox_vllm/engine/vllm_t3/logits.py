@@ -186,16 +186,17 @@ class _T3LogitsProcessor(LogitsProcessor):
         forget: list[int] = []
         vocab, last = self.vocab, self.vocab - 1
         for index in self.live:
-            history = self.histories[index]
             seen = self.seen[index]
-            if history is None or len(history) == seen:
+            new = self.histories[index][seen:]  # type: ignore[index]  # live slots hold a list
+            if not new:
                 continue
             if seen == 0 and self.start_token_only_first:
                 forget.append(index * vocab + self.start_token)
-            for token in history[seen:]:
+            base = index * vocab
+            for token in new:
                 if token < 0:  # a placeholder for a token still in flight (async scheduling)
                     break
-                flat.append(index * vocab + min(max(token, 0), last))
+                flat.append(base + (token if token < vocab else last))
                 seen += 1
             self.seen[index] = seen
         if forget:  # before the new tokens: a generated start token stays penalised
