@@ -128,3 +128,30 @@ def test_turbo_rows_equal_the_reference_chain_through_batch_changes() -> None:
     processor.update_state(update(moved=[(0, 1, MoveDirectionality.SWAP)]))
     x.append(31)
     check([(second, y), (first, x)], seed=2)
+
+
+def top_level_ops(processor, histories: list[list[int]], width: int) -> list[str]:
+    """The torch ops one `apply` dispatches (on a GPU each is a launch or a view), after a new token per row."""
+    for row, history in enumerate(histories):
+        history.append(row + 1)
+    logits = torch.randn(len(histories), width)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        processor.apply(logits)
+    return [event.name for event in prof.events() if event.cpu_parent is None]
+
+
+@pytest.mark.parametrize("chain", [CFGLogitsProcessor, TurboLogitsProcessor])
+def test_host_work_per_step_does_not_grow_with_the_batch(chain) -> None:
+    """Per-row settings and the new tokens go to the device as whole-batch tensors: one row or four, `apply`
+    dispatches the same torch ops (a per-row tensor op would add ops per request)."""
+    params = cfg_request(0.5, 1.2) if chain is CFGLogitsProcessor else turbo_request(SamplingParams(top_k=5))
+    width = 2 * VOCAB if chain is CFGLogitsProcessor else VOCAB
+    ops = []
+    for batch in (1, SLOTS):
+        processor = chain(vllm_config(), torch.device("cpu"), False)
+        histories: list[list[int]] = [[] for _ in range(batch)]
+        processor.update_state(update(added=[(i, params, None, histories[i]) for i in range(batch)]))
+        top_level_ops(processor, histories, width)  # the first step also forgets Turbo's start token
+        ops.append(top_level_ops(processor, histories, width))
+    assert ops[0] == ops[1]
+    assert ops[0].count("aten::index_fill_") == 1  # every row's new token marked by one scatter
