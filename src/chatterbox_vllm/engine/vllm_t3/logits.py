@@ -22,6 +22,7 @@ settings and ask vLLM for plain sampling (temperature 1, or 0 for greedy; no top
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 from ..sampling import apply_top_k, apply_top_p
 from .plugin import CFG_WEIGHT, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
+
+log = logging.getLogger(__name__)
 
 
 def _check_number(args: dict, key: str, low: float, *, strict: bool = False, integer: bool = False) -> None:
@@ -63,10 +66,14 @@ class _IndexUpload:
         self.capacity = capacity
         self.next = 0
         if pin:
-            self.host = [torch.empty(capacity, dtype=torch.long, pin_memory=True) for _ in range(self.RING)]
-            self.host_np = [buffer.numpy() for buffer in self.host]
-            self.twin = [torch.empty(capacity, dtype=torch.long, device=device) for _ in range(self.RING)]
-            self.copied: list[torch.cuda.Event | None] = [None] * self.RING
+            try:
+                self.host = [torch.empty(capacity, dtype=torch.long, pin_memory=True) for _ in range(self.RING)]
+                self.host_np = [buffer.numpy() for buffer in self.host]
+                self.twin = [torch.empty(capacity, dtype=torch.long, device=device) for _ in range(self.RING)]
+                self.copied: list[torch.cuda.Event | None] = [None] * self.RING
+            except RuntimeError as exc:  # no pinned memory here: plain copies, which wait for the GPU
+                log.warning("T3 logits processor: pinned buffers unavailable (%s); per-step uploads will block", exc)
+                self.pin = False
 
     def __call__(self, values: list[int]) -> torch.Tensor:
         if not self.pin:
