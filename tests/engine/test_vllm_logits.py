@@ -25,7 +25,13 @@ from chatterbox_vllm.engine.sampling import (  # noqa: E402
     turbo_processed_logits,
 )
 from chatterbox_vllm.engine.vllm_t3.logits import CFGLogitsProcessor, TurboLogitsProcessor  # noqa: E402
-from chatterbox_vllm.engine.vllm_t3.plugin import CFG_WEIGHT, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P  # noqa: E402
+from chatterbox_vllm.engine.vllm_t3.plugin import (  # noqa: E402
+    CFG_WEIGHT,
+    REPETITION_PENALTY,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+)
 
 VOCAB = 64
 START = 7
