@@ -12,6 +12,7 @@ def add_t3_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="JSON report")
     parser.add_argument("--variant", default="english", choices=["english", "multilingual"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", default="full", choices=["full", "tiny"], help="tiny: the CPU smoke size")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
     parser.add_argument("--max-model-len", type=int, default=1024)

@@ -6,6 +6,7 @@ Prints tok/s per stream for a few batch sizes, with and without per-request seed
 (Python hot spots) and a torch profiler summary (kernel time, launches per step). Compare
 CHATTERBOX_T3_COMPILE=0 and =1 by running it twice. Usage:
     python benchmarks/t3_profile.py --work /tmp/t3 --out profile.json [--batches 1 32 64] [--tokens 300]
+On CPU (a smoke test of the script): --size tiny --dtype float32.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only to smoke-tes
 
 
 def build(args: argparse.Namespace):
-    weights, config = write_t3(args.work, args.variant, args.seed)
+    weights, config = write_t3(args.work, args.variant, args.seed, args.size)
     _prepare_process_environment()
     plugin.register()
     import vllm

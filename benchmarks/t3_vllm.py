@@ -31,11 +31,13 @@ from chatterbox_vllm.engine.vllm_engine import VLLMOptions, VLLMT3Engine
 from chatterbox_vllm.models.t3 import T3Cond, T3Config, load_t3
 
 
-def write_t3(work: Path, variant: str, seed: int) -> tuple[Path, T3Config]:
-    config = T3Config.for_variant(variant)
-    path = work / f"t3-{variant}-seed{seed}.safetensors"
+def write_t3(work: Path, variant: str, seed: int, size: str = "full") -> tuple[Path, T3Config]:
+    """A random T3 weight file ("full" or "tiny": the CPU smoke size) and its config."""
+    config = T3Config.tiny(variant) if size == "tiny" else T3Config.for_variant(variant)
+    name = f"t3-{variant}-seed{seed}" if size == "full" else f"t3-{variant}-{size}-seed{seed}"
+    path = work / f"{name}.safetensors"
     if not path.exists():
-        state = rw.build_state_dict(rw.component_specs("t3", variant, "full"), seed, {})
+        state = rw.build_state_dict(rw.component_specs("t3", variant, size), seed, {})
         save_file(dict(state), str(path))
     return path, config
 

@@ -11,7 +11,8 @@ embeddings). Requests set vLLM's own `repetition_penalty` to 1.
 
 Nothing here may wait for the GPU: `apply` runs while the step's forward pass is still queued, and a blocking
 host-to-device copy (a pageable `.to(device)`) would stall the CPU until it finishes, serialising vLLM's
-scheduling of the next step behind it. Per-step inputs go through pinned memory with non-blocking copies.
+scheduling of the next step behind it. Per-step inputs (the new tokens' indices) go through a ring of pinned
+buffers with non-blocking copies; per-request settings live on the device and change only with the batch.
 
 Turbo and Nano (`TurboLogitsProcessor`) follow `T3.inference_turbo`: / temperature -> top-k -> top-p -> repetition
 penalty, the penalty over the start-of-speech token at the first step and over the generated tokens alone after.
@@ -21,9 +22,9 @@ settings and ask vLLM for plain sampling (temperature 1, or 0 for greedy; no top
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,12 +37,7 @@ if TYPE_CHECKING:
 from ..sampling import apply_top_k, apply_top_p
 from .plugin import CFG_WEIGHT, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
 
-
-@dataclass
-class _Row:
-    settings: tuple[float, ...]  # the processor's per-request numbers (see `_settings`)
-    output_ids: list[int]  # vLLM's live list of this request's generated ids
-    seen: int = 0  # how many of them are already in the penalty mask
+log = logging.getLogger(__name__)
 
 
 def _check_number(args: dict, key: str, low: float, *, strict: bool = False, integer: bool = False) -> None:
@@ -56,9 +52,56 @@ def _check_number(args: dict, key: str, low: float, *, strict: bool = False, int
         raise ValueError(f"extra_args[{key!r}] is out of range: {value!r}")
 
 
+class _IndexUpload:
+    """Small lists of int64 indices to the device without allocating pinned memory or waiting for the GPU: a ring
+    of pinned host buffers and their device twins. A host buffer is written again only after its last copy has run
+    (an event per buffer; with a ring of 4 the GPU would have to lag 4 steps behind for that to wait). The device
+    twin needs no such guard: every use of it is queued on the same stream before its next copy."""
+
+    RING = 4
+
+    def __init__(self, device: torch.device, capacity: int, pin: bool) -> None:
+        self.device = device
+        self.pin = pin
+        self.capacity = capacity
+        self.next = 0
+        if pin:
+            try:
+                self.host = [torch.empty(capacity, dtype=torch.long, pin_memory=True) for _ in range(self.RING)]
+                self.host_np = [buffer.numpy() for buffer in self.host]
+                self.twin = [torch.empty(capacity, dtype=torch.long, device=device) for _ in range(self.RING)]
+                self.copied: list[torch.cuda.Event | None] = [None] * self.RING
+            except RuntimeError as exc:  # no pinned memory here: plain copies, which wait for the GPU
+                log.warning("T3 logits processor: pinned buffers unavailable (%s); per-step uploads will block", exc)
+                self.pin = False
+
+    def __call__(self, values: list[int]) -> torch.Tensor:
+        if not self.pin:
+            return torch.tensor(values, dtype=torch.long, device=self.device)
+        count = len(values)
+        if count > self.capacity:  # more than the ring holds (a burst of tokens): a one-off pinned copy
+            return torch.tensor(values, dtype=torch.long).pin_memory().to(self.device, non_blocking=True)
+        slot, self.next = self.next, (self.next + 1) % self.RING
+        event = self.copied[slot]
+        if event is not None:
+            event.synchronize()
+        self.host_np[slot][:count] = values
+        twin = self.twin[slot][:count]
+        twin.copy_(self.host[slot][:count], non_blocking=True)
+        if event is None:
+            event = self.copied[slot] = torch.cuda.Event()
+        event.record()
+        return twin
+
+
 class _T3LogitsProcessor(LogitsProcessor):
-    """What both chains share: per-request settings by batch slot, and the mask of tokens the repetition penalty
-    touches, kept on the device and grown by each step's new tokens."""
+    """What both chains share: per-request settings and the mask of tokens the repetition penalty touches, both
+    kept on the device by batch slot.
+
+    Host work per step is bounded: settings change only in `update_state` (one upload per batch change), and
+    `apply` reads each live request's newest ids from vLLM's lists (the only place vLLM hands them to a logits
+    processor), uploads them as one index list and marks them with one scatter. Everything else is whole-batch
+    tensor ops that never wait for the GPU."""
 
     # Turbo's penalty forgets the start-of-speech token once a token has been generated.
     start_token_only_first: bool = False
@@ -69,17 +112,21 @@ class _T3LogitsProcessor(LogitsProcessor):
         self.vocab = int(t3["speech_tokens_dict_size"])
         self.start_token = int(t3["start_speech_token"])
         self.device = device
-        self.rows: dict[int, _Row] = {}
         slots = vllm_config.scheduler_config.max_num_seqs
         self.penalised = torch.zeros((slots, self.vocab), dtype=torch.bool, device=device)
-        self.columns: torch.Tensor | None = None  # [batch, settings] per-row settings, rebuilt on changes
-        self.pin = is_pin_memory and device.type == "cuda"
+        # [slots, settings] float32 (vLLM's sampler hands processors float32 logits); free slots hold stale values
+        # that nobody samples from.
+        self.settings = torch.tensor([self._defaults()], dtype=torch.float32).repeat(slots, 1).to(device)  # at start
+        self.histories: list[list[int] | None] = [None] * slots  # vLLM's live list of each slot's generated ids
+        self.seen = [0] * slots  # how many of them are in the penalty mask already
+        self.live: set[int] = set()
+        self.upload = _IndexUpload(device, 4 * slots, is_pin_memory and device.type == "cuda")
 
     def _settings(self, params: SamplingParams) -> tuple[float, ...]:
         raise NotImplementedError
 
     def _defaults(self) -> tuple[float, ...]:
-        """Settings of a batch slot without a request (its logits are not sampled from)."""
+        """Settings of a batch slot before its first request."""
         raise NotImplementedError
 
     def is_argmax_invariant(self) -> bool:
@@ -88,63 +135,87 @@ class _T3LogitsProcessor(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is None:
             return
-        # Same order as vLLM's own processors: added, removed, moved.
-        for index, params, _prompt_ids, output_ids in batch_update.added:
-            self.rows[index] = _Row(self._settings(params), output_ids)
-            self.penalised[index] = False
-            self.penalised[index, self.start_token] = True  # the reference's history starts with it
+        # In the order BatchUpdate documents: removed, added (which may reuse a removed slot), moved.
         for index in batch_update.removed:
-            self.rows.pop(index, None)
-        for a, b, direction in batch_update.moved:
-            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
-            mask_a, mask_b = self.penalised[a].clone(), self.penalised[b].clone()
-            if row_a is not None:
-                self.rows[b] = row_a
-                self.penalised[b] = mask_a
-            if direction == MoveDirectionality.SWAP and row_b is not None:
-                self.rows[a] = row_b
-                self.penalised[a] = mask_b
-        self.columns = None
+            self.histories[index] = None
+            self.live.discard(index)
+        if batch_update.added:
+            self._add(batch_update.added)
+        if batch_update.moved:
+            self._move(batch_update.moved)
 
-    def _per_row(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        if self.columns is None or self.columns.shape[0] != batch:
-            rows = [self.rows.get(i) for i in range(batch)]
-            values = [r.settings if r else self._defaults() for r in rows]
-            self.columns = self._to_device(torch.tensor(values, dtype=dtype))
-        return self.columns
+    def _add(self, added: Any) -> None:
+        indices, values = [], []
+        for index, params, _prompt_ids, output_ids in added:
+            self.histories[index] = output_ids
+            self.seen[index] = 0
+            self.live.add(index)
+            indices.append(index)
+            values.append(self._settings(params))
+        rows = self._to_device(torch.tensor(indices, dtype=torch.long))
+        self.settings.index_copy_(0, rows, self._to_device(torch.tensor(values, dtype=torch.float32)))
+        self.penalised.index_fill_(0, rows, False)
+        self.penalised[:, self.start_token].index_fill_(0, rows, True)  # the reference's history starts with it
 
-    def _mark_new_tokens(self, batch: int) -> None:
-        rows, ids, forget = [], [], []
-        for index in range(batch):
-            row = self.rows.get(index)
-            if row is None:
-                continue
-            for token in row.output_ids[row.seen :]:
-                if token < 0:  # a placeholder for a token still in flight (async scheduling)
-                    break
-                if row.seen == 0 and self.start_token_only_first:
-                    forget.append(index * self.vocab + self.start_token)
-                rows.append(index)
-                ids.append(token)
-                row.seen += 1
-        if forget:  # before the new tokens: a generated start token stays penalised
-            self.penalised.view(-1).index_fill_(0, self._to_device(torch.tensor(forget, dtype=torch.long)), False)
-        if ids:
-            flat = torch.tensor(rows, dtype=torch.long) * self.vocab + torch.tensor(ids, dtype=torch.long).clamp_(
-                0, self.vocab - 1
-            )
-            self.penalised.view(-1).index_fill_(0, self._to_device(flat), True)
+    def _move(self, moved: Any) -> None:
+        """Apply vLLM's moves (a -> b, or a <-> b, in order) to the host lists, then to the device rows with one
+        gather per tensor."""
+        holder: list[int | None] = list(range(len(self.histories)))  # whose state each slot holds after the moves
+        for a, b, direction in moved:
+            if direction == MoveDirectionality.SWAP:
+                holder[a], holder[b] = holder[b], holder[a]
+            else:
+                holder[a], holder[b] = None, holder[a]
+        histories, seen = list(self.histories), list(self.seen)
+        targets, origins = [], []
+        for slot, origin in enumerate(holder):
+            if origin is None:
+                self.histories[slot] = None
+            elif origin != slot:
+                self.histories[slot], self.seen[slot] = histories[origin], seen[origin]
+                targets.append(slot)
+                origins.append(origin)
+        self.live = {slot for slot, history in enumerate(self.histories) if history is not None}
+        if targets:
+            to_rows, from_rows = self._to_device(torch.tensor(targets)), self._to_device(torch.tensor(origins))
+            self.penalised[to_rows] = self.penalised[from_rows]
+            self.settings[to_rows] = self.settings[from_rows]
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A host tensor on the device without waiting for the GPU (pinned, non-blocking; the caching host
-        allocator keeps the pinned block alive until the copy has run)."""
-        if self.pin:
+        allocator keeps the pinned block alive until the copy has run). For batch changes, not every step."""
+        if self.upload.pin:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
-    def _penalise(self, logits: torch.Tensor, penalties: torch.Tensor, batch: int) -> torch.Tensor:
+    def _mark_new_tokens(self) -> None:
+        flat: list[int] = []
+        forget: list[int] = []
+        vocab, last = self.vocab, self.vocab - 1
+        for index in self.live:
+            seen = self.seen[index]
+            new = self.histories[index][seen:]  # type: ignore[index]  # live slots hold a list
+            if not new:
+                continue
+            if seen == 0 and self.start_token_only_first:
+                forget.append(index * vocab + self.start_token)
+            base = index * vocab
+            for token in new:
+                if token < 0:  # a placeholder for a token still in flight (async scheduling)
+                    break
+                flat.append(base + (token if token < vocab else last))
+                seen += 1
+            self.seen[index] = seen
+        if forget:  # before the new tokens: a generated start token stays penalised
+            self.penalised.view(-1).index_fill_(0, self.upload(forget), False)
+        if flat:
+            self.penalised.view(-1).index_fill_(0, self.upload(flat), True)
+
+    def _penalise(self, logits: torch.Tensor, penalties: torch.Tensor, batch: int, out: torch.Tensor | None = None):
         penalised = torch.where(logits < 0, logits * penalties, logits / penalties)
-        return torch.where(self.penalised[:batch], penalised, logits)
+        if out is None:
+            return torch.where(self.penalised[:batch], penalised, logits)
+        return torch.where(self.penalised[:batch], penalised, logits, out=out)
 
 
 class CFGLogitsProcessor(_T3LogitsProcessor):
@@ -165,13 +236,16 @@ class CFGLogitsProcessor(_T3LogitsProcessor):
         return 0.0, 1.0
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """In place: the mixed, penalised logits overwrite the conditional half, the other half becomes -inf."""
         batch = logits.shape[0]
-        columns = self._per_row(batch, logits.dtype)
-        weights, penalties = columns[:, 0:1], columns[:, 1:2]
-        self._mark_new_tokens(batch)
+        self._mark_new_tokens()
+        settings = self.settings[:batch].to(logits.dtype)  # a no-op for vLLM's float32 logits
+        weights, penalties = settings[:, 0:1], settings[:, 1:2]
         cond, uncond = logits[:, : self.vocab], logits[:, self.vocab :]
-        mixed = self._penalise(cond + weights * (cond - uncond), penalties, batch)
-        return torch.cat((mixed, torch.full_like(mixed, float("-inf"))), dim=1)
+        mixed = cond + weights * (cond - uncond)
+        self._penalise(mixed, penalties, batch, out=cond)
+        uncond.fill_(float("-inf"))
+        return logits
 
 
 class TurboLogitsProcessor(_T3LogitsProcessor):
@@ -204,9 +278,9 @@ class TurboLogitsProcessor(_T3LogitsProcessor):
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         batch = logits.shape[0]
-        columns = self._per_row(batch, torch.float32)
-        self._mark_new_tokens(batch)
-        logits = logits / columns[:, 0:1].to(logits.dtype)
-        logits = apply_top_k(logits, columns[:, 1])
-        logits = apply_top_p(logits, columns[:, 2:3])
-        return self._penalise(logits, columns[:, 3:4].to(logits.dtype), batch)
+        self._mark_new_tokens()
+        settings = self.settings[:batch]
+        logits = logits / settings[:, 0:1].to(logits.dtype)
+        logits = apply_top_k(logits, settings[:, 1])
+        logits = apply_top_p(logits, settings[:, 2:3])
+        return self._penalise(logits, settings[:, 3:4].to(logits.dtype), batch)
