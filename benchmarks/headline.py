@@ -87,14 +87,6 @@ FIGURES = (
     "turbo_x_rt_c64", "s3gen_beside_t3_ratio", "s3gen_alone_x_rt", "ready_s_cold", "ready_s_warm",
     "peak_vram_gib_low_multilingual",
 )  # fmt: skip
-# Which part of a run measures which figures.
-PART_FIGURES = {
-    "english": ("t3_tok_per_s_1", "paragraph_x_rt", "ttfb_ms_p50_c1", "ttfb_ms_p95_c16", "x_rt_c64", "failed_c64",
-                "ready_s_cold", "ready_s_warm"),
-    "turbo": ("turbo_x_rt_c64",),
-    "multilingual": ("peak_vram_gib_low_multilingual",),
-    "s3gen": ("s3gen_alone_x_rt",),
-}  # fmt: skip
 # Counters and histogram totals read from the server's /metrics (summed over label sets).
 METRICS = {
     "audio_s": ("chatterbox_audio_seconds_total",),
@@ -221,7 +213,20 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 
 # ---------------------------------------------------------------------------------------------- measurements
 def requests(url: str, concurrency: int, text: str = SENTENCE) -> tuple[list[dict[str, Any]], float]:
+    """A burst once the server has let go of the last one's requests: a 64 burst right after another could find
+    some of those still counted against the server's queue limit (64 by default) and get 429 for them."""
+    wait_idle(url)
     return asyncio.run(burst_requests(url, concurrency, "pcm", text))
+
+
+def wait_idle(url: str, timeout_s: float = 60.0) -> None:
+    """Until /health says no speech request is in progress."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/health", timeout=10).json().get("speech_requests_in_progress", 0) == 0:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"speech requests still in progress after {timeout_s:.0f} s")
 
 
 def measure_ttfb_c1(url: str, repeats: int) -> dict[str, Any]:
@@ -480,13 +485,15 @@ def part_multilingual(args: argparse.Namespace, work: Path, out: dict[str, Any])
 def part_s3gen(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
     """S3Gen alone: s3gen_profile.py's batch profile in a child process, the best batch's x real time."""
     rows = [1, 2] if args.quick else [1, 8, 16, 32, 64]
+    tokens = 25 if args.quick else 75  # --quick: a CPU smoke, shorter pieces
     gpu = not device_name().startswith("CPU")
     variants = args.s3gen_variants or (["fp16_compiled"] if gpu else ["fp32"])
     child_out = work / "s3gen-alone.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "s3gen-child", "--model", args.model, "--tokens", "75",
-           "--rows", *map(str, rows), "--variants", *variants, "--device", "cuda" if gpu else "cpu",
-           "--out", str(child_out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "s3gen-child", "--model", args.model,
+           "--tokens", str(tokens), "--rows", *map(str, rows), "--variants", *variants,
+           "--device", "cuda" if gpu else "cpu", "--out", str(child_out)]  # fmt: skip
+    env = {**os.environ, **cache_env(fresh_dir(work / "cache-s3gen"))}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"S3Gen profile failed: {done.stderr[-3000:]}")
     profile = json.loads(child_out.read_text())
@@ -502,8 +509,11 @@ def part_s3gen(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> Non
 def s3gen_child(args: argparse.Namespace) -> None:
     from s3gen_profile import profile_batches
 
+    from chatterbox_vllm.checkpoint.hub import resolve_model
+
+    directory, _layout = resolve_model(args.model)  # a name (random-tiny) or a directory
     report = {"tokens": args.tokens, "variants": args.variants, "device": args.device}
-    report.update(profile_batches(args.model, args.tokens, args.rows, args.variants, device=args.device))
+    report.update(profile_batches(str(directory), args.tokens, args.rows, args.variants, device=args.device))
     Path(args.out).write_text(json.dumps(report, indent=1))
 
 
@@ -664,7 +674,10 @@ def table(report: dict[str, Any]) -> str:
     for key in FIGURES:
         label, target, _op, _bound, old = TARGETS[key]
         value = report.get(key)
-        shown = "not measured yet" if not report else "—" if value is None else f"{number(value)} {'✓' if meets(key, value) else '✗'}"
+        if not report:
+            shown = "not measured yet"
+        else:
+            shown = "—" if value is None else f"{number(value)} {'✓' if meets(key, value) else '✗'}"
         lines.append(f"| {label} | {target} | {old} | {shown} |")
     return "\n".join(lines)
 
