@@ -596,7 +596,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     report.update(
         device=devices[0] if len(devices) == 1 else " / ".join(devices),
         date=min(part["date"] for part in parts),
-        command=" ; ".join(part["command"] for part in parts),
+        command=" ; ".join(dict.fromkeys(part["command"] for part in parts)),  # each command once, in order
         merge_command="python " + shlex.join(sys.argv),
         quick=any(part["quick"] for part in parts),
         definitions=DEFINITIONS,
