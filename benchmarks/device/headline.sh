@@ -7,7 +7,7 @@
 #   bash benchmarks/device/headline.sh part3   # multilingual, preset low: peak GPU memory       -> $OUT/part3.json
 # then here: python benchmarks/headline.py merge --parts part1.json part2.json part3.json --out-dir benchmarks/results
 # Extra arguments go to headline.py (e.g. --no-token-cap with real weights). Logs: $OUT/partN-log.txt, and each
-# server's log in $OUT/partN-work/*.log.
+# server's log in $OUT/partN-logs/. The caches stay on the machine (/root/headline-work/partN).
 set -uo pipefail
 part="${1:?usage: headline.sh part1|part2|part3 [headline.py arguments]}"
 shift
@@ -29,12 +29,13 @@ case "$part" in
   *) echo "unknown part $part"; exit 2 ;;
 esac
 echo "start $(date +%T)"
-# 530 s: the call's 10 minutes less install and checkpoints; a part cut short still writes what it measured
-timeout -s TERM 530 python3 benchmarks/headline.py part "${names[@]}" --model /root/ckpt/english \
-  --turbo-model /root/ckpt/turbo --multilingual-model /root/ckpt/multilingual --preset high \
-  --work "$OUT/$part-work" --out "$OUT/$part.json" "$@" > "$OUT/$part-log.txt" 2>&1
+# The call's 10 minutes less install and checkpoints; a part cut short still writes what it measured
+work=/root/headline-work/$part
+timeout -s TERM "${HEADLINE_TIMEOUT_S:-480}" python3 benchmarks/headline.py part "${names[@]}" \
+  --model /root/ckpt/english --turbo-model /root/ckpt/turbo --multilingual-model /root/ckpt/multilingual \
+  --preset high --work "$work" --out "$OUT/$part.json" "$@" > "$OUT/$part-log.txt" 2>&1
 echo "headline $part rc=$? at $(date +%T)"
-rm -rf "$OUT/$part-work"/cache*  # compile caches: large, and only this machine's
+mkdir -p "$OUT/$part-logs" && cp "$work"/*.log "$work"/*.json "$OUT/$part-logs/" 2>/dev/null
 grep -E '^(server ready|english|turbo|multilingual|s3gen) ' "$OUT/$part-log.txt" | cut -c1-1500
 tail -5 "$OUT/$part-log.txt" | cut -c1-1500
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
