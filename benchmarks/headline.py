@@ -80,7 +80,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_load import burst_requests, pct, summarize  # noqa: E402
 from texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 # The report's numeric figures, in the order of the table.
 FIGURES = (
     "t3_tok_per_s_1", "paragraph_x_rt", "ttfb_ms_p50_c1", "ttfb_ms_p95_c16", "x_rt_c64", "failed_c64",
