@@ -24,7 +24,7 @@ def test_quick_run_report_and_table(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(HEADLINE), "run", "--quick", "--model", "random-tiny",
                           "--turbo-model", "random-tiny-turbo", "--multilingual-model", "random-tiny-multilingual",
                           "--work", str(work), "--out-dir", str(results)],
-                         capture_output=True, text=True, timeout=1200, env=env)  # fmt: skip
+                         capture_output=True, text=True, timeout=1800, env=env)  # fmt: skip
     assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
     [path] = results.iterdir()
     report = json.loads(path.read_text())
