@@ -43,11 +43,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from http_load import burst  # noqa: E402  (timeline.py imports it from here too)
 from texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS  # noqa: E402
 
 from chatterbox_vllm.engine.base import SamplingParams, speech_tokens_for_s3gen  # noqa: E402
@@ -327,55 +327,6 @@ class HTTPServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
-
-
-async def one_request(client: httpx.AsyncClient, url: str, fmt: str) -> dict[str, Any]:
-    start = time.perf_counter()
-    first = None
-    size = 0
-    try:
-        async with client.stream("POST", f"{url}/v1/audio/speech", json={
-            "model": "tts-1", "input": SENTENCE, "voice": "alloy", "response_format": fmt}) as response:  # fmt: skip
-            if response.status_code != 200:
-                await response.aread()
-                return {"ok": False, "status": response.status_code, "error": response.text[:200]}
-            async for chunk in response.aiter_bytes():
-                if chunk and first is None:
-                    first = time.perf_counter() - start
-                size += len(chunk)
-    except httpx.HTTPError as exc:
-        return {"ok": False, "status": None, "error": f"{type(exc).__name__}: {exc}"}
-    wall = time.perf_counter() - start
-    audio = size / 2 / SAMPLE_RATE if fmt == "pcm" else None
-    return {"ok": True, "ttfb_s": first, "wall_s": wall, "audio_s": audio, "bytes": size}
-
-
-async def burst(url: str, concurrency: int, fmt: str = "pcm") -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        start = time.perf_counter()
-        results = await asyncio.gather(*(one_request(client, url, fmt) for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    ok = [r for r in results if r["ok"]]
-    audio = sum(r["audio_s"] or 0.0 for r in ok)
-    latencies = sorted(r["wall_s"] for r in ok)
-    ttfbs = sorted(r["ttfb_s"] for r in ok if r["ttfb_s"] is not None)
-
-    def pct(values: list[float], q: float) -> float | None:
-        return values[min(len(values) - 1, int(q * len(values)))] if values else None
-
-    return {
-        "concurrency": concurrency,
-        "failed": len(results) - len(ok),
-        "errors": sorted({r["error"] for r in results if not r["ok"]})[:5],
-        "wall_s": wall,
-        "audio_s": audio,
-        "rtf_aggregate": audio / wall if wall else 0.0,
-        "latency_p50_s": pct(latencies, 0.5),
-        "latency_p95_s": pct(latencies, 0.95),
-        "ttfb_p50_ms": None if not ttfbs else 1000 * pct(ttfbs, 0.5),
-        "ttfb_p95_ms": None if not ttfbs else 1000 * pct(ttfbs, 0.95),
-    }
 
 
 # Histogram totals of the server (same process) whose change over a sweep level says where its wall time went:
