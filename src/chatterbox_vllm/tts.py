@@ -336,6 +336,13 @@ class ChatterboxTTS:
                 decoder.uncompile_blocks()  # with fresh graphs
                 return decoder.graphs.capture_up_to(frames, device=self.device)
 
+    def set_s3gen_max_rows(self, rows: int) -> None:
+        """Let S3Gen's CUDA graphs serve batches of up to `rows` pieces (the server's S3Gen batch size); larger
+        batches than the graphs allow run eagerly. A no-op without graphs (CPU, the low preset)."""
+        graphs = self.s3gen.flow.decoder.graphs
+        if graphs is not None:
+            graphs.max_rows = max(graphs.max_rows, rows)
+
     def close(self) -> None:
         """Stop the T3 engine (vLLM runs its engine core in a process of its own)."""
         self.engine.shutdown()
