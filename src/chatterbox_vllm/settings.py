@@ -184,7 +184,7 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time; at most the batch "
-        "size); unset: the preset's, 16 for low and medium, 64 for high",
+        "size)",
     )
     s3gen_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",

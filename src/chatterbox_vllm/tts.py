@@ -527,8 +527,8 @@ class ChatterboxTTS:
                 )  # fmt: skip
             rows.append(
                 FlowRow(
-                    torch.tensor(valid, dtype=torch.long), voice.prompt_tokens, voice.prompt_cond.T, job.conds.gen["embedding"],
-                    noise, voice=voice,
+                    torch.tensor(valid, dtype=torch.long), voice.prompt_tokens, voice.prompt_cond.T,
+                    job.conds.gen["embedding"], noise, voice=voice,
                 )  # fmt: skip
             )
             generators.append(generator)

@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 from prometheus_client import REGISTRY
 
+from chatterbox_vllm.models.s3gen.flow import FlowRow
 from chatterbox_vllm.tts import ChatterboxTTS, VocodeJob
 from chatterbox_vllm.server.s3gen_worker import (
     MAX_BATCH_TOKENS,
@@ -245,3 +246,25 @@ def test_no_piece_is_overtaken_twice_in_the_worker(tts: ChatterboxTTS, jobs: lis
             np.testing.assert_allclose(wav, tts.vocode(job.tokens, job.conds, seed=job.seed), atol=2e-4, rtol=0)
     finally:
         worker.shutdown()
+
+
+def test_a_voice_is_prepared_once_and_means_the_same(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    """The flow's per-voice work (prompt tokens, prompt mel, speaker projection) is made once per voice; a batch
+    given it equals one that makes it from the prompt."""
+    builtin, other = tts.flow_voice(jobs[0].conds), tts.flow_voice(jobs[1].conds)
+    assert tts.flow_voice(jobs[3].conds) is builtin and other is not builtin
+    flow = tts.s3gen.flow
+    gen = jobs[1].conds.gen
+    with torch.inference_mode():
+        spks = flow.spk_embed_affine_layer(torch.nn.functional.normalize(gen["embedding"].reshape(1, -1), dim=1))[0]
+    torch.testing.assert_close(other.spks, spks)
+    assert torch.equal(other.prompt_tokens, gen["prompt_token"].reshape(-1).cpu())
+    assert torch.equal(other.prompt_cond, gen["prompt_feat"].reshape(-1, 80).T)
+    g = torch.Generator().manual_seed(5)
+    speech = torch.randint(0, 6561, (9,), generator=g)
+    noise = torch.randn(80, 2 * (other.prompt_tokens.numel() + 9), generator=g)
+    row = FlowRow(speech, gen["prompt_token"], gen["prompt_feat"], gen["embedding"], noise)
+    with torch.inference_mode():
+        [made] = flow.inference_rows([row], n_timesteps=2)
+        [given] = flow.inference_rows([dataclasses.replace(row, voice=other)], n_timesteps=2)
+    assert torch.equal(made, given) and made.abs().max() > 0

@@ -172,6 +172,14 @@ class S3GenWorker:
                     continue
                 pending.append(item)
             later, stop = self._take_waiting(pending)
+            pending = [piece for piece in pending if not piece.future.cancelled()]  # their requests went away
+            if not pending:
+                for other in later:
+                    self._run_call(other)
+                if stop:
+                    self._cancel_rest()
+                    return
+                continue
             lengths = [padded_tokens(piece.job) for piece in pending]
             chosen = select_batch(lengths, [p.passed_over for p in pending], self.max_batch, self.max_batch_tokens)
             batch = [pending[i] for i in chosen]

@@ -81,7 +81,8 @@ class CFMGraphs:
     """CUDA graphs of `solve` (a fixed step count), captured lazily per (rows, frames) bucket and replayed.
 
     Batches of `rows` up to `max_rows` (the server vocodes concurrent requests together; its S3Gen worker raises
-    it to its batch size) are padded to a `batch_bucket` with filler rows; frames to `bucket_frames` for one row and twice that for more (fewer, larger graphs).
+    it to its batch size) are padded to a `batch_bucket` with filler rows; frames to `bucket_frames` for one row
+    and twice that for more (fewer, larger graphs).
     One lock: a graph's input and output buffers are shared by every caller of that bucket.
     """
 
