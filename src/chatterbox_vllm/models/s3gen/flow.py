@@ -216,7 +216,7 @@ class CausalMaskedDiffWithXvec(nn.Module):
         h, h_mask = self.encoder(self.input_embedding(tokens) * mask, lengths)
         mu = self.encoder_proj(h).transpose(1, 2).contiguous()  # [B, 80, F]
         frames = h.size(1)
-        h_lengths = [2 * t.numel() for t in token_rows]  # the encoder's x2 upsampling
+        h_lengths = [self.config.encoder.upsample_stride * t.numel() for t in token_rows]  # frames per row
 
         spks = torch.stack([v.spks for v in voices]).to(mu.dtype)
         cond = pad_frames(torch.nn.utils.rnn.pad_sequence([v.prompt_cond.T for v in voices], batch_first=True)
