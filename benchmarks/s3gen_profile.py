@@ -1,9 +1,13 @@
 """S3Gen alone on the GPU: where a sentence's vocoding time goes, what graphs / lower precision buy, and how
 batches of concurrent pieces (the server's S3Gen worker) scale.
 
-    python benchmarks/s3gen_profile.py --model /ckpt/english [--tokens 75] [--rows 1 4 8 16 32] [--out s3gen.json]
+    python benchmarks/s3gen_profile.py --model /ckpt/english [--tokens 75] [--rows 1 16 32 64] [--out s3gen.json]
+    python benchmarks/s3gen_profile.py --model /ckpt/english --skip-single --rows 1 16 32 64 \
+        --variants fp16_compiled --kernels 64 --out s3gen.json      # the defaults only, plus a kernel table
 
-T3 is loaded with the PyTorch engine (no vLLM needed); only S3Gen is timed.
+T3 is loaded with the PyTorch engine (no vLLM needed); only S3Gen is timed. `--kernels ROWS` runs torch.profiler
+over one batch of ROWS pieces with the last variant's settings and writes the top kernels by total time (name,
+calls, total ms, share of the batch's kernel time) and the kernel launches per batch into the JSON (`kernels`).
 """
 
 from __future__ import annotations
@@ -48,14 +52,19 @@ def main() -> None:
     parser.add_argument("--skip-single", action="store_true", help="only the batch profile")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="batch profile: which compute variants (fp32 first when listed: the mel reference)")
+    parser.add_argument("--kernels", type=int, metavar="ROWS",
+                        help="torch.profiler over one batch of ROWS pieces (last variant): top kernels, launches")
+    parser.add_argument("--top", type=int, default=25, help="kernels listed with --kernels")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run (no graphs, no compiled variants)")
     args = parser.parse_args()
-    report: dict = {"tokens": args.tokens}
+    report: dict = {"tokens": args.tokens, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
 
     def progress(batches: dict) -> None:  # after each variant: a run cut short still leaves its figures
         write({**report, "batches": batches}, args.out, quiet=True)
 
     if args.skip_single:
-        report["batches"] = profile_batches(args.model, args.tokens, args.rows, args.variants, progress)
+        report["batches"] = profile_batches(args.model, args.tokens, args.rows, args.variants, progress,
+                                            device=args.device, kernel_rows=args.kernels, top=args.top)  # fmt: skip
         write(report, args.out)
         return
     torch.backends.cuda.matmul.allow_tf32 = False  # the single-sentence part starts from full float32
@@ -104,7 +113,8 @@ def main() -> None:
         report["sentence_s3gen_graphs_tf32_s"] = timed(lambda: s3gen.inference(tokens, conds.gen))
     print(json.dumps(report), flush=True)
     del s3gen
-    report["batches"] = profile_batches(args.model, args.tokens, args.rows, args.variants, progress)
+    report["batches"] = profile_batches(args.model, args.tokens, args.rows, args.variants, progress,
+                                        kernel_rows=args.kernels, top=args.top)  # fmt: skip
     write(report, args.out)
 
 
@@ -127,8 +137,51 @@ VARIANTS = {  # label: (TF32, compute dtype, compiled estimator blocks)
 }
 
 
+# Host calls that put work on the GPU: a kernel launch each, or a whole CUDA graph's replay.
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+def kernel_table(run: Callable[[], object], device: str, top: int = 25) -> dict:
+    """torch.profiler over one `run()` (already warm): the `top` device kernels by total time (name, calls, total
+    ms, share of all kernel time), how many kernels ran and how many launch calls the host made. On a CPU the
+    operators stand in for kernels (a smoke run of this code, not a figure)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run()
+        sync()
+    events = prof.key_averages()
+
+    def device_us(e) -> float:  # torch renamed cuda -> device in 2.4; both are read
+        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+
+    if device == "cuda":
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # kernels, copies and memsets
+        kernels = [(e.key, e.count, device_us(e)) for e in kernels]
+    else:
+        kernels = [(e.key, e.count, float(e.self_cpu_time_total)) for e in events if e.key.startswith("aten::")]
+    kernels.sort(key=lambda k: -k[2])
+    total_us = sum(k[2] for k in kernels)
+    launches = {e.key: e.count for e in events if e.key in LAUNCH_CALLS}
+    return {
+        "device": device,
+        "kernel_time_ms": total_us / 1e3,
+        "kernels_run": sum(k[1] for k in kernels),
+        "distinct_kernels": len(kernels),
+        "host_launch_calls": sum(launches.values()),
+        "host_launch_calls_by_kind": launches,
+        "top": [
+            {"name": name[:200], "calls": calls, "total_ms": us / 1e3, "share": us / total_us if total_us else 0.0}
+            for name, calls, us in kernels[:top]
+        ],
+    }
+
+
 def profile_batches(model: str, tokens: int, rows_list: list[int], variants: list[str] = list(VARIANTS),
-                    progress: Callable[[dict], None] | None = None, device: str = "cuda") -> dict:  # fmt: skip
+                    progress: Callable[[dict], None] | None = None, device: str = "cuda",
+                    kernel_rows: int | None = None, top: int = 25) -> dict:  # fmt: skip
     """`ChatterboxTTS.vocode_batch` (flow graphs per batch shape + masked HiFT batch) per batch size, in float32,
     TF32, bfloat16 and float16 compute (`s3gen_dtype`), then each with the estimator's blocks compiled
     (`s3gen_compile`; `VARIANTS`); how far each moves a sentence's mel from the first variant run (fp32 when
@@ -136,8 +189,9 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], variants: lis
     out: dict = {"tokens_per_piece": tokens}
     tts = ChatterboxTTS.from_local(model, device=device, engine="torch")
     g = torch.Generator().manual_seed(0)
+    most_rows = max([*rows_list, kernel_rows or 1])
     jobs = [VocodeJob(torch.randint(0, 6561, (tokens,), generator=g).tolist(), tts.default_conds, seed=i)
-            for i in range(max(rows_list))]  # fmt: skip
+            for i in range(most_rows)]  # fmt: skip
     decoder = tts.s3gen.flow.decoder
     sentence = torch.tensor(jobs[0].tokens, device=device)[None]
     prompt = int(tts.default_conds.gen["prompt_token"].shape[-1])
@@ -153,7 +207,7 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], variants: lis
             torch.backends.cudnn.allow_tf32 = tf32
             decoder.compute_dtype = dtype
             if device == "cuda":
-                decoder.enable_cuda_graphs(10)  # recapture with these flags
+                decoder.enable_cuda_graphs(10, max_rows=most_rows)  # recapture with these flags; every batch graphed
             if compiled and not decoder.compiled:
                 decoder.compile_blocks()
             t0 = time.perf_counter()
@@ -186,6 +240,13 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], variants: lis
             if progress is not None:
                 progress(out)
         out["mel_abs_mean"] = float(reference_mel.abs().mean())
+        if kernel_rows:
+            batch = jobs[:kernel_rows]
+            tts.vocode_batch(batch)  # warm: this shape's graph captured, outside the profile
+            sync()
+            out["kernels"] = {"rows": kernel_rows, "variant": label, **kernel_table(lambda: tts.vocode_batch(batch),
+                                                                                     device, top)}  # fmt: skip
+            print("kernels", json.dumps({k: v for k, v in out["kernels"].items() if k != "top"}), flush=True)
     tts.close()
     return out
 

@@ -291,3 +291,15 @@ def test_voices_dir_defaults_to_the_user_data_directory(monkeypatch: pytest.Monk
     assert Settings(voices_dir="/srv/voices").resolved_voices_dir() == Path("/srv/voices")  # the flag wins
     assert effective_config(Settings(voices_dir="./voices"))["voices_dir"] == "./voices"  # as given
     assert not default.exists()  # settings create nothing; the server makes it at start
+
+
+@pytest.mark.parametrize(("preset", "rows"), [("low", 16), ("medium", 16), ("high", 64)])
+def test_s3gen_batch_size_follows_the_preset_unless_set(
+    monkeypatch: pytest.MonkeyPatch, preset: str, rows: int
+) -> None:
+    monkeypatch.setenv("CHATTERBOX_PRESET", preset)
+    assert Settings().s3gen_batch_size == rows  # only high grows; low and medium keep 16
+    monkeypatch.setenv("CHATTERBOX_S3GEN_BATCH_SIZE", "8")
+    assert Settings().s3gen_batch_size == 8
+    with pytest.raises(ValidationError, match="s3gen_batch_size"):
+        Settings(s3gen_batch_size=65)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PresetName = Literal["low", "medium", "high"]
@@ -80,6 +80,11 @@ PRESETS: dict[str, Preset] = {
     # 24 GB cards.
     "high": Preset(gpu_memory_gib=10.0, max_batch_size=32, max_model_len=3072, enforce_eager=False, dtype="bfloat16"),
 }
+
+# S3Gen's most pieces per batch when CHATTERBOX_S3GEN_BATCH_SIZE is unset (the server takes at most T3's batch size
+# of them). Only `high` goes to 64: S3Gen's graphs and activations for 64 rows need memory that the smaller
+# presets' cards lack, so low and medium keep 16.
+S3GEN_BATCH_SIZES: dict[str, int] = {"low": 16, "medium": 16, "high": 64}
 
 
 class Settings(BaseSettings):
@@ -182,8 +187,12 @@ class Settings(BaseSettings):
     stream_first_audio_tokens: int = Field(
         10, ge=0, le=200, description="first audio leaves after this many speech tokens (0: after the first piece)"
     )
-    s3gen_batch_size: int = Field(
-        16, ge=1, le=64, description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time)"
+    s3gen_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time; at most the batch "
+        "size)",
     )
     s3gen_warm_up_tokens: int = Field(
         300, ge=0, le=4096,
@@ -268,6 +277,13 @@ class Settings(BaseSettings):
                 "the text and the speech tokens all share it"
             )
         return value
+
+    @model_validator(mode="after")
+    def _s3gen_batch_from_preset(self) -> "Settings":
+        """An unset S3Gen batch takes the preset's, so readers always see a number."""
+        if self.s3gen_batch_size is None:
+            self.s3gen_batch_size = S3GEN_BATCH_SIZES[self.preset]
+        return self
 
     @field_validator("port")
     @classmethod

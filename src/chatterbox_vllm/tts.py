@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from .checkpoint.config import ModelConfig, load_model_config
 from .checkpoint.hub import checkpoint_stage, download, resolve_model
@@ -33,7 +34,7 @@ from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
 from .settings import Settings
 from .models.s3gen import S3Gen, load_s3gen
-from .models.s3gen.flow import FlowRow
+from .models.s3gen.flow import FlowRow, FlowVoice
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .text.gpt2 import GPT2TextTokenizer
 from .text.languages import SUPPORTED_LANGUAGES, validate_language
@@ -160,6 +161,9 @@ class ChatterboxTTS:
         # Seconds each start-up phase took, in order (loading, T3's engine, S3Gen's compile and graphs, ...): the
         # server shows them in /health and the log, benchmarks/startup.py records them.
         self.startup_phases: dict[str, float] = {}
+        # Each voice's flow conditioning (`FlowVoice`), made on its first piece; keyed by its x-vector tensor, so it
+        # goes when the voice's conditionals do.
+        self._flow_voices: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         gpt2 = layout.is_gpt2
         self.voices = VoiceConditioner(
             voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
@@ -372,6 +376,13 @@ class ChatterboxTTS:
                   compiled - started, rest, frames, time.perf_counter() - compiled)  # fmt: skip
         return first + rest
 
+    def set_s3gen_max_rows(self, rows: int) -> None:
+        """Let S3Gen's CUDA graphs serve batches of up to `rows` pieces (the server's S3Gen batch size); larger
+        batches than the graphs allow run eagerly. A no-op without graphs (CPU, the low preset)."""
+        graphs = self.s3gen.flow.decoder.graphs
+        if graphs is not None:
+            graphs.max_rows = max(graphs.max_rows, rows)
+
     def close(self) -> None:
         """Stop the T3 engine (vLLM runs its engine core in a process of its own)."""
         self.engine.shutdown()
@@ -542,9 +553,8 @@ class ChatterboxTTS:
                 out[i] = np.zeros(0, dtype=np.float32)
                 continue
             generator = torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None
-            ref = self.s3gen._ref_inputs(job.conds.gen)
-            prompt_token = ref["prompt_token"].reshape(-1)
-            frames = 2 * (prompt_token.numel() + len(valid))  # the flow's frames: 2 per token, prompt included
+            voice = self.flow_voice(job.conds)
+            frames = 2 * (voice.prompt_tokens.numel() + len(valid))  # the flow's frames: 2 per token, prompt included
             noise = job.noise
             if noise is None:  # drawn as the flow draws it alone: [1, 80, frames] from the job's generator
                 noise = self.s3gen.flow.draw_noise(
@@ -553,8 +563,8 @@ class ChatterboxTTS:
                 )  # fmt: skip
             rows.append(
                 FlowRow(
-                    torch.tensor(valid, dtype=torch.long, device=self.device), prompt_token,
-                    ref["prompt_feat"], ref["embedding"], noise,
+                    torch.tensor(valid, dtype=torch.long), voice.prompt_tokens, voice.prompt_cond.T,
+                    job.conds.gen["embedding"], noise, voice=voice,
                 )  # fmt: skip
             )
             generators.append(generator)
@@ -567,6 +577,18 @@ class ChatterboxTTS:
                 wav = self.s3gen.apply_trim_fade(wav).float().cpu().numpy()
                 out[i] = np.ascontiguousarray(wav[: self.kept_samples(keep, len(wav))], dtype=np.float32)
         return [wav if wav is not None else np.zeros(0, dtype=np.float32) for wav in out]
+
+    def flow_voice(self, conds: Conditionals) -> FlowVoice:
+        """The flow's conditioning of this voice (prompt tokens, prompt mel, speaker projection), made once per voice
+        and kept while its conditionals live."""
+        key = conds.gen["embedding"]
+        voice = self._flow_voices.get(key) if torch.is_tensor(key) else None
+        if voice is None:
+            ref = self.s3gen._ref_inputs(conds.gen)
+            voice = self.s3gen.flow.voice(ref["prompt_token"], ref["prompt_feat"], ref["embedding"])
+            if torch.is_tensor(key):
+                self._flow_voices[key] = voice
+        return voice
 
     def _conditionals(
         self, conditionals: Conditionals | None, audio: str | Path | bytes | None, exaggeration: float

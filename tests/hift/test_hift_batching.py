@@ -65,3 +65,35 @@ def test_generators_end_where_they_would_alone(hift: HiFTGenerator) -> None:
         solo = torch.Generator().manual_seed(seed)
         hift.inference(mel[None], generator=solo)
         assert torch.equal(g.get_state(), solo.get_state())
+
+
+def test_the_batched_source_stft_is_each_rows_own(hift: HiFTGenerator) -> None:
+    """One gather + one STFT for the batch: each row's frames as the centred STFT of the row alone (reflected at
+    its own end), zero after them."""
+    frames = [3, 7, 1, 7, 5]
+    g = torch.Generator().manual_seed(3)
+    width = max(frames) * 480
+    source = torch.randn(len(frames), 1, width, generator=g)
+    batched = hift._source_stft_rows(source, frames)
+    assert batched.shape[-1] == width // 4 + 1
+    for b, f in enumerate(frames):
+        own = hift._source_stft(source[b : b + 1, :, : f * 480])[0]
+        torch.testing.assert_close(batched[b, :, : own.size(-1)], own, atol=1e-5 * own.abs().max().item(), rtol=0)
+        tail = batched[b, :, own.size(-1) :]
+        assert tail.numel() == 0 or tail.abs().max() == 0
+
+
+def test_the_batched_istft_is_each_rows_own(hift: HiFTGenerator) -> None:
+    """The overlap-add written out for the batch: each row's waveform as torch.istft of its own frames alone."""
+    frames = [2, 6, 6, 1]
+    g = torch.Generator().manual_seed(4)
+    hops = 480 // 4
+    spectrum = torch.randn(len(frames), 18, max(frames) * hops + 1, generator=g)
+    batched = hift.istft_rows(spectrum, frames)
+    for b, f in enumerate(frames):
+        limit = hift.config.audio_limit
+        own = hift.istft(spectrum[b : b + 1, :, : f * hops + 1])[0].clamp(-limit, limit)
+        assert batched[b].shape == own.shape == (f * 480,)
+        torch.testing.assert_close(batched[b], own, atol=1e-5 * own.abs().max().item(), rtol=0)
+    # garbage in the padding (random spectrum past a short row's end) reaches no row: checked above for rows 0, 3
+    assert batched[0].abs().max() > 1e-3

@@ -58,6 +58,8 @@ def test_filler_rows_leave_a_batch_unchanged(s3gen, english_full_checkpoint) -> 
 def test_batch_shapes_share_few_graphs(s3gen) -> None:
     graphs = CFMGraphs(s3gen.flow.decoder.solve, channels=80, n_timesteps=10, max_rows=16)
     assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 16)] == [1, 2, 4, 4, 8, 8, 16, 16]
+    # beyond 16 rows, steps of 16 (33 rows do not run as 64)
+    assert [batch_bucket(n) for n in (17, 32, 33, 48, 49, 64)] == [32, 32, 48, 48, 64, 64]
     assert graphs.shape_for(1, 100) == (1, 128) and graphs.shape_for(1, 40) == (1, 64)
     assert graphs.shape_for(3, 100) == (4, 128) and graphs.shape_for(6, 300) == (8, 384)
     assert not graphs.supports(torch.zeros(17, 80, 10), 10)

@@ -15,8 +15,15 @@ import soundfile as sf
 import torch
 from prometheus_client import REGISTRY
 
+from chatterbox_vllm.models.s3gen.flow import FlowRow
 from chatterbox_vllm.tts import ChatterboxTTS, VocodeJob
-from chatterbox_vllm.server.s3gen_worker import S3GenWorker, padded_tokens
+from chatterbox_vllm.server.s3gen_worker import (
+    MAX_BATCH_TOKENS,
+    S3GenWorker,
+    default_batch_tokens,
+    padded_tokens,
+    select_batch,
+)
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +180,91 @@ def test_gpu_work_queued_by_the_worker_does_not_stall_other_threads_copies(engli
     finally:
         worker.shutdown()
         cuda_tts.close()
+
+
+# ------------------------------------------------------------------------------------- batch selection (buckets)
+def test_few_waiting_pieces_all_leave_together() -> None:
+    assert select_batch([200, 300, 180], [False] * 3, max_rows=8, max_tokens=4096) == [0, 1, 2]
+    assert select_batch([], [], max_rows=8, max_tokens=4096) == []
+
+
+def test_many_waiting_pieces_group_by_length_and_the_oldest_always_goes() -> None:
+    # short and long pieces alternate; room for 3 rows: the oldest (short) goes with the other short ones
+    lengths = [200, 900, 210, 880, 190, 905]
+    assert select_batch(lengths, [False] * 6, max_rows=3, max_tokens=100_000) == [0, 2, 4]
+    # the oldest is long: the other long ones join it (no widening), not the short ones that arrived earlier
+    assert select_batch(lengths[1:], [False] * 5, max_rows=3, max_tokens=100_000) == [0, 2, 4]
+    # padding: the chosen batch's rows x width against taking the first three in arrival order
+    assert 3 * max(lengths[i] for i in (0, 2, 4)) < 3 * max(lengths[:3])
+    # one piece wider than the whole budget still goes (alone), as before
+    assert select_batch([5000, 100], [False, False], max_rows=8, max_tokens=4096) == [0]
+
+
+def test_a_passed_over_piece_goes_before_any_newer_one() -> None:
+    lengths = [200, 900, 210, 880, 190]
+    passed = [False, True, False, True, False]  # 1 and 3 were overtaken last time
+    # the oldest, then every passed-over piece, then newer ones by length while rows remain
+    assert select_batch(lengths, passed, max_rows=3, max_tokens=100_000) == [0, 1, 3]
+    # passed-over pieces that do not all fit leave no room for newer ones
+    assert select_batch([200, 900, 880, 190], [False, True, True, False], max_rows=8, max_tokens=2000) == [0, 1]
+
+
+def test_the_token_budget_bounds_a_selected_batch() -> None:
+    lengths = [250, 240, 260, 230, 250]
+    chosen = select_batch(lengths, [False] * 5, max_rows=8, max_tokens=3 * 260)
+    assert len(chosen) == 3 and 0 in chosen
+    assert len(chosen) * max(lengths[i] for i in chosen) <= 3 * 260
+
+
+def test_larger_batches_get_a_larger_token_budget() -> None:
+    assert default_batch_tokens(2) == default_batch_tokens(16) == MAX_BATCH_TOKENS  # low and medium as before
+    assert default_batch_tokens(64) >= 64 * 231  # 64 sentences of 75 tokens after the built-in 156-token prompt
+
+
+def test_no_piece_is_overtaken_twice_in_the_worker(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    """Pieces queued while the thread is busy leave in batches of similar lengths, every one with its own audio,
+    and a piece overtaken once leaves in the next batch."""
+    short, long_ = jobs[1], jobs[2]  # 13 and 47 tokens after prompts of the same voice
+    order = [short, long_, short, long_, short, long_, long_]
+    worker = S3GenWorker(tts, max_batch=3)
+    assert worker.max_batch_tokens == MAX_BATCH_TOKENS
+    done: list[int] = []
+    try:
+        gate = threading.Event()
+        worker.call(gate.wait, 30)
+        before = batches_seen()
+        futures = [worker.vocode(job) for job in order]
+        for i, f in enumerate(futures):
+            f.add_done_callback(lambda _f, i=i: done.append(i))
+        gate.set()
+        wavs = [f.result(timeout=120) for f in futures]
+        count, total = batches_seen()
+        assert (count - before[0], total - before[1]) == (3, len(order))
+        # batches: the shorts (0, 2, 4); then the overtaken longs 1, 3 and the next long 5; then 6
+        assert [sorted(done[:3]), sorted(done[3:6]), done[6:]] == [[0, 2, 4], [1, 3, 5], [6]]
+        for job, wav in zip(order, wavs, strict=True):
+            np.testing.assert_allclose(wav, tts.vocode(job.tokens, job.conds, seed=job.seed), atol=2e-4, rtol=0)
+    finally:
+        worker.shutdown()
+
+
+def test_a_voice_is_prepared_once_and_means_the_same(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    """The flow's per-voice work (prompt tokens, prompt mel, speaker projection) is made once per voice; a batch
+    given it equals one that makes it from the prompt."""
+    builtin, other = tts.flow_voice(jobs[0].conds), tts.flow_voice(jobs[1].conds)
+    assert tts.flow_voice(jobs[3].conds) is builtin and other is not builtin
+    flow = tts.s3gen.flow
+    gen = jobs[1].conds.gen
+    with torch.inference_mode():
+        spks = flow.spk_embed_affine_layer(torch.nn.functional.normalize(gen["embedding"].reshape(1, -1), dim=1))[0]
+    torch.testing.assert_close(other.spks, spks)
+    assert torch.equal(other.prompt_tokens, gen["prompt_token"].reshape(-1).cpu())
+    assert torch.equal(other.prompt_cond, gen["prompt_feat"].reshape(-1, 80).T)
+    g = torch.Generator().manual_seed(5)
+    speech = torch.randint(0, 6561, (9,), generator=g)
+    noise = torch.randn(80, 2 * (other.prompt_tokens.numel() + 9), generator=g)
+    row = FlowRow(speech, gen["prompt_token"], gen["prompt_feat"], gen["embedding"], noise)
+    with torch.inference_mode():
+        [made] = flow.inference_rows([row], n_timesteps=2)
+        [given] = flow.inference_rows([dataclasses.replace(row, voice=other)], n_timesteps=2)
+    assert torch.equal(made, given) and made.abs().max() > 0

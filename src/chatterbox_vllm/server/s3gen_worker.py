@@ -3,8 +3,11 @@
 With many requests in flight, S3Gen is the bottleneck when it runs a piece at a time: at batch one its flow
 estimator is launch-bound and leaves the GPU mostly idle. So whole-piece vocodes that are waiting together
 leave as one padded batch (`ChatterboxTTS.vocode_batch`, up to `max_batch` pieces and `max_batch_tokens` padded
-tokens); nothing waits for a batch to fill, so a lone request pays no extra latency. Other work (voice analysis, the incremental first-audio vocodes) runs
-alone, in arrival order after the batch it was queued behind.
+tokens); nothing waits for a batch to fill, so a lone request pays no extra latency. When more pieces wait than
+one batch holds, pieces of similar length go together (`select_batch`: a batch costs rows x its longest row), but
+a piece passed over once goes, oldest first, before any newer one: none waits behind more than one batch of later
+arrivals. Other work (voice analysis, the incremental first-audio vocodes) runs alone, in arrival order, after
+the batch that leaves next.
 
 A batch that fails is retried job by job, so one bad piece fails only its own request.
 
@@ -21,7 +24,6 @@ import contextlib
 import logging
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -47,14 +49,24 @@ class _Call:
 class _Vocode:
     job: VocodeJob
     future: Future = field(default_factory=Future)
+    passed_over: bool = False  # a newer piece left in a batch before this one
 
 
 _STOP = object()
 
 # A batch's padded size (rows x its longest row, voice prompt included) is bounded too: the flow encoder's
 # attention holds rows x heads x (2 x length)^2 scores, so 4096 keeps a batch of the longest pieces (3 rows of
-# ~1150 tokens) near 1 GB while typical sentences (~230 tokens with the prompt) still go 8 at a time.
+# ~1150 tokens) near 1 GB while typical sentences (~230 tokens with the prompt) still go 8 at a time. Batches of
+# more than 16 rows (the high preset's 64) get 256 padded tokens a row: a sentence of 100 tokens after the built-in
+# voice's 156-token prompt, so 64 sentences go together and the longest pieces still go ~14 at a time (~4.5 GB).
 MAX_BATCH_TOKENS = 4096
+TOKENS_PER_ROW = 256
+
+
+def default_batch_tokens(max_batch: int) -> int:
+    """The padded-token budget of a worker of `max_batch` rows: MAX_BATCH_TOKENS up to 16 rows (low and medium
+    presets keep it), TOKENS_PER_ROW a row beyond."""
+    return max(MAX_BATCH_TOKENS, TOKENS_PER_ROW * max_batch)
 
 
 def padded_tokens(job: VocodeJob) -> int:
@@ -63,11 +75,50 @@ def padded_tokens(job: VocodeJob) -> int:
     return len(job.tokens) + (int(prompt.shape[-1]) if prompt is not None else 0)
 
 
+def select_batch(lengths: list[int], passed_over: list[bool], max_rows: int, max_tokens: int) -> list[int]:
+    """Which of the waiting pieces (arrival order; padded tokens `lengths`) leave in the next batch, by index.
+
+    The oldest piece always goes (alone if it exceeds the budget by itself). Then pieces already passed over once,
+    oldest first; only if room is left, newer pieces, those that add the least padding first (ties: oldest), as
+    long as rows x longest row stays within `max_tokens`. So pieces of similar length share a batch and waste
+    little padding (greedily: each next piece is the one adding the fewest padded tokens), while a piece is
+    overtaken by newer ones in one batch at most. Returned in arrival order.
+    """
+    if not lengths:
+        return []
+    chosen, width = [0], lengths[0]
+
+    def fits(i: int) -> bool:
+        return len(chosen) < max_rows and max(width, lengths[i]) * (len(chosen) + 1) <= max_tokens
+
+    def padding_added(i: int) -> int:
+        """Padded tokens that taking piece i adds: its own padding, or the widening of every row taken so far."""
+        return width - lengths[i] if lengths[i] <= width else (lengths[i] - width) * len(chosen)
+
+    overdue = [i for i in range(1, len(lengths)) if passed_over[i]]
+    for i in overdue:
+        if not fits(i):
+            return sorted(chosen)  # older passed-over pieces go first; no newer piece may overtake them again
+        chosen.append(i)
+        width = max(width, lengths[i])
+    fresh = [i for i in range(1, len(lengths)) if not passed_over[i]]
+    while fresh and len(chosen) < max_rows:
+        best = min(fresh, key=lambda i: (padding_added(i), i))
+        if not fits(best):
+            break
+        chosen.append(best)
+        fresh.remove(best)
+        width = max(width, lengths[best])
+    return sorted(chosen)
+
+
 class S3GenWorker:
-    def __init__(self, tts: ChatterboxTTS, max_batch: int, max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
+    def __init__(self, tts: ChatterboxTTS, max_batch: int, max_batch_tokens: int | None = None) -> None:
+        """`max_batch_tokens`: None takes `default_batch_tokens(max_batch)`."""
         self.tts = tts
         self.max_batch = max(1, max_batch)
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or default_batch_tokens(self.max_batch)
+        tts.set_s3gen_max_rows(self.max_batch)  # S3Gen's CUDA graphs then serve batches this large
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.stream: torch.cuda.Stream | None = None  # the thread's own CUDA stream (set when it starts, on a GPU)
         self._thread = threading.Thread(target=self._run, name="s3gen", daemon=True)
@@ -93,11 +144,6 @@ class S3GenWorker:
         self._thread.join(timeout=timeout)
 
     # ---------------------------------------------------------------------------------------------- run
-    def _next(self, pending: deque, *, wait: bool) -> Any:
-        if pending:
-            return pending.popleft()
-        return self._queue.get() if wait else self._queue.get_nowait()
-
     @contextlib.contextmanager
     def _own_stream(self) -> Iterator[None]:
         """This thread's CUDA work on a stream of its own (nothing to do on a CPU)."""
@@ -114,41 +160,60 @@ class S3GenWorker:
             self._serve()
 
     def _serve(self) -> None:
-        pending: deque = deque()  # taken from the queue but left for the next batch (it would not fit this one)
+        pending: list[_Vocode] = []  # pieces taken from the queue and not yet vocoded, in arrival order
         while True:
-            item = self._next(pending, wait=True)
-            if item is _STOP:
-                self._cancel_rest()
-                return
-            if isinstance(item, _Call):
-                self._run_call(item)
-                continue
-            batch, later = [item], []
-            width = padded_tokens(item.job)
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._next(pending, wait=False)
-                except queue.Empty:
-                    break
-                if isinstance(more, _Vocode):
-                    wider = max(width, padded_tokens(more.job))
-                    if wider * (len(batch) + 1) > self.max_batch_tokens:
-                        pending.appendleft(more)  # too big beside these: first of the next batch
-                        break
-                    batch.append(more)
-                    width = wider
-                else:
-                    later.append(more)
-                    if more is _STOP:
-                        break
-            self._run_batch(batch)
-            for other in later:
-                if other is _STOP:
-                    for left in pending:
-                        left.future.cancel()
+            if not pending:
+                item = self._queue.get()
+                if item is _STOP:
                     self._cancel_rest()
                     return
+                if isinstance(item, _Call):
+                    self._run_call(item)
+                    continue
+                pending.append(item)
+            later, stop = self._take_waiting(pending)
+            pending = [piece for piece in pending if not piece.future.cancelled()]  # their requests went away
+            if not pending:
+                for other in later:
+                    self._run_call(other)
+                if stop:
+                    self._cancel_rest()
+                    return
+                continue
+            lengths = [padded_tokens(piece.job) for piece in pending]
+            chosen = select_batch(lengths, [p.passed_over for p in pending], self.max_batch, self.max_batch_tokens)
+            batch = [pending[i] for i in chosen]
+            taken = set(chosen)
+            newest = max(chosen)
+            rest = [piece for i, piece in enumerate(pending) if i not in taken]
+            for i, piece in enumerate(pending):
+                if i not in taken and i < newest:
+                    piece.passed_over = True
+            pending = rest
+            self._run_batch(batch)
+            for other in later:
                 self._run_call(other)
+            if stop:
+                for left in pending:
+                    left.future.cancel()
+                self._cancel_rest()
+                return
+
+    def _take_waiting(self, pending: list[_Vocode]) -> tuple[list[_Call], bool]:
+        """Move every piece waiting in the queue into `pending`; returns the other work met on the way (it runs
+        after the next batch, in order) and whether a stop was met (nothing after it is taken)."""
+        later: list[_Call] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return later, False
+            if item is _STOP:
+                return later, True
+            if isinstance(item, _Vocode):
+                pending.append(item)
+            else:
+                later.append(item)
 
     def _cancel_rest(self) -> None:
         while True:

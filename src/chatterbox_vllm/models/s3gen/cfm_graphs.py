@@ -25,8 +25,14 @@ def bucket_length(frames: int, bucket_frames: int) -> int:
     return max(bucket_frames, math.ceil(frames / bucket_frames) * bucket_frames)
 
 
+ROW_STEP = 16  # above this many rows, buckets grow by this much (not doubling: 33 rows would run as 64)
+
+
 def batch_bucket(rows: int) -> int:
-    """Rows rounded up to a power of two: few graph shapes serve every batch size."""
+    """Rows rounded up to a power of two up to ROW_STEP, then to a multiple of it (32, 48, 64): few graph shapes
+    serve every batch size, and a large batch wastes at most ROW_STEP - 1 filler rows."""
+    if rows > ROW_STEP:
+        return math.ceil(rows / ROW_STEP) * ROW_STEP
     return 1 << max(0, rows - 1).bit_length()
 
 
@@ -74,8 +80,9 @@ GraphEntry = tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]
 class CFMGraphs:
     """CUDA graphs of `solve` (a fixed step count), captured lazily per (rows, frames) bucket and replayed.
 
-    Batches of `rows` up to `max_rows` (the server vocodes concurrent requests together) are padded to a power of
-    two with filler rows; frames to `bucket_frames` for one row and twice that for more (fewer, larger graphs).
+    Batches of `rows` up to `max_rows` (the server vocodes concurrent requests together; its S3Gen worker raises
+    it to its batch size) are padded to a `batch_bucket` with filler rows; frames to `bucket_frames` for one row
+    and twice that for more (fewer, larger graphs).
     One lock: a graph's input and output buffers are shared by every caller of that bucket.
     """
 

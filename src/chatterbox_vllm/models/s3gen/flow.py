@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FlowConfig
+from .cfm_graphs import pad_frames
 from .encoder import UpsampleConformerEncoder, non_pad_mask
 from .flow_matching import ConditionalCFM, draw_initial_noise
 
@@ -42,17 +43,30 @@ def _with_batch(x: torch.Tensor | None, batch: int, ndim: int) -> torch.Tensor |
     return x
 
 
+@dataclass(frozen=True)
+class FlowVoice:
+    """What the flow needs of a voice alone, made once per voice (`CausalMaskedDiffWithXvec.voice`) instead of once
+    per piece: the prompt's tokens on the host (a batch's tokens go to the GPU in one copy), its mel as the
+    decoder's `cond` `[80, Fp]` and the speaker projection `spks` `[80]` of the normalised x-vector."""
+
+    prompt_tokens: torch.Tensor  # [Tp], long, CPU
+    prompt_cond: torch.Tensor  # [80, Fp], the model's device and dtype
+    spks: torch.Tensor  # [80], the model's device and dtype
+
+
 @dataclass
 class FlowRow:
     """One request in a batch of different voices and lengths: its tokens `[T]`, its reference prompt (tokens
     `[Tp]`, mel `[Fp, 80]`, x-vector `[192]`) and its initial noise `[80, 2 Tp + 2T]` (`draw_noise` draws it as
-    `inference` would for the request alone)."""
+    `inference` would for the request alone). `voice`: that prompt's `FlowVoice` if the caller keeps one (else it
+    is made from the prompt for this batch)."""
 
     tokens: torch.Tensor
     prompt_token: torch.Tensor
     prompt_feat: torch.Tensor
     embedding: torch.Tensor
     noise: torch.Tensor
+    voice: FlowVoice | None = None
 
 
 class CausalMaskedDiffWithXvec(nn.Module):
@@ -167,45 +181,58 @@ class CausalMaskedDiffWithXvec(nn.Module):
         return mel[:, :, inputs.prompt_frames :]
 
     @torch.inference_mode()
+    def voice(self, prompt_token: torch.Tensor, prompt_feat: torch.Tensor, embedding: torch.Tensor) -> FlowVoice:
+        """The `FlowVoice` of a reference prompt (tokens `[Tp]`, mel `[Fp, 80]`, x-vector `[192]`; any leading
+        dims of one)."""
+        device = self.input_embedding.weight.device
+        dtype = self.spk_embed_affine_layer.weight.dtype
+        embedding = F.normalize(embedding.reshape(1, -1).to(device, dtype), dim=1)
+        return FlowVoice(
+            prompt_tokens=prompt_token.reshape(-1).long().cpu(),
+            prompt_cond=prompt_feat.reshape(-1, self.config.mel_bins).to(device, dtype).transpose(0, 1).contiguous(),
+            spks=self.spk_embed_affine_layer(embedding)[0],
+        )
+
+    @torch.inference_mode()
     def inference_rows(self, rows: list[FlowRow], n_timesteps: int | None = None) -> list[torch.Tensor]:
         """Mels `[80, 2T]` of several requests in one padded batch; each equals what `inference` gives the row alone.
 
         Each row is its prompt's tokens followed by its own, right-padded; the encoder and the estimator mask
-        the padding (attention keys, convolutions), so rows do not see each other or the padding.
+        the padding (attention keys, convolutions), so rows do not see each other or the padding. The batch is
+        assembled with few copies: its tokens on the host then to the device at once, voices' work from their
+        `FlowVoice`s.
         """
         device = self.input_embedding.weight.device
         dtype = self.spk_embed_affine_layer.weight.dtype
-        lengths = torch.tensor([r.prompt_token.numel() + r.tokens.numel() for r in rows], device=device)
-        width = int(lengths.max())
-        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            row = torch.cat([r.prompt_token.reshape(-1).long(), r.tokens.reshape(-1).long()]).to(device)
-            tokens[i, : row.numel()] = row
-        if bool((tokens >= self.config.vocab_size).any()) or bool((tokens < 0).any()):
+        voices = [r.voice or self.voice(r.prompt_token, r.prompt_feat, r.embedding) for r in rows]
+        token_rows = [torch.cat([v.prompt_tokens, r.tokens.reshape(-1).long().cpu()]) for v, r in zip(voices, rows)]
+        host_tokens = torch.nn.utils.rnn.pad_sequence(token_rows, batch_first=True)
+        if bool((host_tokens >= self.config.vocab_size).any()) or bool((host_tokens < 0).any()):
             raise ValueError(f"speech tokens must lie in [0, {self.config.vocab_size})")
+        tokens = host_tokens.to(device, non_blocking=True)
+        lengths = torch.tensor([t.numel() for t in token_rows]).to(device, non_blocking=True)
+        width = tokens.size(1)
         mask = non_pad_mask(lengths, width).unsqueeze(-1).to(dtype)
         h, h_mask = self.encoder(self.input_embedding(tokens) * mask, lengths)
         mu = self.encoder_proj(h).transpose(1, 2).contiguous()  # [B, 80, F]
         frames = h.size(1)
-        h_lengths = h_mask.sum(dim=-1).squeeze(-1)
+        h_lengths = [self.config.encoder.upsample_stride * t.numel() for t in token_rows]  # frames per row
 
-        embedding = F.normalize(torch.stack([r.embedding.reshape(-1) for r in rows]).to(device, dtype), dim=1)
-        spks = self.spk_embed_affine_layer(embedding)
-        cond = torch.zeros(len(rows), self.config.mel_bins, frames, device=device, dtype=mu.dtype)
-        noise = torch.zeros(len(rows), self.config.mel_bins, frames, device=device, dtype=mu.dtype)
-        prompt_frames = []
-        for i, r in enumerate(rows):
-            feat = r.prompt_feat.reshape(-1, self.config.mel_bins).to(device, dtype)
-            cond[i, :, : feat.size(0)] = feat.transpose(0, 1)
-            prompt_frames.append(feat.size(0))
-            row_noise = r.noise.reshape(self.config.mel_bins, -1)
-            noise[i, :, : row_noise.size(-1)] = row_noise.to(device, mu.dtype)[:, :frames]
+        spks = torch.stack([v.spks for v in voices]).to(mu.dtype)
+        cond = pad_frames(torch.nn.utils.rnn.pad_sequence([v.prompt_cond.T for v in voices], batch_first=True)
+                          .transpose(1, 2), frames).to(mu.dtype)  # fmt: skip
+        noise = torch.nn.utils.rnn.pad_sequence(
+            [r.noise.reshape(self.config.mel_bins, -1)[:, :frames].T.to(device, mu.dtype) for r in rows],
+            batch_first=True,
+        )  # fmt: skip
+        noise = pad_frames(noise.transpose(1, 2), frames)
+        prompt_frames = [v.prompt_cond.size(-1) for v in voices]
         mel = self.decoder(
             mu,
-            non_pad_mask(h_lengths, frames).unsqueeze(1).to(mu.dtype),
+            h_mask.to(mu.dtype),
             spks,
             cond,
             n_timesteps=n_timesteps or self.config.n_timesteps,
             noise=noise,
         )
-        return [mel[i, :, prompt_frames[i] : int(h_lengths[i])] for i in range(len(rows))]
+        return [mel[i, :, prompt_frames[i] : h_lengths[i]] for i in range(len(rows))]

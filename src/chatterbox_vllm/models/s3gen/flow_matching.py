@@ -228,14 +228,15 @@ class ConditionalCFM(nn.Module):
         """Forget the graphs captured so far (they replay the kernels of before); each shape is captured again as it
         comes, with the same step count and buckets."""
         if self.graphs is not None:
-            self.enable_cuda_graphs(self.graphs.n_timesteps, self.graphs.bucket_frames)
+            self.enable_cuda_graphs(self.graphs.n_timesteps, self.graphs.bucket_frames, self.graphs.max_rows)
 
     def _compilable_blocks(self) -> list[nn.Module]:
         return [m for m in self.estimator.modules() if isinstance(m, (BasicTransformerBlock, CausalResnetBlock1D))]
 
-    def enable_cuda_graphs(self, n_timesteps: int, bucket_frames: int = 64) -> None:
-        """Replay the loop as CUDA graphs from now on (batch 1, `n_timesteps` steps, CUDA); see `cfm_graphs`."""
+    def enable_cuda_graphs(self, n_timesteps: int, bucket_frames: int = 64, max_rows: int = 16) -> None:
+        """Replay the loop as CUDA graphs from now on (`n_timesteps` steps, up to `max_rows` rows, CUDA); see
+        `cfm_graphs`."""
         self.graphs = CFMGraphs(
             self.solve, channels=self.estimator.config.out_channels, n_timesteps=n_timesteps,
-            bucket_frames=bucket_frames,
+            bucket_frames=bucket_frames, max_rows=max_rows,
         )  # fmt: skip
