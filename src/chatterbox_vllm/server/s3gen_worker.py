@@ -3,8 +3,11 @@
 With many requests in flight, S3Gen is the bottleneck when it runs a piece at a time: at batch one its flow
 estimator is launch-bound and leaves the GPU mostly idle. So whole-piece vocodes that are waiting together
 leave as one padded batch (`ChatterboxTTS.vocode_batch`, up to `max_batch` pieces and `max_batch_tokens` padded
-tokens); nothing waits for a batch to fill, so a lone request pays no extra latency. Other work (voice analysis, the incremental first-audio vocodes) runs
-alone, in arrival order after the batch it was queued behind.
+tokens); nothing waits for a batch to fill, so a lone request pays no extra latency. Partial vocodes (a streamed
+piece's first audio, `incremental`) are batched the same way among themselves, ahead of whole pieces queued with
+them (a stream's next audio waits on them); every partial has a bounded shape (voice prompt, a bounded left
+context, its new tokens), so they stay cheap at any concurrency. Other work (voice analysis) runs alone, in arrival
+order after the batch it was queued behind.
 
 A batch that fails is retried job by job, so one bad piece fails only its own request.
 
@@ -30,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..incremental import PartialJob, PartialResult, vocode_partials
 from ..tts import ChatterboxTTS, VocodeJob
-from .metrics import S3GEN_BATCH, S3GEN_WORK
+from .metrics import S3GEN_BATCH, S3GEN_PARTIAL_BATCH, S3GEN_WORK
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,12 @@ class _Call:
 @dataclass
 class _Vocode:
     job: VocodeJob
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Partial:
+    job: PartialJob
     future: Future = field(default_factory=Future)
 
 
@@ -69,6 +79,8 @@ class S3GenWorker:
         self.max_batch = max(1, max_batch)
         self.max_batch_tokens = max_batch_tokens
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # What runs a batch of partials (a benchmark's first-audio trace wraps it to time the S3Gen part).
+        self.vocode_partials: Callable[[ChatterboxTTS, list[PartialJob]], list[PartialResult]] = vocode_partials
         self.stream: torch.cuda.Stream | None = None  # the thread's own CUDA stream (set when it starts, on a GPU)
         self._thread = threading.Thread(target=self._run, name="s3gen", daemon=True)
         self._thread.start()
@@ -83,6 +95,12 @@ class S3GenWorker:
     def vocode(self, job: VocodeJob) -> Future:
         """The waveform of a whole piece (float32, 24 kHz), batched with other pieces waiting at the time."""
         item = _Vocode(job)
+        self._queue.put(item)
+        return item.future
+
+    def partial(self, job: PartialJob) -> Future:
+        """A partial vocode's result (`incremental.PartialResult`), batched with other requests' partials."""
+        item = _Partial(job)
         self._queue.put(item)
         return item.future
 
@@ -123,6 +141,9 @@ class S3GenWorker:
             if isinstance(item, _Call):
                 self._run_call(item)
                 continue
+            if isinstance(item, _Partial):
+                self._serve_partials(item, pending)
+                continue
             batch, later = [item], []
             width = padded_tokens(item.job)
             while len(batch) < self.max_batch:
@@ -148,7 +169,10 @@ class S3GenWorker:
                         left.future.cancel()
                     self._cancel_rest()
                     return
-                self._run_call(other)
+                if isinstance(other, _Partial):
+                    self._serve_partials(other, pending)
+                else:
+                    self._run_call(other)
 
     def _cancel_rest(self) -> None:
         while True:
@@ -191,3 +215,50 @@ class S3GenWorker:
             return
         for item, wav in zip(live, wavs, strict=True):
             item.future.set_result(np.asarray(wav, dtype=np.float32))
+
+    # -------------------------------------------------------------------------------------------- partials
+    def _serve_partials(self, first: _Partial, pending: deque) -> None:
+        """Run `first` with the other partials waiting now, as one batch (up to `max_batch` rows and
+        `max_batch_tokens` padded tokens). What else was taken from the queue on the way goes back to the front of
+        `pending`, in its order, for the serve loop."""
+        batch, kept = [first], []
+        width = first.job.padded_tokens
+        while len(batch) < self.max_batch:
+            try:
+                more = self._next(pending, wait=False)
+            except queue.Empty:
+                break
+            if more is _STOP:
+                kept.append(more)
+                break
+            if isinstance(more, _Partial):
+                wider = max(width, more.job.padded_tokens)
+                if wider * (len(batch) + 1) <= self.max_batch_tokens:
+                    batch.append(more)
+                    width = wider
+                    continue
+            kept.append(more)
+        pending.extendleft(reversed(kept))
+        self._run_partials(batch)
+
+    @S3GEN_WORK.time()
+    def _run_partials(self, batch: list[_Partial]) -> None:
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not live:
+            return  # every request that asked was cancelled while it waited
+        S3GEN_PARTIAL_BATCH.observe(len(live))
+        try:
+            results = self.vocode_partials(self.tts, [item.job for item in live])
+        except BaseException as exc:  # noqa: BLE001 - delivered to the requests that asked
+            if len(live) == 1:
+                live[0].future.set_exception(exc)
+                return
+            log.warning("S3Gen partial batch of %d failed (%s); running its partials one by one", len(live), exc)
+            for item in live:
+                try:
+                    item.future.set_result(self.vocode_partials(self.tts, [item.job])[0])
+                except BaseException as single:  # noqa: BLE001
+                    item.future.set_exception(single)
+            return
+        for item, result in zip(live, results, strict=True):
+            item.future.set_result(result)

@@ -8,8 +8,9 @@
 * A cloned voice is analysed when it is uploaded (`prepare_voice`) and its conditionals kept in memory and in the
   voices directory (`conditioning_store`), so its first request costs no more than the built-in voice's; a clip
   dropped in by hand is analysed on its first request.
-* The first piece's audio leaves after `stream_first_audio_tokens` tokens (S3Gen on growing prefixes), so time to
-  first audio does not wait for a whole sentence.
+* The first piece's audio leaves after `stream_first_audio_tokens` tokens (S3Gen on bounded windows of the tokens so
+  far, batched with other requests' partials: `incremental`), so time to first audio does not wait for a whole
+  sentence; while at most `stream_partials_max_active` requests are in progress.
 * A bounded number of requests may be in progress; beyond it the API answers 429 (`admit`).
 * Cancelling the consumer (a client that hangs up) cancels the T3 request, which frees its KV cache.
 """
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-from functools import partial
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from ..text.cleaning import remove_control_characters
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .errors import APIError, describe_failure, log_failure
-from .metrics import VOICE_CONDITIONING
+from .metrics import STREAM_FIRST_AUDIO, VOICE_CONDITIONING
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
 from .state import served_id
@@ -48,10 +48,6 @@ from .voices import Voice
 
 PAUSE_SECONDS = 0.12  # silence between sentence pieces
 FADE_SECONDS = 0.005  # edges of each piece fade in/out: no clicks where pieces meet
-# Above this many requests in progress, first pieces are vocoded whole: throughput before first-audio latency.
-# Checked again before every partial vocode: a request that started alone stops making them when a burst arrives
-# (each runs alone on the S3Gen thread, ~80-120 ms on an H100, holding up the burst's batches).
-INCREMENTAL_MAX_ACTIVE = 4
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +149,9 @@ class SpeechService:
         self.admission.release()
 
     def _few_active(self) -> bool:
-        """Whether partial vocodes (first audio sooner, at S3Gen time's cost) are worth it now."""
-        return self.active <= INCREMENTAL_MAX_ACTIVE
+        """Whether partial vocodes (first audio sooner, at some S3Gen time's cost) are wanted now: checked again
+        before every partial, so a request that started among few stops making them when a burst arrives."""
+        return self.active <= self.settings.stream_partials_max_active
 
     # ------------------------------------------------------------------------------------------ prepare
     def language_for(self, request: SpeechRequest, voice: Voice) -> str | None:
@@ -303,7 +300,7 @@ class SpeechService:
         usage["output_tokens"] = 0
         streaming_engine = hasattr(self.tts.engine, "stream_async")
         window = min(self.settings.parallel_pieces, self._max_batch) if streaming_engine else 1
-        # Partial vocodes cost S3Gen time (the one worker is shared): only while few requests are in progress.
+        # Partial vocodes cost S3Gen time (the one worker is shared): only up to `stream_partials_max_active`.
         incremental = (
             streaming_engine
             and self.settings.stream_first_audio_tokens > 0
@@ -340,6 +337,8 @@ class SpeechService:
             for index in range(count):
                 if index > 0:
                     yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
+                if index == 0 and not incremental and streaming_engine:
+                    STREAM_FIRST_AUDIO.labels(model=self.model_id, source="piece").inc()
                 if index == 0 and incremental:
                     first_slot_held = False  # handed over: released as soon as the first piece's tokens are done
                     first_piece = self._first_piece_incrementally(prepared, params_for(0), usage, t3_slots)
@@ -376,16 +375,26 @@ class SpeechService:
         )
         text = prepared.pieces[0].to(self.tts.device)
         tokens: list[int] = []
+        first_source = "piece"
         try:
             async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
                 tokens.append(token)
                 if vocoder.due(len(tokens)) and self._few_active():
-                    partial_vocode = partial(vocoder.push, list(tokens), final=False)
-                    audio = await asyncio.wrap_future(self._s3gen.call(partial_vocode))
+                    job = vocoder.partial_job(tokens)
+                    if job is None:
+                        continue
+                    # cancelled with this coroutine (a client gone): the worker then skips it
+                    result = await asyncio.wrap_future(self._s3gen.partial(job))
+                    audio = vocoder.take_partial(job, result)
                     if len(audio):
+                        if first_source == "piece":
+                            first_source = "partial"
+                            STREAM_FIRST_AUDIO.labels(model=self.model_id, source="partial").inc()
                         yield audio
         finally:
             t3_slot.release()
+        if first_source == "piece":
+            STREAM_FIRST_AUDIO.labels(model=self.model_id, source="piece").inc()
         usage["output_tokens"] += len(tokens)
         # The whole piece: a batch job like every other piece's, so it is vocoded together with those ready with it
         # (the other pieces of a long input finish their tokens at about the same time).
