@@ -33,7 +33,7 @@ from ..conditioning import Conditionals
 from ..conditioning_store import ConditioningStore
 from ..engine.base import SamplingParams
 from ..text.paralinguistic import prepare_tags
-from ..incremental import IncrementalVocoder
+from ..incremental import IncrementalVocoder, vocode_partials
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
@@ -133,8 +133,33 @@ class SpeechService:
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
         self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)
+        # And the first partial's shapes (GPU only): a lone stream's first audio pays no first-call cost.
+        self._s3gen.call(self._warm_up_first_partial)
         # Then voice analysis (once per model): its first run loads libraries for seconds, which no upload should pay.
         self._s3gen.call(tts.voices.warm_up)
+
+    def _warm_up_first_partial(self) -> None:
+        """Run the first partial vocode of a stream once, alone and in a batch, with the built-in voice (on the S3Gen
+        thread, at start): its kernels chosen, its HiFT shapes seen, before any request. GPU only: on a CPU nothing is
+        captured and the run would only delay start. A failure costs only this warm-up (logged), never the server."""
+        first = self.settings.stream_first_audio_tokens
+        if self.tts.device.type != "cuda" or first <= 0 or self.tts.default_conds is None:
+            return
+        try:
+            tokens = list(range(first))  # any speech ids: only the shapes matter
+            jobs = []
+            for seed in range(max(1, min(4, self.settings.s3gen_batch_size))):
+                vocoder = IncrementalVocoder(self.tts, self.tts.default_conds, max_tokens=first, seed=seed,
+                                             first_tokens=first)  # fmt: skip
+                jobs.append(vocoder.partial_job(tokens))
+            live = [job for job in jobs if job is not None]
+            if live:
+                vocode_partials(self.tts, live[:1])
+                vocode_partials(self.tts, live)
+                torch.cuda.synchronize(self.tts.device)
+        except Exception as exc:  # noqa: BLE001 - the warm-up is an optimisation
+            log.warning("warming up the first partial vocode failed (%s: %s); the first stream pays its first-call cost",
+                        type(exc).__name__, exc)  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- admission
     @property
