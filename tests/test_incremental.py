@@ -96,19 +96,20 @@ def test_a_partials_work_is_bounded_however_long_the_prefix(tts: ChatterboxTTS) 
     for n in range(1, len(sequence) + 1):
         if vocoder.due(n):
             job = vocoder.partial_job(sequence[:n])
+            row = job.flow_row(tts.s3gen)
             # what the flow sees: the voice prompt, at most LEFT_CONTEXT_TOKENS decoded ones, then the new ones
-            assert job.row.prompt_token.numel() == prompt + min(job.settled, LEFT_CONTEXT_TOKENS)
-            assert job.row.tokens.numel() == n - job.settled
+            assert row.prompt_token.numel() == prompt + min(job.settled, LEFT_CONTEXT_TOKENS)
+            assert row.tokens.numel() == n - job.settled
             assert job.padded_tokens <= prompt + LEFT_CONTEXT_TOKENS + MAX_CHUNK_TOKENS + HOLDBACK_TOKENS
             # the context's mel and the voice's cover exactly the frames of their tokens
-            assert job.row.prompt_feat.shape[0] == 2 * job.row.prompt_token.numel() or job.settled == 0
+            assert row.prompt_feat.shape[0] == 2 * row.prompt_token.numel() or job.settled == 0
             # the context's prompt mel is the mel an earlier partial decoded for those tokens
-            voice_frames = vocoder.prompt_feat.shape[0]
-            assert torch.equal(job.row.prompt_feat[voice_frames:], job.context_mel.transpose(0, 1))
+            voice_frames = vocoder.prompt_frames + vocoder.frame_offset
+            assert torch.equal(row.prompt_feat[voice_frames:], job.context_mel.transpose(0, 1))
             # the new tokens' flow noise is the piece's own at their frames (as the whole piece's vocode sees it)
             frames = vocoder.prompt_frames + 2 * job.settled
-            assert torch.equal(job.row.noise[:, vocoder.prompt_frames + 2 * (job.settled - job.start) :],
-                               vocoder.noise[0, :, frames : frames + 2 * job.row.tokens.numel()])  # fmt: skip
+            assert torch.equal(row.noise[:, vocoder.prompt_frames + 2 * (job.settled - job.start) :],
+                               vocoder.noise[0, :, frames : frames + 2 * row.tokens.numel()])  # fmt: skip
             if len(jobs) < 4:  # running every partial of 400 tokens costs minutes on a CPU; the shapes suffice
                 vocoder.take_partial(job, vocode_partials(tts, [job])[0])
             else:  # move on as if this partial had run: settle its tokens with the mel a partial makes

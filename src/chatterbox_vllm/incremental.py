@@ -10,9 +10,9 @@ barely change leaves:
   continues it), then the new tokens; HiFT sees that context's mel before the new mel. Every partial of a request
   has the same shape of work, so the server batches partials of different requests together
   (`S3GenWorker.partial`, `vocode_partials`);
-* the voice prompt's tensors (and its slice of the flow noise) are made once per request, not per partial. The
-  flow encoder's pass over the prompt itself is redone: it attends over prompt and new tokens together, so reusing
-  it would change the audio;
+* the voice prompt's tensors are its conditionals' own, kept per voice (on the device); a partial adds only its
+  window's. The flow encoder's pass over the prompt itself is redone per partial: it attends over prompt and new
+  tokens together, so reusing it would change the audio (a shorter prompt would too, so partials keep all of it);
 * every call uses the request's one flow noise (drawn for the whole piece; each window takes the frames it covers)
   and the same HiFT seed;
 * consecutive emissions overlap by `CROSSFADE_SAMPLES` and are crossfaded there, hiding what difference remains.
@@ -23,7 +23,9 @@ the piece vocoded whole. `distance_to_whole` says how far the streamed audio lie
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ import torch
 from .conditioning import Conditionals
 from .engine.base import speech_tokens_for_s3gen
 from .models.s3gen.config import MEL_BINS
+from .models.s3gen import S3Gen
 from .models.s3gen.flow import FlowRow
 from .tts import S3GEN_SILENCE_TOKEN, SAMPLES_PER_TOKEN, ChatterboxTTS, VocodeJob
 
@@ -48,20 +51,39 @@ MAX_CHUNK_TOKENS = 64
 
 @dataclass(frozen=True)
 class PartialJob:
-    """One windowed partial vocode: the flow's row (voice prompt + decoded context as prompt, new tokens) and
-    HiFT's left context (the context's decoded mel, `[80, 2 x context]`), with the request's HiFT seed."""
+    """One windowed partial vocode: the voice, the decoded context's tokens and mel (`[80, F]`, HiFT's left context
+    too), the new tokens, the flow noise of the voice prompt's and the window's frames, the request's HiFT seed.
+    Host tensors only: the S3Gen thread moves them to the device (`flow_row`), not the event loop that makes them."""
 
-    row: FlowRow
+    voice: Mapping[str, Any]  # the conditionals' S3Gen part (prompt tokens and mel, x-vector), kept per voice
+    context: torch.Tensor
+    new: torch.Tensor
     context_mel: torch.Tensor
+    noise: torch.Tensor
     seed: int
     start: int  # the token the waveform starts at (the context's first)
     settled: int  # tokens before this one were decoded by an earlier partial (the new tokens start here)
     end: int  # tokens of the piece this partial saw (the last HOLDBACK_TOKENS of them are held back)
+    voice_tokens: int
 
     @property
     def padded_tokens(self) -> int:
         """The tokens this partial puts through the flow (for the worker's batch bound)."""
-        return int(self.row.prompt_token.numel() + self.row.tokens.numel())
+        return self.voice_tokens + int(self.context.numel() + self.new.numel())
+
+    def flow_row(self, s3gen: S3Gen) -> FlowRow:
+        """The flow's row: the voice prompt then the context (tokens with their decoded mel) as its prompt, the new
+        tokens to decode."""
+        ref = s3gen._ref_inputs(self.voice)
+        device = ref["prompt_token"].device
+        feat = ref["prompt_feat"].reshape(-1, MEL_BINS)
+        return FlowRow(
+            self.new.to(device),
+            torch.cat([ref["prompt_token"].reshape(-1), self.context.to(device)]),
+            torch.cat([feat, self.context_mel.transpose(0, 1).to(device, feat.dtype)]),
+            ref["embedding"],
+            self.noise.to(device),
+        )
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,7 @@ def vocode_partials(tts: ChatterboxTTS, jobs: list[PartialJob]) -> list[PartialR
     """Partial vocodes of any requests as one padded batch: the flow over every row, then HiFT over each row's
     context and new mel. A waveform that starts at the piece's start is faded in as `S3Gen.inference` does."""
     s3gen = tts.s3gen
-    mels = s3gen.flow.inference_rows([job.row for job in jobs])
+    mels = s3gen.flow.inference_rows([job.flow_row(s3gen) for job in jobs])
     hift_mels = [
         torch.cat([job.context_mel.to(mel.device, mel.dtype), mel], dim=-1).to(s3gen.dtype)
         for job, mel in zip(jobs, mels, strict=True)
@@ -112,20 +134,17 @@ class IncrementalVocoder:
         self.seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         self.left_context_tokens = max(1, left_context_tokens)  # one at least: the crossfade reaches back 20 ms
         # The flow decodes the reference prompt's tokens and the piece's together: 2 mel frames per token of both.
-        ref = tts.s3gen._ref_inputs(conds.gen)
-        self.prompt_token = ref["prompt_token"].reshape(-1)
-        self.prompt_feat = ref["prompt_feat"].reshape(-1, MEL_BINS)
-        self.embedding = ref["embedding"]
-        self.prompt_frames = MEL_FRAMES_PER_TOKEN * int(self.prompt_token.numel())
+        prompt_token, prompt_feat = conds.gen.get("prompt_token"), conds.gen.get("prompt_feat")
+        self.prompt_tokens = int(prompt_token.shape[-1]) if prompt_token is not None else 0
+        self.prompt_frames = MEL_FRAMES_PER_TOKEN * self.prompt_tokens
         # The voice's prompt mel may hold a frame more than 2 per prompt token (the reference keeps a clip's odd
         # frame); the flow's output then starts that much later: the piece's mel frame j is the flow's frame
         # (prompt mel frames + j), so token k's frames are the piece's 2k - offset and 2k + 1 - offset.
-        self.frame_offset = int(self.prompt_feat.shape[0]) - self.prompt_frames
+        self.frame_offset = (int(prompt_feat.shape[-2]) if prompt_feat is not None else 0) - self.prompt_frames
         generator = torch.Generator().manual_seed(self.seed)
         # S3Gen may decode a few tokens more than T3 wrote (Turbo's appended silence): room for those too.
         decoded = max_tokens + tts.s3gen_tail_tokens
         self.noise = torch.randn((1, MEL_BINS, self.prompt_frames + MEL_FRAMES_PER_TOKEN * decoded), generator=generator)
-        self._prompt_noise = self.noise[0, :, : self.prompt_frames].to(tts.device)
         self.first_tokens = max(first_tokens, HOLDBACK_TOKENS + 2)
         self.next_at = self.first_tokens
         self.chunk = self.first_tokens
@@ -171,17 +190,15 @@ class IncrementalVocoder:
         # exactly the frames of the voice's and the context's tokens
         context_frames = self.mel_end - MEL_FRAMES_PER_TOKEN * start if self.settled else 0
         context_mel = self.mel[:, self.mel.size(-1) - context_frames :]
-        device = self.tts.device
+        # the flow noise of the voice prompt's frames and the window's, as the whole piece's vocode has them there
         frames = self.prompt_frames + MEL_FRAMES_PER_TOKEN * len(decoded)
-        piece_noise = self.noise[0, :, self.prompt_frames + MEL_FRAMES_PER_TOKEN * start : frames].to(device)
-        row = FlowRow(
-            new.to(device),
-            torch.cat([self.prompt_token, context.to(device)]),
-            torch.cat([self.prompt_feat, context_mel.transpose(0, 1).to(self.prompt_feat)]),
-            self.embedding,
-            torch.cat([self._prompt_noise, piece_noise], dim=-1),
+        noise = torch.cat(
+            [self.noise[0, :, : self.prompt_frames],
+             self.noise[0, :, self.prompt_frames + MEL_FRAMES_PER_TOKEN * start : frames]], dim=-1,
+        )  # fmt: skip
+        return PartialJob(
+            self.conds.gen, context, new, context_mel, noise, self.seed, start, self.settled, end, self.prompt_tokens
         )
-        return PartialJob(row, context_mel, self.seed, start, self.settled, end)
 
     def take_partial(self, job: PartialJob, result: PartialResult) -> np.ndarray:
         """The audio that may leave now from a partial's result; its settled mel becomes the next one's context."""
