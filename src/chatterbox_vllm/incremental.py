@@ -88,7 +88,7 @@ class PartialJob:
 
 @dataclass(frozen=True)
 class PartialResult:
-    mel: torch.Tensor  # the flow's mel of the new tokens `[80, 2 x new]`
+    mel: torch.Tensor  # the flow's mel of the new tokens `[80, 2 x new]` (float32, host)
     wav: np.ndarray  # HiFT's waveform of context and new mel (float32), from token `job.start`
 
 
@@ -108,7 +108,8 @@ def vocode_partials(tts: ChatterboxTTS, jobs: list[PartialJob]) -> list[PartialR
     for job, mel, wav in zip(jobs, mels, wavs, strict=True):
         if job.start == 0:
             wav = s3gen.apply_trim_fade(wav)
-        out.append(PartialResult(mel.detach(), np.ascontiguousarray(wav.float().cpu().numpy(), dtype=np.float32)))
+        # both on the host: the event loop that takes them makes no device copies
+        out.append(PartialResult(mel.float().cpu(), np.ascontiguousarray(wav.float().cpu().numpy(), dtype=np.float32)))
     return out
 
 
