@@ -145,7 +145,8 @@ class IncrementalVocoder:
         generator = torch.Generator().manual_seed(self.seed)
         # S3Gen may decode a few tokens more than T3 wrote (Turbo's appended silence): room for those too.
         decoded = max_tokens + tts.s3gen_tail_tokens
-        self.noise = torch.randn((1, MEL_BINS, self.prompt_frames + MEL_FRAMES_PER_TOKEN * decoded), generator=generator)
+        shape = (1, MEL_BINS, self.prompt_frames + MEL_FRAMES_PER_TOKEN * decoded)
+        self.noise = torch.randn(shape, generator=generator)
         self.first_tokens = max(first_tokens, HOLDBACK_TOKENS + 2)
         self.next_at = self.first_tokens
         self.chunk = self.first_tokens
@@ -170,7 +171,8 @@ class IncrementalVocoder:
         whole = self.job(tokens)
         if whole is None:
             return self._flush()
-        return self.take(whole, self.tts.vocode(whole.tokens, whole.conds, seed=whole.seed, noise=whole.noise), final=True)
+        wav = self.tts.vocode(whole.tokens, whole.conds, seed=whole.seed, noise=whole.noise)
+        return self.take(whole, wav, final=True)
 
     # ----------------------------------------------------------------------------------------- partials
     def partial_job(self, tokens: list[int]) -> PartialJob | None:
@@ -205,7 +207,7 @@ class IncrementalVocoder:
         """The audio that may leave now from a partial's result; its settled mel becomes the next one's context."""
         self.calls += 1
         settle = job.end - HOLDBACK_TOKENS
-        mel_start = MEL_FRAMES_PER_TOKEN * job.start + job.context_mel.size(-1)  # the piece's frame the result starts at
+        mel_start = MEL_FRAMES_PER_TOKEN * job.start + job.context_mel.size(-1)  # the piece's frame the result's at
         mel_end = MEL_FRAMES_PER_TOKEN * settle - self.frame_offset
         new_mel = result.mel[:, : max(0, mel_end - mel_start)].float().cpu()
         keep = MEL_FRAMES_PER_TOKEN * (self.left_context_tokens + 1) + max(0, -self.frame_offset)
@@ -261,7 +263,9 @@ class IncrementalVocoder:
         return tail
 
 
-def distance_to_whole(streamed: np.ndarray, whole: np.ndarray, *, frame: int = 1024, hop: int = 256) -> dict[str, float]:
+def distance_to_whole(
+    streamed: np.ndarray, whole: np.ndarray, *, frame: int = 1024, hop: int = 256
+) -> dict[str, float]:
     """How far streamed audio lies from the piece vocoded whole, against the whole's own scale: `wave` is the rms
     of the sample difference over the rms of the whole piece; `spectrum` the same for STFT magnitudes (a phase
     shift that the ear does not hear counts in `wave`, not in `spectrum`)."""

@@ -158,7 +158,7 @@ class SpeechService:
                 vocode_partials(self.tts, live)
                 torch.cuda.synchronize(self.tts.device)
         except Exception as exc:  # noqa: BLE001 - the warm-up is an optimisation
-            log.warning("warming up the first partial vocode failed (%s: %s); the first stream pays its first-call cost",
+            log.warning("warming up the first partial vocode failed (%s: %s); the first stream pays its first call",
                         type(exc).__name__, exc)  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- admission
