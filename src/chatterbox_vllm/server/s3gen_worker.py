@@ -4,9 +4,9 @@ With many requests in flight, S3Gen is the bottleneck when it runs a piece at a 
 estimator is launch-bound and leaves the GPU mostly idle. So whole-piece vocodes that are waiting together
 leave as one padded batch (`ChatterboxTTS.vocode_batch`, up to `max_batch` pieces and `max_batch_tokens` padded
 tokens); nothing waits for a batch to fill, so a lone request pays no extra latency. Partial vocodes (a streamed
-piece's first audio, `incremental`) are batched the same way among themselves, ahead of whole pieces queued with
-them (a stream's next audio waits on them); every partial has a bounded shape (voice prompt, a bounded left
-context, its new tokens), so they stay cheap at any concurrency. Other work (voice analysis) runs alone, in arrival
+piece's first audio, `incremental`) are batched the same way among themselves: a batch of partials takes every
+partial waiting, also those queued behind whole pieces (a stream's next audio waits on them); every partial has a
+bounded shape (voice prompt, a bounded left context, its new tokens), so they stay cheap at any concurrency. Other work (voice analysis) runs alone, in arrival
 order after the batch it was queued behind.
 
 A batch that fails is retried job by job, so one bad piece fails only its own request.
