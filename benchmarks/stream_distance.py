@@ -42,10 +42,8 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def flow_tokens(vocoder: Any, tokens: list[int]) -> int:
-    """Tokens the next partial puts through the flow (either vocoder's API)."""
-    if hasattr(vocoder, "partial_job"):
-        return -1  # read from the job itself (see stream_piece)
+def prefix_flow_tokens(vocoder: Any, tokens: list[int]) -> int:
+    """Tokens the growing-prefix vocoder's next partial puts through the flow: the voice prompt and the prefix."""
     return int(vocoder.prompt_frames // 2 + len(tokens))
 
 
@@ -66,7 +64,7 @@ def stream_piece(module: Any, tts: ChatterboxTTS, tokens: list[int], seed: int, 
             sizes.append(job.padded_tokens)
             audio = vocoder.take_partial(job, module.vocode_partials(tts, [job])[0])
         else:
-            sizes.append(flow_tokens(vocoder, tokens[:n]))
+            sizes.append(prefix_flow_tokens(vocoder, tokens[:n]))
             audio = vocoder.push(tokens[:n], final=False)
         sync()
         times.append(1000 * (time.perf_counter() - started))
