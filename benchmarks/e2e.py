@@ -205,7 +205,7 @@ async def traced_first_audio(service: SpeechService, tts: ChatterboxTTS, text: s
         marks.setdefault(name, 1000 * (time.perf_counter() - start))
 
     engine, worker = tts.engine, service._s3gen
-    stream_async, call = engine.stream_async, worker.call
+    stream_async, submit_partial, run_partials = engine.stream_async, worker.partial, worker.vocode_partials
     wanted = service.settings.stream_first_audio_tokens
 
     async def traced_stream(*args: Any, **kwargs: Any) -> Any:
@@ -217,19 +217,20 @@ async def traced_first_audio(service: SpeechService, tts: ChatterboxTTS, text: s
                 mark(f"t3_token_{wanted}")
             yield token
 
-    def traced_call(fn: Any, *args: Any) -> Any:
+    def traced_partial(job: Any) -> Any:
         mark("s3gen_partial_queued")
+        future = submit_partial(job)
+        future.add_done_callback(lambda _: mark("s3gen_partial_done"))
+        return future
 
-        def run(*inner: Any) -> Any:
-            mark("s3gen_partial_started")
-            try:
-                return fn(*inner)
-            finally:
-                mark("s3gen_partial_done")
+    def traced_run(*args: Any) -> Any:  # on the S3Gen thread: the batch holding the first partial
+        mark("s3gen_partial_started")
+        try:
+            return run_partials(*args)
+        finally:
+            mark("s3gen_partial_ran")
 
-        return call(run, *args)
-
-    engine.stream_async, worker.call = traced_stream, traced_call
+    engine.stream_async, worker.partial, worker.vocode_partials = traced_stream, traced_partial, traced_run
     try:
         request = SpeechRequest(model="tts-1", input=text, voice="alloy", response_format="pcm")
         with PromptEmbedsTimer(tts) as embeds:
@@ -242,7 +243,8 @@ async def traced_first_audio(service: SpeechService, tts: ChatterboxTTS, text: s
                         break
         marks["prompt_embeds"] = 1000 * sum(embeds.seconds)
     finally:
-        del engine.stream_async, worker.call
+        del engine.stream_async, worker.partial
+        worker.vocode_partials = run_partials
     return marks
 
 

@@ -37,7 +37,7 @@ def test_quick_run_then_report(tmp_path: Path) -> None:
     # where a lone sentence's first audio time went, step by step in order
     marks = results["first_audio"]["median_ms"]
     order = ["prepared", "t3_first_token", "t3_token_10", "s3gen_partial_queued", "s3gen_partial_started",
-             "s3gen_partial_done", "first_audio"]  # fmt: skip
+             "s3gen_partial_ran", "s3gen_partial_done", "first_audio"]  # fmt: skip
     assert set(order) <= set(marks), marks
     assert all(marks[a] <= marks[b] for a, b in zip(order, order[1:])) and marks["prompt_embeds"] > 0
     for level in sweep:  # where the level's time went, from the server's own metrics
@@ -46,10 +46,10 @@ def test_quick_run_then_report(tmp_path: Path) -> None:
         assert 0 < server["prompt_embeds_median_ms"] <= server["prompt_embeds_max_ms"]
         assert server["s3gen_batches"] >= 1 and server["s3gen_mean_batch_rows"] >= 1
         assert 0 < server["s3gen_busy_fraction"] < 1.01 and server["t3_mean_inter_token_ms"] > 0
-    # S3Gen's work items beyond its batches are partial vocodes: a lone request makes them (first audio sooner);
-    # in a burst of 8 they would each hold up the batches, so requests stop making them once the burst is in
+    # S3Gen's work items beyond its batches of whole pieces are batches of partial vocodes: a lone request makes
+    # them (first audio sooner), and so does every request of a burst of 8 (batched together: at least one batch)
     partials = [level["server"]["s3gen_work_items"] - level["server"]["s3gen_batches"] for level in sweep]
-    assert partials[0] >= 1 and partials[1] <= 2, partials
+    assert partials[0] >= 1 and partials[1] >= 1, partials
     paragraph = results["paragraph"]
     assert paragraph["audio_s"] > 0 and paragraph["first_audio_s_median"] < paragraph["wall_s_median"]
     stages = results["stages"]

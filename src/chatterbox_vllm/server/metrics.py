@@ -25,6 +25,17 @@ VOICE_CONDITIONING = Counter(
 S3GEN_BATCH = Histogram(
     "chatterbox_s3gen_batch_size", "Pieces vocoded together in one S3Gen batch", buckets=(1, 2, 4, 8, 16, 32, 64)
 )
+S3GEN_PARTIAL_BATCH = Histogram(
+    "chatterbox_s3gen_partial_batch_size",
+    "Partial vocodes (streamed first pieces' audio before their last token) run together in one S3Gen batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+STREAM_FIRST_AUDIO = Counter(
+    "chatterbox_stream_first_audio_total",
+    "Streamed requests' first audio by what made it: partial (a partial vocode of the first piece's tokens so far, "
+    "before its last token) or piece (the whole first piece: partials off, or the piece too short for one)",
+    ["model", "source"],
+)
 S3GEN_WORK = Histogram(
     "chatterbox_s3gen_work_seconds",
     "One piece of S3Gen thread work (a vocode batch, a partial vocode, a voice analysis); the sum against wall time "

@@ -6,8 +6,10 @@ leave as one padded batch (`ChatterboxTTS.vocode_batch`, up to `max_batch` piece
 tokens); nothing waits for a batch to fill, so a lone request pays no extra latency. When more pieces wait than
 one batch holds, pieces of similar length go together (`select_batch`: a batch costs rows x its longest row), but
 a piece passed over once goes, oldest first, before any newer one: none waits behind more than one batch of later
-arrivals. Other work (voice analysis, the incremental first-audio vocodes) runs alone, in arrival order, after
-the batch that leaves next.
+arrivals. Partial vocodes (a streamed piece's audio before its last token, `incremental`) are batched the same way
+among themselves, and a batch of them goes before each batch of whole pieces: a stream's next audio waits on them,
+and every partial has a bounded shape (voice prompt, a bounded left context, its new tokens), so they stay cheap at
+any concurrency. Other work (voice analysis) runs alone, in arrival order, after the batch that leaves next.
 
 A batch that fails is retried job by job, so one bad piece fails only its own request.
 
@@ -32,8 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..incremental import PartialJob, PartialResult, vocode_partials
 from ..tts import ChatterboxTTS, VocodeJob
-from .metrics import S3GEN_BATCH, S3GEN_WORK
+from .metrics import S3GEN_BATCH, S3GEN_PARTIAL_BATCH, S3GEN_WORK
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,12 @@ class _Vocode:
     job: VocodeJob
     future: Future = field(default_factory=Future)
     passed_over: bool = False  # a newer piece left in a batch before this one
+
+
+@dataclass
+class _Partial:
+    job: PartialJob
+    future: Future = field(default_factory=Future)
 
 
 _STOP = object()
@@ -120,6 +129,8 @@ class S3GenWorker:
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(self.max_batch)
         tts.set_s3gen_max_rows(self.max_batch)  # S3Gen's CUDA graphs then serve batches this large
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # What runs a batch of partials (a benchmark's first-audio trace wraps it to time the S3Gen part).
+        self.vocode_partials: Callable[[ChatterboxTTS, list[PartialJob]], list[PartialResult]] = vocode_partials
         self.stream: torch.cuda.Stream | None = None  # the thread's own CUDA stream (set when it starts, on a GPU)
         self._thread = threading.Thread(target=self._run, name="s3gen", daemon=True)
         self._thread.start()
@@ -134,6 +145,12 @@ class S3GenWorker:
     def vocode(self, job: VocodeJob) -> Future:
         """The waveform of a whole piece (float32, 24 kHz), batched with other pieces waiting at the time."""
         item = _Vocode(job)
+        self._queue.put(item)
+        return item.future
+
+    def partial(self, job: PartialJob) -> Future:
+        """A partial vocode's result (`incremental.PartialResult`), batched with other requests' partials."""
+        item = _Partial(job)
         self._queue.put(item)
         return item.future
 
@@ -161,8 +178,9 @@ class S3GenWorker:
 
     def _serve(self) -> None:
         pending: list[_Vocode] = []  # pieces taken from the queue and not yet vocoded, in arrival order
+        partials: list[_Partial] = []  # likewise for partial vocodes
         while True:
-            if not pending:
+            if not pending and not partials:
                 item = self._queue.get()
                 if item is _STOP:
                     self._cancel_rest()
@@ -170,38 +188,35 @@ class S3GenWorker:
                 if isinstance(item, _Call):
                     self._run_call(item)
                     continue
-                pending.append(item)
-            later, stop = self._take_waiting(pending)
-            pending = [piece for piece in pending if not piece.future.cancelled()]  # their requests went away
-            if not pending:
-                for other in later:
-                    self._run_call(other)
-                if stop:
-                    self._cancel_rest()
-                    return
-                continue
-            lengths = [padded_tokens(piece.job) for piece in pending]
-            chosen = select_batch(lengths, [p.passed_over for p in pending], self.max_batch, self.max_batch_tokens)
-            batch = [pending[i] for i in chosen]
-            taken = set(chosen)
-            newest = max(chosen)
-            rest = [piece for i, piece in enumerate(pending) if i not in taken]
-            for i, piece in enumerate(pending):
-                if i not in taken and i < newest:
-                    piece.passed_over = True
-            pending = rest
-            self._run_batch(batch)
+                (partials if isinstance(item, _Partial) else pending).append(item)
+            later, stop = self._take_waiting(pending, partials)
+            partials = [item for item in partials if not item.future.cancelled()]  # their requests went away
+            if partials:
+                batch_of_partials, partials = self._partial_batch(partials)
+                self._run_partials(batch_of_partials)
+            pending = [piece for piece in pending if not piece.future.cancelled()]
+            if pending:
+                lengths = [padded_tokens(piece.job) for piece in pending]
+                chosen = select_batch(lengths, [p.passed_over for p in pending], self.max_batch, self.max_batch_tokens)
+                batch = [pending[i] for i in chosen]
+                taken = set(chosen)
+                newest = max(chosen)
+                for i, piece in enumerate(pending):
+                    if i not in taken and i < newest:
+                        piece.passed_over = True
+                pending = [piece for i, piece in enumerate(pending) if i not in taken]
+                self._run_batch(batch)
             for other in later:
                 self._run_call(other)
             if stop:
-                for left in pending:
+                for left in [*pending, *partials]:
                     left.future.cancel()
                 self._cancel_rest()
                 return
 
-    def _take_waiting(self, pending: list[_Vocode]) -> tuple[list[_Call], bool]:
-        """Move every piece waiting in the queue into `pending`; returns the other work met on the way (it runs
-        after the next batch, in order) and whether a stop was met (nothing after it is taken)."""
+    def _take_waiting(self, pending: list[_Vocode], partials: list[_Partial]) -> tuple[list[_Call], bool]:
+        """Move every piece and partial waiting in the queue into `pending` / `partials`; returns the other work met
+        on the way (it runs after the next batch, in order) and whether a stop was met (nothing after it is taken)."""
         later: list[_Call] = []
         while True:
             try:
@@ -212,6 +227,8 @@ class S3GenWorker:
                 return later, True
             if isinstance(item, _Vocode):
                 pending.append(item)
+            elif isinstance(item, _Partial):
+                partials.append(item)
             else:
                 later.append(item)
 
@@ -256,3 +273,40 @@ class S3GenWorker:
             return
         for item, wav in zip(live, wavs, strict=True):
             item.future.set_result(np.asarray(wav, dtype=np.float32))
+
+    # -------------------------------------------------------------------------------------------- partials
+    def _partial_batch(self, partials: list[_Partial]) -> tuple[list[_Partial], list[_Partial]]:
+        """The partials that leave together next, in arrival order (up to `max_batch` rows and `max_batch_tokens`
+        padded tokens; the oldest always goes), and those left for the batch after."""
+        batch, rest = [partials[0]], []
+        width = partials[0].job.padded_tokens
+        for item in partials[1:]:
+            wider = max(width, item.job.padded_tokens)
+            if not rest and len(batch) < self.max_batch and wider * (len(batch) + 1) <= self.max_batch_tokens:
+                batch.append(item)
+                width = wider
+            else:
+                rest.append(item)  # arrival order kept: nothing after a partial left over overtakes it
+        return batch, rest
+
+    @S3GEN_WORK.time()
+    def _run_partials(self, batch: list[_Partial]) -> None:
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not live:
+            return  # every request that asked was cancelled while it waited
+        S3GEN_PARTIAL_BATCH.observe(len(live))
+        try:
+            results = self.vocode_partials(self.tts, [item.job for item in live])
+        except BaseException as exc:  # noqa: BLE001 - delivered to the requests that asked
+            if len(live) == 1:
+                live[0].future.set_exception(exc)
+                return
+            log.warning("S3Gen partial batch of %d failed (%s); running its partials one by one", len(live), exc)
+            for item in live:
+                try:
+                    item.future.set_result(self.vocode_partials(self.tts, [item.job])[0])
+                except BaseException as single:  # noqa: BLE001
+                    item.future.set_exception(single)
+            return
+        for item, result in zip(live, results, strict=True):
+            item.future.set_result(result)

@@ -8,8 +8,9 @@
 * A cloned voice is analysed when it is uploaded (`prepare_voice`) and its conditionals kept in memory and in the
   voices directory (`conditioning_store`), so its first request costs no more than the built-in voice's; a clip
   dropped in by hand is analysed on its first request.
-* The first piece's audio leaves after `stream_first_audio_tokens` tokens (S3Gen on growing prefixes), so time to
-  first audio does not wait for a whole sentence.
+* The first piece's audio leaves after `stream_first_audio_tokens` tokens (S3Gen on bounded windows of the tokens so
+  far, batched with other requests' partials: `incremental`), so time to first audio does not wait for a whole
+  sentence; while at most `stream_partials_max_active` requests are in progress.
 * A bounded number of requests may be in progress; beyond it the API answers 429 (`admit`).
 * Cancelling the consumer (a client that hangs up) cancels the T3 request, which frees its KV cache.
 """
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-from functools import partial
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +33,14 @@ from ..conditioning import Conditionals
 from ..conditioning_store import ConditioningStore
 from ..engine.base import SamplingParams
 from ..text.paralinguistic import prepare_tags
-from ..incremental import IncrementalVocoder
+from ..incremental import IncrementalVocoder, vocode_partials
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .errors import APIError, describe_failure, log_failure
-from .metrics import VOICE_CONDITIONING
+from .metrics import STREAM_FIRST_AUDIO, VOICE_CONDITIONING
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
 from .state import served_id
@@ -48,10 +48,6 @@ from .voices import Voice
 
 PAUSE_SECONDS = 0.12  # silence between sentence pieces
 FADE_SECONDS = 0.005  # edges of each piece fade in/out: no clicks where pieces meet
-# Above this many requests in progress, first pieces are vocoded whole: throughput before first-audio latency.
-# Checked again before every partial vocode: a request that started alone stops making them when a burst arrives
-# (each runs alone on the S3Gen thread, ~80-120 ms on an H100, holding up the burst's batches).
-INCREMENTAL_MAX_ACTIVE = 4
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +133,8 @@ class SpeechService:
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
         self._warm_ups = [self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)]
+        # And the first partial's shapes (GPU only): a lone stream's first audio pays no first-call cost.
+        self._warm_ups.append(self._s3gen.call(self._warm_up_first_partial))
         # Then voice analysis (once per model): its first run loads libraries for seconds, which no upload should pay.
         self._warm_ups.append(self._s3gen.call(tts.voices.warm_up))
 
@@ -145,6 +143,29 @@ class SpeechService:
         them on the S3Gen thread, so the model is not ready yet. A warm-up that failed raises here."""
         for future in self._warm_ups:
             future.result()
+
+    def _warm_up_first_partial(self) -> None:
+        """Run the first partial vocode of a stream once, alone and in a batch, with the built-in voice (on the S3Gen
+        thread, at start): its kernels chosen, its HiFT shapes seen, before any request. GPU only: on a CPU nothing is
+        captured and the run would only delay start. A failure costs only this warm-up (logged), never the server."""
+        first = self.settings.stream_first_audio_tokens
+        if self.tts.device.type != "cuda" or first <= 0 or self.tts.default_conds is None:
+            return
+        try:
+            tokens = list(range(first))  # any speech ids: only the shapes matter
+            jobs = []
+            for seed in range(max(1, min(4, self.settings.s3gen_batch_size))):
+                vocoder = IncrementalVocoder(self.tts, self.tts.default_conds, max_tokens=first, seed=seed,
+                                             first_tokens=first)  # fmt: skip
+                jobs.append(vocoder.partial_job(tokens))
+            live = [job for job in jobs if job is not None]
+            if live:
+                vocode_partials(self.tts, live[:1])
+                vocode_partials(self.tts, live)
+                torch.cuda.synchronize(self.tts.device)
+        except Exception as exc:  # noqa: BLE001 - the warm-up is an optimisation
+            log.warning("warming up the first partial vocode failed (%s: %s); the first stream pays its first call",
+                        type(exc).__name__, exc)  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- admission
     @property
@@ -159,8 +180,9 @@ class SpeechService:
         self.admission.release()
 
     def _few_active(self) -> bool:
-        """Whether partial vocodes (first audio sooner, at S3Gen time's cost) are worth it now."""
-        return self.active <= INCREMENTAL_MAX_ACTIVE
+        """Whether partial vocodes (first audio sooner, at some S3Gen time's cost) are wanted now: checked again
+        before every partial, so a request that started among few stops making them when a burst arrives."""
+        return self.active <= self.settings.stream_partials_max_active
 
     # ------------------------------------------------------------------------------------------ prepare
     def language_for(self, request: SpeechRequest, voice: Voice) -> str | None:
@@ -309,7 +331,7 @@ class SpeechService:
         usage["output_tokens"] = 0
         streaming_engine = hasattr(self.tts.engine, "stream_async")
         window = min(self.settings.parallel_pieces, self._max_batch) if streaming_engine else 1
-        # Partial vocodes cost S3Gen time (the one worker is shared): only while few requests are in progress.
+        # Partial vocodes cost S3Gen time (the one worker is shared): only up to `stream_partials_max_active`.
         incremental = (
             streaming_engine
             and self.settings.stream_first_audio_tokens > 0
@@ -346,6 +368,8 @@ class SpeechService:
             for index in range(count):
                 if index > 0:
                     yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
+                if index == 0 and not incremental and streaming_engine:
+                    STREAM_FIRST_AUDIO.labels(model=self.model_id, source="piece").inc()
                 if index == 0 and incremental:
                     first_slot_held = False  # handed over: released as soon as the first piece's tokens are done
                     first_piece = self._first_piece_incrementally(prepared, params_for(0), usage, t3_slots)
@@ -382,16 +406,26 @@ class SpeechService:
         )
         text = prepared.pieces[0].to(self.tts.device)
         tokens: list[int] = []
+        first_source = "piece"
         try:
             async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
                 tokens.append(token)
                 if vocoder.due(len(tokens)) and self._few_active():
-                    partial_vocode = partial(vocoder.push, list(tokens), final=False)
-                    audio = await asyncio.wrap_future(self._s3gen.call(partial_vocode))
+                    job = vocoder.partial_job(tokens)
+                    if job is None:
+                        continue
+                    # cancelled with this coroutine (a client gone): the worker then skips it
+                    result = await asyncio.wrap_future(self._s3gen.partial(job))
+                    audio = vocoder.take_partial(job, result)
                     if len(audio):
+                        if first_source == "piece":
+                            first_source = "partial"
+                            STREAM_FIRST_AUDIO.labels(model=self.model_id, source="partial").inc()
                         yield audio
         finally:
             t3_slot.release()
+        if first_source == "piece":
+            STREAM_FIRST_AUDIO.labels(model=self.model_id, source="piece").inc()
         usage["output_tokens"] += len(tokens)
         # The whole piece: a batch job like every other piece's, so it is vocoded together with those ready with it
         # (the other pieces of a long input finish their tokens at about the same time).
