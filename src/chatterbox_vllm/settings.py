@@ -193,6 +193,12 @@ class Settings(BaseSettings):
         "at most this many speech requests are in progress; beyond, it waits for the whole first piece, which spends "
         "less S3Gen time (0: never)",
     )  # fmt: skip
+    stream_later_partials_max_active: int = Field(
+        4, ge=0, le=4096,
+        description="after a stream's first audio, its later audio also comes from partial vocodes (smaller chunks "
+        "sooner) only while at most this many speech requests are in progress; beyond, the rest of each piece leaves "
+        "when the whole piece is vocoded (each partial redoes the voice prompt: S3Gen time under load)",
+    )  # fmt: skip
     s3gen_batch_size: int | None = Field(
         None,
         ge=1,

@@ -179,6 +179,16 @@ class SpeechService:
     def release(self) -> None:
         self.admission.release()
 
+    def _partial_wanted(self, *, first_audio_sent: bool) -> bool:
+        """Whether a stream's next partial vocode runs now. Each partial decodes the whole voice prompt again (most
+        of its cost), so once a stream's first audio has left, later partials run only while few requests are in
+        progress (`stream_later_partials_max_active`); under load the rest of the piece comes from its whole vocode,
+        batched with other pieces. H200, 2026-12-02: every partial at 64 concurrent cut S3Gen's audio per busy
+        second to ~17x (BENCHMARKS.md)."""
+        if not self._few_active():
+            return False
+        return not first_audio_sent or self.active <= self.settings.stream_later_partials_max_active
+
     def _few_active(self) -> bool:
         """Whether partial vocodes (first audio sooner, at some S3Gen time's cost) are wanted now: checked again
         before every partial, so a request that started among few stops making them when a burst arrives."""
@@ -410,7 +420,7 @@ class SpeechService:
         try:
             async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
                 tokens.append(token)
-                if vocoder.due(len(tokens)) and self._few_active():
+                if vocoder.due(len(tokens)) and self._partial_wanted(first_audio_sent=first_source == "partial"):
                     job = vocoder.partial_job(tokens)
                     if job is None:
                         continue
