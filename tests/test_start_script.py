@@ -19,7 +19,8 @@ SCRIPT = REPO / "start-api-server.sh"
 
 
 def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+    # 6 s on an idle host; late in the full suite, beside its session engines, a clean-clone CI run took over 60
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})  # fmt: skip
 
 
