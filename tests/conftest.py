@@ -22,11 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from leases import lease
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# The parity metric (tests/parity.py): its thread-count setting and its --parity-metrics report.
-pytest_plugins = ["parity"]
+# The parity metric (tests/parity.py): its thread-count setting and its --parity-metrics report; shared heavy
+# resources closed after their last module (tests/leases.py).
+pytest_plugins = ["parity", "leases"]
 
 # vLLM on CPU: a small KV cache for the tiny test models (its default is sized for real ones).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -243,17 +245,22 @@ def running_server(args: list[str], env: dict[str, str], port: int, log_path: Pa
         yield url
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def live_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `chatterbox-vllm serve` on random-tiny with random-tiny-turbo beside it (vLLM CPU build, two
-    engines), as users start it; its base URL."""
-    tmp = tmp_path_factory.mktemp("examples-server")
-    port = _free_port()
-    env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_EXTRA_MODELS": "random-tiny-turbo",
-           "CHATTERBOX_CACHE_DIR": str(tmp / "cache"),
-           "CHATTERBOX_MAX_NEW_TOKENS": "40", "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "512",
-           "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port), "CHATTERBOX_VOICES_DIR": str(tmp / "voices")}  # fmt: skip
-    with running_server([sys.executable, "-m", "chatterbox_vllm.cli", "serve"], env, port, tmp / "server.log") as url:
+    engines), as users start it; its base URL. One process for the docs and examples tests (tests/docs), stopped
+    after the last of them."""
+
+    def start() -> contextlib.AbstractContextManager[str]:
+        tmp = tmp_path_factory.mktemp("examples-server")
+        port = _free_port()
+        env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_EXTRA_MODELS": "random-tiny-turbo",
+               "CHATTERBOX_CACHE_DIR": str(tmp / "cache"),
+               "CHATTERBOX_MAX_NEW_TOKENS": "40", "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "512",
+               "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port), "CHATTERBOX_VOICES_DIR": str(tmp / "voices")}  # fmt: skip
+        return running_server([sys.executable, "-m", "chatterbox_vllm.cli", "serve"], env, port, tmp / "server.log")
+
+    with lease(request, "live_server", start) as url:
         yield url
 
 

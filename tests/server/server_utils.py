@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 import uvicorn
+from leases import lease
 
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions
 from chatterbox_vllm.server.app import create_app
@@ -90,16 +91,26 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture(scope="session")
-def english_tts(english_tiny_checkpoint: Path) -> Iterator[ChatterboxTTS]:
-    tts = ChatterboxTTS.from_local(
-        english_tiny_checkpoint,
-        device="cpu",
-        engine="vllm",
-        vllm_options=VLLMOptions(max_model_len=512, max_num_seqs=16, dtype="float32"),
-    )
-    yield tts
-    tts.close()
+@pytest.fixture(scope="module")
+def english_tts(request: pytest.FixtureRequest, english_tiny_checkpoint: Path) -> Iterator[ChatterboxTTS]:
+    """The tiny English model on one vLLM engine, shared by every server test module that uses it and closed after
+    the last of them (tests/leases.py)."""
+
+    @contextlib.contextmanager
+    def load() -> Iterator[ChatterboxTTS]:
+        tts = ChatterboxTTS.from_local(
+            english_tiny_checkpoint,
+            device="cpu",
+            engine="vllm",
+            vllm_options=VLLMOptions(max_model_len=512, max_num_seqs=16, dtype="float32"),
+        )
+        try:
+            yield tts
+        finally:
+            tts.close()
+
+    with lease(request, "english_tts", load) as tts:
+        yield tts
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import soundfile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 
 
