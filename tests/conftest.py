@@ -22,7 +22,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from leases import lease
+
+pytest.register_assert_rewrite("leases")  # a plugin (below) this module also imports
+from leases import lease  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

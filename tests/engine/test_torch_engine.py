@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -140,6 +142,52 @@ def test_rejects_bad_text(engine: TorchT3Engine) -> None:
 
 def test_engine_protocol(engine: TorchT3Engine) -> None:
     assert isinstance(engine, T3Engine)
+    assert engine.name == "torch" and engine.concurrent is False and engine.num_unfinished_requests() == 0
+
+
+def test_async_calls_give_the_sync_tokens_one_request_at_a_time(engine: TorchT3Engine) -> None:
+    """Three async callers at once: each gets what `generate` gives it alone; they decode one after another
+    (counted as unfinished while they wait), and the event loop stays free meanwhile."""
+    params = [SamplingParams(max_new_tokens=12, seed=seed) for seed in (1, 2, 3)]
+    alone = [engine.generate(TEXT, voice(), p) for p in params]
+
+    async def run() -> tuple[list[list[int]], list[int], int]:
+        async def streamed(p: SamplingParams) -> list[int]:
+            return [token async for token in engine.stream_async(TEXT, voice(), p)]
+
+        tasks = [asyncio.ensure_future(engine.generate_async(TEXT, voice(), params[0])),
+                 asyncio.ensure_future(streamed(params[1])), asyncio.ensure_future(engine.generate_async(TEXT, voice(), params[2]))]  # fmt: skip
+        seen, ticks = [], 0
+        while not all(task.done() for task in tasks):
+            seen.append(engine.num_unfinished_requests())
+            ticks += 1  # the loop runs while the threads decode
+            await asyncio.sleep(0.001)
+        return [task.result() for task in tasks], seen, ticks
+
+    results, seen, ticks = asyncio.run(run())
+    assert results == alone
+    assert max(seen) >= 2 and ticks > 3 and engine.num_unfinished_requests() == 0
+
+
+def test_async_errors_and_early_close(engine: TorchT3Engine) -> None:
+    async def run() -> list[int]:
+        with pytest.raises(ValueError, match="start with"):
+            await engine.generate_async(TEXT[1:], voice(), SamplingParams(max_new_tokens=2))
+        with pytest.raises(ValueError, match="start with"):
+            async for _ in engine.stream_async(TEXT[1:], voice(), SamplingParams(max_new_tokens=2)):
+                pass
+        stream = engine.stream_async(TEXT, voice(), SamplingParams(max_new_tokens=200, seed=4))
+        first = [await anext(stream), await anext(stream)]
+        await stream.aclose()  # the decoding thread stops at its next token and gives the decoder back
+        for _ in range(200):
+            if engine.num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.01)
+        return first
+
+    first = asyncio.run(run())
+    assert first == engine.generate(TEXT, voice(), SamplingParams(max_new_tokens=2, seed=4))
+    assert engine.num_unfinished_requests() == 0
 
 
 def test_speech_tokens_for_s3gen() -> None:

@@ -23,7 +23,7 @@ pytest.importorskip("vllm")
 from chatterbox_vllm.checkpoint.config import load_model_config  # noqa: E402
 from chatterbox_vllm.checkpoint.layout import LAYOUTS  # noqa: E402
 from chatterbox_vllm.conditioning import Conditionals  # noqa: E402
-from chatterbox_vllm.engine.base import SamplingParams  # noqa: E402
+from chatterbox_vllm.engine.base import SamplingParams, T3Engine  # noqa: E402
 from chatterbox_vllm.engine.factory import prefix_only  # noqa: E402
 from chatterbox_vllm.engine.torch_engine import TorchT3Engine  # noqa: E402
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions, VLLMT3Engine  # noqa: E402
@@ -335,6 +335,11 @@ def test_chatterbox_tts_speaks_the_same_through_either_engine(english: Setup, en
     through_vllm = tts.generate("Hello world.", **kwargs)
     assert through_vllm.shape == through_torch.shape and through_vllm.size > 0
     assert np.array_equal(through_vllm, through_torch)
+
+
+def test_engine_protocol(english: Setup) -> None:
+    assert isinstance(english.engine, T3Engine) and english.engine.name == "vllm" and english.engine.concurrent
+    assert english.engine.num_unfinished_requests() == 0
 
 
 def test_engine_choice() -> None:

@@ -1,9 +1,9 @@
-"""What every T3 decode engine (pure PyTorch now, vLLM later) offers, and the sampling settings it honours."""
+"""What every T3 decode engine (PyTorch, vLLM) offers, and the sampling settings it honours."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -79,7 +79,14 @@ class SamplingParams:
 
 @runtime_checkable
 class T3Engine(Protocol):
-    """Turns text tokens + a voice into S3 speech tokens."""
+    """Turns text tokens + a voice into S3 speech tokens. Both engines (PyTorch, vLLM) implement all of it: the
+    server calls the async surface from its event loop, scripts and tests the synchronous one."""
+
+    name: str  # "vllm" | "torch": what /health reports
+    # Whether requests decode side by side (vLLM batches them): the server then runs a long input's pieces in
+    # parallel and streams a piece's audio while its tokens arrive. The PyTorch engine decodes one request at a
+    # time, so there the server takes one piece after another.
+    concurrent: bool
 
     def generate(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
         """text_tokens: [L], including the start/stop text tokens. Returns the sampled speech tokens without the
@@ -87,7 +94,21 @@ class T3Engine(Protocol):
         ...
 
     def stream(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
-        """The same tokens as `generate`, yielded as they are sampled."""
+        """The same tokens as `generate`, yielded as they are sampled. Closing the iterator early stops the
+        request."""
+        ...
+
+    async def generate_async(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
+        """`generate` for a caller on an event loop, which the decoding never blocks. Cancelling it stops the
+        request."""
+        ...
+
+    def stream_async(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> AsyncIterator[int]:
+        """`stream` for a caller on an event loop. Closing it early (or cancelling its consumer) stops the request."""
+        ...
+
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine holds, queued or decoding (the server's engine gauge)."""
         ...
 
     def shutdown(self) -> None:

@@ -13,7 +13,10 @@ reference ignores it) and Turbo's logits chain (`sampling.turbo_sampling_probs`)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import torch
 
@@ -30,19 +33,97 @@ from .sampling import (
 )
 
 
+_DONE = object()
+
+
 class TorchT3Engine:
+    """One request at a time on the torch model (its KV cache is the request's own); the async calls run that
+    decoding on a worker thread, one after another, so an event loop never waits on it."""
+
+    name = "torch"
+    concurrent = False
+
     def __init__(self, model: T3, device: torch.device | str | None = None) -> None:
         self.model = model
         self.device = torch.device(device) if device is not None else model.device
         if model.device != self.device:
             self.model = model.to(self.device)
         self.config = model.config
+        self._decoding = threading.Lock()  # async callers decode one after another
+        self._count_lock = threading.Lock()
+        self._unfinished = 0
 
     def shutdown(self) -> None:
         """Nothing to release: the model lives as long as its owner."""
 
     def generate(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
         return list(self.stream(text_tokens, cond, params))
+
+    async def generate_async(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> list[int]:
+        stop = threading.Event()  # set when the caller is cancelled: the thread stops at its next token
+
+        def run() -> list[int]:
+            with self._turn():
+                tokens = []
+                for token in self.stream(text_tokens, cond, params):
+                    if stop.is_set():
+                        break
+                    tokens.append(token)
+                return tokens
+
+        try:
+            return await asyncio.to_thread(run)
+        finally:
+            stop.set()
+
+    async def stream_async(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> AsyncIterator[int]:
+        loop = asyncio.get_running_loop()
+        box: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def deliver(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody reads
+                loop.call_soon_threadsafe(box.put_nowait, item)
+
+        def produce() -> None:
+            try:
+                with self._turn():
+                    for token in self.stream(text_tokens, cond, params):
+                        if stop.is_set():
+                            break
+                        deliver(token)
+            except BaseException as exc:  # noqa: BLE001 - raised to the caller, on its loop
+                deliver(exc)
+            else:
+                deliver(_DONE)
+
+        loop.run_in_executor(None, produce)  # its result is what it delivers
+        try:
+            while True:
+                item = await box.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            stop.set()  # the thread stops at its next token
+
+    def num_unfinished_requests(self) -> int:
+        """Async requests waiting for their turn or decoding."""
+        return self._unfinished
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Counted as unfinished while waiting for and holding the decoder."""
+        with self._count_lock:
+            self._unfinished += 1
+        try:
+            with self._decoding:
+                yield
+        finally:
+            with self._count_lock:
+                self._unfinished -= 1
 
     def stream(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
         text_tokens = self._check_text(text_tokens)

@@ -189,6 +189,9 @@ def vllm_sampling_params(
 class VLLMT3Engine:
     """T3 decoding in vLLM. `prefix_model` is T3 on the torch side, used only to build prompt embeddings."""
 
+    name = "vllm"
+    concurrent = True  # vLLM batches concurrent requests
+
     def __init__(self, prefix_model: T3, t3_weights: Path, options: VLLMOptions, *, cache_dir: Path | None = None):
         _prepare_process_environment()
         plugin.register()

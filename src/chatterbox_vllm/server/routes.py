@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..checkpoint.hub import RANDOM_MODELS
 from ..text.languages import SUPPORTED_LANGUAGES
-from ..tts import SAMPLE_RATE, ChatterboxTTS
+from ..tts import SAMPLE_RATE
 from .audio import CONTENT_TYPES, AudioEncoder
 from .auth import require_api_key
 from .errors import APIError, error_body, log_failure
@@ -330,7 +330,7 @@ async def health(request: Request) -> JSONResponse:
         "status": "ok",
         "model": settings.model,
         "variant": tts.variant,
-        "engine": _engine_name(tts),
+        "engine": tts.engine.name,
         "device": str(device),
         "speech_requests_in_progress": state.service.active,
         "models": models,
@@ -341,17 +341,13 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-def _engine_name(tts: ChatterboxTTS) -> str:
-    return "vllm" if hasattr(tts.engine, "stream_async") else "torch"
-
-
 def _model_health(state: ModelState) -> dict:
     """One model in /health: its name for requests, what loaded it, and how it is."""
     entry: dict = {"id": state.id, "model": state.model, "variant": state.variant, "status": state.status}
     if state.stage is not None:
         entry["stage"] = state.stage
     if state.tts is not None:
-        entry["engine"] = _engine_name(state.tts)
+        entry["engine"] = state.tts.engine.name
     if state.model in RANDOM_MODELS:
         entry["random_weights"] = True  # a random-tiny checkpoint: the audio is noise (the web page says so)
     if state.t3_budget_gib is not None:

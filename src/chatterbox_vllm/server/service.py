@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +129,6 @@ class SpeechService:
         self._language_advice = language_advice or _multilingual_advice
         self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
         self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, self._max_batch))
-        self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
         # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
         self._warm_ups = [self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)]
         # And the first partial's shapes (GPU only): a lone stream's first audio pays no first-call cost.
@@ -317,16 +315,8 @@ class SpeechService:
 
     # --------------------------------------------------------------------------------------- synthesis
     async def _tokens(self, text: torch.Tensor, prepared: PreparedSpeech, params: SamplingParams) -> list[int]:
-        engine = self.tts.engine
-        text = text.to(self.tts.device)
-        if hasattr(engine, "generate_async"):  # one wake-up of this loop per piece, not per token
-            return await engine.generate_async(text, prepared.conds.t3, params)
-
-        def run() -> list[int]:
-            with self._torch_t3_lock:
-                return engine.generate(text, prepared.conds.t3, params)
-
-        return await asyncio.to_thread(run)
+        # all at once: one wake-up of this loop per piece, not per token
+        return await self.tts.engine.generate_async(text.to(self.tts.device), prepared.conds.t3, params)
 
     async def stream(self, prepared: PreparedSpeech, usage: dict[str, int]) -> AsyncIterator[np.ndarray]:
         """Audio of each piece as soon as it is made (float32, 24 kHz); `usage` counts tokens as they go.
@@ -339,11 +329,11 @@ class SpeechService:
         """
         usage["input_tokens"] = prepared.text_tokens
         usage["output_tokens"] = 0
-        streaming_engine = hasattr(self.tts.engine, "stream_async")
-        window = min(self.settings.parallel_pieces, self._max_batch) if streaming_engine else 1
+        concurrent_engine = self.tts.engine.concurrent
+        window = min(self.settings.parallel_pieces, self._max_batch) if concurrent_engine else 1
         # Partial vocodes cost S3Gen time (the one worker is shared): only up to `stream_partials_max_active`.
         incremental = (
-            streaming_engine
+            concurrent_engine
             and self.settings.stream_first_audio_tokens > 0
             and self._few_active()
         )
@@ -378,7 +368,7 @@ class SpeechService:
             for index in range(count):
                 if index > 0:
                     yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
-                if index == 0 and not incremental and streaming_engine:
+                if index == 0 and not incremental and concurrent_engine:
                     STREAM_FIRST_AUDIO.labels(model=self.model_id, source="piece").inc()
                 if index == 0 and incremental:
                     first_slot_held = False  # handed over: released as soon as the first piece's tokens are done

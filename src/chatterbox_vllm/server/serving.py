@@ -124,8 +124,7 @@ class Serving:
             log.info("%s", line)
 
     def _requests_in_engines(self) -> float:
-        counts = (getattr(state.tts.engine, "num_unfinished_requests", None) for state in self.served.states if state.tts)
-        return float(sum(count() for count in counts if count is not None))
+        return float(sum(state.tts.engine.num_unfinished_requests() for state in self.served.states if state.tts))
 
     async def load(self) -> None:
         """Load every model in turn (the default first), each within its share of the GPU; a model that fails is
