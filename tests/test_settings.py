@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions
-from chatterbox_vllm.settings import PRESETS, EngineLimits, Preset, Settings, gpu_memory_utilization
+from chatterbox_vllm.settings import PRESETS, EngineLimits, Settings, gpu_memory_utilization
 
 LIMIT_FIELDS = ("gpu_memory_gib", "max_batch_size", "max_model_len", "enforce_eager", "dtype", "s3_tokenizer_on_gpu")
 GIB = 2**30
@@ -55,7 +55,7 @@ def test_each_preset_resolves_to_its_table(
 
 def test_presets_grow_with_the_card_and_are_frozen() -> None:
     low, medium, high = PRESETS["low"], PRESETS["medium"], PRESETS["high"]
-    assert isinstance(low, Preset)
+    assert all(isinstance(p, EngineLimits) for p in PRESETS.values())  # a preset is a set of limits
     assert low.gpu_memory_gib < medium.gpu_memory_gib < high.gpu_memory_gib
     assert low.max_batch_size < medium.max_batch_size < high.max_batch_size
     assert low.max_model_len < medium.max_model_len < high.max_model_len
