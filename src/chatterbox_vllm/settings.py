@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         "variable set on its own (VLLM_CACHE_ROOT, TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, ...) wins",
     )
 
+    dicta_model: str | None = Field(
+        None,
+        description="dicta-onnx's ONNX model file (a download of its own): with dicta-onnx installed, Hebrew text "
+        "gets its diacritics (niqqud) before tokenizing; unset: Hebrew is used without them, as the reference does "
+        "in practice (it calls dicta-onnx without a model, which fails)",
+    )
+
     # ------------------------------------------------------------------ limits of the HTTP API
     max_input_chars: int = Field(4096, ge=1, le=100_000, description="longest `input` accepted (OpenAI: 4096)")
     max_queue: int = Field(64, ge=1, description="speech requests in progress or waiting; more get 429")
@@ -217,6 +224,12 @@ class Settings(BaseSettings):
         True,
         description="S3Gen flow estimator's blocks through torch.compile where CUDA graphs run (not the low preset): "
         "fused kernels, ~1.3x faster in float16, compiled at start-up (~25 s; eager if Inductor fails)",
+    )
+    t3_compile: bool = Field(
+        True,
+        description="T3's layers through torch.compile in vLLM on GPUs (fused kernels and vLLM's piecewise CUDA "
+        "graphs; compiled at start-up, kept in the cache directory). false: eager kernels with whole-model CUDA "
+        "graphs only, nothing to compile. Never on CPU, where Inductor's C++ build would cost minutes at each start",
     )
     t3_flashinfer_sampler: bool = Field(
         False,

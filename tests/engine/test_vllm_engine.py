@@ -7,6 +7,7 @@ whose stop token was made likely, checks that the stop token ends a request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import shutil
@@ -46,7 +47,8 @@ class Setup:
         self.config = load_model_config(directory, layout).t3
         weights = directory / layout.t3
         self.reference = TorchT3Engine(load_t3(weights, self.config).eval())
-        self.engine = VLLMT3Engine(prefix_only(load_t3(weights, self.config).eval()), weights, OPTIONS, cache_dir=cache_dir)
+        options = dataclasses.replace(OPTIONS, cache_dir=cache_dir)
+        self.engine = VLLMT3Engine(prefix_only(load_t3(weights, self.config).eval()), weights, options)
         self.cond = Conditionals.load(directory / layout.conds).t3
         if variant == "english":
             self.tokenizer = EnglishTokenizer.from_file(directory / layout.text_tokenizer)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chatterbox_vllm.checkpoint.layout import MULTILINGUAL
-from chatterbox_vllm.checkpoint.random_weights import write_tokenizer_files
+from chatterbox_vllm.random_checkpoint import write_tokenizer_files
 from chatterbox_vllm.text import multilingual
 from chatterbox_vllm.text.normalize import punc_norm
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer
