@@ -28,6 +28,7 @@ from chatterbox_vllm.engine.base import SamplingParams  # noqa: E402
 from chatterbox_vllm.engine.factory import prefix_only  # noqa: E402
 from chatterbox_vllm.engine.torch_engine import TorchT3Engine  # noqa: E402
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions, VLLMT3Engine  # noqa: E402
+from chatterbox_vllm.engine.vllm_t3.plugin import T3_COMPILE  # noqa: E402
 from chatterbox_vllm.models.t3 import load_t3  # noqa: E402
 from chatterbox_vllm.text.normalize import punc_norm  # noqa: E402
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids  # noqa: E402
@@ -337,6 +338,14 @@ def test_chatterbox_tts_speaks_the_same_through_either_engine(english: Setup, en
     through_vllm = tts.generate("Hello world.", **kwargs)
     assert through_vllm.shape == through_torch.shape and through_vllm.size > 0
     assert np.array_equal(through_vllm, through_torch)
+
+
+def test_the_engine_runs_with_the_options_compile_switch_and_cache_dir(english: Setup) -> None:
+    """VLLMOptions' compile switch is in the model config of vLLM's engine (where the model class reads it), and
+    T3's model directory was written under the options' cache directory."""
+    assert getattr(english.engine.llm.model_config.hf_config, T3_COMPILE) is OPTIONS.compile is True
+    assert english.engine.options.cache_dir is not None
+    assert Path(english.engine.llm.model_config.model).is_relative_to(english.engine.options.cache_dir / "vllm-t3")
 
 
 def test_engine_choice() -> None:
