@@ -117,6 +117,9 @@ def test_constructor_limit_overrides_the_preset() -> None:
         ("CHATTERBOX_CACHE_DIR", "/models/chatterbox", "cache_dir", "/models/chatterbox"),
         ("CHATTERBOX_S3GEN_WARM_UP_TOKENS", "0", "s3gen_warm_up_tokens", 0),
         ("CHATTERBOX_T3_FLASHINFER_SAMPLER", "true", "t3_flashinfer_sampler", True),
+        ("CHATTERBOX_T3_COMPILE", "0", "t3_compile", False),  # the values it took before it was a setting
+        ("CHATTERBOX_T3_COMPILE", "off", "t3_compile", False),
+        ("CHATTERBOX_DICTA_MODEL", "/models/dicta.onnx", "dicta_model", "/models/dicta.onnx"),
     ],
 )
 def test_each_variable_sets_exactly_its_field(
