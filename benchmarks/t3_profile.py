@@ -40,6 +40,7 @@ from chatterbox_vllm.engine.vllm_engine import (  # noqa: E402
 from chatterbox_vllm.engine.vllm_t3 import plugin  # noqa: E402
 from chatterbox_vllm.engine.vllm_t3.model_dir import prepare_model_dir  # noqa: E402
 from chatterbox_vllm.models.t3 import load_t3  # noqa: E402
+from chatterbox_vllm.settings import Settings  # noqa: E402
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only to smoke-test this script
@@ -58,6 +59,7 @@ def build(args: argparse.Namespace):
         dtype=args.dtype,
         enforce_eager=args.eager,
         gpu_memory_utilization=args.gpu_memory_gib * 2**30 / total,
+        compile=Settings().t3_compile,  # CHATTERBOX_T3_COMPILE, as the server reads it
     )
     kwargs = engine_kwargs(prepare_model_dir(weights, config), options)
     kwargs.pop("disable_log_stats", None)
@@ -110,7 +112,7 @@ def main() -> None:
     llm, prefix, cond, config, options, startup = build(args)
     dtype = getattr(torch, args.dtype)
     report: dict = {
-        "compile": os.environ.get("CHATTERBOX_T3_COMPILE", "1"),
+        "compile": options.compile,
         "options": options.__dict__,
         "engine_start_s": round(startup, 1),
         "runs": [],

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from t3_args import add_t3_engine_args
 
-from chatterbox_vllm.checkpoint import random_weights as rw
+from chatterbox_vllm import random_checkpoint as rw
 from chatterbox_vllm.engine.base import SamplingParams
 from chatterbox_vllm.engine.sampling import apply_cfg, apply_repetition_penalty
 from chatterbox_vllm.engine.factory import prefix_only

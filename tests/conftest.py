@@ -83,7 +83,7 @@ def seed0_checkpoint(variant: str, size: str = "tiny") -> Path:
     out = checkpoint_cache_dir() / f"{variant}-{size}-seed0"
     marker = out / ".complete"
     if not marker.is_file():
-        from chatterbox_vllm.checkpoint.random_weights import write_random_checkpoint
+        from chatterbox_vllm.random_checkpoint import write_random_checkpoint
 
         # No speaking pace: the tests count on random pieces running to max_new_tokens (random-tiny has one).
         write_random_checkpoint(variant=variant, size=size, seed=0, out=out, speaking_pace=False)
@@ -103,7 +103,7 @@ def _full_weight_bytes(variant: str) -> dict[str, int]:
     """Weight file -> bytes of its tensors (the specs come from modules built on the meta device: done once)."""
     import math
 
-    from chatterbox_vllm.checkpoint.random_weights import checkpoint_specs
+    from chatterbox_vllm.random_checkpoint import checkpoint_specs
 
     return {
         file: sum(math.prod(s.shape) * s.dtype.itemsize for s in specs)
@@ -131,7 +131,7 @@ def full_checkpoint(variant: str, *weights: str) -> Path:
     """Directory of the seed-0 full-size checkpoint of `variant` holding its small files and the weight files named
     in `weights`. Load what you need right away: a later call may delete big files that were not asked for."""
     from chatterbox_vllm.checkpoint.layout import LAYOUTS
-    from chatterbox_vllm.checkpoint.random_weights import write_random_checkpoint
+    from chatterbox_vllm.random_checkpoint import write_random_checkpoint
 
     out = checkpoint_cache_dir() / f"{variant}-full-seed0"
     sizes = _full_weight_bytes(variant)

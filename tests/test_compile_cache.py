@@ -10,16 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.hub import random_checkpoint_dir
+from chatterbox_vllm.checkpoint.layout import ENGLISH
 from chatterbox_vllm.compile_cache import (
     CACHE_DIR_ENV,
     CACHE_DIRECTORIES,
     CACHE_SWITCHES,
+    cache_root,
     compile_cache_environment,
     use_cache_dir,
 )
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions, cudagraph_capture_sizes, engine_kwargs
-from chatterbox_vllm.engine.vllm_t3 import model_dir
+from chatterbox_vllm.engine.vllm_t3.model_dir import prepare_model_dir
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.tts import ChatterboxTTS
 
@@ -42,7 +45,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 def test_every_compile_cache_goes_under_the_cache_directory(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     effective = use_cache_dir(cache)
-    assert os.environ[CACHE_DIR_ENV] == str(cache)
     for name in CACHE_DIRECTORIES:
         assert Path(os.environ[name]).parent == cache / "compile", name
         assert effective[name] == os.environ[name]
@@ -70,14 +72,19 @@ def test_inductor_switches_reach_a_config_imported_before(tmp_path: Path, monkey
     assert inductor_config.fx_graph_cache is False and functorch_config.enable_autograd_cache is True
 
 
-def test_a_cache_dir_from_dotenv_reaches_checkpoints_and_t3_model_dirs(tmp_path: Path) -> None:
-    """The cache directory named in .env (which only Settings reads) is the one every part of the server uses."""
+def test_a_cache_dir_from_dotenv_reaches_checkpoints_and_t3_model_dirs(tmp_path: Path, english_tiny_checkpoint: Path) -> None:
+    """The cache directory named in .env (which only Settings reads) is the one every part of the server uses, also
+    where no directory is passed down (a library load, a benchmark): those ask Settings too."""
     (tmp_path / ".env").write_text(f"CHATTERBOX_CACHE_DIR={tmp_path / 'from-dotenv'}\n")
     settings = Settings()
     assert settings.resolved_cache_dir() == tmp_path / "from-dotenv"
     use_cache_dir(settings.resolved_cache_dir())
+    assert CACHE_DIR_ENV not in os.environ  # the process's environment keeps what the user set, nothing more
     assert random_checkpoint_dir("english").parent == tmp_path / "from-dotenv" / "random"
-    assert model_dir.default_cache_dir() == tmp_path / "from-dotenv"
+    assert cache_root() == tmp_path / "from-dotenv"
+    t3 = load_model_config(english_tiny_checkpoint, ENGLISH).t3
+    assert prepare_model_dir(english_tiny_checkpoint / ENGLISH.t3, t3).parent == tmp_path / "from-dotenv" / "vllm-t3"
+    assert cache_root(tmp_path / "passed") == tmp_path / "passed"  # what the server passes down wins
     assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "from-dotenv" / "compile" / "vllm")
 
 
@@ -112,6 +119,27 @@ def test_vllm_takes_the_graph_sizes_and_eager_or_cpu_gets_none() -> None:
     assert VLLMOptions.from_limits(limits, torch.device("cpu")).cudagraph_capture_sizes is None
 
 
+@pytest.mark.parametrize("value", ["false", None])
+def test_t3_compile_reaches_the_model_config_of_vllms_engine(
+    tmp_path: Path, english_tiny_checkpoint: Path, value: str | None
+) -> None:
+    """CHATTERBOX_T3_COMPILE, read by Settings, rides to vLLM's engine process (where the model class decides
+    whether to compile) in the model config vLLM builds from the engine arguments."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from chatterbox_vllm.engine.vllm_t3 import plugin
+
+    if value is not None:
+        os.environ["CHATTERBOX_T3_COMPILE"] = value
+    settings = Settings()
+    options = VLLMOptions.from_limits(settings.limits(), torch.device("cpu"), compile=settings.t3_compile)
+    t3 = load_model_config(english_tiny_checkpoint, ENGLISH).t3
+    directory = prepare_model_dir(english_tiny_checkpoint / ENGLISH.t3, t3, tmp_path)
+    plugin.register()
+    hf_config = AsyncEngineArgs(**engine_kwargs(directory, options, t3)).create_model_config().hf_config
+    assert getattr(hf_config, plugin.T3_COMPILE) is (value is None)
+
+
 def test_load_records_its_phases_and_the_warm_up_bound(tmp_path: Path) -> None:
     """ChatterboxTTS.from_settings (the server's load) on the PyTorch engine: the cache directory is applied, the
     FlashInfer sampler is off unless asked for, and the phases are recorded (S3Gen's graphs are GPU-only)."""
@@ -123,7 +151,9 @@ def test_load_records_its_phases_and_the_warm_up_bound(tmp_path: Path) -> None:
         assert list(tts.startup_phases) == ["load_s3gen_voice_encoder", "t3_engine"]
         assert all(seconds > 0 for seconds in tts.startup_phases.values())
         assert tts.warm_up_s3gen(1000) == 0 and "s3gen_graphs" not in tts.startup_phases  # no graphs on a CPU
-        assert random_checkpoint_dir("english").is_relative_to(tmp_path / "cache")
+        # the random checkpoint went to the settings' cache directory (given to the constructor: no variable says it)
+        assert (random_checkpoint_dir("english", settings.resolved_cache_dir()) / "t3_cfg.safetensors").is_file()
+        assert not random_checkpoint_dir("english").is_relative_to(tmp_path)
         assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
     finally:
         tts.close()

@@ -9,8 +9,8 @@ import pytest
 from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.hub import download, resolve_model
 from chatterbox_vllm.checkpoint.layout import ENGLISH, HF_REPO_ID, NANO, TURBO
-from chatterbox_vllm.checkpoint.random_weights import SPEECH_TOKENS_PER_TEXT_TOKEN, write_random_checkpoint
 from chatterbox_vllm.checkpoint.weights import CheckpointError
+from chatterbox_vllm.random_checkpoint import SPEECH_TOKENS_PER_TEXT_TOKEN, write_random_checkpoint
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -80,6 +80,7 @@ def test_turbo_and_nano_come_from_their_own_repos(name: str, repo: str, tmp_path
 
 
 def test_random_tiny_nano_is_written_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a directory passed (a library load), the settings' cache directory: CHATTERBOX_CACHE_DIR here."""
     monkeypatch.setenv("CHATTERBOX_CACHE_DIR", str(tmp_path))
     directory, layout = resolve_model("random-tiny-nano")
     assert layout == NANO and directory == tmp_path / "random" / "nano-tiny-seed0"
@@ -92,12 +93,11 @@ def test_random_tiny_nano_is_written_on_first_use(tmp_path: Path, monkeypatch: p
 def test_random_tiny_written_without_a_speaking_pace_gets_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A random-tiny cache from before checkpoints recorded a pace: its small files are written again, not its
     weights."""
-    monkeypatch.setenv("CHATTERBOX_CACHE_DIR", str(tmp_path))
     directory = write_random_checkpoint("english", "tiny", 0, tmp_path / "random" / "english-tiny-seed0",
                                         speaking_pace=False)  # fmt: skip
     assert load_model_config(directory, ENGLISH).speech_tokens_per_text_token is None
     weights = directory / ENGLISH.t3
     written = weights.stat().st_mtime_ns
-    assert resolve_model("random-tiny") == (directory, ENGLISH)
+    assert resolve_model("random-tiny", server_cache_dir=tmp_path) == (directory, ENGLISH)  # as the server passes it
     assert load_model_config(directory, ENGLISH).speech_tokens_per_text_token == SPEECH_TOKENS_PER_TEXT_TOKEN["llama"]
     assert weights.stat().st_mtime_ns == written

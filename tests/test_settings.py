@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions
-from chatterbox_vllm.settings import PRESETS, EngineLimits, Preset, Settings, gpu_memory_utilization
+from chatterbox_vllm.settings import PRESETS, EngineLimits, Settings, gpu_memory_utilization
 
 LIMIT_FIELDS = ("gpu_memory_gib", "max_batch_size", "max_model_len", "enforce_eager", "dtype", "s3_tokenizer_on_gpu")
 GIB = 2**30
@@ -55,7 +55,7 @@ def test_each_preset_resolves_to_its_table(
 
 def test_presets_grow_with_the_card_and_are_frozen() -> None:
     low, medium, high = PRESETS["low"], PRESETS["medium"], PRESETS["high"]
-    assert isinstance(low, Preset)
+    assert all(isinstance(p, EngineLimits) for p in PRESETS.values())  # a preset is a set of limits
     assert low.gpu_memory_gib < medium.gpu_memory_gib < high.gpu_memory_gib
     assert low.max_batch_size < medium.max_batch_size < high.max_batch_size
     assert low.max_model_len < medium.max_model_len < high.max_model_len
@@ -117,6 +117,9 @@ def test_constructor_limit_overrides_the_preset() -> None:
         ("CHATTERBOX_CACHE_DIR", "/models/chatterbox", "cache_dir", "/models/chatterbox"),
         ("CHATTERBOX_S3GEN_WARM_UP_TOKENS", "0", "s3gen_warm_up_tokens", 0),
         ("CHATTERBOX_T3_FLASHINFER_SAMPLER", "true", "t3_flashinfer_sampler", True),
+        ("CHATTERBOX_T3_COMPILE", "0", "t3_compile", False),  # the values it took before it was a setting
+        ("CHATTERBOX_T3_COMPILE", "off", "t3_compile", False),
+        ("CHATTERBOX_DICTA_MODEL", "/models/dicta.onnx", "dicta_model", "/models/dicta.onnx"),
     ],
 )
 def test_each_variable_sets_exactly_its_field(

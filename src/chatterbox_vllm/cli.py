@@ -40,7 +40,7 @@ def make_checkpoint(
     seed: Annotated[int, typer.Option(help="seed of every tensor's values")] = 0,
 ) -> None:
     """Write a random-weight checkpoint in the published layout (its audio is noise: for tests and smoke runs)."""
-    from .checkpoint.random_weights import write_random_checkpoint
+    from .random_checkpoint import write_random_checkpoint
 
     start = time.perf_counter()
     write_random_checkpoint(variant=variant.value, size=size.value, seed=seed, out=out)

@@ -23,7 +23,7 @@ from .settings import APP_NAME
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "CHATTERBOX_CACHE_DIR"
+CACHE_DIR_ENV = "CHATTERBOX_CACHE_DIR"  # Settings.cache_dir's variable (read by Settings only; benchmarks set it)
 COMPILE_SUBDIR = "compile"
 
 # Each library's cache directory variable and its directory under <cache dir>/compile/.
@@ -49,11 +49,15 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
 
 
-def cache_root() -> Path:
-    """The cache directory this process uses: $CHATTERBOX_CACHE_DIR (which `use_cache_dir` sets from the
-    settings), else the default."""
-    value = os.environ.get(CACHE_DIR_ENV)
-    return Path(value).expanduser() if value else default_cache_dir()
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """`cache_dir` when given (the server passes its settings' directory down), else the settings' cache directory
+    as the environment and .env name it (CHATTERBOX_CACHE_DIR), else the default: for callers given no settings
+    (the library API, benchmarks)."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    from .settings import Settings
+
+    return Settings().resolved_cache_dir()
 
 
 def compile_cache_environment(cache_dir: Path) -> dict[str, str]:
@@ -63,12 +67,9 @@ def compile_cache_environment(cache_dir: Path) -> dict[str, str]:
 
 
 def use_cache_dir(cache_dir: Path) -> dict[str, str]:
-    """Make `cache_dir` this process's cache directory and put the compile caches in it, before anything compiles
-    or vLLM's engine process starts. Variables already set are kept. Returns the compile variables as they now are.
-
-    $CHATTERBOX_CACHE_DIR is set too: the checkpoint cache and vLLM's T3 model directories read it, so a cache
-    directory named in a .env file or a flag reaches them the same way."""
-    os.environ[CACHE_DIR_ENV] = str(cache_dir)
+    """Put the compile caches in `cache_dir`, before anything compiles or vLLM's engine process starts (the
+    variables reach it through the environment it inherits). Variables already set are kept. Returns the compile
+    variables as they now are. The checkpoint cache and vLLM's T3 model directories get `cache_dir` passed."""
     effective = {}
     for name, value in compile_cache_environment(cache_dir).items():
         effective[name] = os.environ.setdefault(name, value)

@@ -38,20 +38,9 @@ APP_NAME = "chatterbox-vllm"  # the user data directory's name (default voices d
 
 
 @dataclass(frozen=True)
-class Preset:
-    """One VRAM preset's engine limits (every one of them can be overridden on its own)."""
-
-    gpu_memory_gib: float
-    max_batch_size: int
-    max_model_len: int
-    enforce_eager: bool
-    dtype: str
-    s3_tokenizer_on_gpu: bool = True
-
-
-@dataclass(frozen=True)
 class EngineLimits:
-    """The limits the engine runs with: a preset's values with every explicitly set one in its place.
+    """The limits the engine runs with: a VRAM preset's values (`PRESETS`), or those with every explicitly set one
+    in its place (`Settings.limits`).
 
     They bound T3's GPU memory in vLLM: weights + KV cache for max_batch_size requests of max_model_len tokens;
     `s3_tokenizer_on_gpu` decides where S3Gen's speech tokenizer (0.46 GiB, used only to analyse new voices) sits.
@@ -68,17 +57,21 @@ class EngineLimits:
 # T3 in bfloat16 is ~1.1 GB; a token of KV cache costs 30 layers x 2 x 32 heads (both CFG branches) x 64 x 2 bytes
 # = 240 KiB, so a 1536-token request holds ~0.36 GiB. S3Gen, the voice encoder and CUDA's own context need
 # another 2-3 GB outside this budget, which is what the card sizes below leave room for.
-PRESETS: dict[str, Preset] = {
+PRESETS: dict[str, EngineLimits] = {
     # 6-8 GB cards: two sequences, no CUDA graphs (T3's nor S3Gen's: their buffers cost memory such a card lacks),
     # and the speech tokenizer (124M parameters, needed only when a new voice is analysed) on the CPU.
-    "low": Preset(
+    "low": EngineLimits(
         gpu_memory_gib=1.75, max_batch_size=2, max_model_len=1536, enforce_eager=True, dtype="bfloat16",
         s3_tokenizer_on_gpu=False,
     ),
     # 12 GB cards.
-    "medium": Preset(gpu_memory_gib=5.0, max_batch_size=12, max_model_len=2048, enforce_eager=False, dtype="bfloat16"),
+    "medium": EngineLimits(
+        gpu_memory_gib=5.0, max_batch_size=12, max_model_len=2048, enforce_eager=False, dtype="bfloat16"
+    ),
     # 24 GB cards.
-    "high": Preset(gpu_memory_gib=10.0, max_batch_size=32, max_model_len=3072, enforce_eager=False, dtype="bfloat16"),
+    "high": EngineLimits(
+        gpu_memory_gib=10.0, max_batch_size=32, max_model_len=3072, enforce_eager=False, dtype="bfloat16"
+    ),
 }
 
 # S3Gen's most pieces per batch when CHATTERBOX_S3GEN_BATCH_SIZE is unset (the server takes at most T3's batch size
@@ -174,6 +167,13 @@ class Settings(BaseSettings):
         "variable set on its own (VLLM_CACHE_ROOT, TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, ...) wins",
     )
 
+    dicta_model: str | None = Field(
+        None,
+        description="dicta-onnx's ONNX model file (a download of its own): with dicta-onnx installed, Hebrew text "
+        "gets its diacritics (niqqud) before tokenizing; unset: Hebrew is used without them, as the reference does "
+        "in practice (it calls dicta-onnx without a model, which fails)",
+    )
+
     # ------------------------------------------------------------------ limits of the HTTP API
     max_input_chars: int = Field(4096, ge=1, le=100_000, description="longest `input` accepted (OpenAI: 4096)")
     max_queue: int = Field(64, ge=1, description="speech requests in progress or waiting; more get 429")
@@ -224,6 +224,12 @@ class Settings(BaseSettings):
         True,
         description="S3Gen flow estimator's blocks through torch.compile where CUDA graphs run (not the low preset): "
         "fused kernels, ~1.3x faster in float16, compiled at start-up (~25 s; eager if Inductor fails)",
+    )
+    t3_compile: bool = Field(
+        True,
+        description="T3's layers through torch.compile in vLLM on GPUs (fused kernels and vLLM's piecewise CUDA "
+        "graphs; compiled at start-up, kept in the cache directory). false: eager kernels with whole-model CUDA "
+        "graphs only, nothing to compile. Never on CPU, where Inductor's C++ build would cost minutes at each start",
     )
     t3_flashinfer_sampler: bool = Field(
         False,

@@ -202,14 +202,17 @@ class ChatterboxTTS:
         `model` loads another of the server's models with the same settings; `gpu_memory_gib` replaces T3's budget
         (the share a VRAM plan gave it when several models are loaded); `progress` hears each stage of the load."""
         # Before anything compiles or vLLM's engine process starts: both read the compile caches' variables.
-        use_cache_dir(settings.resolved_cache_dir())
+        cache_dir = settings.resolved_cache_dir()
+        use_cache_dir(cache_dir)
         if not settings.t3_flashinfer_sampler:  # read by vLLM's engine process; a value the user set wins
             os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         device = settings_device(settings)
         limits = settings.limits()
         if gpu_memory_gib is not None:
             limits = dataclasses.replace(limits, gpu_memory_gib=gpu_memory_gib)
-        options = VLLMOptions.from_limits(limits, device, explicit_dtype=settings.dtype is not None)
+        options = VLLMOptions.from_limits(
+            limits, device, explicit_dtype=settings.dtype is not None, compile=settings.t3_compile, cache_dir=cache_dir
+        )
         if device.type == "cuda":
             # Process-wide, read when kernels are chosen: set before anything is loaded or captured. vLLM's T3 runs
             # in bfloat16 and is not affected.
@@ -223,7 +226,8 @@ class ChatterboxTTS:
         )
         return cls.load(
             model or settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
-            s3gen_options=s3gen_options, progress=progress,
+            s3gen_options=s3gen_options, progress=progress, server_cache_dir=cache_dir,
+            dicta_model=settings.dicta_model or "",  # "": none, as the settings say
         )  # fmt: skip
 
     @classmethod
@@ -237,11 +241,15 @@ class ChatterboxTTS:
         vllm_options: VLLMOptions | None = None,
         s3gen_options: S3GenOptions | None = None,
         progress: Progress | None = None,
+        server_cache_dir: Path | None = None,
+        dicta_model: str | None = None,
     ) -> "ChatterboxTTS":
-        """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory."""
+        """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory.
+        `server_cache_dir` and `dicta_model` are the settings' (CHATTERBOX_CACHE_DIR, CHATTERBOX_DICTA_MODEL); None:
+        as the environment and .env name them (`Settings()`), for loads without settings; dicta_model "": none."""
         (progress or _no_progress)(checkpoint_stage(model))
-        directory, layout = resolve_model(model, revision=revision)
-        return cls._load(directory, layout, device, engine, vllm_options, s3gen_options, progress)
+        directory, layout = resolve_model(model, revision=revision, server_cache_dir=server_cache_dir)
+        return cls._load(directory, layout, device, engine, vllm_options, s3gen_options, progress, dicta_model)
 
     @classmethod
     def from_pretrained(
@@ -287,6 +295,7 @@ class ChatterboxTTS:
         vllm_options: VLLMOptions | None = None,
         s3gen_options: S3GenOptions | None = None,
         progress: Progress | None = None,
+        dicta_model: str | None = None,
     ) -> "ChatterboxTTS":
         progress = progress or _no_progress
         device = torch.device(device) if device is not None else default_device()
@@ -315,8 +324,9 @@ class ChatterboxTTS:
             tokenizer = EnglishTokenizer.from_file(directory / layout.text_tokenizer)
         else:
             tokenizer = MultilingualTokenizer.from_files(
-                directory / layout.text_tokenizer, directory / (layout.cangjie_table or "")
-            )
+                directory / layout.text_tokenizer, directory / (layout.cangjie_table or ""),
+                dicta_model=Settings().dicta_model if dicta_model is None else dicta_model,  # None: a library load
+            )  # fmt: skip
         conds_path = directory / layout.conds
         conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
         loaded = time.perf_counter()

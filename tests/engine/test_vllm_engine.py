@@ -7,6 +7,7 @@ whose stop token was made likely, checks that the stop token ends a request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import shutil
@@ -27,6 +28,7 @@ from chatterbox_vllm.engine.base import SamplingParams, T3Engine  # noqa: E402
 from chatterbox_vllm.engine.factory import prefix_only  # noqa: E402
 from chatterbox_vllm.engine.torch_engine import TorchT3Engine  # noqa: E402
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions, VLLMT3Engine  # noqa: E402
+from chatterbox_vllm.engine.vllm_t3.plugin import T3_COMPILE  # noqa: E402
 from chatterbox_vllm.models.t3 import load_t3  # noqa: E402
 from chatterbox_vllm.text.normalize import punc_norm  # noqa: E402
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids  # noqa: E402
@@ -46,7 +48,8 @@ class Setup:
         self.config = load_model_config(directory, layout).t3
         weights = directory / layout.t3
         self.reference = TorchT3Engine(load_t3(weights, self.config).eval())
-        self.engine = VLLMT3Engine(prefix_only(load_t3(weights, self.config).eval()), weights, OPTIONS, cache_dir=cache_dir)
+        options = dataclasses.replace(OPTIONS, cache_dir=cache_dir)
+        self.engine = VLLMT3Engine(prefix_only(load_t3(weights, self.config).eval()), weights, options)
         self.cond = Conditionals.load(directory / layout.conds).t3
         if variant == "english":
             self.tokenizer = EnglishTokenizer.from_file(directory / layout.text_tokenizer)
@@ -340,6 +343,14 @@ def test_chatterbox_tts_speaks_the_same_through_either_engine(english: Setup, en
 def test_engine_protocol(english: Setup) -> None:
     assert isinstance(english.engine, T3Engine) and english.engine.name == "vllm" and english.engine.concurrent
     assert english.engine.num_unfinished_requests() == 0
+
+
+def test_the_engine_runs_with_the_options_compile_switch_and_cache_dir(english: Setup) -> None:
+    """VLLMOptions' compile switch is in the model config of vLLM's engine (where the model class reads it), and
+    T3's model directory was written under the options' cache directory."""
+    assert getattr(english.engine.llm.model_config.hf_config, T3_COMPILE) is OPTIONS.compile is True
+    assert english.engine.options.cache_dir is not None
+    assert Path(english.engine.llm.model_config.model).is_relative_to(english.engine.options.cache_dir / "vllm-t3")
 
 
 def test_engine_choice() -> None:

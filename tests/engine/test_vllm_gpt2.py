@@ -3,6 +3,7 @@ weights (`tests/fixtures/golden/turbo`). One vLLM engine for the module (its sta
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,12 @@ from safetensors.torch import load_file, save_file
 
 pytest.importorskip("vllm")
 
-from chatterbox_vllm.checkpoint.random_weights import build_state_dict, component_specs  # noqa: E402
 from chatterbox_vllm.engine.base import SamplingParams  # noqa: E402
 from chatterbox_vllm.engine.factory import prefix_only  # noqa: E402
 from chatterbox_vllm.engine.torch_engine import TorchT3Engine  # noqa: E402
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions, VLLMT3Engine  # noqa: E402
 from chatterbox_vllm.models.t3 import T3Cond, T3Config, load_t3  # noqa: E402
+from chatterbox_vllm.random_checkpoint import build_state_dict, component_specs  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "turbo" / "t3_gpt2_tiny.safetensors"
 OPTIONS = VLLMOptions(max_model_len=640, max_num_seqs=4, dtype="float32")
@@ -29,7 +30,7 @@ class Setup:
         save_file(dict(build_state_dict(component_specs("t3", "turbo", "tiny"), 0, {})), str(weights))
         self.reference = TorchT3Engine(load_t3(weights, self.config).eval())
         prefix = prefix_only(load_t3(weights, self.config).eval())
-        self.engine = VLLMT3Engine(prefix, weights, OPTIONS, cache_dir=work / "vllm-cache")
+        self.engine = VLLMT3Engine(prefix, weights, dataclasses.replace(OPTIONS, cache_dir=work / "vllm-cache"))
         g = load_file(str(GOLDEN))
         self.golden = g
         self.cond = T3Cond(g["speaker_emb"], g["cond_prompt_speech_tokens"], torch.zeros(1, 1, 1))

@@ -2,7 +2,7 @@
 
 Golden: `tests/fixtures/golden/meanflow/`, made by `tools/reference/make_meanflow_fixtures.py` on the full-size
 reference `S3Gen(meanflow=True)` whose `flow.*` and `mel2wav.*` tensors follow our checkpoints' value rule with seed
-0 (`random_weights.random_tensor`); the test regenerates the same weights instead of storing 1 GB.
+0 (`random_checkpoint.random_tensor`); the test regenerates the same weights instead of storing 1 GB.
 Float tensors go through the shared parity metric (tests/parity.py), with the stages of test_s3gen_golden; a
 mutation test shows the estimator check fails on one perturbed tensor of the mean-flow time mixer.
 """
@@ -18,11 +18,11 @@ import torch
 from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
 
-from chatterbox_vllm.checkpoint.random_weights import TensorSpec, random_tensor
 from chatterbox_vllm.models.s3gen import S3Gen, S3GenConfig, build_s3gen
 from chatterbox_vllm.models.s3gen.cfm_graphs import bucket_length, padded_solve
 from chatterbox_vllm.models.s3gen.flow import FlowRow
 from chatterbox_vllm.models.s3gen.flow_matching import draw_initial_noise, estimator_rows, time_grid
+from chatterbox_vllm.random_checkpoint import TensorSpec, random_tensor
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "meanflow"
 WEIGHT_PREFIXES = ("flow.", "mel2wav.")
@@ -92,7 +92,7 @@ def test_the_original_model_has_no_time_mixer() -> None:
     ids=["original", "meanflow", "tiny", "tiny-meanflow"],
 )
 def test_config_round_trips_through_json(config: S3GenConfig) -> None:
-    """As `random_weights` writes it to chatterbox_config.json (`dataclasses.asdict`) and the loader reads it."""
+    """As `random_checkpoint` writes it to chatterbox_config.json (`dataclasses.asdict`) and the loader reads it."""
     record = json.loads(json.dumps(dataclasses.asdict(config)))
     assert S3GenConfig.from_dict(record) == config
 

@@ -15,13 +15,13 @@ from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
 from torch import nn
 
-from chatterbox_vllm.checkpoint.random_weights import build_state_dict, component_specs
 from chatterbox_vllm.engine.base import SamplingParams, check_text_tokens
 from chatterbox_vllm.engine.sampling import turbo_penalty_history, turbo_sampling_probs
 from chatterbox_vllm.engine.torch_engine import TorchT3Engine
 from chatterbox_vllm.models.t3 import T3, T3Cond, T3Config
 from chatterbox_vllm.models.t3.gpt2 import GPT2MLP
 from chatterbox_vllm.models.t3.loader import build_t3, infer_config
+from chatterbox_vllm.random_checkpoint import build_state_dict, component_specs
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "turbo"
 

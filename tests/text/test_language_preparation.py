@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chatterbox_vllm.checkpoint.layout import MULTILINGUAL
-from chatterbox_vllm.checkpoint.random_weights import write_tokenizer_files
+from chatterbox_vllm.random_checkpoint import write_tokenizer_files
 from chatterbox_vllm.text import multilingual
 from chatterbox_vllm.text.normalize import punc_norm
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer
@@ -109,6 +109,23 @@ def test_hebrew_without_dicta_is_unchanged_with_one_warning(caplog: pytest.LogCa
         assert multilingual.hebrew_diacritics("שלום עולם") == "שלום עולם"
         assert multilingual.hebrew_diacritics("מה שלומך") == "מה שלומך"
     assert len(caplog.records) == 1 and "dicta-onnx" in caplog.records[0].getMessage()
+
+
+def test_the_dicta_model_setting_reaches_the_loaded_tokenizer(
+    multilingual_tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CHATTERBOX_DICTA_MODEL is read by Settings only: a load without settings asks Settings (environment, .env)
+    for it; the server passes its settings' value down ("" when unset), which wins over the environment."""
+    from chatterbox_vllm.tts import ChatterboxTTS
+
+    monkeypatch.chdir(tmp_path)  # the .env lookup sees only what this test writes
+    (tmp_path / ".env").write_text(f"CHATTERBOX_DICTA_MODEL={tmp_path / 'dicta.onnx'}\n")
+    for passed, expected in ((None, str(tmp_path / "dicta.onnx")), ("", None), ("/m/d.onnx", "/m/d.onnx")):
+        tts = ChatterboxTTS.load(str(multilingual_tiny_checkpoint), device="cpu", engine="torch", dicta_model=passed)
+        try:
+            assert isinstance(tts.tokenizer, MultilingualTokenizer) and tts.tokenizer.dicta_model == expected, passed
+        finally:
+            tts.close()
 
 
 @pytest.mark.skipif(

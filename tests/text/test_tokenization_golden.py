@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chatterbox_vllm.checkpoint.layout import ENGLISH, MULTILINGUAL
-from chatterbox_vllm.checkpoint.random_weights import write_tokenizer_files
+from chatterbox_vllm.random_checkpoint import write_tokenizer_files
 from chatterbox_vllm.text import multilingual
 from chatterbox_vllm.text.normalize import punc_norm
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
@@ -59,7 +59,7 @@ def test_multilingual_matches_reference(golden: Path, multilingual_tokenizer: Mu
     assert {"ja", "zh", "ko", "he", "ru", "ar", "hi"} <= languages
     # The fixture was made without dicta-onnx and russian-text-stresser; where they act here, he/ru differ.
     optional_active = {
-        "he": multilingual._hebrew_diacritizer() is not None,
+        "he": multilingual._hebrew_diacritizer(multilingual_tokenizer.dicta_model) is not None,
         "ru": multilingual._russian_stresser() is not None,
     }
     for case in cases:

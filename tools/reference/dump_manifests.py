@@ -250,7 +250,7 @@ def dump_checksums(out: Path, root: Path) -> None:
             del state
             gc.collect()
     sums["rule"] = ("sha256 of each tensor's raw little-endian bytes (C order), read with the reference's loader "
-                    "from the seed-0 full-size checkpoint written by chatterbox_vllm.checkpoint.random_weights")  # fmt: skip
+                    "from the seed-0 full-size checkpoint written by chatterbox_vllm.random_checkpoint")  # fmt: skip
     (out / "checksums_seed0.json").write_text(json.dumps(sums, indent=0, sort_keys=True))
     print("checksums_seed0.json written", flush=True)
 

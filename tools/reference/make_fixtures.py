@@ -226,7 +226,7 @@ class Harness:
             "notes": {
                 "english_tokenizer": "tokenizer.json of the checkpoint (genuine published file, sha256 d71e3a44...)",
                 "multilingual_tokenizer": "SYNTHETIC grapheme_mtl_merged_expanded_v1.json and 29-entry Cangjie5_TC.json "
-                                          "written by chatterbox_vllm.checkpoint.random_weights (the genuine files "
+                                          "written by chatterbox_vllm.random_checkpoint (the genuine files "
                                           "were not available); encoded_string is what the reference passed to the "
                                           "HF tokenizer (recorded, not re-derived)",
                 "optional_processors_in_this_oracle": optional,
@@ -634,7 +634,7 @@ def main() -> None:
                "s3gen_weights_identical_english_vs_multilingual_seed0": same_s3gen,
                "ve_weights_identical_english_vs_multilingual_seed0": same_ve,
                "checkpoints": {"english": str(args.ckpt_en), "multilingual": str(args.ckpt_mtl),
-                               "made_by": "chatterbox_vllm.checkpoint.random_weights (seed 0, full size)"}}  # fmt: skip
+                               "made_by": "chatterbox_vllm.random_checkpoint (seed 0, full size)"}}  # fmt: skip
     with open(args.out / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     size = sum(p.stat().st_size for p in args.out.iterdir() if p.is_file())

@@ -13,7 +13,7 @@ shapes. Writes into --out:
   token, Turbo's sampling distribution at two steps, and the tokens `inference_turbo` picks with top_k=1.
 
     # product venv: the tiny weights (a pure function of seed and tensor name)
-    .venv/bin/python -c "from safetensors.torch import save_file; from chatterbox_vllm.checkpoint.random_weights \
+    .venv/bin/python -c "from safetensors.torch import save_file; from chatterbox_vllm.random_checkpoint \
       import component_specs, build_state_dict as b; save_file(dict(b(component_specs('t3','turbo','tiny'),0,{})), \
       '/tmp/t3_turbo_tiny_seed0.safetensors')"
     HF_HUB_OFFLINE=1 /work/oracle/venv/bin/python tools/reference/make_gpt2_t3_fixtures.py \
@@ -138,7 +138,7 @@ def main() -> None:
     save_file({k: v.contiguous() for k, v in out.items()}, str(args.out / "t3_gpt2_tiny.safetensors"))
     meta = {
         "reference": "chatterbox-tts 0.1.7 T3 (inference_turbo), GPT2_tiny = GPT2_medium at 2 layers x 64, 2 heads",
-        "weights": "chatterbox-vllm random_weights, variant turbo, size tiny, seed 0",
+        "weights": "chatterbox-vllm random_checkpoint, variant turbo, size tiny, seed 0",
         "sampling": {"temperature": 0.8, "top_k": 1000, "top_p": 0.95, "repetition_penalty": 1.2},
         "top1": {"top_k": 1, "max_gen_len": 24},
     }

@@ -14,7 +14,7 @@ Writes into --out:
                                    `flow_inference` and `inference` (2 steps) after `torch.manual_seed(SEED)`.
 
 Weights: the full-size model, no weight file stored. `flow.*` and `mel2wav.*` (all that inference from a ref dict
-uses) get the value rule of our random checkpoints (`chatterbox_vllm.checkpoint.random_weights.random_tensor`,
+uses) get the value rule of our random checkpoints (`chatterbox_vllm.random_checkpoint.random_tensor`,
 reimplemented below: a tensor is a pure function of (seed, name)), so the test regenerates the same weights.
 """
 

@@ -1,1 +1,2 @@
-"""Checkpoint files: their layout, strict loading, the hub, and random-weight checkpoints for tests."""
+"""Checkpoint files: their layout, strict loading, the hub. (Random-weight checkpoints for tests and demos are
+`chatterbox_vllm.random_checkpoint`, outside the load path.)"""

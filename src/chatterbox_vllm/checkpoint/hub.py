@@ -6,7 +6,6 @@ copied by hand. All three end in a directory laid out as `layout.py` describes.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from ..compile_cache import cache_root
 from .layout import HF_REPO_ID, LAYOUTS, CheckpointLayout, Variant
 from .weights import CheckpointError
-
-log = logging.getLogger(__name__)
 
 MODEL_ALIASES: dict[str, Variant] = {
     "english": "english", "en": "english", "multilingual": "multilingual", "mtl": "multilingual",
@@ -31,25 +28,10 @@ RANDOM_MODELS: dict[str, Variant] = {
 }  # fmt: skip
 
 
-def random_checkpoint_dir(variant: Variant) -> Path:
-    """Where `random-tiny` checkpoints live: the cache directory's `random/` (CHATTERBOX_CACHE_DIR, default
-    ~/.cache/chatterbox-vllm)."""
-    return cache_root() / "random" / f"{variant}-tiny-seed0"
-
-
-def random_tiny(variant: Variant) -> Path:
-    from .config import load_model_config
-    from .random_weights import write_random_checkpoint
-
-    directory = random_checkpoint_dir(variant)
-    layout = LAYOUTS[variant]
-    if not all((directory / name).is_file() for name in layout.files):
-        log.info("writing a random-weight %s checkpoint to %s (its audio is noise)", variant, directory)
-        write_random_checkpoint(variant, "tiny", 0, directory)
-    elif load_model_config(directory, layout).speech_tokens_per_text_token is None:
-        # written before random checkpoints recorded a speaking pace: the small files again, with it
-        write_random_checkpoint(variant, "tiny", 0, directory, weights=())
-    return directory
+def random_checkpoint_dir(variant: Variant, cache_dir: Path | None = None) -> Path:
+    """Where `random-tiny` checkpoints live: `random/` in the server's cache directory (`cache_dir`; None: the
+    settings', CHATTERBOX_CACHE_DIR, default ~/.cache/chatterbox-vllm)."""
+    return cache_root(cache_dir) / "random" / f"{variant}-tiny-seed0"
 
 
 def detect_layout(directory: Path) -> CheckpointLayout:
@@ -166,12 +148,18 @@ def resolve_model(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool | None = None,
+    server_cache_dir: Path | None = None,
 ) -> tuple[Path, CheckpointLayout]:
-    """Turn a model setting (english | multilingual | a directory) into a complete checkpoint directory."""
+    """Turn a model setting (english | multilingual | a directory | random-tiny...) into a complete checkpoint
+    directory. `cache_dir` is the Hugging Face hub's cache; `server_cache_dir` the server's (where random-tiny
+    checkpoints are written; None: the settings')."""
     name = model.strip().lower()
     if name in RANDOM_MODELS:
+        # Test and demo code, imported only here: loading any other model never imports it.
+        from ..random_checkpoint import ensure_random_tiny
+
         variant = RANDOM_MODELS[name]
-        return random_tiny(variant), LAYOUTS[variant]
+        return ensure_random_tiny(variant, random_checkpoint_dir(variant, server_cache_dir)), LAYOUTS[variant]
     alias = MODEL_ALIASES.get(name)
     if alias is not None:
         directory = download(alias, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)

@@ -60,11 +60,25 @@ class VLLMOptions:
     whole_prefills: bool | None = None
     # Decode batch sizes vLLM captures CUDA graphs for (None: vLLM's default list). See `cudagraph_capture_sizes`.
     cudagraph_capture_sizes: tuple[int, ...] | None = None
+    # torch.compile of T3 on GPUs (CHATTERBOX_T3_COMPILE); reaches vLLM's engine process in the model's config.
+    compile: bool = True
+    # Where T3's vLLM model directory is written: the server's cache directory (None: the settings', see
+    # `compile_cache.cache_root`).
+    cache_dir: Path | None = None
 
     @classmethod
-    def from_limits(cls, limits: EngineLimits, device: torch.device, *, explicit_dtype: bool = True) -> "VLLMOptions":
+    def from_limits(
+        cls,
+        limits: EngineLimits,
+        device: torch.device,
+        *,
+        explicit_dtype: bool = True,
+        compile: bool = True,
+        cache_dir: Path | None = None,
+    ) -> "VLLMOptions":
         """Settings -> engine options. On a GPU the GiB budget becomes vLLM's utilisation fraction of the device;
-        on CPU it sizes vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE), and T3 runs in float32 unless a dtype was set."""
+        on CPU it sizes vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE), and T3 runs in float32 unless a dtype was set.
+        `compile` and `cache_dir` are the settings' t3_compile and cache directory, passed through."""
         dtype = limits.dtype
         if device.type == "cuda":
             total = torch.cuda.get_device_properties(device).total_memory
@@ -82,6 +96,8 @@ class VLLMOptions:
             enforce_eager=limits.enforce_eager,
             dtype=dtype,
             cudagraph_capture_sizes=cudagraph_capture_sizes(limits.max_batch_size) if graphs else None,
+            compile=compile,
+            cache_dir=cache_dir,
         )
 
 
@@ -143,6 +159,7 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None
         disable_log_stats=False,
         served_model_name=SERVED_MODEL_NAME,
         use_tqdm_on_load=False,  # T3 is one file, read in a moment: a progress bar of its "shards" says nothing
+        hf_overrides={plugin.T3_COMPILE: options.compile},  # read by the model class in vLLM's engine process
     )
 
 
@@ -192,7 +209,7 @@ class VLLMT3Engine:
     name = "vllm"
     concurrent = True  # vLLM batches concurrent requests
 
-    def __init__(self, prefix_model: T3, t3_weights: Path, options: VLLMOptions, *, cache_dir: Path | None = None):
+    def __init__(self, prefix_model: T3, t3_weights: Path, options: VLLMOptions):
         _prepare_process_environment()
         plugin.register()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -203,7 +220,7 @@ class VLLMT3Engine:
         if options.whole_prefills is None:
             options = dataclasses.replace(options, whole_prefills=self.device.type == "cpu")
         self.options = options
-        model_dir = prepare_model_dir(t3_weights, self.config, cache_dir)
+        model_dir = prepare_model_dir(t3_weights, self.config, options.cache_dir)
         self._args = AsyncEngineArgs(**engine_kwargs(model_dir, options, self.config))
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -149,20 +148,17 @@ def load_chinese_segmenter():
 
 
 # dicta-onnx's `Dicta` needs the path of its ONNX model (a separate download); the reference calls `Dicta()`
-# without one, which raises, so the reference never adds Hebrew diacritics. We use it when this names a model.
-DICTA_MODEL_ENV = "CHATTERBOX_DICTA_MODEL"
-
-
-@lru_cache(maxsize=1)
-def _hebrew_diacritizer():
+# without one, which raises, so the reference never adds Hebrew diacritics. We use it when the settings name a model
+# (CHATTERBOX_DICTA_MODEL, passed down as `model_path`).
+@lru_cache(maxsize=4)
+def _hebrew_diacritizer(model_path: str | None):
     try:
         from dicta_onnx import Dicta
     except ImportError:
         _warn_once("dicta-onnx is not installed: Hebrew text is used without diacritics")
         return None
-    model_path = os.environ.get(DICTA_MODEL_ENV)
     if not model_path:
-        _warn_once(f"set {DICTA_MODEL_ENV} to dicta-onnx's model file to add Hebrew diacritics; used without them")
+        _warn_once("set CHATTERBOX_DICTA_MODEL to dicta-onnx's model file to add Hebrew diacritics; used without them")
         return None
     try:
         return Dicta(model_path)
@@ -171,9 +167,10 @@ def _hebrew_diacritizer():
         return None
 
 
-def hebrew_diacritics(text: str) -> str:
-    """Hebrew with niqqud added by dicta-onnx when available; otherwise unchanged (as the reference in practice)."""
-    diacritizer = _hebrew_diacritizer()
+def hebrew_diacritics(text: str, model_path: str | None = None) -> str:
+    """Hebrew with niqqud added by dicta-onnx with the model at `model_path` when available; otherwise unchanged
+    (as the reference in practice)."""
+    diacritizer = _hebrew_diacritizer(model_path)
     if diacritizer is None:
         return text
     try:

@@ -68,16 +68,24 @@ class EnglishTokenizer:
 class MultilingualTokenizer:
     """The multilingual grapheme tokenizer with its per-language preparation and `[lang]` prefix."""
 
-    def __init__(self, tokenizer: Tokenizer, cangjie: CangjieConverter) -> None:
+    def __init__(self, tokenizer: Tokenizer, cangjie: CangjieConverter, dicta_model: str | None = None) -> None:
         self.tokenizer = tokenizer
         self.cangjie = cangjie
+        self.dicta_model = dicta_model
 
     @classmethod
     def from_files(
-        cls, grapheme_path: str | Path, cangjie_path: str | Path | None, *, segmenter: Any = "auto"
+        cls,
+        grapheme_path: str | Path,
+        cangjie_path: str | Path | None,
+        *,
+        segmenter: Any = "auto",
+        dicta_model: str | Path | None = None,
     ) -> "MultilingualTokenizer":
-        """`segmenter`: Chinese word segmenter ("auto": spacy-pkuseg if installed and its model is cached)."""
-        return cls(_load_tokenizer(grapheme_path), CangjieConverter(cangjie_path, segmenter=segmenter))
+        """`segmenter`: Chinese word segmenter ("auto": spacy-pkuseg if installed and its model is cached).
+        `dicta_model`: dicta-onnx's model file for Hebrew diacritics (CHATTERBOX_DICTA_MODEL; None: none added)."""
+        cangjie = CangjieConverter(cangjie_path, segmenter=segmenter)
+        return cls(_load_tokenizer(grapheme_path), cangjie, str(dicta_model) if dicta_model else None)
 
     def prepare(self, text: str, language_id: str | None) -> str:
         """The string the tokenizer sees: lowercased, NFKD, language-specific form, `[lang]` prefix, [SPACE]s.
@@ -92,7 +100,7 @@ class MultilingualTokenizer:
         elif language_id == "ja":
             text = japanese_to_kana(text)
         elif language_id == "he":
-            text = hebrew_diacritics(text)
+            text = hebrew_diacritics(text, self.dicta_model)
         elif language_id == "ko":
             text = korean_to_jamo(text)
         elif language_id == "ru":

@@ -18,7 +18,6 @@ How the reference's decode loop maps onto vLLM:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
@@ -32,6 +31,7 @@ from vllm.model_executor.layers.attention import Attention
 
 from ...models.t3.config import T3Config
 from ...models.t3.llama import RMSNorm, llama3_inv_freq
+from .plugin import T3_COMPILE
 
 ARCHITECTURE = "ChatterboxT3ForVLLM"
 
@@ -171,8 +171,9 @@ class DecoderLayer(nn.Module):
 def compile_enabled(vllm_config: VllmConfig) -> bool:
     """torch.compile (and with it vLLM's piecewise CUDA graphs) on GPUs only: on CPU, inductor's C++ build costs
     minutes at every engine start for a model whose decode is not launch-bound there.
-    CHATTERBOX_T3_COMPILE=0 turns it off on a GPU too (eager kernels, full-model CUDA graphs only)."""
-    if os.environ.get("CHATTERBOX_T3_COMPILE", "1").strip().lower() in ("0", "false", "no", "off"):
+    The model config's `T3_COMPILE` entry (false from CHATTERBOX_T3_COMPILE=false, which reaches this process
+    through the engine arguments) turns it off on a GPU too (eager kernels, full-model CUDA graphs only)."""
+    if not getattr(vllm_config.model_config.hf_config, T3_COMPILE, True):
         return False
     return vllm_config.device_config.device_type == "cuda"
 

@@ -13,17 +13,11 @@ import json
 import os
 from pathlib import Path
 
+from ...compile_cache import cache_root
 from ...models.t3.config import T3Config
 from .plugin import ARCHITECTURE, GPT2_ARCHITECTURE
 
 WEIGHTS_NAME = "model.safetensors"
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("CHATTERBOX_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "chatterbox-vllm"
-    )
-    return Path(root)
 
 
 def vllm_hf_config(config: T3Config) -> dict:
@@ -63,7 +57,8 @@ def vllm_hf_config(config: T3Config) -> dict:
 
 
 def prepare_model_dir(t3_weights: Path, config: T3Config, cache_dir: Path | None = None) -> Path:
-    """Create (once) and return the vLLM model directory for these T3 weights and config."""
+    """Create (once) and return the vLLM model directory for these T3 weights and config, under `cache_dir`
+    (the server's cache directory; None: the settings', `compile_cache.cache_root`)."""
     t3_weights = Path(t3_weights).resolve()
     if t3_weights.suffix != ".safetensors":
         raise ValueError(f"vLLM loads T3 from a .safetensors file, got {t3_weights.name}")
@@ -72,7 +67,7 @@ def prepare_model_dir(t3_weights: Path, config: T3Config, cache_dir: Path | None
     key = hashlib.sha256(
         json.dumps([str(t3_weights), stat.st_size, stat.st_mtime_ns, hf_config], sort_keys=True).encode()
     ).hexdigest()[:16]
-    directory = (cache_dir or default_cache_dir()) / "vllm-t3" / key
+    directory = cache_root(cache_dir) / "vllm-t3" / key
     directory.mkdir(parents=True, exist_ok=True)
     link = directory / WEIGHTS_NAME
     if not link.is_symlink() or Path(os.readlink(link)) != t3_weights:

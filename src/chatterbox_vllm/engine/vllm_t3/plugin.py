@@ -11,6 +11,10 @@ GPT2_ARCHITECTURE = "ChatterboxGPT2T3ForVLLM"
 GPT2_MODEL_CLASS = "chatterbox_vllm.engine.vllm_t3.gpt2_model:ChatterboxGPT2T3ForVLLM"
 TURBO_LOGITS_PROCESSOR = "chatterbox_vllm.engine.vllm_t3.logits:TurboLogitsProcessor"
 
+# The model's HF config entry (set through vLLM's hf_overrides from `VLLMOptions.compile`, i.e. the server's
+# CHATTERBOX_T3_COMPILE) that says whether T3 may be compiled: vLLM's engine process gets it with the config.
+T3_COMPILE = "chatterbox_t3_compile"
+
 # Keys of `SamplingParams.extra_args` that CFGLogitsProcessor reads.
 CFG_WEIGHT = "chatterbox_cfg_weight"
 REPETITION_PENALTY = "chatterbox_repetition_penalty"

@@ -1,5 +1,9 @@
 """Deterministic random-weight checkpoints in the exact layout of the published ones.
 
+Test and demo code, kept apart from the runtime: `chatterbox-vllm make-checkpoint` and the `random-tiny` model names
+(`checkpoint.hub.RANDOM_MODELS`, which imports this module only when one of them is asked for) use it; loading a
+checkpoint never does (tests/test_runtime_imports.py checks that).
+
 Tests and demos need checkpoints without downloading 3 GB of real weights. A random checkpoint has the real file
 names and formats, so it goes through exactly the loading code a downloaded one does:
 
@@ -15,22 +19,24 @@ Size "tiny" keeps every vocabulary, token id and rate but shrinks widths/depths;
 `chatterbox_config.json` (the published checkpoints, all full size, have no such file), and so is a speaking pace:
 random weights never sample the stop token, so without it every text piece would run to max_new_tokens.
 
-    python -m chatterbox_vllm.checkpoint.random_weights --variant english --size tiny --seed 0 --out /tmp/ckpt
+    python -m chatterbox_vllm.random_checkpoint --variant english --size tiny --seed 0 --out /tmp/ckpt
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import stat
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +45,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .layout import CONFIG_FILE, HF_REPO_ID, LAYOUTS, CheckpointLayout
+from .checkpoint.config import load_model_config
+from .checkpoint.layout import CONFIG_FILE, HF_REPO_ID, LAYOUTS, CheckpointLayout, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ Size = Literal["full", "tiny"]
 SIZES: tuple[str, ...] = ("full", "tiny")
 CONFIG_FORMAT = 1
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "checkpoint" / "data"
 ENGLISH_TOKENIZER = DATA_DIR / "tokenizer.json"  # the genuine published English tokenizer (sha256 d71e3a44...)
 GPT2_TOKENIZER_DIR = DATA_DIR / "gpt2"  # Turbo's and Nano's tokenizer files (provenance in its README)
 
@@ -93,18 +100,18 @@ def model_config(component: str, variant: str, size: str) -> Any:
     _check_args(variant, size)
     tiny = size == "tiny"
     if component == "t3":
-        from ..models.t3 import T3Config
+        from .models.t3 import T3Config
 
         return T3Config.tiny(variant) if tiny else T3Config.for_variant(variant)
     if component == "s3gen":
-        from ..models.s3gen import S3GenConfig
+        from .models.s3gen import S3GenConfig
 
         meanflow = LAYOUTS[variant].is_gpt2  # Turbo and Nano: s3gen_meanflow.safetensors
         if tiny:
             return S3GenConfig.tiny(meanflow=meanflow)
         return S3GenConfig.meanflow_model() if meanflow else S3GenConfig()
     if component == "voice_encoder":
-        from ..models.voice_encoder import VoiceEncoderConfig
+        from .models.voice_encoder import VoiceEncoderConfig
 
         return VoiceEncoderConfig.tiny() if tiny else VoiceEncoderConfig()
     raise ValueError(f"unknown component {component!r}")
@@ -113,14 +120,6 @@ def model_config(component: str, variant: str, size: str) -> Any:
 def model_configs(variant: str, size: str) -> dict[str, Any]:
     """The configs of the three networks, as recorded in `chatterbox_config.json`."""
     return {c: model_config(c, variant, size) for c in ("t3", "s3gen", "voice_encoder")}
-
-
-def _s3gen_available() -> bool:
-    try:
-        from ..models.s3gen import S3Gen, S3GenConfig  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _check_args(variant: str, size: str) -> None:
@@ -138,36 +137,18 @@ def _meta_specs(build: Callable[[], nn.Module]) -> list[TensorSpec]:
     return [TensorSpec(name, tuple(t.shape), t.dtype) for name, t in module.state_dict().items()]
 
 
-def _manifest_specs(file: str) -> list[TensorSpec]:
-    """TRANSITIONAL: full-size specs from the reference manifests while a model module is still being written.
-
-    Only found in a source checkout (tools/reference/manifests, or the shared reference kit beside the repo).
-    """
-    repo = Path(__file__).resolve().parents[3]
-    for root in (repo / "tools" / "reference" / "manifests", repo.parent / "shared" / "reference" / "manifests"):
-        path = root / f"{file}.json"
-        if path.is_file():
-            entries = json.loads(path.read_text(encoding="utf-8"))
-            return [TensorSpec(e["name"], tuple(e["shape"]), getattr(torch, e["dtype"])) for e in entries]
-    raise RuntimeError(f"no model module and no manifest for {file}")
-
-
 def component_specs(component: str, variant: str, size: str) -> list[TensorSpec]:
-    if component == "s3gen" and not _s3gen_available():
-        if size != "full":
-            raise RuntimeError("tiny checkpoints need chatterbox_vllm.models.s3gen (S3Gen, S3GenConfig)")
-        return _manifest_specs(LAYOUTS[variant].s3gen.replace(".safetensors", ".pt"))
     config = model_config(component, variant, size)
     if component == "voice_encoder":
-        from ..models.voice_encoder import VoiceEncoder
+        from .models.voice_encoder import VoiceEncoder
 
         return _meta_specs(lambda: VoiceEncoder(config))
     if component == "t3":
-        from ..models.t3 import T3
+        from .models.t3 import T3
 
         return _meta_specs(lambda: T3(config))
     if component == "s3gen":
-        from ..models.s3gen import S3Gen
+        from .models.s3gen import S3Gen
 
         return _meta_specs(lambda: S3Gen(config))
     raise ValueError(component)
@@ -222,9 +203,9 @@ def fixed_buffer_values(variant: str, size: str) -> dict[str, torch.Tensor]:
 
     Only the tokenizer is built (on the CPU, without encoder blocks): the two buffers depend on its n_fft/n_mels.
     """
-    from ..models.s3tokenizer import S3TokenizerConfig, S3TokenizerV2
+    from .models.s3tokenizer import S3TokenizerV2
 
-    tok_config = model_config("s3gen", variant, size).tokenizer if _s3gen_available() else S3TokenizerConfig()
+    tok_config = model_config("s3gen", variant, size).tokenizer
     with torch.device("cpu"):
         tokenizer = S3TokenizerV2(dataclasses.replace(tok_config, n_layer=0))
     return {f"tokenizer.{name}": getattr(tokenizer, name).detach().clone() for name in ("_mel_filters", "window")}
@@ -388,42 +369,34 @@ def write_tokenizer_files(layout: CheckpointLayout, out: Path) -> None:
 PARTIAL_DIR = ".partial"
 
 
-def _partial(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place. Same base name: torch.save derives the archive's
-    record names from it."""
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[Path]:
+    """A temporary path to write `path` to, renamed into place when the block ends: an interrupted run never leaves
+    a plausible-looking file. It sits in PARTIAL_DIR beside `path` under the same base name (torch.save derives
+    the archive's record names from it).
+
+    The file ends with the permissions a new file gets in that directory, read back from an empty one created
+    there first: some writers (safetensors) create theirs 0600."""
     tmp = path.parent / PARTIAL_DIR / path.name
     tmp.parent.mkdir(exist_ok=True)
-    return tmp
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    os.chmod(tmp, 0o666 & ~_UMASK)  # some writers create 0600 files; give the usual permissions
+    tmp.unlink(missing_ok=True)
+    tmp.touch()  # the usual mode: 0o666 less the process's umask, applied by the OS
+    mode = stat.S_IMODE(tmp.stat().st_mode)
+    yield tmp
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
-    try:
+    with contextlib.suppress(OSError):  # other files of the run may still be in it
         tmp.parent.rmdir()
-    except OSError:
-        pass
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _partial(path)
-    tmp.write_text(text, encoding="utf-8")
-    _publish(tmp, path)
+    with _writing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = _partial(dst)
-    shutil.copyfile(src, tmp)
-    _publish(tmp, dst)
+    with _writing(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _save_weights(state: "OrderedDict[str, torch.Tensor]", path: Path) -> None:
@@ -431,12 +404,11 @@ def _save_weights(state: "OrderedDict[str, torch.Tensor]", path: Path) -> None:
 
     Written under a temporary name and renamed, so an interrupted run never leaves a plausible-looking file.
     """
-    tmp = _partial(path)
-    if path.suffix == ".safetensors":
-        save_file(dict(state), str(tmp))
-    else:
-        torch.save(state, str(tmp))
-    _publish(tmp, path)
+    with _writing(path) as tmp:
+        if path.suffix == ".safetensors":
+            save_file(dict(state), str(tmp))
+        else:
+            torch.save(state, str(tmp))
 
 
 def write_random_checkpoint(
@@ -477,9 +449,8 @@ def write_random_checkpoint(
         _save_weights(state, out / file)
         logger.info("wrote %s: %d tensors in %.1f s", out / file, len(state), time.perf_counter() - t0)
         del state
-    conds_tmp = _partial(out / layout.conds)
-    torch.save(make_conds(seed, variant), str(conds_tmp))
-    _publish(conds_tmp, out / layout.conds)
+    with _writing(out / layout.conds) as tmp:
+        torch.save(make_conds(seed, variant), str(tmp))
     write_tokenizer_files(layout, out)
     config_path = out / CONFIG_FILE
     if size == "tiny":
@@ -495,6 +466,19 @@ def write_random_checkpoint(
     logger.info("random %s/%s checkpoint (seed %d) in %s: %.1f s", variant, size, seed, out,
                 time.perf_counter() - started)  # fmt: skip
     return out
+
+
+def ensure_random_tiny(variant: Variant, directory: Path) -> Path:
+    """The `random-tiny` checkpoint of `variant` (seed 0, with a speaking pace) in `directory`: written on first
+    use, then reused. Returns `directory`."""
+    layout = LAYOUTS[variant]
+    if not all((directory / name).is_file() for name in layout.files):
+        logger.info("writing a random-weight %s checkpoint to %s (its audio is noise)", variant, directory)
+        write_random_checkpoint(variant, "tiny", 0, directory)
+    elif load_model_config(directory, layout).speech_tokens_per_text_token is None:
+        # written before random checkpoints recorded a speaking pace: the small files again, with it
+        write_random_checkpoint(variant, "tiny", 0, directory, weights=())
+    return directory
 
 
 def main(argv: list[str] | None = None) -> None:
