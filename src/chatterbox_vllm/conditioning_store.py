@@ -115,9 +115,12 @@ class ConditioningStore:
         """Write the conditionals atomically (readers never see half a file); a failure (read-only directory, full
         disk) is logged and leaves the voice working, analysed again on the next start."""
         path = self.path(stem)
-        tensors = {"speaker_emb": conds.t3.speaker_emb, "cond_prompt_speech_tokens": conds.t3.cond_prompt_speech_tokens}
-        tensors.update({key: conds.gen[key] for key in _GEN_KEYS})
-        tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
+        found = {"speaker_emb": conds.t3.speaker_emb, "cond_prompt_speech_tokens": conds.t3.cond_prompt_speech_tokens}
+        found.update({key: conds.gen[key] for key in _GEN_KEYS})
+        missing = sorted(key for key, value in found.items() if value is None)
+        if missing:
+            raise ValueError(f"a voice's conditionals lack {', '.join(missing)}: nothing to store")
+        tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in found.items() if value is not None}
         metadata = {"format": CONDITIONING_FORMAT, "fingerprint": self.fingerprint, "clip_sha256": clip_sha,
                     "model": self.model, "tensors_sha256": _tensors_sha256(tensors)}  # fmt: skip
         try:

@@ -359,8 +359,9 @@ class VLLMT3Engine:
 
         def emit(item: Any) -> None:  # on the engine's thread
             if item is _DONE or isinstance(item, BaseException):
+                outcome: list[int] | BaseException = item if isinstance(item, BaseException) else tokens
                 with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
-                    loop.call_soon_threadsafe(settle, tokens if item is _DONE else item)
+                    loop.call_soon_threadsafe(settle, outcome)
             else:
                 tokens.append(item)
 

@@ -201,6 +201,9 @@ class S3TokenizerV2(nn.Module):
     `may_be_absent=("tokenizer.window",)`; the computed value is the one the reference keeps).
     """
 
+    _mel_filters: torch.Tensor
+    window: torch.Tensor
+
     def __init__(self, config: S3TokenizerConfig = S3TokenizerConfig()):
         super().__init__()
         self.config = config

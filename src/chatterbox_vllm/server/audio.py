@@ -12,6 +12,7 @@ import io
 import math
 import numbers
 import struct
+from collections.abc import Sequence
 from fractions import Fraction
 
 import av
@@ -221,7 +222,7 @@ class _ContainerSink:
             options["page_duration"] = _OGG_PAGE_DURATION_US
         self._container = av.open(self._out, mode="w", format=muxer, options=options)
         self._rate = codec_rate or sample_rate
-        self._stream = self._container.add_stream(codec, rate=self._rate, layout="mono")
+        self._stream: av.AudioStream = self._container.add_stream(codec, rate=self._rate, layout="mono")  # type: ignore[assignment]
         if bit_rate:
             self._stream.bit_rate = bit_rate
         self._lossless_s16 = fmt == "flac"  # quantise in numpy so FLAC is bit-exact with pcm/wav
@@ -241,7 +242,7 @@ class _ContainerSink:
         return self._take()
 
     def finish(self) -> bytes:
-        frames: list[av.AudioFrame | None] = self._resampler.resample(None) if self._resampler else []
+        frames = self._resampler.resample(None) if self._resampler else []
         self._encode([*frames, None])
         self._container.close()
         self._closed = True
@@ -265,7 +266,7 @@ class _ContainerSink:
         self._pts += x.size
         return self._resampler.resample(frame) if self._resampler else [frame]
 
-    def _encode(self, frames: list[av.AudioFrame | None]) -> None:
+    def _encode(self, frames: Sequence[av.AudioFrame | None]) -> None:
         for frame in frames:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)

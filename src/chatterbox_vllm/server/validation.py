@@ -43,12 +43,13 @@ def _range_rule(annotation: object, metadata: Sequence[object]) -> str | None:
     low = high = None
     low_open = False
     for item in metadata:  # pydantic's Field(ge=..., gt=..., le=...) constraints (annotated_types)
-        if getattr(item, "ge", None) is not None:
-            low = item.ge
-        elif getattr(item, "gt", None) is not None:
-            low, low_open = item.gt, True
-        elif getattr(item, "le", None) is not None:
-            high = item.le
+        ge, gt, le = (getattr(item, name, None) for name in ("ge", "gt", "le"))
+        if ge is not None:
+            low = ge
+        elif gt is not None:
+            low, low_open = gt, True
+        elif le is not None:
+            high = le
     if low is None or high is None:
         return None
     what = "a whole number" if whole else "a number"

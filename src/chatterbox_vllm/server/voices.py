@@ -15,6 +15,7 @@ The server calls one library from several threads, so every look-up and change o
 
 from __future__ import annotations
 
+import builtins  # VoiceLibrary.list shadows the builtin in its class body
 import difflib
 import logging
 import os
@@ -327,14 +328,14 @@ class VoiceLibrary:
             return False  # "default" is always the checkpoint's voice
         return not (lowered in OPENAI_VOICES or (self.multilingual and lowered in SUPPORTED_LANGUAGES))
 
-    def _custom_ids(self) -> list[str]:
+    def _custom_ids(self) -> builtins.list[str]:
         return [stem for stem in self._files if self._is_custom(stem)]
 
     def _scan(self) -> None:
         """Re-read the directory: the files are the library's only state, so restarts and edits by hand agree."""
         files: dict[str, Path] = {}
         if self.directory is not None and self.directory.is_dir():
-            by_stem: dict[str, list[Path]] = {}
+            by_stem: dict[str, builtins.list[Path]] = {}
             try:
                 entries = list(os.scandir(self.directory))
             except OSError as exc:
@@ -356,7 +357,7 @@ class VoiceLibrary:
         present = set(files.values())
         self._names = {p: v for p, v in self._names.items() if p in present}
 
-    def _all_files(self, stem: str, *, ignore_case: bool = False) -> list[Path]:
+    def _all_files(self, stem: str, *, ignore_case: bool = False) -> builtins.list[Path]:
         """Every audio file of one id, whatever its format (and, if asked, the case of its name)."""
         assert self.directory is not None
         want = stem.lower() if ignore_case else stem

@@ -50,7 +50,7 @@ class T3GPT2Stack(nn.Module):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        hf_config = vllm_config.model_config.hf_config
+        hf_config: Any = vllm_config.model_config.hf_config  # GPT-2's config, as vLLM's GPT2Block reads it
         config = t3_config_of(vllm_config)
         self.wpe = nn.Embedding(config.n_positions, config.hidden_size)
         self.h = nn.ModuleList(
@@ -96,6 +96,8 @@ class ChatterboxGPT2T3ForVLLM(nn.Module):
         **_: Any,
     ) -> torch.Tensor:
         if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("T3 needs input_ids or inputs_embeds")
             inputs_embeds = self.embed_input_ids(input_ids)
         return self.transformer(positions, inputs_embeds)
 

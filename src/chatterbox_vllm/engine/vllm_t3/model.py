@@ -77,6 +77,9 @@ class ShiftedRotaryTable(nn.Module):
     (positions from 0) does not have, so the angles are formed in float64 from HF's float32 inverse frequencies.
     """
 
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, config: T3Config, num_positions: int) -> None:
         super().__init__()
         # Built under vLLM's target-device context, so these land on the model's device.
@@ -265,6 +268,8 @@ class ChatterboxT3ForVLLM(nn.Module):
         **_: Any,
     ) -> torch.Tensor:
         if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("T3 needs input_ids or inputs_embeds")
             inputs_embeds = self.embed_input_ids(input_ids)
         return self.model(None, positions, intermediate_tensors, inputs_embeds)
 

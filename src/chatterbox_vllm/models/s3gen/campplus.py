@@ -43,7 +43,8 @@ class CAMPPlusConfig:
         unknown = set(d) - set(fields)
         if unknown:
             raise ValueError(f"unknown CAMPPlusConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)
 
 
 class BasicResBlock(nn.Module):

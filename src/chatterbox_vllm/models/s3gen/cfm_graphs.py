@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -95,7 +96,7 @@ class CFMGraphs:
         self.max_graphs = max_graphs
         self.max_rows = max_rows
         self._graphs: dict[tuple[int, int], GraphEntry] = {}
-        self._pool = None
+        self._pool: Any = None  # CUDA's memory-pool handle, shared by every graph captured here
         self._lock = threading.Lock()
 
     def frames_bucket(self, rows: int) -> int:

@@ -187,7 +187,7 @@ class S3GenConfig:
     def from_dict(cls, d: dict[str, Any]) -> "S3GenConfig":
         _check_fields(cls, d)
         d = dict(d)
-        nested = {
+        nested: dict[str, Any] = {
             "tokenizer": S3TokenizerConfig,
             "speaker_encoder": CAMPPlusConfig,
             "flow": FlowConfig,

@@ -13,6 +13,8 @@ frames; the attention gives padded keys a -1e10 bias, as the reference does.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +111,7 @@ class Attention(nn.Module):
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
+        self.inner = inner
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(dim, inner, bias=False)
         self.to_v = nn.Linear(dim, inner, bias=False)
@@ -123,7 +126,7 @@ class Attention(nn.Module):
         # One bias row per (batch, head), materialised as the reference does ([B*H, 1, T] viewed as [B, H, 1, T]).
         bias = key_bias.repeat_interleave(self.heads, dim=0).view(b, self.heads, -1, key_bias.size(-1))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(b, -1, self.to_out[0].in_features).to(q.dtype)
+        out = out.transpose(1, 2).reshape(b, -1, self.inner).to(q.dtype)
         return self.to_out[1](self.to_out[0](out))
 
 
@@ -192,6 +195,12 @@ def _transformer_stack(config: EstimatorConfig, dim: int) -> nn.ModuleList:
     return nn.ModuleList(
         BasicTransformerBlock(dim, config.num_heads, config.attention_head_dim) for _ in range(config.n_blocks)
     )
+
+
+def _stages(blocks: nn.ModuleList) -> Iterator[tuple[Any, ...]]:
+    """Each U-Net stage's modules in order (resnet, transformer stack, then the down/up sampler if any)."""
+    for stage in blocks:
+        yield tuple(cast(nn.ModuleList, stage))
 
 
 def _key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -290,7 +299,7 @@ class ConditionalDecoder(nn.Module):
 
         skips: list[torch.Tensor] = []
         masks = [mask]
-        for resnet, transformers, down in self.down_blocks:
+        for resnet, transformers, down in _stages(self.down_blocks):
             m = masks[-1]
             h = self._transformers(transformers, resnet(h, m, t_emb), m)
             skips.append(h)
@@ -299,10 +308,10 @@ class ConditionalDecoder(nn.Module):
         masks.pop()  # the mask after the last level belongs to no stage (the last level does not downsample)
 
         m = masks[-1]
-        for resnet, transformers in self.mid_blocks:
+        for resnet, transformers in _stages(self.mid_blocks):
             h = self._transformers(transformers, resnet(h, m, t_emb), m)
 
-        for resnet, transformers, up in self.up_blocks:
+        for resnet, transformers, up in _stages(self.up_blocks):
             m = masks.pop()
             skip = skips.pop()
             h = torch.cat([h[:, :, : skip.size(-1)], skip], dim=1)

@@ -9,6 +9,7 @@ the decoder as `spks` (unit-normalised, then an affine map to 80 dims).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,14 @@ class FlowInputs:
     spks: torch.Tensor  # [B, 80]
     cond: torch.Tensor  # [B, 80, 2T]: prompt mel on the first `prompt_frames` frames, zeros after
     prompt_frames: int
+
+
+@overload
+def _with_batch(x: torch.Tensor, batch: int, ndim: int) -> torch.Tensor: ...
+
+
+@overload
+def _with_batch(x: None, batch: int, ndim: int) -> None: ...
 
 
 def _with_batch(x: torch.Tensor | None, batch: int, ndim: int) -> torch.Tensor | None:

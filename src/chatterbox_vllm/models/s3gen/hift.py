@@ -371,7 +371,7 @@ class HiFTGenerator(nn.Module):
         if frames is None:
             source_stft = self._source_stft(source)
         else:
-            masks = self._stage_masks(frames, mel.size(-1), mel.device, mel.dtype)
+            masks = [*self._stage_masks(frames, mel.size(-1), mel.device, mel.dtype)]
             source_stft = self._source_stft_rows(source, frames)
         x = self.conv_pre(mel)
         for i in range(self.num_upsamples):

@@ -78,8 +78,9 @@ class S3Gen(nn.Module):
         tok.window = torch.hann_window(self.config.tokenizer.n_fft, device=device)
         self.trim_fade = trim_fade_window(self.config.trim_fade_samples, device=device)
         for module in self.modules():
-            if module is not self and hasattr(module, "reset_non_persistent_buffers"):
-                module.reset_non_persistent_buffers()
+            reset = getattr(module, "reset_non_persistent_buffers", None)
+            if module is not self and callable(reset):
+                reset()
 
     # ------------------------------------------------------------------------------------------- reference
     @torch.inference_mode()

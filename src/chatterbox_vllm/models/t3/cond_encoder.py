@@ -40,14 +40,13 @@ class T3Cond:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "T3Cond":
         """A copy on `device`; `dtype` applies to the float tensors only (prompt tokens stay integer)."""
 
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
+        def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
+        tokens = self.cond_prompt_speech_tokens
         return T3Cond(
             speaker_emb=move(self.speaker_emb),
-            cond_prompt_speech_tokens=move(self.cond_prompt_speech_tokens),
+            cond_prompt_speech_tokens=None if tokens is None else move(tokens),
             emotion_adv=move(self.emotion_adv),
         )
 
