@@ -365,6 +365,8 @@ def _model_health(state: ModelState) -> dict:
         if state.tts.voices.warm_up_seconds is not None:
             phases["voice_warm_up"] = state.tts.voices.warm_up_seconds
         entry["startup_phases_s"] = {name: round(seconds, 2) for name, seconds in phases.items()}
+    if state.service is not None:
+        entry["s3gen"] = state.service.s3gen_health()  # thread or process layout; the process's pid and restarts
     if state.error:
         entry["error"] = state.error
     return entry
