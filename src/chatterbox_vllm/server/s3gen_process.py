@@ -17,7 +17,9 @@ batching: an `S3GenWorker` over the Vocoder, inside the child. `S3GenProcess` of
   child before it says it is ready; `ready` resolves then.
 * If the child dies (a crash, the OOM killer, SIGKILL), the receiver sees the pipe close, starts a new child and
   sends it every piece still in flight, so nothing accepted is lost. A piece sent twice whose second child dies too
-  fails its request with `S3GenProcessError`. A child that dies before it was ever ready is not restarted.
+  fails its request with `S3GenProcessError`. A first child that dies before it is ready is not restarted (the
+  model fails to load, with the reason), nor are restarted ones that die while starting `MAX_FAILED_STARTS` times
+  in a row: then S3Gen's requests fail and /health says why.
 * `shutdown` asks the child to stop, then terminates it; an exit handler kills any child still running, and a child
   whose parent is gone (its pipe closed) exits on its own.
 
@@ -56,6 +58,7 @@ from .s3gen_worker import S3GenWorker, record_work
 log = logging.getLogger(__name__)
 
 VOICE_CACHE = 64  # voices the child keeps (their tensors and flow conditioning); older ones are sent again
+MAX_FAILED_STARTS = 3  # restarted children that died before they were ready, in a row, before S3Gen is given up
 
 
 class S3GenProcessError(RuntimeError):
@@ -78,6 +81,7 @@ class _ChildConfig:
     max_batch: int
     max_batch_tokens: int | None
     warm_up: WarmUp
+    voice_cache: int = VOICE_CACHE
 
 
 @dataclass
@@ -178,7 +182,7 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
                 _, voice_id, gen = message
                 device = vocoder.device
                 voices[voice_id] = _Voice({k: v.to(device) if torch.is_tensor(v) else v for k, v in gen.items()})
-                while len(voices) > VOICE_CACHE:
+                while len(voices) > config.voice_cache:
                     voices.popitem(last=False)
             elif kind == "cancel":
                 future = futures.get(message[1])
@@ -228,12 +232,12 @@ class S3GenProcess:
 
     def __init__(
         self, spec: VocoderSpec, max_batch: int, *, warm_up: WarmUp, call_worker: S3GenWorker,
-        max_batch_tokens: int | None = None, model: str = "",
+        max_batch_tokens: int | None = None, model: str = "", voice_cache: int = VOICE_CACHE,
     ) -> None:  # fmt: skip
         """`call_worker`: the parent's thread for `call` work (voice analysis). `model`: the served model's id, the
-        restart counter's label."""
+        restart counter's label. `voice_cache`: voices the child keeps."""
         self.max_batch = max(1, max_batch)
-        self._config = _ChildConfig(spec, self.max_batch, max_batch_tokens, warm_up)
+        self._config = _ChildConfig(spec, self.max_batch, max_batch_tokens, warm_up, max(1, voice_cache))
         self._calls = call_worker
         self._model = model
         self._context = multiprocessing.get_context("spawn")
@@ -245,6 +249,7 @@ class S3GenProcess:
         self._closing = False
         self._restarting = False
         self._failed: BaseException | None = None
+        self._failed_starts = 0
         self.restarts = 0
         self.generation = 0
         self.ready: Future = Future()  # the first child's warm-ups done (its exception if they failed)
@@ -261,7 +266,12 @@ class S3GenProcess:
 
     def health(self) -> dict[str, Any]:
         """For /health: the layout, the child's pid, whether it is alive and how often it was restarted."""
-        return {"layout": "process", "pid": self.pid, "alive": self._process.is_alive(), "restarts": self.restarts}
+        health: dict[str, Any] = {
+            "layout": "process", "pid": self.pid, "alive": self._process.is_alive(), "restarts": self.restarts,
+        }  # fmt: skip
+        if self._failed is not None:
+            health["error"] = str(self._failed)
+        return health
 
     # ------------------------------------------------------------------------------------------- submit
     def call(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -342,7 +352,7 @@ class S3GenProcess:
             else:
                 _send(self._conn, ("voice", voice_id, {k: _host(v) for k, v in gen.items()}))
                 self._sent_voices[voice_id] = None
-                while len(self._sent_voices) > VOICE_CACHE:
+                while len(self._sent_voices) > self._config.voice_cache:
                     self._sent_voices.popitem(last=False)
             if isinstance(item.job, VocodeJob):
                 job = item.job
@@ -402,6 +412,8 @@ class S3GenProcess:
                     self.ready.set_result(phases)
             elif error is not None:
                 log.error("the restarted S3Gen process failed to warm up: %s: %s", type(error).__name__, error)
+            else:
+                log.info("S3Gen process %d ready", self.pid)
         elif kind in ("result", "error"):
             _, request, value = message
             with self._lock:
@@ -419,12 +431,19 @@ class S3GenProcess:
         old = self._process
         old.join(5)
         code = old.exitcode
-        if not self._child_ready:
-            error = S3GenProcessError(
-                f"the S3Gen process (pid {old.pid}) exited with code {code} before it was ready; the server log says why"
-            )
-            self._fail_all(error)
-            return False
+        if not self._child_ready:  # it died while loading or warming up
+            self._failed_starts += 1
+            first = not self.ready.done() or self.ready.exception() is not None
+            if first or self._failed_starts >= MAX_FAILED_STARTS:
+                what = "before it was ready" if first else f"while starting, {self._failed_starts} times in a row"
+                error = S3GenProcessError(
+                    f"the S3Gen process (pid {old.pid}) exited with code {code} {what}; the server log says why"
+                )
+                log.error("%s; S3Gen is not restarted, its requests fail", error)
+                self._fail_all(error)
+                return False
+        else:
+            self._failed_starts = 0
         with self._lock:
             if self._closing:
                 return False

@@ -40,7 +40,7 @@ from ..text.cleaning import remove_control_characters
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .errors import APIError, describe_failure, log_failure
-from .metrics import STREAM_FIRST_AUDIO, VOICE_CONDITIONING
+from .metrics import S3GEN_PROCESS_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
 from .s3gen_process import S3GenProcess, WarmUp
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
@@ -146,6 +146,7 @@ class SpeechService:
             # pay.
             self._warm_ups.append(self._s3gen.call(tts.voices.warm_up))
         self._torch_t3_lock = threading.Lock()  # the PyTorch engine decodes one request at a time
+        S3GEN_PROCESS_RESTARTS.labels(model=self.model_id)  # listed from 0 in /metrics, in either layout
 
     def _s3gen_process(self, rows: int) -> S3GenProcess:
         """S3Gen in a worker process of its own (CHATTERBOX_S3GEN_LAYOUT=process), loaded from the model's checkpoint
@@ -170,11 +171,12 @@ class SpeechService:
                 for name, seconds in result.items():
                     self.tts.startup_phases["s3gen_process_load" if name == "load_s3gen" else name] = seconds
 
-    def s3gen_health(self) -> dict[str, object]:
-        """Where S3Gen runs, for /health: the layout, and the process's pid and restarts in the process layout."""
+    def s3gen_health(self) -> dict[str, object] | None:
+        """S3Gen's worker process for /health (layout, pid, alive, restarts); None in the default thread layout, whose
+        entry stays as it was."""
         if isinstance(self._s3gen, S3GenProcess):
             return self._s3gen.health()
-        return {"layout": "thread"}
+        return None
 
     def _warm_up_first_partial(self) -> None:
         """Run the first partial vocode of a stream once, alone and in a batch, with the built-in voice (on the S3Gen
