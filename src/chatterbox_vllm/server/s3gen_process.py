@@ -43,7 +43,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -97,7 +97,6 @@ class _InFlight:
     job: VocodeJob | PartialJob
     future: Future
     tries: int = 0  # children it was sent to
-    generation: int = -1  # the child it was last sent to
 
 
 # ------------------------------------------------------------------------------------------------ the wire
@@ -251,7 +250,6 @@ class S3GenProcess:
         self._failed: BaseException | None = None
         self._failed_starts = 0
         self.restarts = 0
-        self.generation = 0
         self.ready: Future = Future()  # the first child's warm-ups done (its exception if they failed)
         self._child_ready = False
         S3GEN_PROCESS_RESTARTS.labels(model=model)  # the series from 0
@@ -345,7 +343,6 @@ class S3GenProcess:
         gen = item.job.conds.gen if isinstance(item.job, VocodeJob) else item.job.voice
         voice_id = self._voice_id(gen)
         item.tries += 1
-        item.generation = self.generation
         try:
             if voice_id in self._sent_voices:
                 self._sent_voices.move_to_end(voice_id)
@@ -448,8 +445,7 @@ class S3GenProcess:
             if self._closing:
                 return False
             self._restarting = True  # submissions meanwhile wait in _inflight and are sent below
-            self._child_ready = False  # until the new child says so: one that dies before is not restarted
-            self.generation += 1
+            self._child_ready = False  # until the new child says so (see the check above)
             self.restarts += 1
             pending = len(self._inflight)
         S3GEN_PROCESS_RESTARTS.labels(model=self._model).inc()
