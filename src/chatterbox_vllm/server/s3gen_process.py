@@ -111,7 +111,9 @@ def _recv(conn: Connection) -> tuple:
 
 
 def _host(value: Any) -> Any:
-    return value.detach().cpu() if torch.is_tensor(value) else value
+    """A tensor as it crosses: on the host, compacted (pickling a view sends its whole storage: the stream's noise is
+    a slice of a buffer for max_new_tokens)."""
+    return value.detach().cpu().clone() if torch.is_tensor(value) else value
 
 
 def _portable(exc: BaseException) -> BaseException:
