@@ -4,7 +4,8 @@
   the response starts, so such failures are 400s rather than broken streams.
 * T3 runs in the engine (vLLM batches concurrent requests); S3Gen and voice-clip analysis run in one worker
   thread, off the event loop, which vocodes pieces of concurrent requests together (`s3gen_worker`). While piece
-  i is vocoded, T3 already decodes the next pieces (`parallel_pieces`).
+  i is vocoded, T3 already decodes the next pieces (`parallel_pieces`). With CHATTERBOX_S3GEN_LAYOUT=process the
+  same batching runs in a worker process of its own (`s3gen_process`), and voice analysis on a thread here.
 * A cloned voice is analysed when it is uploaded (`prepare_voice`) and its conditionals kept in memory and in the
   voices directory (`conditioning_store`), so its first request costs no more than the built-in voice's; a clip
   dropped in by hand is analysed on its first request.
