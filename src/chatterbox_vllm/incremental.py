@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -35,7 +35,13 @@ from .engine.base import speech_tokens_for_s3gen
 from .models.s3gen.config import MEL_BINS
 from .models.s3gen import S3Gen
 from .models.s3gen.flow import FlowRow
-from .tts import S3GEN_SILENCE_TOKEN, SAMPLES_PER_TOKEN, ChatterboxTTS, VocodeJob
+from .vocoder import S3GEN_SILENCE_TOKEN, SAMPLES_PER_TOKEN, Vocoder, VocodeJob
+
+if TYPE_CHECKING:
+    from .tts import ChatterboxTTS
+
+# What vocodes here: a whole model, or its S3Gen alone (the server's S3Gen process loads only that).
+VocoderLike = Union["ChatterboxTTS", Vocoder]
 
 HOLDBACK_TOKENS = 4  # 3 of lookahead + 1 of margin
 CROSSFADE_SAMPLES = 480  # 20 ms at 24 kHz
@@ -93,7 +99,7 @@ class PartialResult:
 
 
 @torch.inference_mode()
-def vocode_partials(tts: ChatterboxTTS, jobs: list[PartialJob]) -> list[PartialResult]:
+def vocode_partials(tts: VocoderLike, jobs: list[PartialJob]) -> list[PartialResult]:
     """Partial vocodes of any requests as one padded batch: the flow over every row, then HiFT over each row's
     context and new mel. A waveform that starts at the piece's start is faded in as `S3Gen.inference` does."""
     s3gen = tts.s3gen
@@ -121,7 +127,7 @@ class IncrementalVocoder:
 
     def __init__(
         self,
-        tts: ChatterboxTTS,
+        tts: VocoderLike,
         conds: Conditionals,
         *,
         max_tokens: int,
@@ -278,3 +284,22 @@ def distance_to_whole(
     spec_b = torch.stft(b, frame, hop, window=window, return_complex=True).abs()
     spectrum = float((spec_a - spec_b).pow(2).mean().sqrt() / spec_b.pow(2).mean().sqrt().clamp_min(1e-12))
     return {"wave": wave, "spectrum": spectrum}
+
+
+def warm_up_first_partial(tts: VocoderLike, first_tokens: int, rows: int) -> None:
+    """Run a stream's first partial vocode once, alone and as a batch of up to `rows` (at most 4), with the built-in
+    voice: its kernels chosen, its HiFT shapes seen, before any request. GPU only: on a CPU nothing is captured and
+    the run would only delay start. Raises what the run raises (the server logs it and goes on)."""
+    conds = tts.default_conds
+    if tts.device.type != "cuda" or first_tokens <= 0 or conds is None:
+        return
+    tokens = list(range(first_tokens))  # any speech ids: only the shapes matter
+    jobs = []
+    for seed in range(max(1, min(4, rows))):
+        vocoder = IncrementalVocoder(tts, conds, max_tokens=first_tokens, seed=seed, first_tokens=first_tokens)
+        jobs.append(vocoder.partial_job(tokens))
+    live = [job for job in jobs if job is not None]
+    if live:
+        vocode_partials(tts, live[:1])
+        vocode_partials(tts, live)
+        torch.cuda.synchronize(tts.device)

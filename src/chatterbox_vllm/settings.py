@@ -206,6 +206,15 @@ class Settings(BaseSettings):
         description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time; at most the batch "
         "size)",
     )
+    s3gen_layout: Literal["thread", "process"] = Field(
+        "thread",
+        description="where S3Gen runs: thread (a thread of the server process, beside the event loop) | process (a "
+        "worker process of its own, started with spawn, off the server's GIL; restarted if it dies, with the pieces "
+        "in flight sent again). On one GPU separate processes time-slice it (their kernels do not overlap) unless "
+        "NVIDIA MPS runs, and each process holds its own CUDA context (~0.5 GB; with the worker's copy of S3Gen's "
+        "weights ~1 GB more GPU memory, counted in the VRAM plan). Voice-clip analysis stays in the server process "
+        "either way. Not yet measured against thread (BENCHMARKS.md, step 3)",
+    )
     s3gen_warm_up_tokens: int = Field(
         300, ge=0, le=4096,
         description="S3Gen's CUDA graphs captured at start-up cover pieces of up to this many speech tokens (25 = "

@@ -15,12 +15,10 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from .checkpoint.config import ModelConfig, load_model_config
 from .checkpoint.hub import checkpoint_stage, download, resolve_model
@@ -29,27 +27,33 @@ from .checkpoint.weights import CheckpointError
 from .compile_cache import use_cache_dir
 from .conditioning import MIN_REFERENCE_SECONDS, S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
 from .conditioning_store import model_fingerprint
-from .engine.base import SamplingParams, T3Engine, speech_tokens_for_s3gen
+from .engine.base import SamplingParams, T3Engine
 from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
 from .settings import Settings
-from .models.s3gen import S3Gen, load_s3gen
-from .models.s3gen.flow import FlowRow, FlowVoice
+from .models.s3gen import S3Gen
+from .models.s3gen.flow import FlowVoice
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .text.gpt2 import GPT2TextTokenizer
 from .text.languages import SUPPORTED_LANGUAGES, validate_language
 from .text.normalize import punc_norm, validate_text
 from .text.paralinguistic import prepare_tags
 from .text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
+from .vocoder import (  # noqa: F401 - VocodeJob, S3GenOptions, flow_compute_dtype and the constants: public here too
+    GPT2_TAIL_SILENCE_TOKENS,
+    S3GEN_SILENCE_TOKEN,
+    SAMPLES_PER_TOKEN,
+    S3GenOptions,
+    Vocoder,
+    VocoderSpec,
+    VocodeJob,
+    flow_compute_dtype,
+    load_s3gen_for,
+)
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = S3GEN_SAMPLE_RATE
-# S3 speech tokens run at 25 Hz: each token is 960 samples of 24 kHz audio.
-SAMPLES_PER_TOKEN = SAMPLE_RATE // 25
-# Turbo/Nano: the reference appends three silence tokens to T3's output before S3Gen (`S3GEN_SIL`).
-S3GEN_SILENCE_TOKEN = 4299
-GPT2_TAIL_SILENCE_TOKENS = 3
 # Turbo/Nano voice clips: loudness target and shortest clip of the reference's `prepare_conditionals`.
 GPT2_VOICE_LUFS = -27.0
 GPT2_MIN_VOICE_SECONDS = 5.0
@@ -77,44 +81,6 @@ def default_device() -> torch.device:
 def settings_device(settings: Settings) -> torch.device:
     """The device CHATTERBOX_DEVICE names (auto: cuda when there is one)."""
     return default_device() if settings.device == "auto" else torch.device(settings.device)
-
-
-@dataclass(frozen=True)
-class VocodeJob:
-    """One piece for `ChatterboxTTS.vocode_batch`: its speech tokens, voice, seed and optional flow noise."""
-
-    tokens: list[int]
-    conds: Conditionals
-    seed: int | None = None
-    noise: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class S3GenOptions:
-    """Where and how S3Gen runs beside T3: the speech tokenizer's device when not the model's (the low preset puts
-    it on the CPU), the flow estimator's compute dtype on GPUs (`flow_compute_dtype`) and whether its blocks go
-    through torch.compile (GPUs with CUDA graphs only). These defaults are the reference's float32, eager; the
-    server's settings default to float16 and compiled blocks (`Settings.s3gen_dtype`, `s3gen_compile`)."""
-
-    tokenizer_device: str | None = None
-    flow_dtype: str = "float32"
-    compile_flow: bool = False
-    # `warm_up_s3gen` captures graphs for pieces up to this many speech tokens (None: up to what it is asked).
-    warm_up_tokens: int | None = None
-
-
-def flow_compute_dtype(name: str, device: torch.device, *, low_memory: bool = False) -> torch.dtype | None:
-    """The flow estimator's autocast dtype for a `s3gen_dtype` setting; None for float32 throughout. Only GPUs
-    compute in half precision (on CPUs it is slower). "auto" takes float16 where tensor cores run it (compute
-    capability 7.0+; older GPUs run float16 far slower than float32), except with `low_memory` (the low preset):
-    autocast holds a float16 copy of the estimator's weights while it runs, which took the low preset's peak from
-    3.85 to 4.10 GiB on an H100."""
-    if device.type != "cuda" or name == "float32":
-        return None
-    if name == "auto":
-        tensor_cores = torch.cuda.get_device_capability(device) >= (7, 0)
-        return torch.float16 if tensor_cores and not low_memory else None
-    return getattr(torch, name)
 
 
 def voice_analysis_fingerprint(directory: Path, layout: CheckpointLayout, config: ModelConfig) -> str:
@@ -145,9 +111,11 @@ class ChatterboxTTS:
         conds: Conditionals | None,
         device: torch.device,
         conditioning_fingerprint: str | None = None,
+        vocoder_spec: VocoderSpec | None = None,
     ) -> None:
         """`conditioning_fingerprint`: what stored voice conditionals must have been made with to be used for this
-        model (`voice_analysis_fingerprint`); None: none are used."""
+        model (`voice_analysis_fingerprint`); None: none are used. `vocoder_spec`: how another process loads the same
+        S3Gen (the server's process layout, CHATTERBOX_S3GEN_LAYOUT); None: it cannot."""
         self.layout = layout
         self.config = config
         self.engine = engine
@@ -157,13 +125,12 @@ class ChatterboxTTS:
         self.default_conds = conds
         self.device = device
         self.conditioning_fingerprint = conditioning_fingerprint
-        self.s3gen_warm_up_tokens: int | None = None  # see S3GenOptions.warm_up_tokens
+        self.vocoder_spec = vocoder_spec
+        # S3Gen's vocoding (and its per-voice flow conditioning cache): the methods below delegate to it.
+        self.vocoder = Vocoder(s3gen, device=device, is_gpt2=layout.is_gpt2, default_conds=conds)
         # Seconds each start-up phase took, in order (loading, T3's engine, S3Gen's compile and graphs, ...): the
         # server shows them in /health and the log, benchmarks/startup.py records them.
         self.startup_phases: dict[str, float] = {}
-        # Each voice's flow conditioning (`FlowVoice`), made on its first piece; keyed by its x-vector tensor, so it
-        # goes when the voice's conditionals do.
-        self._flow_voices: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         gpt2 = layout.is_gpt2
         self.voices = VoiceConditioner(
             voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
@@ -304,18 +271,9 @@ class ChatterboxTTS:
         kind = resolve_engine_kind(engine_kind)  # a bad name fails before anything loads
         progress("loading S3Gen, the voice encoder and the text tokenizer")
         started = time.perf_counter()
-        s3gen = load_s3gen(directory / layout.s3gen, config.s3gen).to(device).eval()
-        if s3gen_options.tokenizer_device is not None:
-            s3gen.tokenizer.to(s3gen_options.tokenizer_device)
-        # S3Gen's ODE loop is launch-bound: replay it as CUDA graphs (see cfm_graphs), unless the engine was told to
-        # run eagerly (the low-VRAM preset: graphs for every length bucket hold ~0.6 GiB).
-        graphs = device.type == "cuda" and not (vllm_options is not None and vllm_options.enforce_eager)
-        s3gen.flow.decoder.compute_dtype = flow_compute_dtype(s3gen_options.flow_dtype, device, low_memory=not graphs)
-        if graphs:
-            s3gen.flow.decoder.enable_cuda_graphs(config.s3gen.flow.n_timesteps)
-            if s3gen_options.compile_flow:
-                # Only beside graphs: warm_up_s3gen's first capture then compiles at start-up, not a request.
-                s3gen.flow.decoder.compile_blocks()
+        # S3Gen replays CUDA graphs unless the engine was told to run eagerly (the low-VRAM preset).
+        graphs = not (vllm_options is not None and vllm_options.enforce_eager)
+        s3gen = load_s3gen_for(directory, layout, config, device, s3gen_options, graphs=graphs)
         voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
         tokenizer: EnglishTokenizer | MultilingualTokenizer | GPT2TextTokenizer
         if layout.is_gpt2:
@@ -347,51 +305,36 @@ class ChatterboxTTS:
             conds=conds,
             device=device,
             conditioning_fingerprint=voice_analysis_fingerprint(directory, layout, config),
-        )
+            vocoder_spec=VocoderSpec(
+                str(directory), str(device), s3gen_options, graphs=graphs,
+                tf32=torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
+            ),
+        )  # fmt: skip
         tts.s3gen_warm_up_tokens = s3gen_options.warm_up_tokens
         tts.startup_phases.update(phases)
         return tts
 
-    def warm_up_s3gen(self, max_new_tokens: int, max_prompt_tokens: int = 250) -> int:
-        """Capture S3Gen's CUDA graphs for the lengths a request reaches (prompt + speech tokens, 2 frames each) so
-        that no common request pays a capture; a no-op without them (CPU). Returns the number captured.
+    @property
+    def s3gen_warm_up_tokens(self) -> int | None:
+        """See S3GenOptions.warm_up_tokens (held by the vocoder)."""
+        return self.vocoder.warm_up_tokens
 
-        With `s3gen_warm_up_tokens` set (the server's CHATTERBOX_S3GEN_WARM_UP_TOKENS) only pieces up to that many
-        speech tokens are covered now: each graph costs start-up time, and a longer, rarer piece captures its
-        shape on first use. The first capture compiles the flow blocks (when compiled): its seconds are recorded
-        as `s3gen_compile` in `startup_phases`, the others' as `s3gen_graphs`."""
-        decoder = self.s3gen.flow.decoder
-        if decoder.graphs is None:
-            return 0
-        tokens = max_new_tokens if self.s3gen_warm_up_tokens is None else min(max_new_tokens, self.s3gen_warm_up_tokens)
-        frames = 2 * (max_prompt_tokens + tokens)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            try:  # with compiled blocks the first capture's warm-up run compiles them (outside the graph)
-                first = decoder.graphs.capture_up_to(1, device=self.device)  # the shortest bucket only
-                compiled = time.perf_counter()
-                rest = decoder.graphs.capture_up_to(frames, device=self.device)
-            except Exception as exc:  # Inductor's errors have no common base; any failure here means no kernels
-                if not decoder.compiled:
-                    raise
-                log.warning("S3Gen's compiled blocks failed to build (%s: %s); running them eagerly",
-                            type(exc).__name__, exc)  # fmt: skip
-                decoder.uncompile_blocks()  # with fresh graphs
-                first = decoder.graphs.capture_up_to(1, device=self.device)
-                compiled = time.perf_counter()
-                rest = decoder.graphs.capture_up_to(frames, device=self.device)
-        self.startup_phases["s3gen_compile"] = compiled - started
-        self.startup_phases["s3gen_graphs"] = time.perf_counter() - compiled
-        log.debug("S3Gen: first graph (with compiling) %.1f s, %d more graphs up to %d frames %.1f s",
-                  compiled - started, rest, frames, time.perf_counter() - compiled)  # fmt: skip
-        return first + rest
+    @s3gen_warm_up_tokens.setter
+    def s3gen_warm_up_tokens(self, tokens: int | None) -> None:
+        self.vocoder.warm_up_tokens = tokens
+
+    def warm_up_s3gen(self, max_new_tokens: int, max_prompt_tokens: int = 250) -> int:
+        """`Vocoder.warm_up`: S3Gen's CUDA graphs captured for the lengths a request reaches (a no-op on a CPU); its
+        phases (`s3gen_compile`, `s3gen_graphs`) join `startup_phases`. Returns the number captured."""
+        captured = self.vocoder.warm_up(max_new_tokens, max_prompt_tokens)
+        self.startup_phases.update(
+            {name: seconds for name, seconds in self.vocoder.startup_phases.items() if name.startswith("s3gen_")}
+        )
+        return captured
 
     def set_s3gen_max_rows(self, rows: int) -> None:
-        """Let S3Gen's CUDA graphs serve batches of up to `rows` pieces (the server's S3Gen batch size); larger
-        batches than the graphs allow run eagerly. A no-op without graphs (CPU, the low preset)."""
-        graphs = self.s3gen.flow.decoder.graphs
-        if graphs is not None:
-            graphs.max_rows = max(graphs.max_rows, rows)
+        """`Vocoder.set_max_rows`: S3Gen's CUDA graphs serve batches of up to `rows` pieces."""
+        self.vocoder.set_max_rows(rows)
 
     def close(self) -> None:
         """Stop the T3 engine (vLLM runs its engine core in a process of its own)."""
@@ -496,24 +439,19 @@ class ChatterboxTTS:
         speech = self.engine.generate(tokens.to(self.device), conds.t3, self.piece_params(tokens, params))
         return self.vocode(speech, conds, seed=seed)
 
+    # S3Gen's part, delegated to `self.vocoder` (vocoder.py), which loads without T3 where only it is needed.
     @property
     def s3gen_tail_tokens(self) -> int:
         """Tokens S3Gen decodes after T3's: Turbo's/Nano's appended silence (3), none for the other models."""
-        return GPT2_TAIL_SILENCE_TOKENS if self.is_gpt2 else 0
+        return self.vocoder.s3gen_tail_tokens
 
     def s3gen_tokens(self, speech_tokens: list[int]) -> list[int]:
-        """What S3Gen decodes for these T3 tokens: the real S3 tokens, and for Turbo/Nano three silence tokens
-        after them (as the reference appends; a prefix decoded early gets them too, where they are held back)."""
-        valid = speech_tokens_for_s3gen(speech_tokens)
-        return valid + [S3GEN_SILENCE_TOKEN] * self.s3gen_tail_tokens if valid else valid
+        """`Vocoder.s3gen_tokens`: what S3Gen decodes for these T3 tokens."""
+        return self.vocoder.s3gen_tokens(speech_tokens)
 
     def kept_samples(self, tokens: int, wav_samples: int) -> int:
-        """How much of a piece's waveform is kept. Llama T3 models: all but the last token's audio, as upstream
-        cuts it after 0.1.7 (the token before the stop token decodes to ~40 ms of noise); Turbo/Nano: all of it
-        (their reference keeps the appended silence)."""
-        if self.is_gpt2:
-            return wav_samples
-        return min(wav_samples, max(1, tokens - 1) * SAMPLES_PER_TOKEN)
+        """`Vocoder.kept_samples`: how much of a piece's waveform is kept."""
+        return self.vocoder.kept_samples(tokens, wav_samples)
 
     def vocode(
         self,
@@ -523,82 +461,16 @@ class ChatterboxTTS:
         seed: int | None = None,
         noise: torch.Tensor | None = None,
     ) -> np.ndarray:
-        """S3Gen: speech tokens -> 24 kHz waveform.
+        """`Vocoder.vocode`: S3Gen, speech tokens -> 24 kHz waveform (float32)."""
+        return self.vocoder.vocode(speech_tokens, conds, seed=seed, noise=noise)
 
-        Tokens >= 6561 (T3's start/stop and unused ids) are dropped for both variants; 0.1.7's multilingual path
-        passed them on and crashed in S3Gen's embedding. The last token's audio is cut, as upstream now does
-        after 0.1.7 for the multilingual model: the token emitted right before the stop token decodes to ~40 ms of
-        noise. We do it for English too, for the same reason.
-        `noise` (`[1, 80, prompt frames + 2 x tokens]`) fixes the flow's initial noise (incremental vocoding).
-        """
-        real = len(speech_tokens_for_s3gen(speech_tokens))
-        valid = self.s3gen_tokens(speech_tokens)
-        if not valid:
-            return np.zeros(0, dtype=np.float32)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        token_tensor = torch.tensor(valid, dtype=torch.long, device=self.device).unsqueeze(0)
-        wav = self.s3gen.inference(token_tensor, conds.gen, generator=generator, noise=noise)
-        wav = wav.squeeze(0).float().cpu().numpy()
-        return np.ascontiguousarray(wav[: self.kept_samples(real, len(wav))], dtype=np.float32)
-
-    @torch.inference_mode()
     def vocode_batch(self, jobs: list[VocodeJob]) -> list[np.ndarray]:
-        """`vocode` of several pieces (any voices, any lengths) with the flow run as one padded batch.
-
-        Each result is what `vocode` gives the job alone, up to float rounding: the flow masks the padding (see
-        `CausalMaskedDiffWithXvec.inference_rows`), HiFT masks it too (`HiFTGenerator.inference_rows`), and each
-        job's noise and HiFT draws come from its own seed in `vocode`'s order.
-        """
-        if len(jobs) == 1:
-            job = jobs[0]
-            return [self.vocode(job.tokens, job.conds, seed=job.seed, noise=job.noise)]
-        out: list[np.ndarray | None] = [None] * len(jobs)
-        rows, generators, kept, index = [], [], [], []
-        for i, job in enumerate(jobs):
-            real = len(speech_tokens_for_s3gen(job.tokens))
-            valid = self.s3gen_tokens(job.tokens)
-            if not valid:
-                out[i] = np.zeros(0, dtype=np.float32)
-                continue
-            generator = torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None
-            voice = self.flow_voice(job.conds)
-            frames = 2 * (voice.prompt_tokens.numel() + len(valid))  # the flow's frames: 2 per token, prompt included
-            noise = job.noise
-            if noise is None:  # drawn as the flow draws it alone: [1, 80, frames] from the job's generator
-                noise = self.s3gen.flow.draw_noise(
-                    frames, len(valid), generator, dtype=self.s3gen.dtype,
-                    device=generator.device if generator is not None else self.device,
-                )  # fmt: skip
-            rows.append(
-                FlowRow(
-                    torch.tensor(valid, dtype=torch.long), voice.prompt_tokens, voice.prompt_cond.T,
-                    job.conds.gen["embedding"], noise, voice=voice,
-                )  # fmt: skip
-            )
-            generators.append(generator)
-            kept.append(real)
-            index.append(i)
-        if rows:
-            mels = self.s3gen.flow.inference_rows(rows)
-            wavs = self.s3gen.mel2wav.inference_rows([mel.to(self.s3gen.dtype) for mel in mels], generators)
-            for i, wav, keep in zip(index, wavs, kept, strict=True):
-                wav = self.s3gen.apply_trim_fade(wav).float().cpu().numpy()
-                out[i] = np.ascontiguousarray(wav[: self.kept_samples(keep, len(wav))], dtype=np.float32)
-        return [wav if wav is not None else np.zeros(0, dtype=np.float32) for wav in out]
+        """`Vocoder.vocode_batch`: several pieces with the flow run as one padded batch."""
+        return self.vocoder.vocode_batch(jobs)
 
     def flow_voice(self, conds: Conditionals) -> FlowVoice:
-        """The flow's conditioning of this voice (prompt tokens, prompt mel, speaker projection), made once per voice
-        and kept while its conditionals live."""
-        key = conds.gen["embedding"]
-        voice = self._flow_voices.get(key) if torch.is_tensor(key) else None
-        if voice is None:
-            ref = self.s3gen._ref_inputs(conds.gen)
-            voice = self.s3gen.flow.voice(ref["prompt_token"], ref["prompt_feat"], ref["embedding"])
-            if torch.is_tensor(key):
-                self._flow_voices[key] = voice
-        return voice
+        """`Vocoder.flow_voice`: the flow's conditioning of this voice, made once per voice."""
+        return self.vocoder.flow_voice(conds)
 
     def _conditionals(
         self, conditionals: Conditionals | None, audio: str | Path | bytes | None, exaggeration: float

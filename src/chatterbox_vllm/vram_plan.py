@@ -3,7 +3,8 @@ each one gets.
 
 A loaded model takes its T3 budget (vLLM's weights + KV cache, the preset's `gpu_memory_gib`) plus the rest of its
 pipeline: S3Gen with its CUDA graphs and activations, the voice encoder, the speech tokenizer and the CUDA context
-of vLLM's engine process. The rest is a measured figure per T3 backbone and preset (`PIPELINE_GIB`). When the models do not fit
+of vLLM's engine process. The rest is a measured figure per T3 backbone and preset (`PIPELINE_GIB`), plus, with S3Gen
+in a process of its own, that process's CUDA context and weights (`S3GEN_PROCESS_GIB`). When the models do not fit
 and no T3 budget was set explicitly, the memory left after every pipeline is split evenly between the T3s, as long
 as each share still holds T3's weights and one request of `max_model_len` tokens; otherwise start-up stops with
 the figures and what to change. One model alone is not planned: vLLM checks its own budget, as it always has.
@@ -27,6 +28,10 @@ PIPELINE_GIB: dict[str, dict[str, float]] = {
     "llama": {"low": 2.9, "medium": 4.4, "high": 4.4},
     "gpt2": {"low": 3.3, "medium": 5.0, "high": 5.8},
 }
+# CHATTERBOX_S3GEN_LAYOUT=process: the S3Gen worker process's own CUDA context (~0.5 GB) and its copy of S3Gen's
+# flow and HiFT weights (float32, ~0.5 GiB; the server process keeps its S3Gen for voice analysis). S3Gen's graphs
+# and activations move to the child rather than double, so they are already in PIPELINE_GIB. Not yet measured.
+S3GEN_PROCESS_GIB = 1.0
 # Room within a T3 budget beyond weights and one request's KV cache: vLLM's profiling activations, sampler buffers.
 T3_ACTIVATION_GIB = 0.4
 _T3_DTYPE_BYTES = 2  # the presets run T3 in bfloat16
@@ -68,11 +73,13 @@ def t3_kv_bytes_per_token(config: T3Config, dtype_bytes: int = _T3_DTYPE_BYTES) 
     return config.num_hidden_layers * 2 * width * dtype_bytes * rows
 
 
-def model_need(model: str, variant: str, preset: str, max_model_len: int) -> ModelNeed:
+def model_need(model: str, variant: str, preset: str, max_model_len: int, s3gen_layout: str = "thread") -> ModelNeed:
+    """What `model` needs; S3Gen in a process of its own (`s3gen_layout` "process") adds `S3GEN_PROCESS_GIB`."""
     config = T3Config.for_variant(variant)
     one_request = t3_kv_bytes_per_token(config) * max_model_len
     min_t3 = (t3_weight_bytes(config) + one_request) / 2**30 + T3_ACTIVATION_GIB
-    return ModelNeed(model, variant, PIPELINE_GIB[config.backbone][preset], round(min_t3, 2))
+    pipeline = PIPELINE_GIB[config.backbone][preset] + (S3GEN_PROCESS_GIB if s3gen_layout == "process" else 0.0)
+    return ModelNeed(model, variant, round(pipeline, 2), round(min_t3, 2))
 
 
 def plan_t3_budgets(

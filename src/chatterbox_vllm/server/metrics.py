@@ -46,3 +46,9 @@ T3_IN_ENGINE = Gauge(
     "chatterbox_t3_requests_in_engine",
     "T3 requests the engine holds, queued or decoding (read when scraped); a request whose client hung up leaves",
 )
+S3GEN_PROCESS_RESTARTS = Counter(
+    "chatterbox_s3gen_process_restarts_total",
+    "Times the S3Gen worker process (CHATTERBOX_S3GEN_LAYOUT=process) died and was started again, by model; the "
+    "pieces in flight in it were sent to the new one",
+    ["model"],
+)

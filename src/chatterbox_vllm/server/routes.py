@@ -361,6 +361,9 @@ def _model_health(state: ModelState) -> dict:
         if state.tts.voices.warm_up_seconds is not None:
             phases["voice_warm_up"] = state.tts.voices.warm_up_seconds
         entry["startup_phases_s"] = {name: round(seconds, 2) for name, seconds in phases.items()}
+    s3gen = state.service.s3gen_health() if state.service is not None else None
+    if s3gen is not None:  # CHATTERBOX_S3GEN_LAYOUT=process: the worker process's pid, whether alive, its restarts
+        entry["s3gen"] = s3gen
     if state.error:
         entry["error"] = state.error
     return entry

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..incremental import PartialJob, PartialResult, vocode_partials
-from ..tts import ChatterboxTTS, VocodeJob
+from ..incremental import PartialJob, PartialResult, VocoderLike, vocode_partials
+from ..vocoder import VocodeJob
 from .metrics import S3GEN_BATCH, S3GEN_PARTIAL_BATCH, S3GEN_WORK
 
 log = logging.getLogger(__name__)
@@ -121,16 +122,35 @@ def select_batch(lengths: list[int], passed_over: list[bool], max_rows: int, max
     return sorted(chosen)
 
 
+# Told of each piece of work the thread ran: its kind ("vocode", "partial", "call"), seconds and rows (pieces in a
+# batch; 1 for a call). The default records the S3Gen metrics; the S3Gen process's worker reports to its parent.
+WorkRecorder = Callable[[str, float, int], None]
+
+
+def record_work(kind: str, seconds: float, rows: int) -> None:
+    """S3Gen's metrics for one piece of work: its seconds, and the batch's size for vocodes and partials."""
+    S3GEN_WORK.observe(seconds)
+    if kind == "vocode":
+        S3GEN_BATCH.observe(rows)
+    elif kind == "partial":
+        S3GEN_PARTIAL_BATCH.observe(rows)
+
+
 class S3GenWorker:
-    def __init__(self, tts: ChatterboxTTS, max_batch: int, max_batch_tokens: int | None = None) -> None:
-        """`max_batch_tokens`: None takes `default_batch_tokens(max_batch)`."""
+    def __init__(
+        self, tts: VocoderLike, max_batch: int, max_batch_tokens: int | None = None, *,
+        record: WorkRecorder = record_work,
+    ) -> None:  # fmt: skip
+        """`tts`: what vocodes (a ChatterboxTTS, or a `Vocoder` alone in the S3Gen process). `max_batch_tokens`: None
+        takes `default_batch_tokens(max_batch)`. `record` hears of each piece of work run (`WorkRecorder`)."""
         self.tts = tts
+        self.record = record
         self.max_batch = max(1, max_batch)
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(self.max_batch)
         tts.set_s3gen_max_rows(self.max_batch)  # S3Gen's CUDA graphs then serve batches this large
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         # What runs a batch of partials (a benchmark's first-audio trace wraps it to time the S3Gen part).
-        self.vocode_partials: Callable[[ChatterboxTTS, list[PartialJob]], list[PartialResult]] = vocode_partials
+        self.vocode_partials: Callable[[VocoderLike, list[PartialJob]], list[PartialResult]] = vocode_partials
         self.stream: torch.cuda.Stream | None = None  # the thread's own CUDA stream (set when it starts, on a GPU)
         self._thread = threading.Thread(target=self._run, name="s3gen", daemon=True)
         self._thread.start()
@@ -241,23 +261,33 @@ class S3GenWorker:
             if item is not _STOP:
                 item.future.cancel()
 
-    @staticmethod
-    @S3GEN_WORK.time()
-    def _run_call(item: _Call) -> None:
+    @contextlib.contextmanager
+    def _work(self, kind: str, rows: int) -> Iterator[None]:
+        """Time one piece of work for `record` (also when it fails)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record(kind, time.perf_counter() - started, rows)
+
+    def _run_call(self, item: _Call) -> None:
         if not item.future.set_running_or_notify_cancel():
             return  # its request was cancelled while it waited
-        try:
-            with torch.inference_mode():
-                item.future.set_result(item.fn(*item.args))
-        except BaseException as exc:  # noqa: BLE001 - delivered to the request that asked
-            item.future.set_exception(exc)
+        with self._work("call", 1):
+            try:
+                with torch.inference_mode():
+                    item.future.set_result(item.fn(*item.args))
+            except BaseException as exc:  # noqa: BLE001 - delivered to the request that asked
+                item.future.set_exception(exc)
 
-    @S3GEN_WORK.time()
     def _run_batch(self, batch: list[_Vocode]) -> None:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:
             return
-        S3GEN_BATCH.observe(len(live))
+        with self._work("vocode", len(live)):
+            self._vocode_live(live)
+
+    def _vocode_live(self, live: list[_Vocode]) -> None:
         try:
             wavs = self.tts.vocode_batch([item.job for item in live])
         except BaseException as exc:  # noqa: BLE001
@@ -289,12 +319,14 @@ class S3GenWorker:
                 rest.append(item)  # arrival order kept: nothing after a partial left over overtakes it
         return batch, rest
 
-    @S3GEN_WORK.time()
     def _run_partials(self, batch: list[_Partial]) -> None:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:
             return  # every request that asked was cancelled while it waited
-        S3GEN_PARTIAL_BATCH.observe(len(live))
+        with self._work("partial", len(live)):
+            self._partials_live(live)
+
+    def _partials_live(self, live: list[_Partial]) -> None:
         try:
             results = self.vocode_partials(self.tts, [item.job for item in live])
         except BaseException as exc:  # noqa: BLE001 - delivered to the requests that asked

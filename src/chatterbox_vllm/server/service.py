@@ -4,7 +4,8 @@
   the response starts, so such failures are 400s rather than broken streams.
 * T3 runs in the engine (vLLM batches concurrent requests); S3Gen and voice-clip analysis run in one worker
   thread, off the event loop, which vocodes pieces of concurrent requests together (`s3gen_worker`). While piece
-  i is vocoded, T3 already decodes the next pieces (`parallel_pieces`).
+  i is vocoded, T3 already decodes the next pieces (`parallel_pieces`). With CHATTERBOX_S3GEN_LAYOUT=process the
+  same batching runs in a worker process of its own (`s3gen_process`), and voice analysis on a thread here.
 * A cloned voice is analysed when it is uploaded (`prepare_voice`) and its conditionals kept in memory and in the
   voices directory (`conditioning_store`), so its first request costs no more than the built-in voice's; a clip
   dropped in by hand is analysed on its first request.
@@ -32,14 +33,15 @@ from ..conditioning import Conditionals
 from ..conditioning_store import ConditioningStore
 from ..engine.base import SamplingParams
 from ..text.paralinguistic import prepare_tags
-from ..incremental import IncrementalVocoder, vocode_partials
+from ..incremental import IncrementalVocoder, warm_up_first_partial
 from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .errors import APIError, describe_failure, log_failure
-from .metrics import STREAM_FIRST_AUDIO, VOICE_CONDITIONING
+from .metrics import S3GEN_PROCESS_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
+from .s3gen_process import S3GenProcess, WarmUp
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
 from .state import served_id
@@ -128,39 +130,59 @@ class SpeechService:
         self.model_id = served_id(tts.variant)
         self._language_advice = language_advice or _multilingual_advice
         self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
-        self._s3gen = S3GenWorker(tts, min(settings.s3gen_batch_size, self._max_batch))
-        # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
-        self._warm_ups = [self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)]
-        # And the first partial's shapes (GPU only): a lone stream's first audio pays no first-call cost.
-        self._warm_ups.append(self._s3gen.call(self._warm_up_first_partial))
-        # Then voice analysis (once per model): its first run loads libraries for seconds, which no upload should pay.
-        self._warm_ups.append(self._s3gen.call(tts.voices.warm_up))
+        rows = min(settings.s3gen_batch_size, self._max_batch)
+        self._s3gen: S3GenWorker | S3GenProcess
+        if settings.s3gen_layout == "process":
+            self._s3gen = self._s3gen_process(rows)
+            # The child warms up S3Gen (graphs, first partial) before it says it is ready; voice analysis stays here.
+            self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
+        else:
+            self._s3gen = S3GenWorker(tts, rows)
+            # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
+            self._warm_ups = [self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)]
+            # And the first partial's shapes (GPU only): a lone stream's first audio pays no first-call cost.
+            self._warm_ups.append(self._s3gen.call(self._warm_up_first_partial))
+            # Then voice analysis (once per model): its first run loads libraries for seconds, which no upload should
+            # pay.
+            self._warm_ups.append(self._s3gen.call(tts.voices.warm_up))
+        S3GEN_PROCESS_RESTARTS.labels(model=self.model_id)  # listed from 0 in /metrics, in either layout
+
+    def _s3gen_process(self, rows: int) -> S3GenProcess:
+        """S3Gen in a worker process of its own (CHATTERBOX_S3GEN_LAYOUT=process), loaded from the model's checkpoint
+        directory; `call` work (voice analysis) on a thread of this process."""
+        spec = self.tts.vocoder_spec
+        if spec is None:
+            raise ValueError(
+                "CHATTERBOX_S3GEN_LAYOUT=process needs a model loaded from a checkpoint directory (its S3Gen is loaded "
+                "again in the worker process); this one was built in memory: use CHATTERBOX_S3GEN_LAYOUT=thread"
+            )
+        warm_up = WarmUp(self.settings.max_new_tokens, self.settings.stream_first_audio_tokens,
+                         max(1, min(4, self.settings.s3gen_batch_size)))  # fmt: skip
+        return S3GenProcess(spec, rows, warm_up=warm_up, call_worker=S3GenWorker(self.tts, 1), model=self.model_id)
 
     def wait_warm_up(self) -> None:
         """Block until S3Gen's and voice analysis's warm-ups have run: before that, a request would queue behind
-        them on the S3Gen thread, so the model is not ready yet. A warm-up that failed raises here."""
+        them on the S3Gen thread (or in the S3Gen process), so the model is not ready yet. A warm-up that failed
+        raises here. The S3Gen process's phases join the model's start-up phases (`s3gen_process_load`, ...)."""
         for future in self._warm_ups:
-            future.result()
+            result = future.result()
+            if isinstance(self._s3gen, S3GenProcess) and future is self._s3gen.ready:
+                for name, seconds in result.items():
+                    self.tts.startup_phases["s3gen_process_load" if name == "load_s3gen" else name] = seconds
+
+    def s3gen_health(self) -> dict[str, object] | None:
+        """S3Gen's worker process for /health (layout, pid, alive, restarts); None in the default thread layout, whose
+        entry stays as it was."""
+        if isinstance(self._s3gen, S3GenProcess):
+            return self._s3gen.health()
+        return None
 
     def _warm_up_first_partial(self) -> None:
         """Run the first partial vocode of a stream once, alone and in a batch, with the built-in voice (on the S3Gen
         thread, at start): its kernels chosen, its HiFT shapes seen, before any request. GPU only: on a CPU nothing is
         captured and the run would only delay start. A failure costs only this warm-up (logged), never the server."""
-        first = self.settings.stream_first_audio_tokens
-        if self.tts.device.type != "cuda" or first <= 0 or self.tts.default_conds is None:
-            return
         try:
-            tokens = list(range(first))  # any speech ids: only the shapes matter
-            jobs = []
-            for seed in range(max(1, min(4, self.settings.s3gen_batch_size))):
-                vocoder = IncrementalVocoder(self.tts, self.tts.default_conds, max_tokens=first, seed=seed,
-                                             first_tokens=first)  # fmt: skip
-                jobs.append(vocoder.partial_job(tokens))
-            live = [job for job in jobs if job is not None]
-            if live:
-                vocode_partials(self.tts, live[:1])
-                vocode_partials(self.tts, live)
-                torch.cuda.synchronize(self.tts.device)
+            warm_up_first_partial(self.tts, self.settings.stream_first_audio_tokens, self.settings.s3gen_batch_size)
         except Exception as exc:  # noqa: BLE001 - the warm-up is an optimisation
             log.warning("warming up the first partial vocode failed (%s: %s); the first stream pays its first call",
                         type(exc).__name__, exc)  # fmt: skip

@@ -52,7 +52,8 @@ def vram_plan(settings: Settings, states: list[ModelState]) -> list[float | None
         budget = settings.vram_budget_gib
     else:
         budget = torch.cuda.mem_get_info(device)[0] / 2**30
-    needs = [model_need(state.model, state.variant, settings.preset, limits.max_model_len) for state in loading]
+    needs = [model_need(state.model, state.variant, settings.preset, limits.max_model_len, settings.s3gen_layout)
+             for state in loading]  # fmt: skip
     shares = iter(plan_t3_budgets(needs, limits, budget, t3_budget_explicit=settings.gpu_memory_gib is not None))
     budgets = [next(shares) if state.status == "loading" else None for state in states]
     share = next(b for b in budgets if b is not None)
@@ -108,7 +109,11 @@ class Serving:
         if voices.directory is not None and tts.conditioning_fingerprint is not None:
             store = ConditioningStore(voices.directory, tts.variant, tts.conditioning_fingerprint)
         service = SpeechService(tts, self.settings, self.admission, store, language_advice=self.served.language_advice)
-        service.wait_warm_up()  # ready means a request runs at once, not behind S3Gen's compile and graph capture
+        try:
+            service.wait_warm_up()  # ready means a request runs at once, not behind S3Gen's compile and graph capture
+        except BaseException:
+            service.close()  # its S3Gen thread, or process, goes with the failed start
+            raise
         state.ready_after_s = time.monotonic() - self._created
         log.debug("%s ready after %.1f s: %s", state.describe(), state.ready_after_s, phases_text(tts.startup_phases))
         for source in ("memory", "stored", "computed"):  # each series from 0, so /metrics lists them from the start
