@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import manifest_path
+from support.paths import manifest_path
 from safetensors.torch import load_file
 
 from chatterbox_vllm.checkpoint.weights import CheckpointError, load_strict, read_state_dict

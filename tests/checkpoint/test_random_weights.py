@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import KIT_MANIFESTS, KIT_ROOT, OUR_MANIFESTS, manifest_path
+from support.paths import KIT_MANIFESTS, KIT_ROOT, OUR_MANIFESTS, manifest_path
 from safetensors.torch import load_file
 
 from chatterbox_vllm.checkpoint import random_weights as rw

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import golden_id, golden_params
+from support.paths import golden_id, golden_params
 from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import manifest_path
+from support.paths import manifest_path
 from safetensors.torch import save_file
 
 from chatterbox_vllm.checkpoint.config import load_model_config

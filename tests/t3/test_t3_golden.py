@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import full_checkpoint, golden_id, golden_params
+from support.checkpoints import full_checkpoint
+from support.paths import golden_id, golden_params
 from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import manifest_path
+from support.paths import manifest_path
 from safetensors.torch import save_file
 
 from chatterbox_vllm.checkpoint.weights import CheckpointError

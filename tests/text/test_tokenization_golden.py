@@ -13,7 +13,7 @@ from chatterbox_vllm.checkpoint.random_weights import write_tokenizer_files
 from chatterbox_vllm.text import multilingual
 from chatterbox_vllm.text.normalize import punc_norm
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
-from conftest import golden_params, manifest_path
+from support.paths import golden_params, manifest_path
 
 GENUINE_ENGLISH_TOKENIZER = Path(__file__).resolve().parents[2] / "src/chatterbox_vllm/checkpoint/data/tokenizer.json"
 
