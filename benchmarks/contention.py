@@ -6,7 +6,7 @@ processes never run at once without MPS), or the GIL of the server's process. Th
 vocode and a batch of 16 sentences, and T3's decode rate, each alone, beside the other, and beside a pure-Python
 busy thread (the GIL alone):
 
-    python benchmarks/contention.py --model /ckpt/english --out contention.json [--label plain|mps]
+    python -m benchmarks.contention --model /ckpt/english --out contention.json [--label plain|mps]
 
 Run it once as is and once under NVIDIA MPS (`nvidia-cuda-mps-control -d` first) to see what sharing the GPU's
 SMs between the processes buys.

@@ -6,7 +6,7 @@ can run at once on different streams, and a high-priority stream gets the SMs fi
 share the server's GIL. This measures the trade: vLLM's `LLM` in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`)
 decoding in a thread, S3Gen timed beside it on a normal and on a high-priority stream:
 
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 python benchmarks/inprocess_contention.py --model /ckpt/english --out x.json
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 python -m benchmarks.inprocess_contention --model /ckpt/english --out x.json
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ switch interval (5 ms, the default, measured there). The server's event loop and
 threads under load. This times S3Gen alone and beside one busy thread at several switch intervals (no vLLM
 needed: T3 loads in PyTorch):
 
-    python benchmarks/s3gen_gil.py --model /ckpt/english --out gil.json
+    python -m benchmarks.s3gen_gil --model /ckpt/english --out gil.json
 """
 
 from __future__ import annotations

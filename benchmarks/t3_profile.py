@@ -5,7 +5,7 @@ are the engine core's own: the scheduler, input preparation, the model (CUDA gra
 Prints tok/s per stream for a few batch sizes, with and without per-request seeds, then a cProfile of one stream
 (Python hot spots) and a torch profiler summary (kernel time, launches per step). Compare
 CHATTERBOX_T3_COMPILE=0 and =1 by running it twice. Usage:
-    python benchmarks/t3_profile.py --work /tmp/t3 --out profile.json [--batches 1 32 64] [--tokens 300]
+    python -m benchmarks.t3_profile --work /tmp/t3 --out profile.json [--batches 1 32 64] [--tokens 300]
 On CPU (a smoke test of the script): --size tiny --dtype float32.
 """
 
@@ -17,17 +17,13 @@ import io
 import json
 import os
 import pstats
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from t3_args import add_t3_engine_args  # noqa: E402
-from t3_vllm import texts, voice, write_t3  # noqa: E402
+from benchmarks.t3_args import add_t3_engine_args  # noqa: E402
+from benchmarks.t3_vllm import texts, voice, write_t3  # noqa: E402
 
 from chatterbox_vllm.engine.base import SamplingParams  # noqa: E402
 from chatterbox_vllm.engine.factory import prefix_only  # noqa: E402

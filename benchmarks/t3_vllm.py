@@ -6,7 +6,7 @@ Writes a full-size random T3 (seed-deterministic, the real tensor names and shap
 2. throughput: the vLLM engine (bfloat16 by default, CUDA graphs) decoding for 1, 8, 32 ... concurrent requests;
    the PyTorch engine's single stream for comparison.
 Prints and writes a JSON report. Usage:
-    python benchmarks/t3_vllm.py --work /tmp/t3 --out report.json [--dtype bfloat16] [--concurrency 1 8 32]
+    python -m benchmarks.t3_vllm --work /tmp/t3 --out report.json [--dtype bfloat16] [--concurrency 1 8 32]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from t3_args import add_t3_engine_args
+from benchmarks.t3_args import add_t3_engine_args
 
 from chatterbox_vllm.checkpoint import random_weights as rw
 from chatterbox_vllm.engine.base import SamplingParams
