@@ -22,13 +22,12 @@ import time
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import torch  # noqa: E402
-from benchmarks.t3_args import add_t3_engine_args  # noqa: E402
+from benchmarks.t3_args import add_t3_engine_args, engine_options  # noqa: E402
 from benchmarks.t3_vllm import texts, voice, write_t3  # noqa: E402
 
 from chatterbox_vllm.engine.base import SamplingParams  # noqa: E402
 from chatterbox_vllm.engine.factory import prefix_only  # noqa: E402
 from chatterbox_vllm.engine.vllm_engine import (  # noqa: E402
-    VLLMOptions,
     _prepare_process_environment,
     engine_kwargs,
     vllm_sampling_params,
@@ -48,13 +47,7 @@ def build(args: argparse.Namespace):
     import vllm
 
     total = torch.cuda.get_device_properties(0).total_memory if DEVICE == "cuda" else 64 * 2**30
-    options = VLLMOptions(
-        max_model_len=args.max_model_len,
-        max_num_seqs=max(args.batches),
-        dtype=args.dtype,
-        enforce_eager=args.eager,
-        gpu_memory_utilization=args.gpu_memory_gib * 2**30 / total,
-    )
+    options = engine_options(args, max(args.batches), total)
     kwargs = engine_kwargs(prepare_model_dir(weights, config), options)
     kwargs.pop("disable_log_stats", None)
     start = time.perf_counter()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.paths import KIT_MANIFESTS, KIT_ROOT, OUR_MANIFESTS, manifest_path
 from safetensors.torch import load_file
+from support.paths import KIT_MANIFESTS, KIT_ROOT, OUR_MANIFESTS, manifest_path
 
 from chatterbox_vllm.checkpoint import random_weights as rw
 from chatterbox_vllm.checkpoint.layout import CONFIG_FILE, HF_REPO_ID, LAYOUTS

@@ -26,9 +26,9 @@ import numpy as np
 import psutil
 import pytest
 
+from server_utils import decode
 from support.paths import REPO_ROOT
 from support.processes import free_port, server_process
-from server_utils import decode
 
 API_KEY = "sk-reliability-5b8e1d7c0a"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

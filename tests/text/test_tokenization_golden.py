@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatterbox_vllm.checkpoint.layout import ENGLISH, MULTILINGUAL
-from chatterbox_vllm.checkpoint.random_weights import write_tokenizer_files
+from chatterbox_vllm.checkpoint.layout import ENGLISH
 from chatterbox_vllm.text import multilingual
 from chatterbox_vllm.text.normalize import punc_norm
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
@@ -21,21 +20,6 @@ GENUINE_ENGLISH_TOKENIZER = Path(__file__).resolve().parents[2] / "src/chatterbo
 @pytest.fixture(scope="module")
 def english_tokenizer() -> EnglishTokenizer:
     return EnglishTokenizer.from_file(GENUINE_ENGLISH_TOKENIZER)
-
-
-@pytest.fixture(scope="module")
-def multilingual_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The seed-0 checkpoint's (synthetic) grapheme tokenizer and Cangjie table, without its 3 GB of weights."""
-    out = tmp_path_factory.mktemp("multilingual_tokenizer")
-    write_tokenizer_files(MULTILINGUAL, out)
-    assert MULTILINGUAL.cangjie_table is not None
-    return out / MULTILINGUAL.text_tokenizer, out / MULTILINGUAL.cangjie_table
-
-
-@pytest.fixture(scope="module")
-def multilingual_tokenizer(multilingual_files: tuple[Path, Path]) -> MultilingualTokenizer:
-    # Without word segmentation, as the reference made the fixture (spacy-pkuseg absent), wherever this runs.
-    return MultilingualTokenizer.from_files(*multilingual_files, segmenter=None)
 
 
 @pytest.mark.parametrize("golden", golden_params())
