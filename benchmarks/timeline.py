@@ -55,8 +55,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.e2e import HTTPServer, burst, versions
+from benchmarks.e2e import HTTPServer, versions
 from benchmarks.host import command_line, device_name
+from benchmarks.http_load import burst
 from benchmarks.texts import SENTENCE_TOKENS
 
 BIN_NS = 100_000_000  # 100 ms
