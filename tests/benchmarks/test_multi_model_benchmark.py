@@ -30,4 +30,4 @@ def test_two_models_alone_and_together(tmp_path: Path) -> None:
         together = report["mixed"]["models"][model]
         assert together["requests"] == 2 and together["failed"] == 0 and together["served_by"] == [model]
     assert report["mixed"]["rtf_aggregate"] > 0 and "device_memory" not in report  # no GPU here
-    assert "multi_model.py" in report["command"] and report["device"].startswith("CPU")
+    assert report["command"].startswith("python -m benchmarks.multi_model ") and report["device"].startswith("CPU")

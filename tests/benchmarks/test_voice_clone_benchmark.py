@@ -25,7 +25,7 @@ def test_one_round_of_uploads_and_first_requests(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["variant"] == "english" and report["device"].startswith("CPU")
-    assert "voice_clone.py" in report["command"] and report["tokens_per_request"] == 10
+    assert report["command"].startswith("python -m benchmarks.voice_clone ") and report["tokens_per_request"] == 10
     [only] = report["rounds"]
     assert only["upload_s"] > 0
     for kind in ("builtin", "clone_first", "clone_again", "dropped_in_first"):
