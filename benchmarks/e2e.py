@@ -14,12 +14,12 @@
 Random weights rarely sample T3's stop token, so each request is capped at the token count the real model would
 write for the text (benchmarks/texts.py). Writes a JSON report and PNG plots.
 
-    python benchmarks/e2e.py run --model /ckpt/english --preset high --out run.json
-    python benchmarks/e2e.py vram --models multilingual=/ckpt/multilingual english=/ckpt/english --out vram.json
+    python -m benchmarks.e2e run --model /ckpt/english --preset high --out run.json
+    python -m benchmarks.e2e vram --models multilingual=/ckpt/multilingual english=/ckpt/english --out vram.json
     python tools/reference/bench_reference.py --ckpt /ckpt/english --out reference.json   # the oracle's env
-    python benchmarks/e2e.py report --run run.json --vram vram.json --reference reference.json \
+    python -m benchmarks.e2e report --run run.json --vram vram.json --reference reference.json \
         --out benchmarks/results/<device>-<date>.json --plots benchmarks/results/plots
-    python benchmarks/e2e.py run --model random-tiny --quick --sweep 1 4 --out run.json   # CPU smoke (CI)
+    python -m benchmarks.e2e run --model random-tiny --quick --sweep 1 4 --out run.json   # CPU smoke (CI)
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ import json
 import math
 import os
 import platform
-import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,19 +43,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchmarks.host import PeakPoller, command_line, device_name, free_port, gpu_used_mib
+from benchmarks.http_load import burst
+from benchmarks.texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_load import burst  # noqa: E402  (timeline.py imports it from here too)
-from texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS  # noqa: E402
-
-from chatterbox_vllm.engine.base import SamplingParams, speech_tokens_for_s3gen  # noqa: E402
-from chatterbox_vllm.server.audio import AudioEncoder  # noqa: E402
-from chatterbox_vllm.server.schemas import SpeechRequest  # noqa: E402
-from chatterbox_vllm.server.service import SpeechService  # noqa: E402
-from chatterbox_vllm.server.voices import Voice  # noqa: E402
-from chatterbox_vllm.settings import Settings  # noqa: E402
-from chatterbox_vllm.text.chunking import split_for_synthesis  # noqa: E402
-from chatterbox_vllm.tts import SAMPLE_RATE, ChatterboxTTS  # noqa: E402
+from chatterbox_vllm.engine.base import SamplingParams, speech_tokens_for_s3gen
+from chatterbox_vllm.server.audio import AudioEncoder
+from chatterbox_vllm.server.schemas import SpeechRequest
+from chatterbox_vllm.server.service import SpeechService
+from chatterbox_vllm.server.voices import Voice
+from chatterbox_vllm.settings import Settings
+from chatterbox_vllm.text.chunking import split_for_synthesis
+from chatterbox_vllm.tts import SAMPLE_RATE, ChatterboxTTS
 
 BUILTIN = Voice(id="default", name="default", kind="builtin")
 # Peak memory bandwidth (GB/s) by device name: the ceiling for one decode stream.
@@ -67,10 +64,6 @@ HBM_GBPS = {"H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H200": 4800.0, "A100
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def device_name() -> str:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
 
 
 def tokens_per_piece(text: str, total_tokens: int, chunk_chars: int) -> int:
@@ -297,12 +290,6 @@ def bench_stages(tts: ChatterboxTTS, settings: Settings) -> dict[str, float]:
 
 
 # -------------------------------------------------------------------------------------------------- HTTP
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class HTTPServer:
     """The real app under uvicorn on loopback, sharing the loaded model."""
 
@@ -391,29 +378,18 @@ def bench_http(tts: ChatterboxTTS, settings: Settings, sweep: list[int], ttfb_re
 
 
 # -------------------------------------------------------------------------------------------------- memory
-class PeakDeviceMemory:
-    """Polls the device's used memory (all of this process: torch, vLLM, CUDA context) in a thread."""
+class PeakDeviceMemory(PeakPoller):
+    """The device's used memory (all of this process: torch, vLLM, CUDA context), polled in a thread."""
+
+    interval_s = 0.005
 
     def __init__(self) -> None:
+        super().__init__()
+        self.baseline = self.peak = self.used()
+
+    def used(self) -> float:
         free, total = torch.cuda.mem_get_info()
-        self.baseline = total - free
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            free, total = torch.cuda.mem_get_info()
-            self.peak = max(self.peak, total - free)
-            time.sleep(0.005)
-
-    def __enter__(self) -> "PeakDeviceMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        return total - free
 
 
 def voice_clip(seconds: float = 10.0) -> bytes:
@@ -431,7 +407,7 @@ def voice_clip(seconds: float = 10.0) -> bytes:
 
 def vram_child(args: argparse.Namespace) -> dict[str, Any]:
     """One preset in this process: load, then a paragraph and a full batch of sentences, at peak memory."""
-    before = nvidia_smi_used_mib()
+    before = gpu_used_mib()
     torch.cuda.init()
     total = torch.cuda.mem_get_info()[1]
     if args.cap_gib:
@@ -469,20 +445,11 @@ def vram_child(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def nvidia_smi_used_mib() -> float | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30).stdout  # fmt: skip
-        return float(out.split()[0])
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return None
-
-
 def bench_vram(models: dict[str, str], presets: list[str], cap_gib: dict[str, float]) -> list[dict[str, Any]]:
     results = []
     for variant, model in models.items():
         for preset in presets:
-            cmd = [sys.executable, __file__, "vram-one", "--model", model, "--preset", preset]
+            cmd = [sys.executable, "-m", "benchmarks.e2e", "vram-one", "--model", model, "--preset", preset]
             if preset in cap_gib:
                 cmd += ["--cap-gib", str(cap_gib[preset])]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -556,7 +523,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "device": device_name(),
         "date": dt.date.today().isoformat(),
-        "command": "python " + shlex.join(sys.argv),
+        "command": command_line(),
         "model_label": f"{tts.variant} {'tiny' if args.quick else 'full'} ({args.model})",
         "engine": type(tts.engine).__name__,
         "limits": settings.limits().__dict__,
@@ -666,7 +633,7 @@ def main() -> None:
     elif args.command == "vram":
         models = dict(item.split("=", 1) for item in args.models)
         results = bench_vram(models, args.presets, {"low": args.low_cap_gib})
-        Path(args.out).write_text(json.dumps({"command": "python " + shlex.join(sys.argv), "vram": results}, indent=2))
+        Path(args.out).write_text(json.dumps({"command": command_line(), "vram": results}, indent=2))
     elif args.command == "run":
         Path(args.out).write_text(json.dumps(run(args), indent=2))
     else:

@@ -40,12 +40,12 @@ A GPU run is cut into parts (english, turbo, multilingual, s3gen) so that each d
 limit; `part` runs the parts it is given in order and writes a JSON list (after each part, so a call cut short
 brings back the finished ones), `merge` assembles the report from the lists:
 
-    python benchmarks/headline.py part english --model /ckpt/english --out p1.json
-    python benchmarks/headline.py part turbo s3gen --model /ckpt/english --turbo-model /ckpt/turbo --out p2.json
-    python benchmarks/headline.py part multilingual --multilingual-model /ckpt/multilingual --out p3.json
-    python benchmarks/headline.py merge --parts p1.json p2.json p3.json --out-dir benchmarks/results
-    python benchmarks/headline.py table --report benchmarks/results/h200-2026-12-02-headline.json
-    python benchmarks/headline.py run --quick --model random-tiny --turbo-model random-tiny-turbo \
+    python -m benchmarks.headline part english --model /ckpt/english --out p1.json
+    python -m benchmarks.headline part turbo s3gen --model /ckpt/english --turbo-model /ckpt/turbo --out p2.json
+    python -m benchmarks.headline part multilingual --multilingual-model /ckpt/multilingual --out p3.json
+    python -m benchmarks.headline merge --parts p1.json p2.json p3.json --out-dir benchmarks/results
+    python -m benchmarks.headline table --report benchmarks/results/h200-2026-12-02-headline.json
+    python -m benchmarks.headline run --quick --model random-tiny --turbo-model random-tiny-turbo \
         --multilingual-model random-tiny-multilingual --out-dir /tmp/results    # CPU smoke (tests)
 """
 
@@ -58,27 +58,23 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_load import burst_requests, pct, summarize  # noqa: E402
-from texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS  # noqa: E402
+from benchmarks.host import PeakPoller, command_line, device_name, free_port, gpu_used_mib
+from benchmarks.http_load import burst_requests, pct, summarize
+from benchmarks.texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS
 
 # The report's numeric figures, in the order of the issue's table.
 FIGURES = (
@@ -103,12 +99,6 @@ READY_TIMEOUT_S = 900.0
 
 
 # ---------------------------------------------------------------------------------------------- the server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cache_env(cache_dir: Path) -> dict[str, str]:
     """Every cache a start reads or fills, in one directory (the Docker volume's role)."""
     return {
@@ -328,11 +318,12 @@ def paragraph_tokens_per_piece() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- GPU memory
-class PeakMemory:
+class PeakMemory(PeakPoller):
     """The GPU's used memory polled in a thread (NVML, else nvidia-smi), its peak minus the use before; on a CPU the
     peak resident memory of one process tree instead (`method` says which)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.method = "cpu_rss"
         self._nvml = None
         try:
@@ -342,21 +333,19 @@ class PeakMemory:
             self._nvml = pynvml.nvmlDeviceGetHandleByIndex(0)
             self.method = "nvml_device_used"
         except Exception:  # no NVML: nvidia-smi, or the CPU stand-in
-            if gpu_used_smi() is not None:
+            if gpu_used_mib() is not None:
                 self.method = "nvidia_smi_device_used"
+        self.interval_s = 0.02 if self.method == "nvml_device_used" else 0.1
         self.pid: int | None = None
-        self.baseline = self._used() if self.method != "cpu_rss" else 0
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self.baseline = self.peak = self.used() if self.method != "cpu_rss" else 0
 
-    def _used(self) -> float:
+    def used(self) -> float:
         if self.method == "nvml_device_used":
             import pynvml
 
             return float(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
         if self.method == "nvidia_smi_device_used":
-            return (gpu_used_smi() or 0.0) * 2**20
+            return (gpu_used_mib() or 0.0) * 2**20
         import psutil
 
         if self.pid is None:
@@ -367,43 +356,9 @@ class PeakMemory:
         except psutil.Error:
             return 0.0
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._used())
-            time.sleep(0.02 if self.method == "nvml_device_used" else 0.1)
-
-    def __enter__(self) -> "PeakMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
     @property
     def peak_gib(self) -> float:
         return (self.peak - self.baseline) / 2**30
-
-
-def gpu_used_smi() -> float | None:
-    """The first GPU's used memory (MiB) by nvidia-smi, None without one."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30).stdout  # fmt: skip
-        return float(out.split()[0])
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return None
-
-
-def device_name() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30).stdout.strip().splitlines()  # fmt: skip
-        if out:
-            return out[0]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"CPU ({platform.processor() or platform.machine() or 'cpu'})"
 
 
 def device_slug(name: str) -> str:
@@ -488,7 +443,7 @@ def part_s3gen(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> Non
     gpu = not device_name().startswith("CPU")
     variants = args.s3gen_variants or (["fp16_compiled"] if gpu else ["fp32"])
     child_out = work / "s3gen-alone.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "s3gen-child", "--model", args.model,
+    cmd = [sys.executable, "-m", "benchmarks.headline", "s3gen-child", "--model", args.model,
            "--tokens", str(tokens), "--rows", *map(str, rows), "--variants", *variants,
            "--device", "cuda" if gpu else "cpu", "--out", str(child_out)]  # fmt: skip
     env = {**os.environ, **cache_env(fresh_dir(work / "cache-s3gen"))}
@@ -506,8 +461,7 @@ def part_s3gen(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> Non
 
 
 def s3gen_child(args: argparse.Namespace) -> None:
-    from s3gen_profile import profile_batches
-
+    from benchmarks.s3gen_profile import profile_batches
     from chatterbox_vllm.checkpoint.hub import resolve_model
 
     directory, _layout = resolve_model(args.model)  # a name (random-tiny) or a directory
@@ -537,7 +491,7 @@ def run_part(name: str, args: argparse.Namespace, save: Callable[[dict[str, Any]
     work = Path(args.work or tempfile.mkdtemp(prefix="headline-"))
     start = time.perf_counter()
     report: dict[str, Any] = {"part": name, "device": device_name(), "date": dt.date.today().isoformat(),
-                              "command": "python " + shlex.join(sys.argv), "quick": args.quick, "work": str(work)}
+                              "command": command_line(), "quick": args.quick, "work": str(work)}
     try:
         PARTS[name](args, work, report)
     except BaseException as exc:
@@ -596,7 +550,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         device=devices[0] if len(devices) == 1 else " / ".join(devices),
         date=min(part["date"] for part in parts),
         command=" ; ".join(dict.fromkeys(part["command"] for part in parts)),  # each command once, in order
-        merge_command="python " + shlex.join(sys.argv),
+        merge_command=command_line(),
         quick=any(part["quick"] for part in parts),
         definitions=DEFINITIONS,
         s3gen_beside={

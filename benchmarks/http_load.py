@@ -9,8 +9,7 @@ import time
 from typing import Any
 
 import httpx
-
-from texts import SENTENCE
+from benchmarks.texts import SENTENCE
 
 SAMPLE_RATE = 24000  # pcm from the server: 16-bit mono at Chatterbox's rate
 

@@ -11,8 +11,8 @@ server), audio seconds per S3Gen busy second and mean rows per batch; /health's 
 The layouts share one cache directory (--work/cache): the first start of a machine compiles, the others reuse it,
 so ready_s compares only after a first call. `--layouts` picks the order (default thread, then process).
 
-    python benchmarks/layouts.py --model /root/ckpt/english --preset high --out layouts.json
-    python benchmarks/layouts.py --quick --model random-tiny --out /tmp/layouts.json      # CPU smoke
+    python -m benchmarks.layouts --model /root/ckpt/english --preset high --out layouts.json
+    python -m benchmarks.layouts --quick --model random-tiny --out /tmp/layouts.json      # CPU smoke
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ import argparse
 import datetime as dt
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headline import ServerProcess, device_name, measure_throughput, requests  # noqa: E402
-from texts import SENTENCE_TOKENS  # noqa: E402
+from benchmarks.headline import ServerProcess, measure_throughput, requests
+from benchmarks.host import command_line, device_name
+from benchmarks.texts import SENTENCE_TOKENS
 
 LAYOUTS = ("thread", "process")
 
@@ -86,7 +85,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"device": device_name(), "date": dt.date.today().isoformat(), "model": args.model,
-                              "preset": args.preset, "concurrency": args.concurrency, "layouts": []}  # fmt: skip
+                              "preset": args.preset, "concurrency": args.concurrency, "command": command_line(), "layouts": []}  # fmt: skip
     out = Path(args.out)
     started = time.perf_counter()
     for layout in args.layouts:

@@ -1,9 +1,9 @@
 """Several models in one server (CHATTERBOX_EXTRA_MODELS): what the VRAM plan gave each, the device memory they
 hold together, and their speed alone and side by side, through the real app over HTTP.
 
-    python benchmarks/multi_model.py --models /ckpt/multilingual /ckpt/turbo --preset high \
+    python -m benchmarks.multi_model --models /ckpt/multilingual /ckpt/turbo --preset high \
         --vram-budget-gib 22 --concurrency 16 --out multi.json          # a 24 GB card's budget on a bigger GPU
-    CHATTERBOX_ENGINE=torch python benchmarks/multi_model.py --models random-tiny random-tiny-turbo \
+    CHATTERBOX_ENGINE=torch python -m benchmarks.multi_model --models random-tiny random-tiny-turbo \
         --concurrency 2 --tokens 20 --out multi.json                    # CPU smoke (CI)
 
 Random weights rarely sample the stop token, so every request is capped at `--tokens` speech tokens (75: the
@@ -17,21 +17,18 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
+from benchmarks.e2e import HTTPServer, PeakDeviceMemory
+from benchmarks.host import command_line, device_name
+from benchmarks.texts import SENTENCE, SENTENCE_TOKENS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import HTTPServer, PeakDeviceMemory, device_name  # noqa: E402
-from texts import SENTENCE, SENTENCE_TOKENS  # noqa: E402
-
-from chatterbox_vllm.settings import Settings  # noqa: E402
-from chatterbox_vllm.tts import SAMPLE_RATE  # noqa: E402
+from chatterbox_vllm.settings import Settings
+from chatterbox_vllm.tts import SAMPLE_RATE
 
 
 def wait_loaded(url: str, timeout_s: float = 1800) -> dict[str, Any]:
@@ -111,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "device": device_name(),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(),
         "preset": args.preset,
         "vram_budget_gib": args.vram_budget_gib,
         "tokens_per_request": args.tokens,

@@ -1,8 +1,8 @@
 """S3Gen alone on the GPU: where a sentence's vocoding time goes, what graphs / lower precision buy, and how
 batches of concurrent pieces (the server's S3Gen worker) scale.
 
-    python benchmarks/s3gen_profile.py --model /ckpt/english [--tokens 75] [--rows 1 16 32 64] [--out s3gen.json]
-    python benchmarks/s3gen_profile.py --model /ckpt/english --skip-single --rows 1 16 32 64 \
+    python -m benchmarks.s3gen_profile --model /ckpt/english [--tokens 75] [--rows 1 16 32 64] [--out s3gen.json]
+    python -m benchmarks.s3gen_profile --model /ckpt/english --skip-single --rows 1 16 32 64 \
         --variants fp16_compiled --kernels 64 --out s3gen.json      # the defaults only, plus a kernel table
 
 T3 is loaded with the PyTorch engine (no vLLM needed); only S3Gen is timed. `--kernels ROWS` runs torch.profiler

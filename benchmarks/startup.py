@@ -17,9 +17,9 @@ Cold clears `<cache dir>/compile` first (every compile cache the server keeps: v
 CUDA) and runs with no library cache variable set, so that nothing compiled earlier elsewhere is found. Model
 weights (the Hugging Face cache, the random checkpoint) stay: they are downloads, not compiles.
 
-    python benchmarks/startup.py --model /root/ckpt/english --preset high --cache-dir /root/startup-cache \\
+    python -m benchmarks.startup --model /root/ckpt/english --preset high --cache-dir /root/startup-cache \\
         --out startup.json                                                # the GPU figures (BENCHMARKS.md)
-    python benchmarks/startup.py --model random-tiny --device cpu --out startup.json      # CI, on a CPU
+    python -m benchmarks.startup --model random-tiny --device cpu --out startup.json      # CI, on a CPU
 
 `measure_ready(model, preset, cache_dir)` is the same, for other benchmarks (the headline report).
 """
@@ -32,10 +32,8 @@ import datetime as dt
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from benchmarks.host import command_line, free_port, gpu_name
 
 from chatterbox_vllm.compile_cache import CACHE_DIRECTORIES, CACHE_DIR_ENV, COMPILE_SUBDIR
 
@@ -56,22 +55,6 @@ VLLM_LINES: dict[str, re.Pattern[str]] = {
     "vllm_graph_capture": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
     "vllm_init_engine": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def device_name() -> str:
-    """The GPU's name (nvidia-smi, so that this process never initialises CUDA beside the server), else CPU."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                               text=True, timeout=30, check=True).stdout.split("\n")  # fmt: skip
-        if names and names[0].strip():
-            return names[0].strip()
-    return "CPU"
 
 
 def vllm_phases(log_text: str) -> dict[str, float]:
@@ -223,7 +206,7 @@ def main() -> None:
     result = measure_ready(args.model, args.preset, cache_dir, device=args.device, log_level=args.log_level,
                            timeout_s=args.timeout, log_dir=out.parent / f"{out.stem}-logs")  # fmt: skip
     report = {
-        "device": device_name(), "date": dt.date.today().isoformat(), "command": "python " + shlex.join(sys.argv),
+        "device": gpu_name() or "CPU", "date": dt.date.today().isoformat(), "command": command_line(),
         "model": args.model, "preset": args.preset, "cache_dir": str(cache_dir), **result,
     }  # fmt: skip
     out.write_text(json.dumps(report, indent=2))

@@ -1,7 +1,7 @@
 """How far a streamed piece's audio lies from the same piece vocoded whole, and what its partial vocodes cost.
 
-    python benchmarks/stream_distance.py --model random-tiny [--device cpu] [--pieces 5] [--out distance.json]
-    python benchmarks/stream_distance.py --model english --device cuda --out distance.json      # the real figure
+    python -m benchmarks.stream_distance --model random-tiny [--device cpu] [--pieces 5] [--out distance.json]
+    python -m benchmarks.stream_distance --model english --device cuda --out distance.json      # the real figure
 
 Each of the paragraph's sentences is spoken by T3 (the PyTorch engine: no vLLM needed; random checkpoints, which
 never sample the stop token, stop at the speaking pace their config records), then fed token by token to the incremental
@@ -22,19 +22,16 @@ import argparse
 import importlib
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from benchmarks.texts import PARAGRAPH
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from texts import PARAGRAPH  # noqa: E402
-
-from chatterbox_vllm.text.chunking import split_for_synthesis  # noqa: E402
-from chatterbox_vllm.tts import ChatterboxTTS  # noqa: E402
+from chatterbox_vllm.text.chunking import split_for_synthesis
+from chatterbox_vllm.tts import ChatterboxTTS
 
 
 def sync() -> None:

@@ -12,9 +12,9 @@ Runs vLLM in this process (`vllm.LLM`, VLLM_ENABLE_V1_MULTIPROCESSING=0) like `t
 cProfile adds its own overhead per Python call, so `profiled_step_ms` is larger than `step_ms` (wall time without
 the profiler); compare shares and before/after, not absolute profiled numbers with unprofiled ones. On a GPU it
 also reports the kernel time per step (torch profiler). Usage (CPU smoke size):
-    python benchmarks/t3_host_step.py --work /tmp/t3 --size tiny --dtype float32 --out host-step.json
+    python -m benchmarks.t3_host_step --work /tmp/t3 --size tiny --dtype float32 --out host-step.json
 GPU (full size):
-    python benchmarks/t3_host_step.py --work /root/t3 --out $OUT/t3-host-step.json
+    python -m benchmarks.t3_host_step --work /root/t3 --out $OUT/t3-host-step.json
 """
 
 from __future__ import annotations
@@ -24,17 +24,13 @@ import cProfile
 import json
 import os
 import pstats
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from t3_args import add_t3_engine_args  # noqa: E402
-from t3_profile import DEVICE, build, prompts, timed  # noqa: E402
+from benchmarks.t3_args import add_t3_engine_args  # noqa: E402
+from benchmarks.t3_profile import DEVICE, build, prompts, timed  # noqa: E402
 
 
 

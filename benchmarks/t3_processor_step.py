@@ -5,7 +5,7 @@ BatchUpdate adding `--batch` requests, then per step one new token in each reque
 `[batch, 2 x 8194]` float32 logits (the sampler's dtype), timing `apply` alone. The full-size vocabulary and token
 ids; the device is the GPU when there is one. To compare two versions of the processor, run this script twice with
 PYTHONPATH pointing at each version's `src` (the processor is imported from `chatterbox_vllm`). Usage:
-    python benchmarks/t3_processor_step.py --batch 1 8 64 [--steps 500] [--turbo] [--out report.json]
+    python -m benchmarks.t3_processor_step --batch 1 8 64 [--steps 500] [--turbo] [--out report.json]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ are the engine core's own: the scheduler, input preparation, the model (CUDA gra
 Prints tok/s per stream for a few batch sizes, with and without per-request seeds, then a cProfile of one stream
 (Python hot spots) and a torch profiler summary (kernel time, launches per step). Compare
 CHATTERBOX_T3_COMPILE=0 and =1 by running it twice. Usage:
-    python benchmarks/t3_profile.py --work /tmp/t3 --out profile.json [--batches 1 32 64] [--tokens 300]
+    python -m benchmarks.t3_profile --work /tmp/t3 --out profile.json [--batches 1 32 64] [--tokens 300]
 On CPU (a smoke test of the script): --size tiny --dtype float32.
 """
 
@@ -17,22 +17,17 @@ import io
 import json
 import os
 import pstats
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from t3_args import add_t3_engine_args  # noqa: E402
-from t3_vllm import texts, voice, write_t3  # noqa: E402
+from benchmarks.t3_args import add_t3_engine_args, engine_options  # noqa: E402
+from benchmarks.t3_vllm import texts, voice, write_t3  # noqa: E402
 
 from chatterbox_vllm.engine.base import SamplingParams  # noqa: E402
 from chatterbox_vllm.engine.factory import prefix_only  # noqa: E402
 from chatterbox_vllm.engine.vllm_engine import (  # noqa: E402
-    VLLMOptions,
     _prepare_process_environment,
     engine_kwargs,
     vllm_sampling_params,
@@ -40,7 +35,6 @@ from chatterbox_vllm.engine.vllm_engine import (  # noqa: E402
 from chatterbox_vllm.engine.vllm_t3 import plugin  # noqa: E402
 from chatterbox_vllm.engine.vllm_t3.model_dir import prepare_model_dir  # noqa: E402
 from chatterbox_vllm.models.t3 import load_t3  # noqa: E402
-from chatterbox_vllm.settings import Settings  # noqa: E402
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only to smoke-test this script
@@ -53,14 +47,7 @@ def build(args: argparse.Namespace):
     import vllm
 
     total = torch.cuda.get_device_properties(0).total_memory if DEVICE == "cuda" else 64 * 2**30
-    options = VLLMOptions(
-        max_model_len=args.max_model_len,
-        max_num_seqs=max(args.batches),
-        dtype=args.dtype,
-        enforce_eager=args.eager,
-        gpu_memory_utilization=args.gpu_memory_gib * 2**30 / total,
-        compile=Settings().t3_compile,  # CHATTERBOX_T3_COMPILE, as the server reads it
-    )
+    options = engine_options(args, max(args.batches), total)
     kwargs = engine_kwargs(prepare_model_dir(weights, config), options)
     kwargs.pop("disable_log_stats", None)
     start = time.perf_counter()
@@ -112,7 +99,7 @@ def main() -> None:
     llm, prefix, cond, config, options, startup = build(args)
     dtype = getattr(torch, args.dtype)
     report: dict = {
-        "compile": options.compile,
+        "compile": os.environ.get("CHATTERBOX_T3_COMPILE", "1"),
         "options": options.__dict__,
         "engine_start_s": round(startup, 1),
         "runs": [],

@@ -6,7 +6,7 @@ Writes a full-size random T3 (seed-deterministic, the real tensor names and shap
 2. throughput: the vLLM engine (bfloat16 by default, CUDA graphs) decoding for 1, 8, 32 ... concurrent requests;
    the PyTorch engine's single stream for comparison.
 Prints and writes a JSON report. Usage:
-    python benchmarks/t3_vllm.py --work /tmp/t3 --out report.json [--dtype bfloat16] [--concurrency 1 8 32]
+    python -m benchmarks.t3_vllm --work /tmp/t3 --out report.json [--dtype bfloat16] [--concurrency 1 8 32]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from t3_args import add_t3_engine_args
+from benchmarks.t3_args import add_t3_engine_args, engine_options
 
 from chatterbox_vllm import random_checkpoint as rw
 from chatterbox_vllm.engine.base import SamplingParams
@@ -148,13 +148,7 @@ async def _run_batch(engine: VLLMT3Engine, prompts: list[torch.Tensor], cond: T3
 
 def throughput(weights: Path, config: T3Config, cond: T3Cond, args: argparse.Namespace) -> dict:
     total = torch.cuda.get_device_properties(0).total_memory
-    options = VLLMOptions(
-        max_model_len=args.max_model_len,
-        max_num_seqs=max(args.concurrency),
-        dtype=args.dtype,
-        enforce_eager=args.eager,
-        gpu_memory_utilization=args.gpu_memory_gib * 2**30 / total,
-    )
+    options = engine_options(args, max(args.concurrency), total)
     start = time.perf_counter()
     engine = VLLMT3Engine(prefix_only(load_t3(weights, config).eval()).to("cuda"), weights, options)
     startup = time.perf_counter() - start

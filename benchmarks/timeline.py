@@ -29,9 +29,9 @@ is checked rather than trusted (one standalone trace on the CPU sandbox this was
 clock), so the marks place each trace. `alignment` in the JSON gives each trace's correction and how far its two marks
 disagree.
 
-    python3 benchmarks/timeline.py --model /ckpt/english --preset high --max-batch-size 64 --levels 1 16 64 \
+    python3 -m benchmarks.timeline --model /ckpt/english --preset high --max-batch-size 64 --levels 1 16 64 \
         --out timeline.json --plot timeline.png
-    python3 benchmarks/timeline.py --model random-tiny --levels 1 2 --seconds 1 --max-new-tokens 20 \
+    python3 -m benchmarks.timeline --model random-tiny --levels 1 2 --seconds 1 --max-new-tokens 20 \
         --out t.json --plot t.png   # CPU smoke
 """
 
@@ -44,7 +44,6 @@ import datetime as dt
 import json
 import math
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -56,9 +55,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import HTTPServer, burst, device_name, versions  # noqa: E402
-from texts import SENTENCE_TOKENS  # noqa: E402
+from benchmarks.e2e import HTTPServer, versions
+from benchmarks.host import command_line, device_name
+from benchmarks.http_load import burst
+from benchmarks.texts import SENTENCE_TOKENS
 
 BIN_NS = 100_000_000  # 100 ms
 MARK_NAME = "timeline_clock_mark"
@@ -486,7 +486,7 @@ def client_main(args: argparse.Namespace) -> None:
 
 class Client:
     def __init__(self, url: str, concurrency: int, seconds: float) -> None:
-        cmd = [sys.executable, __file__, "client", "--url", url, "--concurrency", str(concurrency),
+        cmd = [sys.executable, "-m", "benchmarks.timeline", "client", "--url", url, "--concurrency", str(concurrency),
                "--seconds", str(seconds)]  # fmt: skip
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -714,7 +714,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     http_settings = settings.model_copy(update={"max_new_tokens": args.max_new_tokens,
                                                 "max_queue": max(args.levels) + 8})  # fmt: skip
     report: dict[str, Any] = {
-        "device": device_name(), "date": dt.date.today().isoformat(), "command": "python " + shlex.join(sys.argv),
+        "device": device_name(), "date": dt.date.today().isoformat(), "command": command_line(),
         "model": args.model, "preset": args.preset, "limits": settings.limits().__dict__,
         "max_new_tokens": args.max_new_tokens, "versions": versions(), "engine_profiler": engine_profiler,
         "bin_ms": BIN_NS / 1e6, "notes": [

@@ -13,8 +13,8 @@ prompt S3Gen and T3 then get is as long as the built-in voice's (156 and 150 tok
 to speak with and what differs is the analysis alone (a 10 s clip makes S3Gen's prompt 250 tokens: every request
 with it is slower, the first as much as the others).
 
-    python benchmarks/voice_clone.py --model random-tiny --device cpu --out clone.json      # the BENCHMARKS figures
-    python benchmarks/voice_clone.py --model random-tiny --device cpu --rounds 1 --tokens 10 --out clone.json  # CI
+    python -m benchmarks.voice_clone --model random-tiny --device cpu --out clone.json      # the BENCHMARKS figures
+    python -m benchmarks.voice_clone --model random-tiny --device cpu --rounds 1 --tokens 10 --out clone.json  # CI
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import argparse
 import datetime as dt
 import io
 import json
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,13 +32,12 @@ from typing import Any
 import httpx
 import numpy as np
 import soundfile
+from benchmarks.e2e import HTTPServer
+from benchmarks.host import command_line, device_name
+from benchmarks.texts import SENTENCE, SENTENCE_TOKENS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import HTTPServer, device_name  # noqa: E402
-from texts import SENTENCE, SENTENCE_TOKENS  # noqa: E402
-
-from chatterbox_vllm.settings import Settings  # noqa: E402
-from chatterbox_vllm.tts import SAMPLE_RATE, ChatterboxTTS  # noqa: E402
+from chatterbox_vllm.settings import Settings
+from chatterbox_vllm.tts import SAMPLE_RATE, ChatterboxTTS
 
 KINDS = ("builtin", "clone_first", "clone_again", "dropped_in_first")
 
@@ -120,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": dt.date.today().isoformat(),
         "device": device_name(),
-        "command": "python " + shlex.join(sys.argv),
+        "command": command_line(),
         "model": args.model,
         "variant": tts.variant,
         "engine": type(tts.engine).__name__,

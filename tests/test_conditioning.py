@@ -12,8 +12,8 @@ from chatterbox_vllm.checkpoint.config import ModelConfig
 from chatterbox_vllm.conditioning import Conditionals, VoiceConditioner
 from chatterbox_vllm.models.s3gen import load_s3gen
 from chatterbox_vllm.models.voice_encoder import load_voice_encoder
-from conftest import golden_id, golden_params
 from parity import check, power_of_log
+from support.paths import golden_id, golden_params
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from chatterbox_vllm.checkpoint.layout import ENGLISH
 from chatterbox_vllm.conditioning import VoiceConditioner
 from chatterbox_vllm.conditioning_store import CONDITIONING_FORMAT, ConditioningStore
 from chatterbox_vllm.tts import ChatterboxTTS, voice_analysis_fingerprint
-from conftest import assert_same_conditionals
+from support.conditionals import assert_same_conditionals
 
 
 def _clip(path: Path, seed: int, seconds: float = 3.0) -> Path:

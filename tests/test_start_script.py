@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from chatterbox_vllm.settings import PRESETS
-from conftest import _free_port, running_server
+from support.processes import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "start-api-server.sh"
@@ -51,7 +51,7 @@ def test_serve_without_hub_says_what_to_do(tmp_path: Path) -> None:
 
 def test_random_tiny_serves_end_to_end(tmp_path: Path) -> None:
     """The README's run command, offline: the script serves a random checkpoint and answers a speech request."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_MAX_NEW_TOKENS": "40",
            "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "512", "CHATTERBOX_HOST": "127.0.0.1"}  # fmt: skip
     args = ["bash", str(SCRIPT), "--model", "random-tiny", "--port", str(port)]

@@ -8,7 +8,7 @@ source benchmarks/device/prepare.sh
 CHATTERBOX_TEST_CHECKPOINTS=/root/test-ckpt python3 -m pytest -q -p no:cacheprovider -k gpu \
   tests/server/test_s3gen_worker.py > "$OUT/gpu-tests.txt" 2>&1
 echo "gpu tests rc=$?"
-python3 benchmarks/e2e.py run --model /root/ckpt/english --preset high --max-batch-size 64 "$@" \
+python3 -m benchmarks.e2e run --model /root/ckpt/english --preset high --max-batch-size 64 "$@" \
   --out "$OUT/run.json" > "$OUT/run-log.txt" 2>&1
 echo "e2e rc=$?"
 grep -E '^(t3|paragraph|first_audio|stages) ' "$OUT/run-log.txt" | cut -c1-1500

@@ -5,7 +5,7 @@
 #                                              # start, T3 for one stream, the paragraph           -> $OUT/part1.json
 #   bash benchmarks/device/headline.sh part2   # Turbo at 64 concurrent, then S3Gen alone        -> $OUT/part2.json
 #   bash benchmarks/device/headline.sh part3   # multilingual, preset low: peak GPU memory       -> $OUT/part3.json
-# then here: python benchmarks/headline.py merge --parts part1.json part2.json part3.json --out-dir benchmarks/results
+# then here: python -m benchmarks.headline merge --parts part1.json part2.json part3.json --out-dir benchmarks/results
 # Extra arguments go to headline.py (e.g. --no-token-cap with real weights). Logs: $OUT/partN-log.txt, and each
 # server's log in $OUT/partN-logs/. The caches stay on the machine (/root/headline-work/partN).
 set -uo pipefail
@@ -31,7 +31,7 @@ esac
 echo "start $(date +%T)"
 # The call's 10 minutes less install and checkpoints; a part cut short still writes what it measured
 work=/root/headline-work/$part
-timeout -s TERM "${HEADLINE_TIMEOUT_S:-480}" python3 benchmarks/headline.py part "${names[@]}" \
+timeout -s TERM "${HEADLINE_TIMEOUT_S:-480}" python3 -m benchmarks.headline part "${names[@]}" \
   --model /root/ckpt/english --turbo-model /root/ckpt/turbo --multilingual-model /root/ckpt/multilingual \
   --preset high --work "$work" --out "$OUT/$part.json" "$@" > "$OUT/$part-log.txt" 2>&1
 echo "headline $part rc=$? at $(date +%T)"

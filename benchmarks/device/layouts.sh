@@ -19,7 +19,7 @@ fi
 echo "start $(date +%T)"
 work=/root/layouts-work
 mkdir -p "$work"
-timeout -s TERM "${LAYOUTS_TIMEOUT_S:-500}" python3 benchmarks/layouts.py --model /root/ckpt/english --preset high \
+timeout -s TERM "${LAYOUTS_TIMEOUT_S:-500}" python3 -m benchmarks.layouts --model /root/ckpt/english --preset high \
   --work "$work" --out "$OUT/layouts.json" "$@" > "$OUT/layouts-log.txt" 2>&1
 echo "layouts rc=$? at $(date +%T)"
 [ $mps = 1 ] && echo quit | nvidia-cuda-mps-control

@@ -14,7 +14,7 @@ done
 echo "checkpoints ready at $(date +%T)"
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--preset low --vram-budget-gib 9.5 --concurrency 4)
-CHATTERBOX_MAX_MODEL_LEN=${CHATTERBOX_MAX_MODEL_LEN:-1024} python3 benchmarks/multi_model.py \
+CHATTERBOX_MAX_MODEL_LEN=${CHATTERBOX_MAX_MODEL_LEN:-1024} python3 -m benchmarks.multi_model \
   --models /root/ckpt/multilingual /root/ckpt/turbo "${args[@]}" --out "$OUT/multi.json" 2>&1 | tee "$OUT/multi-log.txt" |
   grep -E '^(loaded|alone|together|device memory)|VRAM plan|Error|error' | cut -c1-400
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv

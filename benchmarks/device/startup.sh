@@ -5,6 +5,6 @@
 # startup-logs/ with both starts' logs).
 set -uo pipefail
 source benchmarks/device/prepare.sh
-python3 benchmarks/startup.py --model /root/ckpt/english --preset high --cache-dir /root/startup-cache "$@" \
+python3 -m benchmarks.startup --model /root/ckpt/english --preset high --cache-dir /root/startup-cache "$@" \
   --out "$OUT/startup.json" 2>&1 | tail -5
 echo "startup rc=${PIPESTATUS[0]}"

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import soxr
 import torch
-from conftest import golden_id, golden_params
 from parity import assert_caught, check, perturbed, power_of_log
 from safetensors.torch import load_file
+from support.paths import golden_id, golden_params
 from torch import nn
 
 import chatterbox_vllm.audio.kaldi as kaldi_module

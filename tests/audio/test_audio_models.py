@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import manifest_path
 from safetensors.torch import load_file
+from support.paths import manifest_path
 
 from chatterbox_vllm.checkpoint.weights import CheckpointError, load_strict, read_state_dict
 from chatterbox_vllm.models.s3gen.campplus import CAMPPlus, CAMPPlusConfig

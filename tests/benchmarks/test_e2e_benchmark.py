@@ -9,19 +9,20 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-E2E = REPO / "benchmarks" / "e2e.py"
+E2E = [sys.executable, "-m", "benchmarks.e2e"]  # with cwd=REPO
 HEADLINE = ("rtf_single_paragraph", "ttfb_ms_sentence", "t3_tok_per_s_1_stream")
 
 
 def test_quick_run_then_report(tmp_path: Path) -> None:
     env = {**os.environ, "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_GPU_MEMORY_GIB": "1",
            "CHATTERBOX_MAX_MODEL_LEN": "1024"}  # fmt: skip
-    run = subprocess.run([sys.executable, str(E2E), "run", "--model", "random-tiny", "--quick", "--sweep", "1", "8",
-                          "--out", str(tmp_path / "run.json")], capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
+    run = subprocess.run([*E2E, "run", "--model", "random-tiny", "--quick", "--sweep", "1", "8",
+                          "--out", str(tmp_path / "run.json")],
+                         capture_output=True, text=True, cwd=REPO, timeout=900, env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    report = subprocess.run([sys.executable, str(E2E), "report", "--run", str(tmp_path / "run.json"),
+    report = subprocess.run([*E2E, "report", "--run", str(tmp_path / "run.json"),
                              "--out", str(tmp_path / "results.json"), "--plots", str(tmp_path / "plots")],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+                            capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     summary = results["summary"]

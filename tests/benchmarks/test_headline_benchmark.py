@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HEADLINE = REPO / "benchmarks" / "headline.py"
+HEADLINE = [sys.executable, "-m", "benchmarks.headline"]  # with cwd=REPO
 FIGURES = ("t3_tok_per_s_1", "paragraph_x_rt", "ttfb_ms_p50_c1", "ttfb_ms_p95_c16", "x_rt_c64", "failed_c64",
            "turbo_x_rt_c64", "s3gen_beside_t3_ratio", "s3gen_alone_x_rt", "ready_s_cold", "ready_s_warm",
            "peak_vram_gib_low_multilingual")  # fmt: skip
@@ -21,10 +21,10 @@ def test_quick_run_report_and_table(tmp_path: Path) -> None:
     env = {**os.environ, "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "1024",
            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # fmt: skip  (set to show that the server does not get it)
     work, results = tmp_path / "work", tmp_path / "results"
-    run = subprocess.run([sys.executable, str(HEADLINE), "run", "--quick", "--model", "random-tiny",
+    run = subprocess.run([*HEADLINE, "run", "--quick", "--model", "random-tiny",
                           "--turbo-model", "random-tiny-turbo", "--multilingual-model", "random-tiny-multilingual",
                           "--work", str(work), "--out-dir", str(results)],
-                         capture_output=True, text=True, timeout=1800, env=env)  # fmt: skip
+                         capture_output=True, text=True, cwd=REPO, timeout=1800, env=env)  # fmt: skip
     assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
     [path] = results.iterdir()
     report = json.loads(path.read_text())
@@ -59,8 +59,8 @@ def test_quick_run_report_and_table(tmp_path: Path) -> None:
     # vLLM's cache root is the server's own choice: under its cache directory (`compile_cache`)
     assert (Path(warm["CHATTERBOX_CACHE_DIR"]) / "compile" / "vllm").is_dir()
 
-    table = subprocess.run([sys.executable, str(HEADLINE), "table", "--report", str(path)],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    table = subprocess.run([*HEADLINE, "table", "--report", str(path)],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert table.returncode == 0, table.stderr[-3000:]
     lines = table.stdout.strip().splitlines()
     assert lines[0].startswith("| figure | target | 2026-12-01 | latest") and len(lines) == 2 + len(FIGURES)
@@ -73,11 +73,11 @@ def test_merge_refuses_a_failed_or_missing_part(tmp_path: Path) -> None:
             "date": "2026-12-02", "command": "python x", "quick": True}  # fmt: skip
     parts = tmp_path / "p1.json"
     parts.write_text(json.dumps([part]))
-    merge = subprocess.run([sys.executable, str(HEADLINE), "merge", "--parts", str(parts), "--out-dir",
-                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    merge = subprocess.run([*HEADLINE, "merge", "--parts", str(parts), "--out-dir",
+                            str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert merge.returncode != 0 and "english: TimeoutError" in merge.stderr
     parts.write_text(json.dumps([{**part, "error": None, "figures": {}}]))
-    merge = subprocess.run([sys.executable, str(HEADLINE), "merge", "--parts", str(parts), "--out-dir",
-                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    merge = subprocess.run([*HEADLINE, "merge", "--parts", str(parts), "--out-dir",
+                            str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert merge.returncode != 0 and "missing parts: multilingual, s3gen, turbo" in merge.stderr
     assert not (tmp_path / "out").exists()

@@ -16,9 +16,9 @@ def test_two_models_alone_and_together(tmp_path: Path) -> None:
     env = {**os.environ, "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_ENGINE": "torch",
            "CHATTERBOX_DEVICE": "cpu"}  # fmt: skip
     out = tmp_path / "multi.json"
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "multi_model.py"), "--models", "random-tiny",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.multi_model", "--models", "random-tiny",
                           "random-tiny-turbo", "--concurrency", "2", "--tokens", "20", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+                         capture_output=True, text=True, cwd=REPO, timeout=600, env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     ids = ["chatterbox-english", "chatterbox-turbo"]
@@ -30,4 +30,4 @@ def test_two_models_alone_and_together(tmp_path: Path) -> None:
         together = report["mixed"]["models"][model]
         assert together["requests"] == 2 and together["failed"] == 0 and together["served_by"] == [model]
     assert report["mixed"]["rtf_aggregate"] > 0 and "device_memory" not in report  # no GPU here
-    assert "multi_model.py" in report["command"] and report["device"].startswith("CPU")
+    assert report["command"].startswith("python -m benchmarks.multi_model ") and report["device"].startswith("CPU")

@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_batches_and_the_kernel_table(english_tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "s3gen.json"
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "s3gen_profile.py"), "--model",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.s3gen_profile", "--model",
                           str(english_tiny_checkpoint), "--skip-single", "--device", "cpu", "--tokens", "12",
                           "--rows", "1", "3", "--variants", "fp32", "--kernels", "3", "--top", "5", "--out", str(out)],
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+                         capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["tokens"] == 12

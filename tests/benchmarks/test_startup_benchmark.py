@@ -12,7 +12,7 @@ from pathlib import Path
 from chatterbox_vllm.server.startup import READY_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
-STARTUP = REPO / "benchmarks" / "startup.py"
+STARTUP = [sys.executable, "-m", "benchmarks.startup"]  # with cwd=REPO
 SERVER_PHASES = {"load_s3gen_voice_encoder", "t3_engine", "voice_warm_up"}  # on CPU: no S3Gen graphs to capture
 
 
@@ -22,9 +22,9 @@ def test_cold_and_warm_start_with_phases(tmp_path: Path) -> None:
     env = {**os.environ, "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "1024",
            "VLLM_CACHE_ROOT": str(tmp_path / "elsewhere")}  # fmt: skip
     out = tmp_path / "startup.json"
-    run = subprocess.run([sys.executable, str(STARTUP), "--model", "random-tiny", "--preset", "medium", "--device",
+    run = subprocess.run([*STARTUP, "--model", "random-tiny", "--preset", "medium", "--device",
                           "cpu", "--cache-dir", str(cache), "--out", str(out)],
-                         capture_output=True, text=True, timeout=1500, env=env)  # fmt: skip
+                         capture_output=True, text=True, cwd=REPO, timeout=1500, env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["device"] == "CPU" and report["command"].startswith("python ")

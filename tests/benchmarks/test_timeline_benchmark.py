@@ -10,16 +10,17 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TIMELINE = REPO / "benchmarks" / "timeline.py"
+TIMELINE = [sys.executable, "-m", "benchmarks.timeline"]  # with cwd=REPO
 
 
 def test_timeline_levels_bins_and_plot(tmp_path: Path) -> None:
     env = {**os.environ, "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_GPU_MEMORY_GIB": "1",
            "CHATTERBOX_MAX_MODEL_LEN": "1024"}  # fmt: skip
     out, png = tmp_path / "timeline.json", tmp_path / "timeline.png"
-    run = subprocess.run([sys.executable, str(TIMELINE), "--model", "random-tiny", "--levels", "1", "2",
+    run = subprocess.run([*TIMELINE, "--model", "random-tiny", "--levels", "1", "2",
                           "--seconds", "1", "--max-new-tokens", "20", "--traces", str(tmp_path / "traces"),
-                          "--out", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
+                          "--out", str(out), "--plot", str(png)],
+                         capture_output=True, text=True, cwd=REPO, timeout=900, env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["device"].startswith("CPU") and report["command"].startswith("python ")

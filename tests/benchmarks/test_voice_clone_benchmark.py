@@ -18,13 +18,14 @@ def test_one_round_of_uploads_and_first_requests(tmp_path: Path) -> None:
     env = {**os.environ, "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_GPU_MEMORY_GIB": "1",
            "CHATTERBOX_MAX_MODEL_LEN": "512"}  # fmt: skip
     out = tmp_path / "clone.json"
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "voice_clone.py"), "--model", "random-tiny",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.voice_clone", "--model", "random-tiny",
                           "--device", "cpu", "--rounds", "1", "--tokens", "10", "--clip-seconds", "3",
-                          "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
+                          "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=900, env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["variant"] == "english" and report["device"].startswith("CPU")
-    assert "voice_clone.py" in report["command"] and report["tokens_per_request"] == 10
+    assert report["command"].startswith("python -m benchmarks.voice_clone ") and report["tokens_per_request"] == 10
     [only] = report["rounds"]
     assert only["upload_s"] > 0
     for kind in ("builtin", "clone_first", "clone_again", "dropped_in_first"):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import KIT_MANIFESTS, KIT_ROOT, OUR_MANIFESTS, manifest_path
 from safetensors.torch import load_file
+from support.paths import KIT_MANIFESTS, KIT_ROOT, OUR_MANIFESTS, manifest_path
 
 from chatterbox_vllm import random_checkpoint as rw
 from chatterbox_vllm.checkpoint.layout import CONFIG_FILE, HF_REPO_ID, LAYOUTS

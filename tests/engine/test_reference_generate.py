@@ -12,7 +12,8 @@ import json
 
 import pytest
 import torch
-from conftest import full_checkpoint, golden_dirs
+from support.checkpoints import full_checkpoint
+from support.paths import golden_dirs
 
 from chatterbox_vllm.checkpoint.layout import ENGLISH
 from chatterbox_vllm.engine.base import SamplingParams

@@ -365,7 +365,7 @@ def test_engine_choice() -> None:
 
 def test_a_burst_of_seeded_long_prompts_leaves_the_engine_alive(english: Setup) -> None:
     """vLLM's CPU backend dies when a seeded request's prefill is split across steps (it rewinds the request's
-    generator, which CPU generators cannot do; seen with 64 seeded streams at once, benchmarks/contention.py).
+    generator, which CPU generators cannot do; seen with 64 seeded streams at once, BENCHMARKS.md 2026-11-28 (b)).
     Prompts are prefilled whole on CPU, so a burst of seeded requests whose prompts together exceed one step's
     budget decodes, each as it would alone."""
     scheduler = english.engine.llm.vllm_config.scheduler_config

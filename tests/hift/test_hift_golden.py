@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import golden_id, golden_params
 from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
+from support.paths import golden_id, golden_params
 
 import chatterbox_vllm.models.s3gen.hift as hift_module
 from chatterbox_vllm.checkpoint.weights import load_strict, read_state_dict

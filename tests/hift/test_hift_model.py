@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import manifest_path
+from support.paths import manifest_path
 
 from chatterbox_vllm.models.s3gen.f0_predictor import ConvRNNF0Predictor, F0PredictorConfig
 from chatterbox_vllm.models.s3gen.hift import HiFTConfig, HiFTGenerator, SourceDraws

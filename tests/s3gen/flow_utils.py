@@ -1,4 +1,5 @@
-"""Inputs of the flow-matching loop (`ConditionalCFM.solve`) built the way S3Gen builds them, for the flow tests."""
+"""Inputs of S3Gen for its tests: the flow-matching loop's (`ConditionalCFM.solve`) built the way S3Gen builds them,
+and the reference voice of a golden fixture."""
 
 from __future__ import annotations
 
@@ -16,3 +17,14 @@ def flow_inputs(s3gen, checkpoint, tokens: int):
                                 ref["prompt_feat"], ref["embedding"])  # fmt: skip
     noise = torch.randn(inputs.mu.shape, generator=torch.Generator().manual_seed(1))
     return noise, inputs
+
+
+def golden_ref(g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """The reference voice's S3Gen inputs (`ref_dict`) stored in a golden fixture."""
+    return {
+        "prompt_token": g["ref_prompt_token"],
+        "prompt_token_len": g["ref_prompt_token_len"],
+        "prompt_feat": g["ref_prompt_feat"],
+        "prompt_feat_len": None,
+        "embedding": g["ref_embedding"],
+    }

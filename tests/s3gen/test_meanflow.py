@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flow_utils import golden_ref
 from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
 
@@ -53,16 +54,6 @@ def notes() -> dict:
 @pytest.fixture(scope="module")
 def s3gen() -> S3Gen:
     return seeded(build_s3gen(S3GenConfig.meanflow_model()))
-
-
-def _ref_dict(g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-    return {
-        "prompt_token": g["ref_prompt_token"],
-        "prompt_token_len": g["ref_prompt_token_len"],
-        "prompt_feat": g["ref_prompt_feat"],
-        "prompt_feat_len": None,
-        "embedding": g["ref_embedding"],
-    }
 
 
 # ------------------------------------------------------------------------------------------------ config, layout
@@ -164,7 +155,7 @@ def test_estimator_check_catches_a_perturbed_time_mixer(s3gen, golden) -> None:
 
 # ------------------------------------------------------------------------------------------------ end to end
 def test_flow_inputs_and_mel_with_captured_noise(s3gen, golden) -> None:
-    ref = _ref_dict(golden)
+    ref = golden_ref(golden)
     tokens = golden["speech_tokens"]
     with torch.inference_mode():
         inputs = s3gen.flow.prepare(tokens, torch.tensor([tokens.size(1)]), ref["prompt_token"],
@@ -180,7 +171,7 @@ def test_flow_inputs_and_mel_with_captured_noise(s3gen, golden) -> None:
 
 def test_mel_seeded(s3gen, golden, notes) -> None:
     mel = s3gen.flow_inference(
-        golden["speech_tokens"], _ref_dict(golden), generator=torch.Generator().manual_seed(notes["torch_manual_seed"])
+        golden["speech_tokens"], golden_ref(golden), generator=torch.Generator().manual_seed(notes["torch_manual_seed"])
     )
     check("s3gen.mel_meanflow", mel, golden["mel"], case="meanflow seeded")
 
@@ -189,7 +180,7 @@ def test_waveform_end_to_end_seeded(s3gen, golden, notes) -> None:
     """`Generator().manual_seed(s)` reproduces `torch.manual_seed(s); s3gen.inference(..., n_cfm_timesteps=2)`:
     the flow's two draws, then HiFT's, all in the reference's order."""
     wav = s3gen.inference(
-        golden["speech_tokens"], _ref_dict(golden), generator=torch.Generator().manual_seed(notes["torch_manual_seed"])
+        golden["speech_tokens"], golden_ref(golden), generator=torch.Generator().manual_seed(notes["torch_manual_seed"])
     )
     assert wav.shape == golden["wav"].shape
     check("hift.wav", wav, golden["wav"], case="meanflow")

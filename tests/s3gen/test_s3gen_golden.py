@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import golden_id, golden_params
+from flow_utils import golden_ref
 from parity import assert_caught, check, perturbed, power_of_log
 from safetensors.torch import load_file
+from support.paths import golden_id, golden_params
 
 from chatterbox_vllm.models.s3gen import load_s3gen
 from chatterbox_vllm.models.s3gen.estimator import GELUProjection
@@ -29,16 +30,6 @@ def _golden(directory: Path | None, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _ref_dict(g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-    return {
-        "prompt_token": g["ref_prompt_token"],
-        "prompt_token_len": g["ref_prompt_token_len"],
-        "prompt_feat": g["ref_prompt_feat"],
-        "prompt_feat_len": None,
-        "embedding": g["ref_embedding"],
-    }
-
-
 @pytest.fixture(scope="module")
 def s3gen(english_full_checkpoint):
     return load_s3gen(english_full_checkpoint / "s3gen.safetensors")
@@ -48,7 +39,7 @@ def s3gen(english_full_checkpoint):
 def test_flow_conditioning(s3gen, golden) -> None:
     """Encoder output and the decoder's mu, mask, spks and cond."""
     g = _golden(golden, "s3gen")
-    ref = _ref_dict(g)
+    ref = golden_ref(g)
     tokens = g["speech_tokens"]
     with torch.inference_mode():
         inputs = s3gen.flow.prepare(
@@ -89,7 +80,7 @@ def _captured_run(s3gen, golden: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Mel and faded waveform with the reference's captured random draws injected (run once per fixture dir)."""
     if golden not in _CAPTURED:
         g = _golden(golden, "s3gen")
-        ref = _ref_dict(g)
+        ref = golden_ref(g)
         draws = SourceDraws(phase=g["hift_sine_phase"], noise=g["hift_sine_noise"])
         mel = s3gen.flow_inference(g["speech_tokens"], ref, noise=g["cfm_noise_z"])
         wav = s3gen.apply_trim_fade(s3gen.hift_inference(mel, draws=draws))
@@ -117,7 +108,7 @@ def test_waveform_with_captured_draws(s3gen, golden) -> None:
 def test_waveform_end_to_end_seeded(s3gen, golden) -> None:
     """`Generator().manual_seed(777)` reproduces the reference's `torch.manual_seed(777); s3gen.inference(...)`."""
     g = _golden(golden, "s3gen")
-    ref = _ref_dict(g)
+    ref = golden_ref(g)
     before = {k: v.clone() for k, v in ref.items() if v is not None}
     wav = s3gen.inference(g["speech_tokens"], ref, generator=torch.Generator().manual_seed(777))
     assert wav.shape == g["wav"].shape == (1, 47520)
@@ -148,7 +139,7 @@ FIRST = golden_params()[:1]
 
 
 def _prepare(s3gen, g):
-    ref = _ref_dict(g)
+    ref = golden_ref(g)
     tokens = g["speech_tokens"]
     with torch.inference_mode():
         return s3gen.flow.prepare(
@@ -208,5 +199,5 @@ def test_mel_check_catches_a_perturbed_estimator_weight(s3gen, golden) -> None:
     g = _golden(golden, "s3gen")
     name = "mid_blocks.5.1.2.attn1.to_v.weight"
     with perturbed(s3gen.flow.decoder.estimator, name):
-        mel = s3gen.flow_inference(g["speech_tokens"], _ref_dict(g), noise=g["cfm_noise_z"])
+        mel = s3gen.flow_inference(g["speech_tokens"], golden_ref(g), noise=g["cfm_noise_z"])
     assert_caught("s3gen.mel", mel, g["mel"], mutant=f"s3gen mel: {name} x (1+1e-3)")

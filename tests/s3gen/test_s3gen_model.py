@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import manifest_path
 from safetensors.torch import save_file
+from support.paths import manifest_path
 
 from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.layout import LAYOUTS

@@ -1,64 +1,27 @@
-"""Helpers and fixtures of the server tests: uvicorn on loopback ports over the tiny English checkpoint, all
-sharing one vLLM engine. (Not a conftest.py: the top-level conftest is imported as `conftest` by other tests.)"""
+"""Helpers of the server tests: requests in progress, decoding, OpenAI's error shape, uploads. The in-process
+server helpers come from tests/support/servers.py (imported here too, for the tests that import them from here);
+the fixtures (`english_tts`, `server`, `keyed_server`) from the plugin tests/server_fixtures.py."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import av
 import httpx
 import numpy as np
-import pytest
 import soundfile
-import uvicorn
-from leases import lease
-
-from chatterbox_vllm.engine.vllm_engine import VLLMOptions
-from chatterbox_vllm.server.app import create_app
-from chatterbox_vllm.settings import Settings
-from chatterbox_vllm.tts import ChatterboxTTS
-
-# 40 speech tokens a piece: the random model never samples the stop token, so every piece is 39 x 40 ms long.
-TOKENS_PER_PIECE = 40
-PIECE_SECONDS = (TOKENS_PER_PIECE - 1) * 0.04
-
-
-@dataclass
-class Server:
-    url: str
-    settings: Settings
-    app: object
-    server: uvicorn.Server
-    thread: threading.Thread
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(settings: Settings, tts: ChatterboxTTS | None, extra: tuple[ChatterboxTTS, ...] = ()) -> Server:
-    """uvicorn on a free loopback port: `tts` (and `extra` models beside it) served, or loaded by the app when None."""
-    port = _free_port()
-    app = create_app(settings, tts=tts, extra=extra)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    return Server(f"http://127.0.0.1:{port}", settings, app, server, thread)
+from support.servers import (  # noqa: F401 - the server tests import these from here
+    PIECE_SECONDS,
+    TOKENS_PER_PIECE,
+    Server,
+    make_settings,
+    start_server,
+    stop_server,
+)
 
 
 @contextlib.contextmanager
@@ -78,53 +41,6 @@ def wait_idle(server: Server, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while server.app.state.model.service.active and time.monotonic() < deadline:
         time.sleep(0.1)
-
-
-def stop_server(server: Server) -> None:
-    server.server.should_exit = True
-    server.thread.join(timeout=30)
-
-
-def make_settings(tmp_path: Path, **overrides) -> Settings:
-    values = {"model": "english", "max_new_tokens": TOKENS_PER_PIECE, "voices_dir": str(tmp_path / "voices")}
-    values.update(overrides)
-    return Settings(**values)
-
-
-@pytest.fixture(scope="module")
-def english_tts(request: pytest.FixtureRequest, english_tiny_checkpoint: Path) -> Iterator[ChatterboxTTS]:
-    """The tiny English model on one vLLM engine, shared by every server test module that uses it and closed after
-    the last of them (tests/leases.py)."""
-
-    @contextlib.contextmanager
-    def load() -> Iterator[ChatterboxTTS]:
-        tts = ChatterboxTTS.from_local(
-            english_tiny_checkpoint,
-            device="cpu",
-            engine="vllm",
-            vllm_options=VLLMOptions(max_model_len=512, max_num_seqs=16, dtype="float32"),
-        )
-        try:
-            yield tts
-        finally:
-            tts.close()
-
-    with lease(request, "english_tts", load) as tts:
-        yield tts
-
-
-@pytest.fixture(scope="module")
-def server(english_tts: ChatterboxTTS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(make_settings(tmp_path_factory.mktemp("open")), english_tts)
-    yield running
-    stop_server(running)
-
-
-@pytest.fixture(scope="module")
-def keyed_server(english_tts: ChatterboxTTS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(make_settings(tmp_path_factory.mktemp("keyed"), api_key="sk-test-123"), english_tts)
-    yield running
-    stop_server(running)
 
 
 def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:

@@ -19,16 +19,13 @@ import soundfile
 from chatterbox_vllm.server.service import PAUSE_SECONDS
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import (  # noqa: F401 - fixtures
+from server_utils import (
     PIECE_SECONDS,
     Server,
     assert_error,
     decode,
-    english_tts,
-    keyed_server,
     make_settings,
     one_request_in_progress,
-    server,
     sine_clip,
     start_server,
     stop_server,

@@ -26,7 +26,7 @@ import pytest
 import soundfile
 
 from chatterbox_vllm.server.startup import READY_PREFIX
-from conftest import _free_port, server_process
+from support.processes import free_port, server_process
 
 # The server's log format (log_config.FORMAT): time, level, logger, message.
 LOG_LINE = re.compile(
@@ -67,7 +67,7 @@ def ready_lines(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def start(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("clean-start")
-    port = _free_port()
+    port = free_port()
     log = tmp / "server.log"
     started = Start(f"http://127.0.0.1:{port}", port, tmp / "voices", log)
 
@@ -170,7 +170,7 @@ def test_a_model_that_fails_to_load_logs_one_error_line_and_no_ready_line(
     half_written_checkpoint: Path, tmp_path: Path
 ) -> None:
     broken = half_written_checkpoint
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     args = [sys.executable, "-m", "chatterbox_vllm.cli", "serve", "--model", str(broken)]
     with started(args, _env(tmp_path, port), log) as server:
@@ -192,7 +192,7 @@ def test_debug_shows_the_notices(tmp_path: Path) -> None:
     """At debug nothing is dropped: vLLM's chunked-prefill notice (prompts are prefilled whole on CPU on purpose),
     transformers' note on T3's M-RoPE key and uvicorn's own start lines show, in the log's format. The server is
     stopped once they have (the engine need not finish starting)."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     wanted = [
         re.compile(r" WARNING vllm\.engine\.arg_utils: This model does not officially support disabling chunked"),

@@ -19,11 +19,10 @@ from chatterbox_vllm.engine.base import SamplingParams
 from chatterbox_vllm.text.chunking import split_for_synthesis
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import (  # noqa: F401 - fixtures
+from server_utils import (
     Server,
     assert_error,
     decode,
-    english_tts,
     make_settings,
     start_server,
     stop_server,

@@ -30,11 +30,10 @@ from chatterbox_vllm.server.limits import BodyLimits
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import (  # noqa: F401 - fixtures
+from server_utils import (
     Server,
     assert_error,
     decode,
-    english_tts,
     flac_bomb,
     make_settings,
     sine_clip,

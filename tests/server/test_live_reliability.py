@@ -26,8 +26,9 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import REPO_ROOT, _free_port, server_process
 from server_utils import decode
+from support.paths import REPO_ROOT
+from support.processes import free_port, server_process
 
 API_KEY = "sk-reliability-5b8e1d7c0a"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -60,7 +61,7 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("reliability")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CHATTERBOX_MODEL": "random-tiny",

@@ -20,8 +20,8 @@ import pytest
 
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import (  # noqa: F401 - english_tts: a fixture
-    Server, assert_error, english_tts, make_settings, one_request_in_progress, start_server, stop_server, wait_idle,
+from server_utils import (
+    Server, assert_error, make_settings, one_request_in_progress, start_server, stop_server, wait_idle,
 )
 
 TAGGED = "Well [laugh] that was fun."

@@ -37,15 +37,8 @@ from chatterbox_vllm.tts import ChatterboxTTS
 from chatterbox_vllm.vocoder import S3GenOptions, Vocoder, VocoderSpec, VocodeJob
 from chatterbox_vllm.vram_plan import S3GEN_PROCESS_GIB, model_need
 
-from conftest import _free_port, server_process
-from server_utils import (  # noqa: F401 - fixtures
-    Server,
-    decode,
-    english_tts,
-    make_settings,
-    start_server,
-    stop_server,
-)
+from server_utils import Server, decode, make_settings, start_server, stop_server
+from support.processes import free_port, server_process
 
 SENTENCES = "Hello there, this is the first sentence. And here comes a second one, a little longer than the first."
 
@@ -343,7 +336,7 @@ def test_shutdown_leaves_no_process(english_tts: ChatterboxTTS, tmp_path: Path) 
 
 def test_sigterm_stops_the_servers_s3gen_process(tmp_path: Path) -> None:
     """`chatterbox-vllm serve` as users start it, S3Gen in its process; SIGTERM leaves no process behind."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_S3GEN_LAYOUT": "process",
            "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_MAX_NEW_TOKENS": "40",
            "CHATTERBOX_MAX_MODEL_LEN": "512", "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port),

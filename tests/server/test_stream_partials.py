@@ -16,9 +16,8 @@ from chatterbox_vllm.incremental import IncrementalVocoder, PartialJob, vocode_p
 from chatterbox_vllm.server.s3gen_worker import S3GenWorker
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import (  # noqa: F401 - fixtures
+from server_utils import (
     Server,
-    english_tts,
     make_settings,
     start_server,
     stop_server,

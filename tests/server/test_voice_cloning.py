@@ -19,8 +19,8 @@ from chatterbox_vllm.conditioning import VoiceConditioner
 from chatterbox_vllm.conditioning_store import ConditioningStore
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import Server, assert_error, english_tts, make_settings, start_server, stop_server  # noqa: F401
-from conftest import assert_same_conditionals
+from server_utils import Server, assert_error, make_settings, start_server, stop_server
+from support.conditionals import assert_same_conditionals
 
 MODEL = "chatterbox-english"
 

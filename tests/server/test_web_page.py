@@ -31,7 +31,7 @@ from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.text.languages import SUPPORTED_LANGUAGES
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from server_utils import Server, english_tts, make_settings, start_server, stop_server  # noqa: F401 - fixture
+from server_utils import Server, make_settings, start_server, stop_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / ".cache" / "artifacts" / "web"

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import full_checkpoint, golden_id, golden_params
 from parity import assert_caught, check, perturbed
 from safetensors.torch import load_file
+from support.checkpoints import full_checkpoint
+from support.paths import golden_id, golden_params
 
 import chatterbox_vllm.engine.sampling as sampling_module
 from chatterbox_vllm.checkpoint.layout import LAYOUTS

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import manifest_path
 from safetensors.torch import save_file
+from support.paths import manifest_path
 
 from chatterbox_vllm.checkpoint.weights import CheckpointError
 from chatterbox_vllm.models.t3 import T3, T3Cond, T3Config, build_t3, load_t3

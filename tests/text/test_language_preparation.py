@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from chatterbox_vllm.checkpoint.layout import MULTILINGUAL
-from chatterbox_vllm.random_checkpoint import write_tokenizer_files
 from chatterbox_vllm.text import multilingual
 from chatterbox_vllm.text.normalize import punc_norm
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer
@@ -44,51 +42,36 @@ REFERENCE_PREPARED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def multilingual_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The seed-0 checkpoint's (synthetic) grapheme tokenizer and Cangjie table, without its 3 GB of weights."""
-    out = tmp_path_factory.mktemp("multilingual_tokenizer")
-    write_tokenizer_files(MULTILINGUAL, out)
-    assert MULTILINGUAL.cangjie_table is not None
-    return out / MULTILINGUAL.text_tokenizer, out / MULTILINGUAL.cangjie_table
-
-
-@pytest.fixture(scope="module")
-def tokenizer(multilingual_files: tuple[Path, Path]) -> MultilingualTokenizer:
-    # Without word segmentation, as the reference made the fixture (spacy-pkuseg absent), wherever this runs.
-    return MultilingualTokenizer.from_files(*multilingual_files, segmenter=None)
-
-
 @pytest.mark.parametrize(("language", "text", "expected"), REFERENCE_PREPARED, ids=lambda v: str(v)[:12])
 def test_preparation_matches_reference(
-    tokenizer: MultilingualTokenizer, language: str, text: str, expected: str
+    multilingual_tokenizer: MultilingualTokenizer, language: str, text: str, expected: str
 ) -> None:
-    prepared = tokenizer.prepare(punc_norm(text, multilingual=True), language)
+    prepared = multilingual_tokenizer.prepare(punc_norm(text, multilingual=True), language)
     assert prepared == unicodedata.normalize("NFKD", expected)
 
 
-def test_jamo_and_nfkd_reach_the_tokenizer(tokenizer: MultilingualTokenizer) -> None:
-    prepared = tokenizer.prepare("값", "ko")
+def test_jamo_and_nfkd_reach_the_tokenizer(multilingual_tokenizer: MultilingualTokenizer) -> None:
+    prepared = multilingual_tokenizer.prepare("값", "ko")
     assert prepared == "[ko]\u1100\u1161\u11b9"
     # precomposed "が" arrives as か + combining voiced mark (U+3099) after the final NFKD
-    assert tokenizer.prepare("が", "ja") == "[ja]\u304b\u3099"
+    assert multilingual_tokenizer.prepare("が", "ja") == "[ja]\u304b\u3099"
 
 
-def test_language_id_case_does_not_matter(tokenizer: MultilingualTokenizer) -> None:
+def test_language_id_case_does_not_matter(multilingual_tokenizer: MultilingualTokenizer) -> None:
     # The reference's generate() lowercases the id before its tokenizer sees it; our tokenizer does it itself.
     expected = "[zh][cj_m][cj_k][cj_.][cj_x][cj_o][cj_m][cj_n][cj_.]"
-    assert tokenizer.prepare("天气", "ZH") == tokenizer.prepare("天气", "zh") == expected
-    assert tokenizer.prepare("No language", None) == "no[SPACE]language"
+    assert multilingual_tokenizer.prepare("天气", "ZH") == multilingual_tokenizer.prepare("天气", "zh") == expected
+    assert multilingual_tokenizer.prepare("No language", None) == "no[SPACE]language"
 
 
-def test_unknown_characters_become_unk_and_decode_drops_them(tokenizer: MultilingualTokenizer) -> None:
+def test_unknown_characters_become_unk_and_decode_drops_them(multilingual_tokenizer: MultilingualTokenizer) -> None:
     english = EnglishTokenizer.from_file(GENUINE_ENGLISH_TOKENIZER)
     ids = english.encode("Hello 🙂 world!")
     assert ids.count(1) == 1  # [UNK]
     assert english.decode(ids) == "Hello  world!"
-    ids = tokenizer.encode("世界 ok.", "zh")
-    assert ids[:3] == [tokenizer.tokenizer.token_to_id("[zh]"), 1, 1]
-    assert tokenizer.decode(ids) == "[zh] ok."
+    ids = multilingual_tokenizer.encode("世界 ok.", "zh")
+    assert ids[:3] == [multilingual_tokenizer.tokenizer.token_to_id("[zh]"), 1, 1]
+    assert multilingual_tokenizer.decode(ids) == "[zh] ok."
 
 
 @pytest.mark.skipif(importlib.util.find_spec("spacy_pkuseg") is not None, reason="spacy-pkuseg is installed")
@@ -109,23 +92,6 @@ def test_hebrew_without_dicta_is_unchanged_with_one_warning(caplog: pytest.LogCa
         assert multilingual.hebrew_diacritics("שלום עולם") == "שלום עולם"
         assert multilingual.hebrew_diacritics("מה שלומך") == "מה שלומך"
     assert len(caplog.records) == 1 and "dicta-onnx" in caplog.records[0].getMessage()
-
-
-def test_the_dicta_model_setting_reaches_the_loaded_tokenizer(
-    multilingual_tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """CHATTERBOX_DICTA_MODEL is read by Settings only: a load without settings asks Settings (environment, .env)
-    for it; the server passes its settings' value down ("" when unset), which wins over the environment."""
-    from chatterbox_vllm.tts import ChatterboxTTS
-
-    monkeypatch.chdir(tmp_path)  # the .env lookup sees only what this test writes
-    (tmp_path / ".env").write_text(f"CHATTERBOX_DICTA_MODEL={tmp_path / 'dicta.onnx'}\n")
-    for passed, expected in ((None, str(tmp_path / "dicta.onnx")), ("", None), ("/m/d.onnx", "/m/d.onnx")):
-        tts = ChatterboxTTS.load(str(multilingual_tiny_checkpoint), device="cpu", engine="torch", dicta_model=passed)
-        try:
-            assert isinstance(tts.tokenizer, MultilingualTokenizer) and tts.tokenizer.dicta_model == expected, passed
-        finally:
-            tts.close()
 
 
 @pytest.mark.skipif(

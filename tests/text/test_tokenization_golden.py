@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from chatterbox_vllm.checkpoint.layout import ENGLISH, MULTILINGUAL
-from chatterbox_vllm.random_checkpoint import write_tokenizer_files
+from chatterbox_vllm.checkpoint.layout import ENGLISH
 from chatterbox_vllm.text import multilingual
 from chatterbox_vllm.text.normalize import punc_norm
 from chatterbox_vllm.text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
-from conftest import golden_params, manifest_path
+from support.paths import golden_params, manifest_path
 
 GENUINE_ENGLISH_TOKENIZER = Path(__file__).resolve().parents[2] / "src/chatterbox_vllm/checkpoint/data/tokenizer.json"
 
@@ -21,21 +20,6 @@ GENUINE_ENGLISH_TOKENIZER = Path(__file__).resolve().parents[2] / "src/chatterbo
 @pytest.fixture(scope="module")
 def english_tokenizer() -> EnglishTokenizer:
     return EnglishTokenizer.from_file(GENUINE_ENGLISH_TOKENIZER)
-
-
-@pytest.fixture(scope="module")
-def multilingual_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The seed-0 checkpoint's (synthetic) grapheme tokenizer and Cangjie table, without its 3 GB of weights."""
-    out = tmp_path_factory.mktemp("multilingual_tokenizer")
-    write_tokenizer_files(MULTILINGUAL, out)
-    assert MULTILINGUAL.cangjie_table is not None
-    return out / MULTILINGUAL.text_tokenizer, out / MULTILINGUAL.cangjie_table
-
-
-@pytest.fixture(scope="module")
-def multilingual_tokenizer(multilingual_files: tuple[Path, Path]) -> MultilingualTokenizer:
-    # Without word segmentation, as the reference made the fixture (spacy-pkuseg absent), wherever this runs.
-    return MultilingualTokenizer.from_files(*multilingual_files, segmenter=None)
 
 
 @pytest.mark.parametrize("golden", golden_params())
@@ -59,7 +43,7 @@ def test_multilingual_matches_reference(golden: Path, multilingual_tokenizer: Mu
     assert {"ja", "zh", "ko", "he", "ru", "ar", "hi"} <= languages
     # The fixture was made without dicta-onnx and russian-text-stresser; where they act here, he/ru differ.
     optional_active = {
-        "he": multilingual._hebrew_diacritizer(multilingual_tokenizer.dicta_model) is not None,
+        "he": multilingual._hebrew_diacritizer() is not None,
         "ru": multilingual._russian_stresser() is not None,
     }
     for case in cases:
