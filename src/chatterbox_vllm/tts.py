@@ -429,15 +429,12 @@ class ChatterboxTTS:
         """This model's sampling defaults with the given settings (None = the default) in their place. Turbo and
         Nano ignore `cfg_weight` and `min_p`, as their reference does (it warns and runs without them)."""
         given = {name: value for name, value in settings.items() if value is not None}
-        if not self.family.uses_cfg:
-            ignored = sorted(name for name in ("cfg_weight", "min_p") if given.pop(name, 0))
-            if ignored:
-                log.debug("the %s model ignores %s", self.variant, ", ".join(ignored))
-            return self.family.sampling_defaults(**given)
-        if given.get("top_k"):
-            raise UnsupportedSettingError(
-                "top_k", "top_k is a setting of the Turbo and Nano models; this model samples with min_p/top_p"
-            )
+        ignored = sorted(name for name in self.family.ignored_settings if given.pop(name, 0))
+        if ignored:
+            log.debug("the %s model ignores %s", self.variant, ", ".join(ignored))
+        for name, why in self.family.unsupported_settings.items():
+            if given.get(name):
+                raise UnsupportedSettingError(name, why)
         return self.family.sampling_defaults(**given)
 
     def piece_params(self, text_tokens: torch.Tensor, params: SamplingParams) -> SamplingParams:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,9 @@ class ModelFamily:
     uses_cfg: bool
     # The sampling defaults, with the given settings in their place.
     sampling_defaults: Callable[..., "SamplingParams"]
+    # Request settings the model runs without (dropped, as its reference does), and those it refuses: name -> why.
+    ignored_settings: tuple[str, ...]
+    unsupported_settings: dict[str, str]
     # Silence tokens S3Gen decodes after T3's (the reference's `S3GEN_SIL` for Turbo/Nano).
     tail_tokens: int
     # Whether the last speech token's audio is kept (Llama T3's decodes to noise and is cut).
@@ -73,7 +76,6 @@ class ModelFamily:
     voice_loudness_lufs: float | None
     min_voice_seconds: float
     random_recipe: RandomRecipe
-    extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ derived
     @property

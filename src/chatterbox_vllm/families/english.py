@@ -65,6 +65,10 @@ FAMILY = register(ModelFamily(
     paralinguistic_tags=False,
     uses_cfg=True,
     sampling_defaults=llama_sampling,
+    ignored_settings=(),
+    unsupported_settings={
+        "top_k": "top_k is a setting of the Turbo and Nano models; this model samples with min_p/top_p",
+    },
     tail_tokens=0,
     keeps_last_token_audio=False,
     voice_loudness_lufs=None,
