@@ -10,7 +10,7 @@ from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.hub import download, resolve_model
 from chatterbox_vllm.checkpoint.layout import ENGLISH, HF_REPO_ID, NANO, TURBO
 from chatterbox_vllm.checkpoint.weights import CheckpointError
-from chatterbox_vllm.random_checkpoint import SPEECH_TOKENS_PER_TEXT_TOKEN, write_random_checkpoint
+from chatterbox_vllm.random_checkpoint import write_random_checkpoint
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -87,7 +87,7 @@ def test_random_tiny_nano_is_written_on_first_use(tmp_path: Path, monkeypatch: p
     assert all((directory / name).is_file() for name in (*layout.files, *layout.optional_files))
     assert resolve_model("random-tiny-nano") == (directory, layout)  # reused, not rewritten
     # its pieces stop at a speaking pace for GPT-2 text tokens (random weights never sample the stop token)
-    assert load_model_config(directory, layout).speech_tokens_per_text_token == SPEECH_TOKENS_PER_TEXT_TOKEN["gpt2"]
+    assert load_model_config(directory, layout).speech_tokens_per_text_token == 8.0  # GPT-2 tokens
 
 
 def test_random_tiny_written_without_a_speaking_pace_gets_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,5 +99,5 @@ def test_random_tiny_written_without_a_speaking_pace_gets_one(tmp_path: Path, mo
     weights = directory / ENGLISH.t3
     written = weights.stat().st_mtime_ns
     assert resolve_model("random-tiny", server_cache_dir=tmp_path) == (directory, ENGLISH)  # as the server passes it
-    assert load_model_config(directory, ENGLISH).speech_tokens_per_text_token == SPEECH_TOKENS_PER_TEXT_TOKEN["llama"]
+    assert load_model_config(directory, ENGLISH).speech_tokens_per_text_token == 2.5
     assert weights.stat().st_mtime_ns == written

@@ -13,9 +13,11 @@ import torch
 from chatterbox_vllm.checkpoint.layout import TURBO
 from chatterbox_vllm.conditioning import VoiceCloneError
 from chatterbox_vllm.text.normalize import punc_norm
-from chatterbox_vllm.tts import GPT2_TAIL_SILENCE_TOKENS, S3GEN_SILENCE_TOKEN, SAMPLES_PER_TOKEN, ChatterboxTTS, VocodeJob
+from chatterbox_vllm.tts import S3GEN_SILENCE_TOKEN, SAMPLES_PER_TOKEN, ChatterboxTTS, VocodeJob
 
 from test_tts import chirp
+
+GPT2_TAIL_SILENCE_TOKENS = 3  # the reference's S3GEN_SIL tokens after the speech
 
 
 def decoded_samples(tts: ChatterboxTTS, tokens: int) -> int:
@@ -37,8 +39,9 @@ def english(english_tiny_checkpoint: Path) -> ChatterboxTTS:
 
 
 def test_turbo_loads_its_own_files_and_models(turbo: ChatterboxTTS) -> None:
-    assert turbo.layout == TURBO and turbo.is_gpt2 and not turbo.is_multilingual
-    assert turbo.config.t3.is_gpt2 and turbo.config.s3gen.meanflow and turbo.config.s3gen.flow.n_timesteps == 2
+    assert turbo.layout == TURBO and turbo.family.tail_tokens == GPT2_TAIL_SILENCE_TOKENS
+    assert not turbo.family.multilingual
+    assert turbo.config.t3.backbone == "gpt2" and turbo.config.s3gen.meanflow and turbo.config.s3gen.flow.n_timesteps == 2
     assert turbo.default_conds is not None
     assert turbo.default_conds.t3.cond_prompt_speech_tokens.shape[-1] == 375
 

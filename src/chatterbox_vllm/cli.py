@@ -20,11 +20,14 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-class VariantChoice(str, Enum):
-    english = "english"
-    multilingual = "multilingual"
-    turbo = "turbo"
-    nano = "nano"
+def _variant_choices() -> type[Enum]:
+    """The registered model families' names (`families`), as typer wants choices: a str Enum."""
+    from . import families
+
+    return Enum("VariantChoice", {name: name for name in families.names()}, type=str)
+
+
+VariantChoice = _variant_choices()
 
 
 class SizeChoice(str, Enum):

@@ -46,7 +46,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .checkpoint.config import load_model_config
-from .checkpoint.layout import CONFIG_FILE, HF_REPO_ID, LAYOUTS, CheckpointLayout, Variant
+from . import families
+from .checkpoint.layout import CONFIG_FILE, HF_REPO_ID, CheckpointLayout
+from .families import ModelFamily
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +67,8 @@ ABSENT_FROM_FILE: dict[str, frozenset[str]] = {"s3gen.safetensors": frozenset({"
 FIXED_BUFFERS = ("tokenizer._mel_filters", "tokenizer.window")
 
 SPEECH_VOCAB = 6561  # valid S3 speech tokens are 0..6560
-# A tiny checkpoint's pieces end about when their text would be said (~14 characters a second) rather than at
-# max_new_tokens (1000 tokens, 40 s of noise): speech tokens (25 a second) per text token. Llama T3's tokenizers
-# (English, multilingual) average ~1.4 characters a text token (start and stop tokens included), GPT-2's ~4.4.
-SPEECH_TOKENS_PER_TEXT_TOKEN = {"llama": 2.5, "gpt2": 8.0}
-# conds.pt: the built-in voice. Prompt lengths as estimated from the published file's size (T=156, F=2T+1).
-CONDS_T3_PROMPT_TOKENS = 150
-CONDS_GEN_PROMPT_TOKENS = 156
-CONDS_GEN_PROMPT_FRAMES = 313
-# Turbo/Nano: T3 reads a 375-token prompt (15 s); S3Gen's reference clip is at most 10 s (250 tokens). The published
-# conds.pt's lengths are not known here; these are the longest the reference's prepare_conditionals makes.
-GPT2_CONDS_T3_PROMPT_TOKENS = 375
-GPT2_CONDS_GEN_PROMPT_TOKENS = 250
-GPT2_CONDS_GEN_PROMPT_FRAMES = 501
+# A family's built-in voice prompt lengths and the speaking pace of its tiny checkpoints: `RandomRecipe` in the
+# family's module (`families`).
 CONDS_SPEAKER_DIM = 256
 CONDS_XVECTOR_DIM = 192
 CONDS_MELS = 80
@@ -95,21 +86,15 @@ class TensorSpec:
 
 
 # ----------------------------------------------------------------------------------------------- model configs
-def model_config(component: str, variant: str, size: str) -> Any:
-    """Config of one network ("t3", "s3gen", "voice_encoder") of a checkpoint (imports kept lazy)."""
-    _check_args(variant, size)
+def model_config(component: str, variant: str | ModelFamily, size: str) -> Any:
+    """Config of one network ("t3", "s3gen", "voice_encoder") of a checkpoint (imports kept lazy). `variant`: a
+    registered family's name, or the family itself."""
+    family = _check_args(variant, size)
     tiny = size == "tiny"
     if component == "t3":
-        from .models.t3 import T3Config
-
-        return T3Config.tiny(variant) if tiny else T3Config.for_variant(variant)
+        return family.t3_config(size)
     if component == "s3gen":
-        from .models.s3gen import S3GenConfig
-
-        meanflow = LAYOUTS[variant].is_gpt2  # Turbo and Nano: s3gen_meanflow.safetensors
-        if tiny:
-            return S3GenConfig.tiny(meanflow=meanflow)
-        return S3GenConfig.meanflow_model() if meanflow else S3GenConfig()
+        return family.s3gen_config(size)
     if component == "voice_encoder":
         from .models.voice_encoder import VoiceEncoderConfig
 
@@ -117,16 +102,18 @@ def model_config(component: str, variant: str, size: str) -> Any:
     raise ValueError(f"unknown component {component!r}")
 
 
-def model_configs(variant: str, size: str) -> dict[str, Any]:
+def model_configs(variant: str | ModelFamily, size: str) -> dict[str, Any]:
     """The configs of the three networks, as recorded in `chatterbox_config.json`."""
     return {c: model_config(c, variant, size) for c in ("t3", "s3gen", "voice_encoder")}
 
 
-def _check_args(variant: str, size: str) -> None:
-    if variant not in LAYOUTS:
-        raise ValueError(f"unknown variant {variant!r} (expected one of {sorted(LAYOUTS)})")
+def _check_args(variant: str | ModelFamily, size: str) -> ModelFamily:
+    """The family `variant` names (or is); ValueError for an unknown one or size."""
+    if isinstance(variant, str) and variant not in families.names():
+        raise ValueError(f"unknown variant {variant!r} (expected one of {sorted(families.names())})")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r} (expected one of {SIZES})")
+    return families.resolve(variant)
 
 
 # ------------------------------------------------------------------------------------------------ tensor specs
@@ -137,7 +124,7 @@ def _meta_specs(build: Callable[[], nn.Module]) -> list[TensorSpec]:
     return [TensorSpec(name, tuple(t.shape), t.dtype) for name, t in module.state_dict().items()]
 
 
-def component_specs(component: str, variant: str, size: str) -> list[TensorSpec]:
+def component_specs(component: str, variant: str | ModelFamily, size: str) -> list[TensorSpec]:
     config = model_config(component, variant, size)
     if component == "voice_encoder":
         from .models.voice_encoder import VoiceEncoder
@@ -154,13 +141,12 @@ def component_specs(component: str, variant: str, size: str) -> list[TensorSpec]
     raise ValueError(component)
 
 
-def checkpoint_specs(variant: str, size: str) -> dict[str, list[TensorSpec]]:
+def checkpoint_specs(variant: str | ModelFamily, size: str) -> dict[str, list[TensorSpec]]:
     """Every weight file of the checkpoint -> its tensors, in `module.state_dict()` order.
 
     Files known to omit a tensor (`ABSENT_FROM_FILE`) omit it here too.
     """
-    _check_args(variant, size)
-    layout = LAYOUTS[variant]
+    layout = _check_args(variant, size).layout
     specs: dict[str, list[TensorSpec]] = {}
     for component, file in (("voice_encoder", layout.voice_encoder), ("t3", layout.t3), ("s3gen", layout.s3gen)):
         absent = ABSENT_FROM_FILE.get(file, frozenset())
@@ -198,7 +184,7 @@ def random_tensor(seed: int, spec: TensorSpec) -> torch.Tensor:
     return value.to(spec.dtype)
 
 
-def fixed_buffer_values(variant: str, size: str) -> dict[str, torch.Tensor]:
+def fixed_buffer_values(variant: str | ModelFamily, size: str) -> dict[str, torch.Tensor]:
     """`tokenizer._mel_filters` and `tokenizer.window` as S3Gen's tokenizer computes them when constructed.
 
     Only the tokenizer is built (on the CPU, without encoder blocks): the two buffers depend on its n_fft/n_mels.
@@ -227,16 +213,16 @@ def build_state_dict(
 
 
 # ------------------------------------------------------------------------------------------------------- conds
-def make_conds(seed: int, variant: str = "english") -> dict[str, dict[str, torch.Tensor | None]]:
+def make_conds(seed: int, variant: str | ModelFamily = "english") -> dict[str, dict[str, torch.Tensor | None]]:
     """The built-in voice in `Conditionals.save()` structure: {"t3": T3Cond fields, "gen": S3Gen reference dict}.
 
-    Every field has its own generator so the fields are independent of one another. Turbo's and Nano's voice has
-    longer prompts (`GPT2_CONDS_*`); its fields are drawn the same way.
+    Every field has its own generator so the fields are independent of one another. The prompt lengths are the
+    family's (`RandomRecipe`: Turbo's and Nano's are longer); the fields are drawn the same way.
     """
-    gpt2 = LAYOUTS[variant].is_gpt2
-    t3_tokens = GPT2_CONDS_T3_PROMPT_TOKENS if gpt2 else CONDS_T3_PROMPT_TOKENS
-    gen_tokens = GPT2_CONDS_GEN_PROMPT_TOKENS if gpt2 else CONDS_GEN_PROMPT_TOKENS
-    gen_frames = GPT2_CONDS_GEN_PROMPT_FRAMES if gpt2 else CONDS_GEN_PROMPT_FRAMES
+    recipe = families.resolve(variant).random_recipe
+    t3_tokens = recipe.conds_t3_prompt_tokens
+    gen_tokens = recipe.conds_gen_prompt_tokens
+    gen_frames = recipe.conds_gen_prompt_frames
 
     def gen(field: str) -> torch.Generator:
         g = torch.Generator(device="cpu")
@@ -345,14 +331,24 @@ def synthetic_cangjie_table() -> list[str]:
 
 
 def write_tokenizer_files(layout: CheckpointLayout, out: Path) -> None:
-    """The text tokenizer and, multilingual, the Cangjie table plus the HF-cache copy the reference resolves."""
-    if layout.variant == "english":
-        _atomic_copy(ENGLISH_TOKENIZER, out / layout.text_tokenizer)
-        return
-    if layout.is_gpt2:
-        for name in (layout.text_tokenizer, *layout.tokenizer_extras, *layout.optional_files):
-            _atomic_copy(GPT2_TOKENIZER_DIR / name, out / name)
-        return
+    """The text tokenizer files of `layout`'s family, as its `RandomRecipe.tokenizer_writer` writes them."""
+    layout.family.random_recipe.write_tokenizer(layout, out)
+
+
+def write_english_tokenizer(layout: CheckpointLayout, out: Path) -> None:
+    """The genuine published English tokenizer."""
+    _atomic_copy(ENGLISH_TOKENIZER, out / layout.text_tokenizer)
+
+
+def write_gpt2_tokenizer(layout: CheckpointLayout, out: Path) -> None:
+    """GPT-2's tokenizer files with the paralinguistic tags (Turbo's and Nano's)."""
+    for name in (layout.text_tokenizer, *layout.tokenizer_extras, *layout.optional_files):
+        _atomic_copy(GPT2_TOKENIZER_DIR / name, out / name)
+
+
+def write_multilingual_tokenizer(layout: CheckpointLayout, out: Path) -> None:
+    """A synthetic grapheme tokenizer of the published size, the Cangjie table and the HF-cache copy of the table
+    that the reference resolves."""
     text = json.dumps(synthetic_multilingual_tokenizer(), ensure_ascii=False, indent=2)
     _atomic_write_text(out / layout.text_tokenizer, text)
     assert layout.cangjie_table is not None
@@ -412,7 +408,7 @@ def _save_weights(state: "OrderedDict[str, torch.Tensor]", path: Path) -> None:
 
 
 def write_random_checkpoint(
-    variant: str,
+    variant: str | ModelFamily,
     size: str,
     seed: int,
     out: Path | str,
@@ -420,7 +416,7 @@ def write_random_checkpoint(
     *,
     speaking_pace: bool = True,
 ) -> Path:
-    """Write a complete random checkpoint directory for `variant` ("english", "multilingual", "turbo", "nano") and `size`
+    """Write a complete random checkpoint directory for `variant` (a registered family's name, or the family) and `size`
     ("full"/"tiny") and return it. Deterministic in `seed`; files are generated one at a time, so peak memory is
     about the largest file (T3, 2.1 GB at full size).
 
@@ -430,16 +426,17 @@ def write_random_checkpoint(
 
     `speaking_pace` (tiny only): record `SPEECH_TOKENS_PER_TEXT_TOKEN`, so that pieces end about when their text
     would; without it they run to max_new_tokens (tests that count on that length turn it off)."""
-    _check_args(variant, size)
+    family = _check_args(variant, size)
+    variant = family.name
     started = time.perf_counter()
-    layout = LAYOUTS[variant]
-    all_specs = checkpoint_specs(variant, size)  # fails before anything is written if a model is unavailable
+    layout = family.layout
+    all_specs = checkpoint_specs(family, size)  # fails before anything is written if a model is unavailable
     if weights is not None:
         unknown = set(weights) - set(all_specs)
         if unknown:
             raise ValueError(f"not weight files of {variant}: {sorted(unknown)} (expected some of {sorted(all_specs)})")
         all_specs = {file: specs for file, specs in all_specs.items() if file in weights}
-    fixed = fixed_buffer_values(variant, size)
+    fixed = fixed_buffer_values(family, size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)  # leftovers of an interrupted run
@@ -450,15 +447,15 @@ def write_random_checkpoint(
         logger.info("wrote %s: %d tensors in %.1f s", out / file, len(state), time.perf_counter() - t0)
         del state
     with _writing(out / layout.conds) as tmp:
-        torch.save(make_conds(seed, variant), str(tmp))
+        torch.save(make_conds(seed, family), str(tmp))
     write_tokenizer_files(layout, out)
     config_path = out / CONFIG_FILE
     if size == "tiny":
-        configs = model_configs(variant, size)
+        configs = model_configs(family, size)
         record = {"format": CONFIG_FORMAT, "variant": variant, "size": size, "seed": seed}
         record.update({key: dataclasses.asdict(cfg) for key, cfg in configs.items()})
         if speaking_pace:
-            record["speech_tokens_per_text_token"] = SPEECH_TOKENS_PER_TEXT_TOKEN["gpt2" if layout.is_gpt2 else "llama"]
+            record["speech_tokens_per_text_token"] = family.random_recipe.speech_tokens_per_text_token
         _atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
     elif config_path.exists():
         config_path.unlink()  # a full-size checkpoint is described by the published defaults
@@ -468,10 +465,11 @@ def write_random_checkpoint(
     return out
 
 
-def ensure_random_tiny(variant: Variant, directory: Path) -> Path:
+def ensure_random_tiny(variant: str | ModelFamily, directory: Path) -> Path:
     """The `random-tiny` checkpoint of `variant` (seed 0, with a speaking pace) in `directory`: written on first
     use, then reused. Returns `directory`."""
-    layout = LAYOUTS[variant]
+    family = families.resolve(variant)
+    variant, layout = family.name, family.layout
     if not all((directory / name).is_file() for name in layout.files):
         logger.info("writing a random-weight %s checkpoint to %s (its audio is noise)", variant, directory)
         write_random_checkpoint(variant, "tiny", 0, directory)
@@ -483,7 +481,7 @@ def ensure_random_tiny(variant: Variant, directory: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a deterministic random-weight Chatterbox checkpoint.")
-    parser.add_argument("--variant", choices=sorted(LAYOUTS), required=True)
+    parser.add_argument("--variant", choices=sorted(families.names()), required=True)
     parser.add_argument("--size", choices=SIZES, default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)

@@ -25,22 +25,22 @@ from .checkpoint.hub import checkpoint_stage, download, resolve_model
 from .checkpoint.layout import CONFIG_FILE, CheckpointLayout
 from .checkpoint.weights import CheckpointError
 from .compile_cache import use_cache_dir
-from .conditioning import MIN_REFERENCE_SECONDS, S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
+from .conditioning import S3GEN_SAMPLE_RATE, Conditionals, VoiceConditioner
 from .conditioning_store import model_fingerprint
 from .engine.base import SamplingParams, T3Engine
 from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
+from .families import ModelFamily
 from .settings import Settings
 from .models.s3gen import S3Gen
 from .models.s3gen.flow import FlowVoice
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .text.gpt2 import GPT2TextTokenizer
-from .text.languages import SUPPORTED_LANGUAGES, validate_language
+from .text.languages import validate_language
 from .text.normalize import punc_norm, validate_text
 from .text.paralinguistic import prepare_tags
 from .text.tokenizers import EnglishTokenizer, MultilingualTokenizer, text_token_ids
 from .vocoder import (  # noqa: F401 - VocodeJob, S3GenOptions, flow_compute_dtype and the constants: public here too
-    GPT2_TAIL_SILENCE_TOKENS,
     S3GEN_SILENCE_TOKEN,
     SAMPLES_PER_TOKEN,
     S3GenOptions,
@@ -54,9 +54,6 @@ from .vocoder import (  # noqa: F401 - VocodeJob, S3GenOptions, flow_compute_dty
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = S3GEN_SAMPLE_RATE
-# Turbo/Nano voice clips: loudness target and shortest clip of the reference's `prepare_conditionals`.
-GPT2_VOICE_LUFS = -27.0
-GPT2_MIN_VOICE_SECONDS = 5.0
 
 # Told what a model load does now (for /health while the server starts): "loading S3Gen ...", ...
 Progress = Callable[[str], None]
@@ -90,7 +87,7 @@ def voice_analysis_fingerprint(directory: Path, layout: CheckpointLayout, config
         directory,
         (layout.voice_encoder, layout.s3gen, CONFIG_FILE),
         {"variant": layout.variant, "prompt_tokens": config.t3.speech_cond_prompt_len,
-         "loudness_lufs": GPT2_VOICE_LUFS if layout.is_gpt2 else None},
+         "loudness_lufs": layout.family.voice_loudness_lufs},
     )  # fmt: skip
 
 
@@ -127,15 +124,14 @@ class ChatterboxTTS:
         self.conditioning_fingerprint = conditioning_fingerprint
         self.vocoder_spec = vocoder_spec
         # S3Gen's vocoding (and its per-voice flow conditioning cache): the methods below delegate to it.
-        self.vocoder = Vocoder(s3gen, device=device, is_gpt2=layout.is_gpt2, default_conds=conds)
+        self.vocoder = Vocoder(s3gen, device=device, family=layout.family, default_conds=conds)
         # Seconds each start-up phase took, in order (loading, T3's engine, S3Gen's compile and graphs, ...): the
         # server shows them in /health and the log, benchmarks/startup.py records them.
         self.startup_phases: dict[str, float] = {}
-        gpt2 = layout.is_gpt2
+        family = layout.family
         self.voices = VoiceConditioner(
             voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
-            loudness_lufs=GPT2_VOICE_LUFS if gpt2 else None,
-            min_seconds=GPT2_MIN_VOICE_SECONDS if gpt2 else MIN_REFERENCE_SECONDS,
+            loudness_lufs=family.voice_loudness_lufs, min_seconds=family.min_voice_seconds,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------- loading
@@ -275,16 +271,8 @@ class ChatterboxTTS:
         graphs = not (vllm_options is not None and vllm_options.enforce_eager)
         s3gen = load_s3gen_for(directory, layout, config, device, s3gen_options, graphs=graphs)
         voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
-        tokenizer: EnglishTokenizer | MultilingualTokenizer | GPT2TextTokenizer
-        if layout.is_gpt2:
-            tokenizer = GPT2TextTokenizer.from_dir(directory)
-        elif layout.variant == "english":
-            tokenizer = EnglishTokenizer.from_file(directory / layout.text_tokenizer)
-        else:
-            tokenizer = MultilingualTokenizer.from_files(
-                directory / layout.text_tokenizer, directory / (layout.cangjie_table or ""),
-                dicta_model=Settings().dicta_model if dicta_model is None else dicta_model,  # None: a library load
-            )  # fmt: skip
+        # dicta_model None: a library load (the environment's settings name it)
+        tokenizer = layout.family.load_text_front_end(directory, dicta_model)
         conds_path = directory / layout.conds
         conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
         loaded = time.perf_counter()
@@ -346,17 +334,13 @@ class ChatterboxTTS:
         return self.layout.variant
 
     @property
-    def is_multilingual(self) -> bool:
-        return self.layout.variant == "multilingual"
-
-    @property
-    def is_gpt2(self) -> bool:
-        """Turbo or Nano: GPT-2 T3 (no CFG, paralinguistic tags), mean-flow S3Gen."""
-        return self.layout.is_gpt2
+    def family(self) -> ModelFamily:
+        """What this model's family declares: languages, tags, CFG, tail tokens, voice preprocessing, ..."""
+        return self.layout.family
 
     @property
     def supported_languages(self) -> dict[str, str]:
-        return dict(SUPPORTED_LANGUAGES) if self.is_multilingual else {"en": SUPPORTED_LANGUAGES["en"]}
+        return self.family.languages
 
     # ------------------------------------------------------------------------------------------- synthesis
     def prepare_conditionals(self, audio: str | Path | bytes, exaggeration: float = 0.5) -> Conditionals:
@@ -368,7 +352,7 @@ class ChatterboxTTS:
         GPT-2 ids of the text normalised as its reference does. Paralinguistic tags ([laugh], [sigh], ...) pass
         through to Turbo and Nano; other models would read them aloud, so they are removed, with a warning."""
         validate_text(text)
-        language = validate_language(language_id, multilingual=self.is_multilingual)
+        language = validate_language(language_id, multilingual=self.family.multilingual)
         text, removed = prepare_tags(text, self.variant)
         if removed:
             log.warning("the %s model has no paralinguistic tags: removed %s", self.variant, ", ".join(removed))
@@ -376,7 +360,7 @@ class ChatterboxTTS:
                 raise ValueError("the text holds nothing but paralinguistic tags, which this model does not speak")
         if isinstance(self.tokenizer, GPT2TextTokenizer):
             return torch.tensor(self.tokenizer.encode(punc_norm(text, turbo=True)), dtype=torch.long)
-        normalised = punc_norm(text, multilingual=self.is_multilingual)
+        normalised = punc_norm(text, multilingual=self.family.multilingual)
         if isinstance(self.tokenizer, MultilingualTokenizer):
             ids = self.tokenizer.encode(normalised, language)
         else:
@@ -387,16 +371,13 @@ class ChatterboxTTS:
         """This model's sampling defaults with the given settings (None = the default) in their place. Turbo and
         Nano ignore `cfg_weight` and `min_p`, as their reference does (it warns and runs without them)."""
         given = {name: value for name, value in settings.items() if value is not None}
-        if self.is_gpt2:
-            ignored = sorted(name for name in ("cfg_weight", "min_p") if given.pop(name, 0))
-            if ignored:
-                log.debug("the %s model ignores %s", self.variant, ", ".join(ignored))
-            return SamplingParams.turbo(**given)
-        if given.get("top_k"):
-            raise UnsupportedSettingError(
-                "top_k", "top_k is a setting of the Turbo and Nano models; this model samples with min_p/top_p"
-            )
-        return SamplingParams(**given)  # type: ignore[arg-type]
+        ignored = sorted(name for name in self.family.ignored_settings if given.pop(name, 0))
+        if ignored:
+            log.debug("the %s model ignores %s", self.variant, ", ".join(ignored))
+        for name, why in self.family.unsupported_settings.items():
+            if given.get(name):
+                raise UnsupportedSettingError(name, why)
+        return self.family.sampling_defaults(**given)
 
     def piece_params(self, text_tokens: torch.Tensor, params: SamplingParams) -> SamplingParams:
         """`params` for one text piece. A random checkpoint's T3 never samples the stop token: its pieces stop at

@@ -21,6 +21,7 @@ from .checkpoint.hub import resolve_model
 from .checkpoint.layout import CheckpointLayout
 from .conditioning import S3GEN_SAMPLE_RATE, Conditionals
 from .engine.base import speech_tokens_for_s3gen
+from .families import ModelFamily
 from .models.s3gen import S3Gen, load_s3gen
 from .models.s3gen.flow import FlowRow, FlowVoice
 
@@ -31,7 +32,6 @@ SAMPLE_RATE = S3GEN_SAMPLE_RATE
 SAMPLES_PER_TOKEN = SAMPLE_RATE // 25
 # Turbo/Nano: the reference appends three silence tokens to T3's output before S3Gen (`S3GEN_SIL`).
 S3GEN_SILENCE_TOKEN = 4299
-GPT2_TAIL_SILENCE_TOKENS = 3
 
 
 @dataclass(frozen=True)
@@ -117,14 +117,14 @@ class Vocoder:
     sample_rate = SAMPLE_RATE
 
     def __init__(
-        self, s3gen: S3Gen, *, device: torch.device, is_gpt2: bool, warm_up_tokens: int | None = None,
+        self, s3gen: S3Gen, *, device: torch.device, family: ModelFamily, warm_up_tokens: int | None = None,
         default_conds: Conditionals | None = None,
     ) -> None:  # fmt: skip
-        """`is_gpt2`: Turbo or Nano (three silence tokens decoded after T3's, the whole waveform kept).
+        """`family`: what differs by model (silence tokens decoded after T3's, how much of the waveform is kept).
         `default_conds`: the checkpoint's built-in voice, if any (warm-ups use it)."""
         self.s3gen = s3gen
         self.device = torch.device(device)
-        self.is_gpt2 = is_gpt2
+        self.family = family
         self.warm_up_tokens = warm_up_tokens  # see S3GenOptions.warm_up_tokens
         self.default_conds = default_conds
         # Seconds warm_up spent compiling and capturing (`s3gen_compile`, `s3gen_graphs`).
@@ -148,7 +148,7 @@ class Vocoder:
         s3gen = load_s3gen_for(directory, layout, config, device, spec.options, graphs=spec.graphs, analysis=False)
         conds_path = directory / layout.conds
         conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
-        vocoder = cls(s3gen, device=device, is_gpt2=layout.is_gpt2, warm_up_tokens=spec.options.warm_up_tokens,
+        vocoder = cls(s3gen, device=device, family=layout.family, warm_up_tokens=spec.options.warm_up_tokens,
                       default_conds=conds)  # fmt: skip
         vocoder.startup_phases["load_s3gen"] = time.perf_counter() - started
         return vocoder
@@ -202,8 +202,8 @@ class Vocoder:
     # ------------------------------------------------------------------------------------------ pieces
     @property
     def s3gen_tail_tokens(self) -> int:
-        """Tokens S3Gen decodes after T3's: Turbo's/Nano's appended silence (3), none for the other models."""
-        return GPT2_TAIL_SILENCE_TOKENS if self.is_gpt2 else 0
+        """Tokens S3Gen decodes after T3's (the family's `tail_tokens`: Turbo's and Nano's appended silence)."""
+        return self.family.tail_tokens
 
     def s3gen_tokens(self, speech_tokens: list[int]) -> list[int]:
         """What S3Gen decodes for these T3 tokens: the real S3 tokens, and for Turbo/Nano three silence tokens
@@ -215,7 +215,7 @@ class Vocoder:
         """How much of a piece's waveform is kept. Llama T3 models: all but the last token's audio, as upstream
         cuts it after 0.1.7 (the token before the stop token decodes to ~40 ms of noise); Turbo/Nano: all of it
         (their reference keeps the appended silence)."""
-        if self.is_gpt2:
+        if self.family.keeps_last_token_audio:
             return wav_samples
         return min(wav_samples, max(1, tokens - 1) * SAMPLES_PER_TOKEN)
 

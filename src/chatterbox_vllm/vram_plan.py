@@ -54,21 +54,17 @@ class ModelNeed:
 def t3_weight_bytes(config: T3Config, dtype_bytes: int = _T3_DTYPE_BYTES) -> int:
     """T3's parameters in `dtype_bytes`: the transformer layers, the text and speech embeddings and heads."""
     h, layers = config.hidden_size, config.num_hidden_layers
-    if config.is_gpt2:  # fused qkv + output projection, two-matrix MLP (4h), biases and LayerNorms ignored
-        per_layer = 4 * h * h + 2 * h * config.intermediate_size
-    else:  # Llama: q and o full width, k and v per KV head, gated MLP (three matrices)
-        kv = config.num_key_value_heads * config.head_dim
-        per_layer = 2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size
+    # q and o full width, k and v per KV head (GPT-2: fused qkv, all heads, so k and v are full width too); a gated
+    # MLP (Llama) has three matrices, GPT-2's two (4h). Biases and norms are ignored.
+    kv = config.num_key_value_heads * config.head_dim
+    per_layer = 2 * h * h + 2 * h * kv + (3 if config.gated_mlp else 2) * h * config.intermediate_size
     vocab = config.text_tokens_dict_size + config.speech_tokens_dict_size
     return (layers * per_layer + 2 * vocab * h) * dtype_bytes
 
 
 def t3_kv_bytes_per_token(config: T3Config, dtype_bytes: int = _T3_DTYPE_BYTES) -> int:
     """KV cache one request's token holds: K and V in every layer, for both CFG rows where the model has CFG."""
-    if config.is_gpt2:
-        width = config.hidden_size
-    else:
-        width = config.num_key_value_heads * config.head_dim
+    width = config.num_key_value_heads * config.head_dim  # GPT-2: all heads, heads x head_dim = hidden
     rows = 2 if config.supports_cfg else 1
     return config.num_hidden_layers * 2 * width * dtype_bytes * rows
 

@@ -106,7 +106,7 @@ def test_vocoder_is_what_the_model_vocodes_with(english_tiny_checkpoint: Path, v
     directory, layout = resolve_model(str(english_tiny_checkpoint))
     s3gen = load_s3gen_for(directory, layout, load_model_config(directory, layout), torch.device("cpu"),
                            S3GenOptions(), graphs=False)  # fmt: skip
-    whole = Vocoder(s3gen, device=torch.device("cpu"), is_gpt2=False)
+    whole = Vocoder(s3gen, device=torch.device("cpu"), family=layout.family)
     tokens = list(range(200, 230))
     want = whole.vocode(tokens, vocoder.default_conds, seed=3)
     assert relative_distance(vocoder.vocode(tokens, vocoder.default_conds, seed=3), want) < 1e-5

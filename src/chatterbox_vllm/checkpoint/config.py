@@ -34,9 +34,11 @@ class ModelConfig:
 
     @classmethod
     def published(cls, variant: str) -> "ModelConfig":
-        t3 = T3Config.for_variant(variant)
-        s3gen = S3GenConfig.meanflow_model() if t3.is_gpt2 else S3GenConfig()
-        return cls(t3=t3, s3gen=s3gen, voice_encoder=VoiceEncoderConfig())
+        """The published dimensions of a registered family (`families`)."""
+        from .. import families
+
+        family = families.get(variant)
+        return cls(t3=family.t3_config(), s3gen=family.s3gen_config(), voice_encoder=VoiceEncoderConfig())
 
 
 def load_model_config(directory: Path, layout: CheckpointLayout) -> ModelConfig:

@@ -7,25 +7,44 @@ copied by hand. All three end in a directory laid out as `layout.py` describes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+from .. import families
 from ..compile_cache import cache_root
-from .layout import HF_REPO_ID, LAYOUTS, CheckpointLayout, Variant
+from .layout import LAYOUTS, CheckpointLayout, Variant
 from .weights import CheckpointError
 
-MODEL_ALIASES: dict[str, Variant] = {
-    "english": "english", "en": "english", "multilingual": "multilingual", "mtl": "multilingual",
-    "turbo": "turbo", "chatterbox-turbo": "turbo", "nano": "nano", "chatterbox-nano": "nano",
-}  # fmt: skip
+
+class _ModelNames(Mapping[str, Variant]):
+    """Model names the registered families declare, each to its family's name: their hub aliases (`random`
+    False) or their random-weight stand-ins (`random` True). Read from the registry when asked."""
+
+    def __init__(self, *, random: bool) -> None:
+        self._random = random
+
+    def _names(self) -> dict[str, Variant]:
+        if self._random:
+            return {f.random_model: f.name for f in families.all_families() if f.random_model}
+        return {alias: f.name for f in families.all_families() for alias in f.hub_aliases}
+
+    def __getitem__(self, name: str) -> Variant:
+        return self._names()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+MODEL_ALIASES: Mapping[str, Variant] = _ModelNames(random=False)
 # Random-weight checkpoints (tiny dimensions, seed 0), written on first use: the whole pipeline without any
 # download. The audio is noise; this is for smoke tests and trying the API offline.
-RANDOM_MODELS: dict[str, Variant] = {
-    "random-tiny": "english", "random-tiny-multilingual": "multilingual", "random-tiny-turbo": "turbo",
-    "random-tiny-nano": "nano",
-}  # fmt: skip
+RANDOM_MODELS: Mapping[str, Variant] = _ModelNames(random=True)
 
 
 def random_checkpoint_dir(variant: Variant, cache_dir: Path | None = None) -> Path:

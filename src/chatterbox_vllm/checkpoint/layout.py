@@ -6,12 +6,12 @@ The names are the real ones so that a directory downloaded from the hub and a ra
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
-Variant = Literal["english", "multilingual", "turbo", "nano"]
-VARIANTS: tuple[Variant, ...] = ("english", "multilingual", "turbo", "nano")
+# A model family's name (`families`): "english", "multilingual", "turbo", "nano" or one registered later.
+Variant = str
 
 HF_REPO_ID = "ResembleAI/chatterbox"
 TURBO_REPO_ID = "ResembleAI/chatterbox-turbo"
@@ -48,43 +48,45 @@ class CheckpointLayout:
         return names + ((self.cangjie_table,) if self.cangjie_table else ())
 
     @property
-    def is_gpt2(self) -> bool:
-        """Turbo and Nano: GPT-2 T3, GPT-2 tokenizer, mean-flow S3Gen."""
-        return self.variant in ("turbo", "nano")
+    def family(self) -> Any:
+        """The registered `families.ModelFamily` these files belong to."""
+        from .. import families
+
+        return families.get(self.variant)
 
 
-ENGLISH = CheckpointLayout(
-    variant="english",
-    voice_encoder="ve.safetensors",
-    t3="t3_cfg.safetensors",
-    s3gen="s3gen.safetensors",
-    conds="conds.pt",
-    text_tokenizer="tokenizer.json",
-)
+class _Layouts(Mapping[str, CheckpointLayout]):
+    """Each registered family's layout by name, read from the registry when asked (families register later)."""
 
-MULTILINGUAL = CheckpointLayout(
-    variant="multilingual",
-    voice_encoder="ve.pt",
-    t3="t3_mtl23ls_v2.safetensors",
-    s3gen="s3gen.pt",
-    conds="conds.pt",
-    text_tokenizer="grapheme_mtl_merged_expanded_v1.json",
-    cangjie_table="Cangjie5_TC.json",
-)
+    def __getitem__(self, name: str) -> CheckpointLayout:
+        from .. import families
 
-TURBO = CheckpointLayout(
-    variant="turbo",
-    voice_encoder="ve.safetensors",
-    t3="t3_turbo_v1.safetensors",
-    s3gen="s3gen_meanflow.safetensors",
-    conds="conds.pt",
-    text_tokenizer=GPT2_TOKENIZER_FILES[0],
-    tokenizer_extras=GPT2_TOKENIZER_FILES[1:],
-    optional_files=GPT2_TOKENIZER_OPTIONAL,
-    repo_id=TURBO_REPO_ID,
-)
+        try:
+            return families.get(name).layout
+        except ValueError:
+            raise KeyError(name) from None
 
-# Nano's s3gen_meanflow.safetensors, ve.safetensors and conds.pt are Turbo's files (the same LFS blobs upstream).
-NANO = dataclasses.replace(TURBO, variant="nano", t3="t3_nano_v1.safetensors", repo_id=NANO_REPO_ID)
+    def __iter__(self) -> Iterator[str]:
+        from .. import families
 
-LAYOUTS: dict[str, CheckpointLayout] = {"english": ENGLISH, "multilingual": MULTILINGUAL, "turbo": TURBO, "nano": NANO}
+        return iter(families.names())
+
+    def __len__(self) -> int:
+        from .. import families
+
+        return len(families.names())
+
+
+LAYOUTS: Mapping[str, CheckpointLayout] = _Layouts()
+_FAMILY_LAYOUTS = {"ENGLISH": "english", "MULTILINGUAL": "multilingual", "TURBO": "turbo", "NANO": "nano"}
+
+
+def __getattr__(name: str) -> Any:
+    """`ENGLISH`, `MULTILINGUAL`, `TURBO`, `NANO`: the published families' layouts, declared in `families`."""
+    if name in _FAMILY_LAYOUTS:
+        return LAYOUTS[_FAMILY_LAYOUTS[name]]
+    raise AttributeError(name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_FAMILY_LAYOUTS])

@@ -131,7 +131,7 @@ def check_text_tokens(text_tokens: torch.Tensor, config: T3Config) -> torch.Tens
     tokens = torch.as_tensor(text_tokens).to(dtype=torch.long)
     if tokens.dim() == 2 and tokens.shape[0] == 1:
         tokens = tokens[0]
-    if config.is_gpt2:
+    if not config.wraps_text:
         if tokens.dim() != 1 or tokens.numel() < 1:
             raise ValueError(f"text_tokens must be one non-empty sequence [L], got {tuple(tokens.shape)}")
     else:
@@ -153,7 +153,7 @@ def check_text_tokens(text_tokens: torch.Tensor, config: T3Config) -> torch.Tens
 def text_token_limit(config: T3Config) -> int:
     """The longest text T3 reads: its text position table (Llama T3), or what GPT-2's position table leaves after
     the conditioning prefix, the start-of-speech token and at least one generated token."""
-    if config.is_gpt2:
+    if config.backbone_positions:
         return config.n_positions - config.cond_len - 2
     return config.text_pos_emb_size
 
@@ -164,12 +164,12 @@ def prompt_length(config: T3Config, cond: T3Cond, text_len: int) -> int:
     prompt_tokens = 0 if prompt is None else int(prompt.shape[-1])
     cond_len = 1 + (config.perceiver_query_tokens if config.use_perceiver_resampler and prompt is not None
                     else prompt_tokens) + (1 if config.emotion_adv else 0)  # fmt: skip
-    return cond_len + text_len + (1 if config.is_gpt2 else 2)
+    return cond_len + text_len + config.speech_start_rows
 
 
 def speech_token_limit(config: T3Config, prompt_len: int = 0) -> int:
     """The most tokens T3 may generate: its speech position table (Llama T3), or GPT-2's positions left after a
     prompt of `prompt_len` embeddings."""
-    if config.is_gpt2:
+    if config.backbone_positions:
         return config.n_positions - prompt_len
     return config.speech_pos_emb_size

@@ -142,7 +142,7 @@ class TorchT3Engine:
 
     @torch.inference_mode()
     def _decode(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> Iterator[int]:
-        if self.config.is_gpt2:
+        if self.config.backbone == "gpt2":
             yield from self._decode_gpt2(text_tokens, cond, params)
             return
         model, cfg = self.model, self.config

@@ -154,7 +154,7 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None
         enforce_eager=options.enforce_eager,
         seed=options.seed,
         logits_processors=[
-            plugin.TURBO_LOGITS_PROCESSOR if config is not None and config.is_gpt2 else plugin.LOGITS_PROCESSOR
+            plugin.BACKBONE_LOGITS_PROCESSORS[config.backbone] if config is not None else plugin.LOGITS_PROCESSOR
         ],
         disable_log_stats=False,
         served_model_name=SERVED_MODEL_NAME,
@@ -172,7 +172,7 @@ def vllm_sampling_params(
     from vllm.sampling_params import RequestOutputKind
 
     output_kind = RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA
-    if config.is_gpt2:
+    if config.backbone == "gpt2":
         # Turbo's chain runs in TurboLogitsProcessor; vLLM only draws from its result (or takes the argmax).
         return vllm.SamplingParams(
             temperature=0.0 if params.greedy else 1.0,
@@ -246,7 +246,7 @@ class VLLMT3Engine:
     def prompt_embeds(self, text_tokens: torch.Tensor, cond: T3Cond, params: SamplingParams) -> torch.Tensor:
         """[L, 2 * hidden]: the conditional prefix beside the unconditional one (itself again without CFG); GPT-2 T3:
         [L, hidden], its one row."""
-        if self.config.is_gpt2:
+        if self.config.backbone == "gpt2":
             with torch.inference_mode():
                 rows = self.prefix_model.prefill_embeds(cond.to(self.device), text_tokens, cfg=False)
             return rows[0].to(device="cpu", dtype=self.dtype)

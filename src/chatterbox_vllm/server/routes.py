@@ -286,7 +286,8 @@ async def list_languages(request: Request, model: str | None = None) -> dict:
     model), and the input limit. Open without a key, like the other listings."""
     state = _models(request).for_request(model) if model else _models(request).default
     state.require_ready()
-    codes = SUPPORTED_LANGUAGES if state.tts.is_multilingual else {"en": SUPPORTED_LANGUAGES["en"]}
+    assert state.family is not None  # a ready model's variant is known
+    codes = state.family.languages
     return {
         "languages": [{"code": code, "name": name} for code, name in codes.items()],
         "max_input_chars": request.app.state.settings.max_input_chars,

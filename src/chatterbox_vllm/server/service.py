@@ -218,7 +218,7 @@ class SpeechService:
     def language_for(self, request: SpeechRequest, voice: Voice) -> str | None:
         """The language to speak (None for a model that speaks English only), or a 400 that says which model
         speaks the one asked for."""
-        if not self.tts.is_multilingual:
+        if not self.tts.family.multilingual:
             variant = self.tts.variant
             try:
                 asked = validate_language(request.language_id, multilingual=True)

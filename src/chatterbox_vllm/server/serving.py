@@ -82,7 +82,7 @@ class Serving:
         if self._voices is None:
             self._voices = VoiceLibrary(
                 self.voices_dir,
-                multilingual=any(state.variant == "multilingual" for state in self.served.states),
+                multilingual=any(s.family is not None and s.family.multilingual for s in self.served.states),
                 max_upload_bytes=self.settings.max_upload_bytes,
             )
         return self._voices

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from ..checkpoint.layout import VARIANTS
+from .. import families
+from ..families import ModelFamily
 from ..text.languages import SUPPORTED_LANGUAGES
 from .errors import APIError
 from .schemas import OPENAI_MODELS
@@ -52,6 +53,11 @@ class ModelState:
     def id(self) -> str | None:
         """The name requests use for this model, e.g. chatterbox-turbo."""
         return served_id(self.variant) if self.variant else None
+
+    @property
+    def family(self) -> ModelFamily | None:
+        """The model's family (languages, ...), known with its variant before it loads."""
+        return families.get(self.variant) if self.variant else None
 
     def describe(self) -> str:
         """The model as the log and /health name it: its id and the setting that named it, e.g.
@@ -108,7 +114,7 @@ class ServedModels:
         if state is not None:
             return state
         message = f"model {name!r} is not served here; use one of {', '.join(self.ids())}"
-        if name.startswith(SERVED_PREFIX) and name[len(SERVED_PREFIX):] in VARIANTS:
+        if name.startswith(SERVED_PREFIX) and name[len(SERVED_PREFIX):] in families.names():
             variant = name[len(SERVED_PREFIX):]
             message = (
                 f"model {name!r} is not loaded on this server (it serves {', '.join(self.ids())}); "
@@ -120,7 +126,7 @@ class ServedModels:
         """Where speech in `language` (a supported code other than English, which every model speaks) can be had:
         the loaded model that speaks it, else how to load one."""
         name = SUPPORTED_LANGUAGES.get(language, language)
-        speakers = [state for state in self.states if state.variant == "multilingual"]
+        speakers = [state for state in self.states if state.family is not None and state.family.multilingual]
         serving = [state.id for state in speakers if state.status != "error"]
         if serving:
             return f"{name} is spoken by the model {serving[0]}: send \"model\": \"{serving[0]}\""

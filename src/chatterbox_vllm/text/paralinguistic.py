@@ -26,8 +26,6 @@ STYLE_TAGS: tuple[str, ...] = (
     "[narration]", "[advertisement]",
 )
 TURBO_TAGS: tuple[str, ...] = SOUND_TAGS + STYLE_TAGS
-# Model variants whose tokenizer has the tags as tokens.
-TAG_VARIANTS = frozenset({"turbo", "nano"})
 
 # Longest first, so that a longer tag wins over a prefix of it (none today, but cheap to keep right).
 _ALTERNATION = "|".join(re.escape(t) for t in sorted(TURBO_TAGS, key=len, reverse=True))
@@ -50,7 +48,10 @@ class TagMatch:
 
 
 def supports_tags(variant: str) -> bool:
-    return variant in TAG_VARIANTS
+    """Whether the family called `variant` has the tags as tokens (`ModelFamily.paralinguistic_tags`)."""
+    from ..families import get
+
+    return get(variant).paralinguistic_tags
 
 
 def find_tags(text: str, *, ignore_case: bool = False) -> list[TagMatch]:

@@ -72,7 +72,7 @@ class ChatterboxGPT2T3ForVLLM(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         config = t3_config_of(vllm_config)
-        if not config.is_gpt2:
+        if config.backbone != "gpt2":
             raise ValueError("ChatterboxGPT2T3ForVLLM serves GPT-2 T3 (Turbo, Nano) only")
         self.config = config
         self.transformer = T3GPT2Stack(

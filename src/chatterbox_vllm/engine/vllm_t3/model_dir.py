@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ...compile_cache import cache_root
 from ...models.t3.config import T3Config
-from .plugin import ARCHITECTURE, GPT2_ARCHITECTURE
+from .plugin import BACKBONE_ARCHITECTURES
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -26,10 +26,10 @@ def vllm_hf_config(config: T3Config) -> dict:
     `mrope_section` only switches on vLLM's M-RoPE position path; the model applies its own (llama3) RoPE. GPT-2 T3
     has one stream (no CFG) and GPT-2's own config, read by vLLM's GPT-2 blocks.
     """
-    if config.is_gpt2:
+    if config.backbone == "gpt2":
         return {
             **config.hf_gpt2_config(),
-            "architectures": [GPT2_ARCHITECTURE],
+            "architectures": [BACKBONE_ARCHITECTURES[config.backbone]],
             "vocab_size": config.speech_tokens_dict_size,  # what compute_logits returns
             # GPT-2's own 50256 lies outside the speech vocabulary (requests stop on stop_token_ids anyway)
             "bos_token_id": config.start_speech_token,
@@ -38,7 +38,7 @@ def vllm_hf_config(config: T3Config) -> dict:
             "chatterbox_t3": dataclasses.asdict(config),
         }
     return {
-        "architectures": [ARCHITECTURE],
+        "architectures": [BACKBONE_ARCHITECTURES[config.backbone]],
         "model_type": "llama",
         "hidden_size": 2 * config.hidden_size,
         "intermediate_size": config.intermediate_size,

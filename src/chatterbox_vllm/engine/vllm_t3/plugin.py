@@ -10,6 +10,9 @@ LOGITS_PROCESSOR = "chatterbox_vllm.engine.vllm_t3.logits:CFGLogitsProcessor"
 GPT2_ARCHITECTURE = "ChatterboxGPT2T3ForVLLM"
 GPT2_MODEL_CLASS = "chatterbox_vllm.engine.vllm_t3.gpt2_model:ChatterboxGPT2T3ForVLLM"
 TURBO_LOGITS_PROCESSOR = "chatterbox_vllm.engine.vllm_t3.logits:TurboLogitsProcessor"
+# By T3 backbone kind (`T3Config.backbone`): the vLLM architecture that serves it and its logits processor.
+BACKBONE_ARCHITECTURES = {"llama": ARCHITECTURE, "gpt2": GPT2_ARCHITECTURE}
+BACKBONE_LOGITS_PROCESSORS = {"llama": LOGITS_PROCESSOR, "gpt2": TURBO_LOGITS_PROCESSOR}
 
 # The model's HF config entry (set through vLLM's hf_overrides from `VLLMOptions.compile`, i.e. the server's
 # CHATTERBOX_T3_COMPILE) that says whether T3 may be compiled: vLLM's engine process gets it with the config.

@@ -69,18 +69,34 @@ class T3Config:
 
     # ------------------------------------------------------------------ derived
     @property
-    def is_multilingual(self) -> bool:
-        """The reference tells the variants apart by the text vocabulary size."""
-        return self.text_tokens_dict_size == MULTILINGUAL_TEXT_VOCAB
+    def supports_cfg(self) -> bool:
+        """Turbo and Nano were distilled without classifier-free guidance: their reference never runs it."""
+        return self.backbone == "llama"
 
     @property
-    def is_gpt2(self) -> bool:
+    def wraps_text(self) -> bool:
+        """Llama T3 reads text between its start/stop text tokens; GPT-2 T3 reads GPT-2's ids as they are."""
+        return self.backbone == "llama"
+
+    @property
+    def speech_start_rows(self) -> int:
+        """Start-of-speech embeddings after the text: two in Llama T3 (the reference's quirk), one in GPT-2 T3."""
+        return 2 if self.backbone == "llama" else 1
+
+    @property
+    def backbone_positions(self) -> bool:
+        """The backbone's own position table (GPT-2's `wpe`) spans the whole sequence, prefix included, and bounds
+        both text and speech; Llama T3 bounds each by its own learned table."""
         return self.backbone == "gpt2"
 
     @property
-    def supports_cfg(self) -> bool:
-        """Turbo and Nano were distilled without classifier-free guidance: their reference never runs it."""
-        return not self.is_gpt2
+    def gated_mlp(self) -> bool:
+        """Llama's MLP has three matrices (gate, up, down); GPT-2's two."""
+        return self.backbone == "llama"
+
+    @property
+    def speech_head_bias(self) -> bool:
+        return self.backbone == "gpt2"
 
     @property
     def text_pos_emb_size(self) -> int:
@@ -135,23 +151,31 @@ class T3Config:
 
     @classmethod
     def for_variant(cls, variant: str) -> "T3Config":
-        presets = {"english": cls.english, "multilingual": cls.multilingual, "turbo": cls.turbo, "nano": cls.nano}
-        if variant not in presets:
-            raise ValueError(f"unknown T3 variant {variant!r} (expected one of {', '.join(presets)})")
-        return presets[variant]()
+        """The published T3 of a registered model family (`families`)."""
+        from ...families import get
+
+        try:
+            return get(variant).t3_config()
+        except ValueError as exc:
+            raise ValueError(f"unknown T3 variant {variant!r}: {exc}") from None
 
     @classmethod
     def tiny(cls, variant: str = "english") -> "T3Config":
+        """A registered family's T3 made tiny (`shrink`)."""
+        return cls.shrink(cls.for_variant(variant))
+
+    @classmethod
+    def shrink(cls, config: "T3Config") -> "T3Config":
         """Same architecture, vocabularies, token ids, position tables and prompt/query lengths; small widths."""
         return dataclasses.replace(
-            cls.for_variant(variant),
+            config,
             hidden_size=64,
             num_hidden_layers=2,
             # head_dim 32: the smallest head size vLLM's CPU attention backend accepts.
             num_attention_heads=2,
             num_key_value_heads=2,
             head_dim=32,
-            intermediate_size=256 if variant in ("turbo", "nano") else 128,  # GPT-2's MLP is 4 x hidden
+            intermediate_size=128 if config.gated_mlp else 256,  # GPT-2's MLP is 4 x hidden
         )
 
     @classmethod
@@ -171,7 +195,7 @@ class T3Config:
             raise ValueError("T3Config: hidden_size must be divisible by perceiver_heads")
         if self.backbone not in ("llama", "gpt2"):
             raise ValueError(f"T3Config: unknown backbone {self.backbone!r} (expected 'llama' or 'gpt2')")
-        if self.is_gpt2 and (
+        if self.backbone == "gpt2" and (
             self.num_attention_heads * self.head_dim != self.hidden_size
             or self.num_key_value_heads != self.num_attention_heads
         ):

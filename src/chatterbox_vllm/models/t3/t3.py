@@ -23,6 +23,9 @@ from .config import T3Config
 from .gpt2 import GPT2Backbone
 from .llama import KVCache, LlamaBackbone
 
+# The torch module of each T3 backbone kind (`T3Config.backbone`).
+BACKBONE_MODULES: dict[str, type[LlamaBackbone] | type[GPT2Backbone]] = {"llama": LlamaBackbone, "gpt2": GPT2Backbone}
+
 
 class LearnedPositionEmbeddings(nn.Module):
     """Absolute position table (`<name>.emb.weight`)."""
@@ -44,7 +47,7 @@ class T3(nn.Module):
         super().__init__()
         self.config = config
         # Registration order = the reference's state_dict order (the manifests list tensors in that order).
-        self.tfmr: LlamaBackbone | GPT2Backbone = GPT2Backbone(config) if config.is_gpt2 else LlamaBackbone(config)
+        self.tfmr: LlamaBackbone | GPT2Backbone = BACKBONE_MODULES[config.backbone](config)
         self.cond_enc = T3CondEnc(config)
         self.text_emb = nn.Embedding(config.text_tokens_dict_size, config.hidden_size)
         self.speech_emb = nn.Embedding(config.speech_tokens_dict_size, config.hidden_size)
@@ -54,7 +57,7 @@ class T3(nn.Module):
             self.text_pos_emb = LearnedPositionEmbeddings(config.text_pos_emb_size, config.hidden_size)
             self.speech_pos_emb = LearnedPositionEmbeddings(config.speech_pos_emb_size, config.hidden_size)
         self.text_head = nn.Linear(config.hidden_size, config.text_tokens_dict_size, bias=False)  # unused
-        self.speech_head = nn.Linear(config.hidden_size, config.speech_tokens_dict_size, bias=config.is_gpt2)
+        self.speech_head = nn.Linear(config.hidden_size, config.speech_tokens_dict_size, bias=config.speech_head_bias)
 
     @property
     def device(self) -> torch.device:
@@ -134,7 +137,7 @@ class T3(nn.Module):
         batch = text.shape[0]
         bos = torch.full((1, 1), self.config.start_speech_token, device=self.device, dtype=torch.long)
         bos_emb = self.speech_embeds(bos, 0)
-        starts = 1 if self.config.is_gpt2 else 2
+        starts = self.config.speech_start_rows
         return torch.cat(
             (cond_emb.expand(batch, -1, -1), text, bos_emb.expand(batch, starts, -1)),
             dim=1,

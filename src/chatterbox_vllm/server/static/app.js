@@ -484,7 +484,8 @@
       temperature: Number($("temperature").value),
       seed,
     };
-    if (state.variant === "multilingual" && el.language.value) body.language_id = el.language.value;
+    // A model that speaks more than one language (its /v1/audio/languages list) takes the language chosen.
+    if (!el.language.disabled && el.language.value) body.language_id = el.language.value;
     return body;
   }
 
