@@ -61,7 +61,7 @@ class Conditionals:
     gen: dict[str, torch.Tensor | None]
 
     @classmethod
-    def load(cls, path: str | Path) -> "Conditionals":
+    def load(cls, path: str | Path) -> Conditionals:
         """Read a `conds.pt` as the reference writes it: {'t3': T3Cond fields, 'gen': S3Gen ref dict}."""
         path = Path(path)
         try:
@@ -88,11 +88,11 @@ class Conditionals:
         }
         torch.save({"t3": t3, "gen": self.gen}, str(path))
 
-    def to(self, device: torch.device | str) -> "Conditionals":
+    def to(self, device: torch.device | str) -> Conditionals:
         gen = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.gen.items()}
         return Conditionals(t3=self.t3.to(device), gen=gen)
 
-    def with_exaggeration(self, exaggeration: float) -> "Conditionals":
+    def with_exaggeration(self, exaggeration: float) -> Conditionals:
         """The same voice with another emotion intensity (a new object: cached voices stay untouched)."""
         current = self.t3.emotion_adv
         if current is not None and float(current.reshape(-1)[0]) == float(exaggeration):

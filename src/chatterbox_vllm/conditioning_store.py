@@ -95,7 +95,9 @@ class ConditioningStore:
         expected = {"format": CONDITIONING_FORMAT, "fingerprint": self.fingerprint, "clip_sha256": clip_sha}
         stale = [key for key, value in expected.items() if metadata.get(key) != value]
         if stale:
-            what = " and ".join({"format": "format", "fingerprint": "model", "clip_sha256": "clip"}[key] for key in stale)
+            what = " and ".join(
+                {"format": "format", "fingerprint": "model", "clip_sha256": "clip"}[key] for key in stale
+            )
             log.info("stored conditioning %s was made for another %s; analysing the clip again", path, what)
             return None
         missing = [key for key in _TENSOR_KEYS if key not in tensors]
@@ -120,7 +122,9 @@ class ConditioningStore:
         missing = sorted(key for key, value in found.items() if value is None)
         if missing:
             raise ValueError(f"a voice's conditionals lack {', '.join(missing)}: nothing to store")
-        tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in found.items() if value is not None}
+        tensors = {
+            key: value.detach().to("cpu").contiguous().clone() for key, value in found.items() if value is not None
+        }
         metadata = {"format": CONDITIONING_FORMAT, "fingerprint": self.fingerprint, "clip_sha256": clip_sha,
                     "model": self.model, "tensors_sha256": _tensors_sha256(tensors)}  # fmt: skip
         try:

@@ -32,10 +32,10 @@ import torch
 
 from .conditioning import Conditionals
 from .engine.base import speech_tokens_for_s3gen
-from .models.s3gen.config import MEL_BINS
 from .models.s3gen import S3Gen
+from .models.s3gen.config import MEL_BINS
 from .models.s3gen.flow import FlowRow
-from .vocoder import S3GEN_SILENCE_TOKEN, SAMPLES_PER_TOKEN, Vocoder, VocodeJob
+from .vocoder import S3GEN_SILENCE_TOKEN, SAMPLES_PER_TOKEN, VocodeJob, Vocoder
 
 if TYPE_CHECKING:
     from .tts import ChatterboxTTS

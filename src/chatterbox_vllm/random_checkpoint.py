@@ -45,8 +45,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint.config import load_model_config
 from . import families
+from .checkpoint.config import load_model_config
 from .checkpoint.layout import CONFIG_FILE, HF_REPO_ID, CheckpointLayout
 from .families import ModelFamily
 
@@ -156,7 +156,7 @@ def checkpoint_specs(variant: str | ModelFamily, size: str) -> dict[str, list[Te
 
 # ------------------------------------------------------------------------------------------------------ values
 def tensor_seed(seed: int, name: str) -> int:
-    return zlib.crc32(f"{seed}:{name}".encode("utf-8"))
+    return zlib.crc32(f"{seed}:{name}".encode())
 
 
 def random_tensor(seed: int, spec: TensorSpec) -> torch.Tensor:
@@ -199,7 +199,7 @@ def fixed_buffer_values(variant: str | ModelFamily, size: str) -> dict[str, torc
 
 def build_state_dict(
     specs: Iterable[TensorSpec], seed: int, fixed: dict[str, torch.Tensor]
-) -> "OrderedDict[str, torch.Tensor]":
+) -> OrderedDict[str, torch.Tensor]:
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
     for spec in specs:
         if spec.name in fixed:
@@ -235,7 +235,10 @@ def make_conds(seed: int, variant: str | ModelFamily = "english") -> dict[str, d
         "speaker_emb": speaker,
         "clap_emb": None,
         "cond_prompt_speech_tokens": torch.randint(
-            0, SPEECH_VOCAB, (1, t3_tokens), generator=gen("t3.cond_prompt_speech_tokens"),
+            0,
+            SPEECH_VOCAB,
+            (1, t3_tokens),
+            generator=gen("t3.cond_prompt_speech_tokens"),
             dtype=torch.long,
         ),
         "cond_prompt_speech_emb": None,
@@ -257,9 +260,7 @@ def make_conds(seed: int, variant: str | ModelFamily = "english") -> dict[str, d
 
 # -------------------------------------------------------------------------------------------------- tokenizers
 MULTILINGUAL_VOCAB_SIZE = 2454
-MULTILINGUAL_LANGUAGES = (
-    "ar da de el en es fi fr he hi it ja ko ms nl no pl pt ru sv sw tr zh"
-).split()
+MULTILINGUAL_LANGUAGES = ("ar da de el en es fi fr he hi it ja ko ms nl no pl pt ru sv sw tr zh").split()
 CANGJIE_CODE_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789."
 # Scripts whose every code point is one token of the synthetic multilingual vocabulary (inclusive ranges): Latin-1
 # letters, Latin Extended-A, combining marks, Greek, Cyrillic, Hebrew, Arabic (punctuation, letters, digits),
@@ -395,7 +396,7 @@ def _atomic_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _save_weights(state: "OrderedDict[str, torch.Tensor]", path: Path) -> None:
+def _save_weights(state: OrderedDict[str, torch.Tensor], path: Path) -> None:
     """`.safetensors` without metadata (like the published files) or a torch pickle of the ordered state dict.
 
     Written under a temporary name and renamed, so an interrupted run never leaves a plausible-looking file.

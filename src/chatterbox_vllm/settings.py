@@ -61,7 +61,11 @@ PRESETS: dict[str, EngineLimits] = {
     # 6-8 GB cards: two sequences, no CUDA graphs (T3's nor S3Gen's: their buffers cost memory such a card lacks),
     # and the speech tokenizer (124M parameters, needed only when a new voice is analysed) on the CPU.
     "low": EngineLimits(
-        gpu_memory_gib=1.75, max_batch_size=2, max_model_len=1536, enforce_eager=True, dtype="bfloat16",
+        gpu_memory_gib=1.75,
+        max_batch_size=2,
+        max_model_len=1536,
+        enforce_eager=True,
+        dtype="bfloat16",
         s3_tokenizer_on_gpu=False,
     ),
     # 12 GB cards.
@@ -141,9 +145,7 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ the HTTP server
     host: str = Field("0.0.0.0", description="address the server listens on (0.0.0.0: every interface)")
     port: int = Field(8000, description="TCP port the server listens on, 1..65535")
-    api_key: str | None = Field(
-        None, repr=False, description="if set, requests need 'Authorization: Bearer <key>'"
-    )
+    api_key: str | None = Field(None, repr=False, description="if set, requests need 'Authorization: Bearer <key>'")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info",
         description="server log level; tracebacks are logged at debug only (one line per error otherwise), and so are "
@@ -306,7 +308,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _s3gen_batch_from_preset(self) -> "Settings":
+    def _s3gen_batch_from_preset(self) -> Settings:
         """An unset S3Gen batch takes the preset's, so readers always see a number."""
         if self.s3gen_batch_size is None:
             self.s3gen_batch_size = S3GEN_BATCH_SIZES[self.preset]
@@ -355,7 +357,6 @@ class Settings(BaseSettings):
             explicit = getattr(self, f.name)
             values[f.name] = explicit if explicit is not None else getattr(preset, f.name)
         return EngineLimits(**values)
-
 
 
 def gpu_memory_utilization(budget_gib: float, total_bytes: int) -> float:

@@ -32,28 +32,57 @@ class Notice:
 
 
 EXPECTED: tuple[Notice, ...] = (
-    Notice("uvicorn.error", r"^(Started server process|Waiting for application startup|Application startup complete"
-           r"|Uvicorn running on)", "the port opens before the models load: these would say the server runs while "
-           "/health still answers 503; the ready line says when it serves"),
-    Notice("vllm.engine.arg_utils", r"^This model does not officially support disabling chunked prefill",
-           "on CPU prompts are prefilled whole on purpose (VLLMOptions.whole_prefills)"),
-    Notice("vllm.renderers.base", r"^Using None for (EOS|BOS) token id because tokenizer is not initialized",
-           "T3 has no text tokenizer in vLLM (its prompts are embeddings); requests stop on stop_token_ids"),
-    Notice("vllm.v1.engine.input_processor", r"^Passing raw prompts to InputProcessor is deprecated",
-           "T3's prompts are embeddings, passed the one way every vLLM from 0.26 to 0.33 takes them"),
-    Notice("transformers.modeling_rope_utils", r"^Unrecognized keys in `rope_parameters` for 'rope_type'='default': "
-           r"\{'mrope_section'\}$", "T3's vLLM config sets mrope_section to reach vLLM's M-RoPE positions "
-           "(engine/vllm_t3/model_dir.py); transformers reads the config three times in each of two processes"),
-    Notice("vllm.config.vllm", r"^Inductor compilation was disabled by user settings",
-           "vLLM's CPU build (and the low preset's enforce_eager) compiles T3 without Inductor, as chosen"),
-    Notice("vllm.triton_utils.importing", r"^Triton is installed, but doesn't include CPU backend",
-           "vLLM's CPU build runs without Triton (xgrammar installs the GPU one beside it)"),
+    Notice(
+        "uvicorn.error",
+        r"^(Started server process|Waiting for application startup|Application startup complete"
+        r"|Uvicorn running on)",
+        "the port opens before the models load: these would say the server runs while "
+        "/health still answers 503; the ready line says when it serves",
+    ),
+    Notice(
+        "vllm.engine.arg_utils",
+        r"^This model does not officially support disabling chunked prefill",
+        "on CPU prompts are prefilled whole on purpose (VLLMOptions.whole_prefills)",
+    ),
+    Notice(
+        "vllm.renderers.base",
+        r"^Using None for (EOS|BOS) token id because tokenizer is not initialized",
+        "T3 has no text tokenizer in vLLM (its prompts are embeddings); requests stop on stop_token_ids",
+    ),
+    Notice(
+        "vllm.v1.engine.input_processor",
+        r"^Passing raw prompts to InputProcessor is deprecated",
+        "T3's prompts are embeddings, passed the one way every vLLM from 0.26 to 0.33 takes them",
+    ),
+    Notice(
+        "transformers.modeling_rope_utils",
+        r"^Unrecognized keys in `rope_parameters` for 'rope_type'='default': "
+        r"\{'mrope_section'\}$",
+        "T3's vLLM config sets mrope_section to reach vLLM's M-RoPE positions "
+        "(engine/vllm_t3/model_dir.py); transformers reads the config three times in each of two processes",
+    ),
+    Notice(
+        "vllm.config.vllm",
+        r"^Inductor compilation was disabled by user settings",
+        "vLLM's CPU build (and the low preset's enforce_eager) compiles T3 without Inductor, as chosen",
+    ),
+    Notice(
+        "vllm.triton_utils.importing",
+        r"^Triton is installed, but doesn't include CPU backend",
+        "vLLM's CPU build runs without Triton (xgrammar installs the GPU one beside it)",
+    ),
     Notice("vllm.platforms.cpu", r"^Triton is not installed\. triton-cpu is expected", "as above"),
     Notice("vllm.platforms.cpu", r"^Reset SSM cache type to float32", "T3 has no SSM (Mamba) layers"),
-    Notice("vllm.v1.worker.cpu_worker", r"^(libtcmalloc|libiomp) is not found in LD_PRELOAD",
-           "a CPU tuning hint for vLLM's own deployments; the server runs correctly without the preload"),
-    Notice("py.warnings", r"FutureWarning: `torch\.distributed\.reduce_op` is deprecated",
-           "vLLM's Triton dispatcher looks at every attribute of torch.distributed, this deprecated one too"),
+    Notice(
+        "vllm.v1.worker.cpu_worker",
+        r"^(libtcmalloc|libiomp) is not found in LD_PRELOAD",
+        "a CPU tuning hint for vLLM's own deployments; the server runs correctly without the preload",
+    ),
+    Notice(
+        "py.warnings",
+        r"FutureWarning: `torch\.distributed\.reduce_op` is deprecated",
+        "vLLM's Triton dispatcher looks at every attribute of torch.distributed, this deprecated one too",
+    ),
 )
 
 # vLLM's CPU engine notes its NUMA memory binding from C++ (c10's warning log, which no Python filter reaches):

@@ -31,10 +31,10 @@ from .engine.base import SamplingParams, T3Engine
 from .engine.factory import build_t3_engine, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions
 from .families import ModelFamily
-from .settings import Settings
 from .models.s3gen import S3Gen
 from .models.s3gen.flow import FlowVoice
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
+from .settings import Settings
 from .text.gpt2 import GPT2TextTokenizer
 from .text.languages import validate_language
 from .text.normalize import punc_norm, validate_text
@@ -44,9 +44,9 @@ from .vocoder import (  # noqa: F401 - VocodeJob, S3GenOptions, flow_compute_dty
     S3GEN_SILENCE_TOKEN,
     SAMPLES_PER_TOKEN,
     S3GenOptions,
+    VocodeJob,
     Vocoder,
     VocoderSpec,
-    VocodeJob,
     flow_compute_dtype,
     load_s3gen_for,
 )
@@ -143,7 +143,7 @@ class ChatterboxTTS:
         device: str | torch.device | None = None,
         engine: str = "auto",
         vllm_options: VLLMOptions | None = None,
-    ) -> "ChatterboxTTS":
+    ) -> ChatterboxTTS:
         """Load a checkpoint directory (published layout, or a random one from `make-checkpoint`)."""
         directory = Path(directory).expanduser()
         if not directory.is_dir():
@@ -159,7 +159,7 @@ class ChatterboxTTS:
         model: str | None = None,
         gpu_memory_gib: float | None = None,
         progress: Progress | None = None,
-    ) -> "ChatterboxTTS":
+    ) -> ChatterboxTTS:
         """Load what the CHATTERBOX_* settings name: model, revision, device, engine and the VRAM limits.
 
         `model` loads another of the server's models with the same settings; `gpu_memory_gib` replaces T3's budget
@@ -188,8 +188,8 @@ class ChatterboxTTS:
             warm_up_tokens=settings.s3gen_warm_up_tokens,
         )
         return cls.load(
-            model or settings.model, device=device, revision=settings.revision, engine=settings.engine, vllm_options=options,
-            s3gen_options=s3gen_options, progress=progress, server_cache_dir=cache_dir,
+            model or settings.model, device=device, revision=settings.revision, engine=settings.engine,
+            vllm_options=options, s3gen_options=s3gen_options, progress=progress, server_cache_dir=cache_dir,
             dicta_model=settings.dicta_model or "",  # "": none, as the settings say
         )  # fmt: skip
 
@@ -206,7 +206,7 @@ class ChatterboxTTS:
         progress: Progress | None = None,
         server_cache_dir: Path | None = None,
         dicta_model: str | None = None,
-    ) -> "ChatterboxTTS":
+    ) -> ChatterboxTTS:
         """Load by setting value: `english` or `multilingual` (hub, cached) or a checkpoint directory.
         `server_cache_dir` and `dicta_model` are the settings' (CHATTERBOX_CACHE_DIR, CHATTERBOX_DICTA_MODEL); None:
         as the environment and .env name them (`Settings()`), for loads without settings; dicta_model "": none."""
@@ -224,7 +224,7 @@ class ChatterboxTTS:
         local_files_only: bool | None = None,
         engine: str = "auto",
         vllm_options: VLLMOptions | None = None,
-    ) -> "ChatterboxTTS":
+    ) -> ChatterboxTTS:
         """The English model from the Hugging Face hub (or its local cache)."""
         directory = download("english", revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         directory, layout = resolve_model(str(directory))
@@ -240,11 +240,9 @@ class ChatterboxTTS:
         local_files_only: bool | None = None,
         engine: str = "auto",
         vllm_options: VLLMOptions | None = None,
-    ) -> "ChatterboxTTS":
+    ) -> ChatterboxTTS:
         """The 23-language model from the Hugging Face hub (or its local cache)."""
-        directory = download(
-            "multilingual", revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
-        )
+        directory = download("multilingual", revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         directory, layout = resolve_model(str(directory))
         return cls._load(directory, layout, device, engine, vllm_options)
 
@@ -259,7 +257,7 @@ class ChatterboxTTS:
         s3gen_options: S3GenOptions | None = None,
         progress: Progress | None = None,
         dicta_model: str | None = None,
-    ) -> "ChatterboxTTS":
+    ) -> ChatterboxTTS:
         progress = progress or _no_progress
         device = torch.device(device) if device is not None else default_device()
         s3gen_options = s3gen_options or S3GenOptions()
@@ -281,7 +279,10 @@ class ChatterboxTTS:
         phases = {"load_s3gen_voice_encoder": loaded - started, "t3_engine": time.perf_counter() - loaded}
         log.info(
             "loaded %s Chatterbox from %s on %s (T3 engine: %s)",
-            layout.variant, directory, device, type(engine).__name__,
+            layout.variant,
+            directory,
+            device,
+            type(engine).__name__,
         )
         tts = cls(
             layout=layout,

@@ -134,7 +134,7 @@ class Vocoder:
         self._flow_voices: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
     @classmethod
-    def load(cls, spec: VocoderSpec) -> "Vocoder":
+    def load(cls, spec: VocoderSpec) -> Vocoder:
         """S3Gen's vocoding parts (and the built-in voice's conditionals) of `spec`'s checkpoint directory, nothing
         else: no T3, no voice encoder, no speech tokenizer."""
         device = torch.device(spec.device)
@@ -275,11 +275,18 @@ class Vocoder:
                     frames, len(valid), generator, dtype=self.s3gen.dtype,
                     device=generator.device if generator is not None else self.device,
                 )  # fmt: skip
+            embedding = job.conds.gen["embedding"]
+            if embedding is None:
+                raise ValueError("a voice's conditionals lack the speaker embedding S3Gen needs")
             rows.append(
                 FlowRow(
-                    torch.tensor(valid, dtype=torch.long), voice.prompt_tokens, voice.prompt_cond.T,
-                    job.conds.gen["embedding"], noise, voice=voice,
-                )  # fmt: skip
+                    torch.tensor(valid, dtype=torch.long),
+                    voice.prompt_tokens,
+                    voice.prompt_cond.T,
+                    embedding,
+                    noise,
+                    voice=voice,
+                )
             )
             generators.append(generator)
             kept.append(real)

@@ -107,7 +107,9 @@ def _does_not_fit(
         for need in needs
     )
     total = sum(preset_t3 + need.pipeline_gib for need in needs)
-    lines = [f"the {len(needs)} models do not fit the VRAM budget of {budget_gib:.2f} GiB: {each}; {total:.2f} GiB in all."]
+    lines = [
+        f"the {len(needs)} models do not fit the VRAM budget of {budget_gib:.2f} GiB: {each}; {total:.2f} GiB in all."
+    ]
     if t3_budget_explicit and share >= max(need.min_t3_gib for need in needs):
         lines.append(f"CHATTERBOX_GPU_MEMORY_GIB={preset_t3:g} is set: lower it to {share:g} or less, or unset it")
     else:

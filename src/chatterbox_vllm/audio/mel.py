@@ -69,8 +69,14 @@ def s3gen_mel_spectrogram(
 
 
 def ve_mel_spectrogram(
-    wav: np.ndarray, *, sample_rate: int = 16_000, n_fft: int = 400, hop_size: int = 160, num_mels: int = 40,
-    fmin: float = 0.0, fmax: float = 8000.0,
+    wav: np.ndarray,
+    *,
+    sample_rate: int = 16_000,
+    n_fft: int = 400,
+    hop_size: int = 160,
+    num_mels: int = 40,
+    fmin: float = 0.0,
+    fmax: float = 8000.0,
 ) -> np.ndarray:
     """Voice-encoder features: power (|STFT|^2) mel, frames first, `[1 + N // hop, num_mels]` float32.
 

@@ -33,7 +33,7 @@ class ModelConfig:
     speech_tokens_per_text_token: float | None = None
 
     @classmethod
-    def published(cls, variant: str) -> "ModelConfig":
+    def published(cls, variant: str) -> ModelConfig:
         """The published dimensions of a registered family (`families`)."""
         from .. import families
 

@@ -58,7 +58,7 @@ class SamplingParams:
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
 
     @classmethod
-    def turbo(cls, **overrides: object) -> "SamplingParams":
+    def turbo(cls, **overrides: object) -> SamplingParams:
         """The reference's Turbo/Nano `generate` defaults: no CFG and no min-p (it ignores both), top-k 1000,
         top-p 0.95."""
         values: dict[str, object] = dict(temperature=0.8, top_k=1000, top_p=0.95, min_p=0.0, repetition_penalty=1.2,

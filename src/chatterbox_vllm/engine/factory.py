@@ -9,8 +9,8 @@ from typing import Literal
 import torch
 
 from ..models.t3 import T3, load_t3
-from ..models.t3.gpt2 import GPT2Backbone
 from ..models.t3.config import T3Config
+from ..models.t3.gpt2 import GPT2Backbone
 from .base import T3Engine
 from .torch_engine import TorchT3Engine
 from .vllm_engine import VLLMOptions

@@ -32,7 +32,6 @@ from .sampling import (
     turbo_sampling_probs,
 )
 
-
 _DONE = object()
 
 

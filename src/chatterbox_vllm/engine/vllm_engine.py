@@ -31,12 +31,12 @@ from typing import Any
 import torch
 
 from ..models.t3 import T3, T3Cond
-from ..settings import EngineLimits, gpu_memory_utilization
 from ..models.t3.config import T3Config
+from ..settings import EngineLimits, gpu_memory_utilization
 from .base import SamplingParams, check_text_tokens, prompt_length, speech_token_limit
 from .vllm_t3 import plugin
-from .vllm_t3.plugin import CFG_WEIGHT, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
 from .vllm_t3.model_dir import prepare_model_dir
+from .vllm_t3.plugin import CFG_WEIGHT, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class VLLMOptions:
         explicit_dtype: bool = True,
         compile: bool = True,
         cache_dir: Path | None = None,
-    ) -> "VLLMOptions":
+    ) -> VLLMOptions:
         """Settings -> engine options. On a GPU the GiB budget becomes vLLM's utilisation fraction of the device;
         on CPU it sizes vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE), and T3 runs in float32 unless a dtype was set.
         `compile` and `cache_dir` are the settings' t3_compile and cache directory, passed through."""

@@ -39,7 +39,7 @@ def get(name: str) -> ModelFamily:
         raise ValueError(f"unknown model family {name!r} (expected one of {', '.join(_REGISTRY)})") from None
 
 
-def resolve(family: "str | ModelFamily") -> ModelFamily:
+def resolve(family: str | ModelFamily) -> ModelFamily:
     """A family given by name or as itself."""
     return family if isinstance(family, ModelFamily) else get(family)
 

@@ -52,8 +52,8 @@ class ModelFamily:
     hub_aliases: tuple[str, ...]
     random_model: str | None
     # Network presets: the published dimensions, and a tiny T3 of the same architecture (random checkpoints).
-    t3_preset: Callable[[], "T3Config"]
-    s3gen_preset: Callable[[], "S3GenConfig"]
+    t3_preset: Callable[[], T3Config]
+    s3gen_preset: Callable[[], S3GenConfig]
     # S3Gen: the 2-step mean-flow decoder (Turbo, Nano) rather than the 10-step CFM with CFG.
     mean_flow: bool
     text_front_end: TextFrontEnd
@@ -64,7 +64,7 @@ class ModelFamily:
     # T3 samples with classifier-free guidance and min_p (else it ignores cfg_weight and min_p and takes top_k).
     uses_cfg: bool
     # The sampling defaults, with the given settings in their place.
-    sampling_defaults: Callable[..., "SamplingParams"]
+    sampling_defaults: Callable[..., SamplingParams]
     # Request settings the model runs without (dropped, as its reference does), and those it refuses: name -> why.
     ignored_settings: tuple[str, ...]
     unsupported_settings: dict[str, str]
@@ -90,14 +90,14 @@ class ModelFamily:
         """The T3 backbone kind ("llama", "gpt2"): torch module, vLLM architecture and logits processor follow it."""
         return self.t3_preset().backbone
 
-    def t3_config(self, size: str = "full") -> "T3Config":
+    def t3_config(self, size: str = "full") -> T3Config:
         """T3's dimensions: published ("full") or tiny (same architecture, small widths)."""
         from ..models.t3 import T3Config
 
         preset = self.t3_preset()
         return T3Config.shrink(preset) if size == "tiny" else preset
 
-    def s3gen_config(self, size: str = "full") -> "S3GenConfig":
+    def s3gen_config(self, size: str = "full") -> S3GenConfig:
         from ..models.s3gen import S3GenConfig
 
         return S3GenConfig.tiny(meanflow=self.mean_flow) if size == "tiny" else self.s3gen_preset()

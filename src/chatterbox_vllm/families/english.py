@@ -52,7 +52,7 @@ def llama_sampling(**settings: Any) -> Any:
     return SamplingParams(**settings)
 
 
-FAMILY = register(ModelFamily(
+FAMILY: ModelFamily = register(ModelFamily(
     name="english",
     layout=LAYOUT,
     hub_aliases=("english", "en"),

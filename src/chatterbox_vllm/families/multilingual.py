@@ -9,6 +9,7 @@ from typing import Any
 
 from ..checkpoint.layout import HF_REPO_ID, CheckpointLayout
 from . import english, register
+from .base import ModelFamily
 
 LAYOUT = CheckpointLayout(
     variant="multilingual",
@@ -39,7 +40,7 @@ def t3_preset() -> Any:
     return T3Config.multilingual()
 
 
-FAMILY = register(dataclasses.replace(
+FAMILY: ModelFamily = register(dataclasses.replace(
     english.FAMILY,
     name="multilingual",
     layout=LAYOUT,

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..checkpoint.layout import NANO_REPO_ID
 from . import register, turbo
+from .base import ModelFamily
 
 
 def t3_preset() -> Any:
@@ -16,7 +17,7 @@ def t3_preset() -> Any:
     return T3Config.nano()
 
 
-FAMILY = register(dataclasses.replace(
+FAMILY: ModelFamily = register(dataclasses.replace(
     turbo.FAMILY,
     name="nano",
     layout=dataclasses.replace(turbo.LAYOUT, variant="nano", t3="t3_nano_v1.safetensors", repo_id=NANO_REPO_ID),

@@ -53,7 +53,7 @@ def gpt2_sampling(**settings: Any) -> Any:
     return SamplingParams.turbo(**settings)
 
 
-FAMILY = register(ModelFamily(
+FAMILY: ModelFamily = register(ModelFamily(
     name="turbo",
     layout=LAYOUT,
     hub_aliases=("turbo", "chatterbox-turbo"),

@@ -10,8 +10,9 @@ Its weights are the `tokenizer.*` tensors of S3Gen's checkpoint.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,11 +51,11 @@ class S3TokenizerConfig:
         return self.fsq_levels**self.fsq_dims
 
     @classmethod
-    def tiny(cls) -> "S3TokenizerConfig":
+    def tiny(cls) -> S3TokenizerConfig:
         return cls(n_state=64, n_head=2, n_layer=2)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "S3TokenizerConfig":
+    def from_dict(cls, d: dict[str, Any]) -> S3TokenizerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -42,11 +42,11 @@ class VoiceEncoderConfig:
     trim_top_db: float = 20.0
 
     @classmethod
-    def tiny(cls) -> "VoiceEncoderConfig":
+    def tiny(cls) -> VoiceEncoderConfig:
         return cls(hidden_size=16)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VoiceEncoderConfig":
+    def from_dict(cls, d: dict[str, Any]) -> VoiceEncoderConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -109,7 +109,7 @@ class VoiceEncoder(nn.Module):
         n_chunks = math.ceil(len(partials) / (batch_size or len(partials)))
         partial_embeds = torch.cat([self(chunk) for chunk in partials.chunk(n_chunks)], dim=0).cpu()
         bounds = np.concatenate(([0], np.cumsum([n for n, _ in layouts])))
-        means = torch.stack([partial_embeds[a:b].mean(dim=0) for a, b in zip(bounds[:-1], bounds[1:])])
+        means = torch.stack([partial_embeds[a:b].mean(dim=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
         return (means / torch.linalg.norm(means, dim=1, keepdim=True)).numpy()
 
     def trim(self, wav: np.ndarray) -> np.ndarray:
@@ -124,8 +124,13 @@ class VoiceEncoder(nn.Module):
     def mel(self, wav: np.ndarray) -> np.ndarray:
         cfg = self.config
         return ve_mel_spectrogram(
-            wav, sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_size=cfg.hop_size, num_mels=cfg.num_mels,
-            fmin=cfg.fmin, fmax=cfg.fmax,
+            wav,
+            sample_rate=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            hop_size=cfg.hop_size,
+            num_mels=cfg.num_mels,
+            fmin=cfg.fmin,
+            fmax=cfg.fmax,
         )
 
     def embeds_from_wavs(self, wavs: list[np.ndarray], sample_rate: int, batch_size: int = 32) -> np.ndarray:

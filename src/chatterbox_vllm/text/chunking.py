@@ -27,8 +27,39 @@ _LATIN_CLAUSE = ",;:—–"
 _SCRIPT_CLAUSE = "，、：；،؛"
 # Words whose trailing period does not end a sentence (compared lower-case, without the period).
 _ABBREVIATIONS = frozenset(
-    {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "e.g", "i.e", "eg", "ie", "cf", "mt", "approx",
-     "fig", "vol", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"}
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "st",
+        "prof",
+        "sr",
+        "jr",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "eg",
+        "ie",
+        "cf",
+        "mt",
+        "approx",
+        "fig",
+        "vol",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+    }
 )
 # Initials and dotted acronyms: "J.", "U.S", "J.R.R".
 _INITIALS = re.compile(r"(?:[A-Za-z]\.)*[A-Za-z]")

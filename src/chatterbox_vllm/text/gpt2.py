@@ -122,8 +122,15 @@ def _config_flags(path: Path) -> tuple[dict[str, dict[str, bool]], int | None]:
 
 def _added_entry(index: int, content: str, special: bool, overrides: dict[str, bool]) -> dict[str, Any]:
     # transformers' defaults for legacy added tokens: normalized unless special, never stripped.
-    entry: dict[str, Any] = {"id": index, "content": content, "single_word": False, "lstrip": False,
-                             "rstrip": False, "normalized": not special, "special": special}
+    entry: dict[str, Any] = {
+        "id": index,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": not special,
+        "special": special,
+    }
     entry.update(overrides)
     return entry
 
@@ -140,9 +147,18 @@ def _pipeline(vocab: dict[str, int], merges: list[tuple[str, str]], added: list[
         "pre_tokenizer": byte_level,
         "post_processor": None,
         "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": [list(m) for m in merges]},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [list(m) for m in merges],
+        },
     }
 
 
@@ -156,7 +172,7 @@ class GPT2TextTokenizer:
         self.model_max_length = model_max_length
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "GPT2TextTokenizer":
+    def from_dir(cls, directory: str | Path) -> GPT2TextTokenizer:
         directory = Path(directory)
         if not directory.is_dir():
             raise GPT2TokenizerError(f"{directory}: not a tokenizer directory")

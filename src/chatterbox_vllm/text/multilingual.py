@@ -11,7 +11,7 @@ import inspect
 import json
 import logging
 import unicodedata
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 _HANGUL_FIRST, _HANGUL_LAST = 0xAC00, 0xD7AF
 
 
-@lru_cache(maxsize=None)
+@cache
 def _warn_once(message: str) -> None:
     log.warning(message)
 

@@ -19,11 +19,27 @@ import re
 from dataclasses import dataclass
 
 SOUND_TAGS: tuple[str, ...] = (
-    "[laugh]", "[chuckle]", "[sigh]", "[gasp]", "[cough]", "[clear throat]", "[sniff]", "[groan]", "[shush]",
+    "[laugh]",
+    "[chuckle]",
+    "[sigh]",
+    "[gasp]",
+    "[cough]",
+    "[clear throat]",
+    "[sniff]",
+    "[groan]",
+    "[shush]",
 )
 STYLE_TAGS: tuple[str, ...] = (
-    "[whispering]", "[angry]", "[happy]", "[sarcastic]", "[surprised]", "[fear]", "[crying]", "[dramatic]",
-    "[narration]", "[advertisement]",
+    "[whispering]",
+    "[angry]",
+    "[happy]",
+    "[sarcastic]",
+    "[surprised]",
+    "[fear]",
+    "[crying]",
+    "[dramatic]",
+    "[narration]",
+    "[advertisement]",
 )
 TURBO_TAGS: tuple[str, ...] = SOUND_TAGS + STYLE_TAGS
 

@@ -51,7 +51,7 @@ class EnglishTokenizer:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "EnglishTokenizer":
+    def from_file(cls, path: str | Path) -> EnglishTokenizer:
         return cls(_load_tokenizer(path))
 
     def prepare(self, text: str) -> str:
@@ -81,7 +81,7 @@ class MultilingualTokenizer:
         *,
         segmenter: Any = "auto",
         dicta_model: str | Path | None = None,
-    ) -> "MultilingualTokenizer":
+    ) -> MultilingualTokenizer:
         """`segmenter`: Chinese word segmenter ("auto": spacy-pkuseg if installed and its model is cached).
         `dicta_model`: dicta-onnx's model file for Hebrew diacritics (CHATTERBOX_DICTA_MODEL; None: none added)."""
         cangjie = CangjieConverter(cangjie_path, segmenter=segmenter)

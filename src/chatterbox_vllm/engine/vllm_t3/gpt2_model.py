@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.models.gpt2 import GPT2Block

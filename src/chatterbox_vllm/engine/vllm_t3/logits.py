@@ -27,7 +27,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 

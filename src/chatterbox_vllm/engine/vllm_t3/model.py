@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention import Attention
@@ -105,7 +104,9 @@ class FusedLinear(nn.Linear):
     def load_shard(self, index: int, tensor: torch.Tensor, file_name: str) -> None:
         rows = self.shards[index]
         if tuple(tensor.shape) != (rows, self.in_features):
-            raise ValueError(f"T3 tensor {file_name!r} has shape {tuple(tensor.shape)}; expected {(rows, self.in_features)}")
+            raise ValueError(
+                f"T3 tensor {file_name!r} has shape {tuple(tensor.shape)}; expected {(rows, self.in_features)}"
+            )
         start = sum(self.shards[:index])
         with torch.no_grad():
             self.weight[start : start + rows].copy_(tensor.to(dtype=self.weight.dtype))

@@ -49,7 +49,11 @@ def vllm_hf_config(config: T3Config) -> dict:
         "vocab_size": 2 * config.speech_tokens_dict_size,
         "max_position_embeddings": config.max_position_embeddings,
         "rms_norm_eps": config.rms_norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta, "mrope_section": [config.head_dim // 2]},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": config.rope_theta,
+            "mrope_section": [config.head_dim // 2],
+        },
         "tie_word_embeddings": False,
         "torch_dtype": "float32",
         "chatterbox_t3": dataclasses.asdict(config),

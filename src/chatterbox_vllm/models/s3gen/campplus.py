@@ -34,11 +34,11 @@ class CAMPPlusConfig:
     cam_seg_len: int = 100
 
     @classmethod
-    def tiny(cls) -> "CAMPPlusConfig":
+    def tiny(cls) -> CAMPPlusConfig:
         return cls(growth_rate=8, bn_size=2, init_channels=16, fcm_channels=4, block_layers=(2, 2, 2))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CAMPPlusConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CAMPPlusConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(d) - set(fields)
         if unknown:
@@ -214,10 +214,15 @@ class CAMPPlus(nn.Module):
         self.xvector = nn.Sequential()
         self.xvector.add_module("tdnn", TDNNLayer(channels, config.init_channels, 5, stride=2))
         channels = config.init_channels
-        stages = zip(config.block_layers, config.block_kernel_sizes, config.block_dilations)
+        stages = zip(config.block_layers, config.block_kernel_sizes, config.block_dilations, strict=True)
         for i, (num_layers, kernel_size, dilation) in enumerate(stages):
             block = CAMDenseTDNNBlock(
-                num_layers, channels, config.growth_rate, config.bn_size * config.growth_rate, kernel_size, dilation,
+                num_layers,
+                channels,
+                config.growth_rate,
+                config.bn_size * config.growth_rate,
+                kernel_size,
+                dilation,
                 config.cam_seg_len,
             )
             self.xvector.add_module(f"block{i + 1}", block)

@@ -43,11 +43,11 @@ class UpsampleEncoderConfig:
     upsample_stride: int = 2  # mel frames per token
 
     @classmethod
-    def tiny(cls) -> "UpsampleEncoderConfig":
+    def tiny(cls) -> UpsampleEncoderConfig:
         return cls(input_size=32, output_size=32, attention_heads=2, linear_units=64, num_blocks=2, num_up_blocks=1)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UpsampleEncoderConfig":
+    def from_dict(cls, d: dict[str, Any]) -> UpsampleEncoderConfig:
         _check_fields(cls, d)
         return cls(**d)
 
@@ -79,11 +79,11 @@ class EstimatorConfig:
         return 4 * self.channels[0]
 
     @classmethod
-    def tiny(cls) -> "EstimatorConfig":
+    def tiny(cls) -> EstimatorConfig:
         return cls(channels=(32,), attention_head_dim=8, num_heads=2, n_blocks=1, num_mid_blocks=2)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EstimatorConfig":
+    def from_dict(cls, d: dict[str, Any]) -> EstimatorConfig:
         _check_fields(cls, d)
         return cls(**d)
 
@@ -104,11 +104,11 @@ class CFMConfig:
             raise ValueError(f"CFMConfig: unknown t_scheduler {self.t_scheduler!r}")
 
     @classmethod
-    def tiny(cls) -> "CFMConfig":
+    def tiny(cls) -> CFMConfig:
         return cls(estimator=EstimatorConfig.tiny())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CFMConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CFMConfig:
         _check_fields(cls, d)
         d = dict(d)
         if isinstance(d.get("estimator"), dict):
@@ -132,11 +132,11 @@ class FlowConfig:
         return self.encoder.upsample_stride
 
     @classmethod
-    def tiny(cls) -> "FlowConfig":
+    def tiny(cls) -> FlowConfig:
         return cls(encoder=UpsampleEncoderConfig.tiny(), decoder=CFMConfig.tiny())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FlowConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FlowConfig:
         _check_fields(cls, d)
         d = dict(d)
         if isinstance(d.get("encoder"), dict):
@@ -166,12 +166,12 @@ class S3GenConfig:
         return self.sample_rate // 50
 
     @classmethod
-    def meanflow_model(cls) -> "S3GenConfig":
+    def meanflow_model(cls) -> S3GenConfig:
         """The published mean-flow S3Gen of Turbo and Nano: 2 Euler steps (the reference's `n_cfm_timesteps=2`)."""
         return cls(flow=FlowConfig(n_timesteps=MEANFLOW_STEPS), meanflow=True)
 
     @classmethod
-    def tiny(cls, meanflow: bool = False) -> "S3GenConfig":
+    def tiny(cls, meanflow: bool = False) -> S3GenConfig:
         flow = FlowConfig.tiny()
         if meanflow:
             flow = dataclasses.replace(flow, n_timesteps=MEANFLOW_STEPS)
@@ -184,7 +184,7 @@ class S3GenConfig:
         )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "S3GenConfig":
+    def from_dict(cls, d: dict[str, Any]) -> S3GenConfig:
         _check_fields(cls, d)
         d = dict(d)
         nested: dict[str, Any] = {

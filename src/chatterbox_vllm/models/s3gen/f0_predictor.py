@@ -24,11 +24,11 @@ class F0PredictorConfig:
     num_class: int = 1  # one F0 value per frame
 
     @classmethod
-    def tiny(cls) -> "F0PredictorConfig":
+    def tiny(cls) -> F0PredictorConfig:
         return cls(cond_channels=16)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "F0PredictorConfig":
+    def from_dict(cls, d: dict[str, Any]) -> F0PredictorConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown F0PredictorConfig fields: {sorted(unknown)}")

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FlowConfig
 from .cfm_graphs import pad_frames
+from .config import FlowConfig
 from .encoder import UpsampleConformerEncoder, non_pad_mask
 from .flow_matching import ConditionalCFM, draw_initial_noise
 
@@ -214,7 +214,9 @@ class CausalMaskedDiffWithXvec(nn.Module):
         device = self.input_embedding.weight.device
         dtype = self.spk_embed_affine_layer.weight.dtype
         voices = [r.voice or self.voice(r.prompt_token, r.prompt_feat, r.embedding) for r in rows]
-        token_rows = [torch.cat([v.prompt_tokens, r.tokens.reshape(-1).long().cpu()]) for v, r in zip(voices, rows)]
+        token_rows = [
+            torch.cat([v.prompt_tokens, r.tokens.reshape(-1).long().cpu()]) for v, r in zip(voices, rows, strict=True)
+        ]
         host_tokens = torch.nn.utils.rnn.pad_sequence(token_rows, batch_first=True)
         if bool((host_tokens >= self.config.vocab_size).any()) or bool((host_tokens < 0).any()):
             raise ValueError(f"speech tokens must lie in [0, {self.config.vocab_size})")

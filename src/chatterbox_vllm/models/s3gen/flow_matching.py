@@ -19,8 +19,8 @@ import math
 import torch
 from torch import nn
 
-from .config import CFMConfig
 from .cfm_graphs import CFMGraphs
+from .config import CFMConfig
 from .estimator import BasicTransformerBlock, CausalResnetBlock1D, ConditionalDecoder
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ class ConditionalCFM(nn.Module):
 
         The initial noise is `noise` if given, else drawn by `draw_initial_noise` from `generator` (the global RNG
         when None, which is the reference's `torch.randn_like(mu)`); mean flow draws the last `generated_frames`
-        frames (those of the tokens to speak) first, as the reference's S3Gen does. The reference has a `temperature` that multiplies z only
-        in an unused code path; here z is always unit Gaussian, as in its inference.
+        frames (those of the tokens to speak) first, as the reference's S3Gen does. The reference has a `temperature`
+        that multiplies z only in an unused code path; here z is always unit Gaussian, as in its inference.
         """
         if noise is None:
             noise = draw_initial_noise(

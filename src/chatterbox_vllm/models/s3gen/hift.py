@@ -103,12 +103,12 @@ class HiFTConfig:
         return math.prod(self.upsample_rates) * self.istft_hop_len
 
     @classmethod
-    def tiny(cls) -> "HiFTConfig":
+    def tiny(cls) -> HiFTConfig:
         """Narrow channels; the same rates, hop, FFT size and sample rate, so still 480 samples per mel frame."""
         return cls(base_channels=16, f0_predictor=F0PredictorConfig.tiny())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HiFTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> HiFTConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown HiFTConfig fields: {sorted(unknown)}")
@@ -177,7 +177,9 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`mask` `[B, 1, T]` (rows of a padded batch): every convolution then reads zeros past its row's end, as
         the row alone would through its zero padding (Snake(0) = 0, so masking before each conv suffices)."""
-        for conv1, conv2, act1, act2 in zip(self.convs1, self.convs2, self.activations1, self.activations2):
+        for conv1, conv2, act1, act2 in zip(
+            self.convs1, self.convs2, self.activations1, self.activations2, strict=True
+        ):
             h = conv1(act1(_masked(x, mask)))
             x = conv2(act2(_masked(h, mask))) + x
         return x
@@ -282,7 +284,7 @@ class HiFTGenerator(nn.Module):
         self.conv_pre = weight_norm(nn.Conv1d(config.in_channels, config.base_channels, 7, padding=3))
 
         self.ups = nn.ModuleList()
-        for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes)):
+        for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes, strict=True)):
             conv = nn.ConvTranspose1d(
                 config.base_channels // 2**i,
                 config.base_channels // 2 ** (i + 1),
@@ -297,7 +299,7 @@ class HiFTGenerator(nn.Module):
         self.source_downs = nn.ModuleList()
         self.source_resblocks = nn.ModuleList()
         for i, (kernel, dilations) in enumerate(
-            zip(config.source_resblock_kernel_sizes, config.source_resblock_dilation_sizes)
+            zip(config.source_resblock_kernel_sizes, config.source_resblock_dilation_sizes, strict=True)
         ):
             channels = config.base_channels // 2 ** (i + 1)
             stride = math.prod(config.upsample_rates[i + 1 :])
@@ -311,7 +313,7 @@ class HiFTGenerator(nn.Module):
         self.resblocks = nn.ModuleList()
         for i in range(self.num_upsamples):
             channels = config.base_channels // 2 ** (i + 1)
-            for kernel, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes):
+            for kernel, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes, strict=True):
                 self.resblocks.append(ResBlock(channels, kernel, dilations))
 
         self.conv_post = weight_norm(nn.Conv1d(channels, n_fft + 2, 7, padding=3))
@@ -358,9 +360,7 @@ class HiFTGenerator(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------------- generator
-    def decode_spectrum(
-        self, mel: torch.Tensor, source: torch.Tensor, frames: list[int] | None = None
-    ) -> torch.Tensor:
+    def decode_spectrum(self, mel: torch.Tensor, source: torch.Tensor, frames: list[int] | None = None) -> torch.Tensor:
         """Mel `[B, 80, T]` and excitation `[B, 1, 480 T]` -> `conv_post` output `[B, n_fft + 2, 120 T + 1]`.
 
         `frames`: the real mel length of each row of a right-padded batch. Every convolution then reads zeros
@@ -481,9 +481,7 @@ class HiFTGenerator(nn.Module):
         return f0, excitation
 
     @torch.inference_mode()
-    def inference_rows(
-        self, mels: list[torch.Tensor], generators: list[torch.Generator | None]
-    ) -> list[torch.Tensor]:
+    def inference_rows(self, mels: list[torch.Tensor], generators: list[torch.Generator | None]) -> list[torch.Tensor]:
         """Waveforms `[480 T_b]` of mels `[80, T_b]` of different lengths, run as one right-padded batch.
 
         Each equals `inference(mel[None], generator=g)` for its row up to float rounding: the draws come from each

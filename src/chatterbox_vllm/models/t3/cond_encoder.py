@@ -37,7 +37,7 @@ class T3Cond:
     def device(self) -> torch.device:
         return self.speaker_emb.device
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "T3Cond":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> T3Cond:
         """A copy on `device`; `dtype` applies to the float tensors only (prompt tokens stay integer)."""
 
         def move(t: torch.Tensor) -> torch.Tensor:

@@ -114,15 +114,15 @@ class T3Config:
 
     # ---------------------------------------------------------------- presets
     @classmethod
-    def english(cls) -> "T3Config":
+    def english(cls) -> T3Config:
         return cls(text_tokens_dict_size=ENGLISH_TEXT_VOCAB)
 
     @classmethod
-    def multilingual(cls) -> "T3Config":
+    def multilingual(cls) -> T3Config:
         return cls(text_tokens_dict_size=MULTILINGUAL_TEXT_VOCAB)
 
     @classmethod
-    def turbo(cls) -> "T3Config":
+    def turbo(cls) -> T3Config:
         """`GPT2_medium` as the reference's `tts_turbo.py` configures it (`t3_turbo_v1.safetensors`)."""
         return cls(
             text_tokens_dict_size=GPT2_TEXT_VOCAB,
@@ -142,7 +142,7 @@ class T3Config:
         )
 
     @classmethod
-    def nano(cls) -> "T3Config":
+    def nano(cls) -> T3Config:
         """`GPT2_small` (upstream chatterbox since 5de7a54, `t3_nano_v1.safetensors`): Turbo at 12 x 768."""
         return dataclasses.replace(
             cls.turbo(), hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
@@ -150,7 +150,7 @@ class T3Config:
         )  # fmt: skip
 
     @classmethod
-    def for_variant(cls, variant: str) -> "T3Config":
+    def for_variant(cls, variant: str) -> T3Config:
         """The published T3 of a registered model family (`families`)."""
         from ...families import get
 
@@ -160,12 +160,12 @@ class T3Config:
             raise ValueError(f"unknown T3 variant {variant!r}: {exc}") from None
 
     @classmethod
-    def tiny(cls, variant: str = "english") -> "T3Config":
+    def tiny(cls, variant: str = "english") -> T3Config:
         """A registered family's T3 made tiny (`shrink`)."""
         return cls.shrink(cls.for_variant(variant))
 
     @classmethod
-    def shrink(cls, config: "T3Config") -> "T3Config":
+    def shrink(cls, config: T3Config) -> T3Config:
         """Same architecture, vocabularies, token ids, position tables and prompt/query lengths; small widths."""
         return dataclasses.replace(
             config,
@@ -179,7 +179,7 @@ class T3Config:
         )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "T3Config":
+    def from_dict(cls, d: dict[str, Any]) -> T3Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
