@@ -53,7 +53,7 @@ from texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS  # noqa
 from chatterbox_vllm.engine.base import SamplingParams, speech_tokens_for_s3gen  # noqa: E402
 from chatterbox_vllm.server.audio import AudioEncoder  # noqa: E402
 from chatterbox_vllm.server.schemas import SpeechRequest  # noqa: E402
-from chatterbox_vllm.server.service import SpeechService  # noqa: E402
+from chatterbox_vllm.server.synthesis import Synthesizer  # noqa: E402
 from chatterbox_vllm.server.voices import Voice  # noqa: E402
 from chatterbox_vllm.settings import Settings  # noqa: E402
 from chatterbox_vllm.text.chunking import split_for_synthesis  # noqa: E402
@@ -122,7 +122,7 @@ def bench_t3(tts: ChatterboxTTS, tokens: int, settings: Settings) -> dict[str, A
 
 
 # -------------------------------------------------------------------------------------------------- pipeline
-async def speak(service: SpeechService, text: str) -> dict[str, float]:
+async def speak(service: Synthesizer, text: str) -> dict[str, float]:
     """One request through the server's synthesis path (no HTTP): wall time, first audio, audio seconds."""
     request = SpeechRequest(model="tts-1", input=text, voice="alloy", response_format="pcm")
     start = time.perf_counter()
@@ -139,7 +139,7 @@ async def speak(service: SpeechService, text: str) -> dict[str, float]:
 
 def bench_paragraph(tts: ChatterboxTTS, settings: Settings, repeats: int) -> dict[str, Any]:
     per_piece = tokens_per_piece(PARAGRAPH, PARAGRAPH_TOKENS, settings.chunk_chars)
-    service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": per_piece}))
+    service = Synthesizer(tts, settings.model_copy(update={"max_new_tokens": per_piece}))
     try:
         # warm: a server in service has captured the S3Gen graphs of the paragraph's batch shapes already
         asyncio.run(speak(service, SENTENCE))
@@ -196,7 +196,7 @@ class PromptEmbedsTimer:
         }
 
 
-async def traced_first_audio(service: SpeechService, tts: ChatterboxTTS, text: str) -> dict[str, float]:
+async def traced_first_audio(service: Synthesizer, tts: ChatterboxTTS, text: str) -> dict[str, float]:
     """One streamed sentence with the time (ms from the request) of each step on the way to its first audio."""
     marks: dict[str, float] = {}
     start = time.perf_counter()
@@ -253,7 +253,7 @@ def bench_first_audio(tts: ChatterboxTTS, settings: Settings, repeats: int) -> d
     (the HTTP first byte minus `first_audio` is the server's own share)."""
     if not hasattr(tts.engine, "stream_async"):
         return {}
-    service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
+    service = Synthesizer(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
     try:
         asyncio.run(traced_first_audio(service, tts, SENTENCE))  # warm
         runs = [asyncio.run(traced_first_audio(service, tts, SENTENCE)) for _ in range(repeats)]
@@ -443,7 +443,7 @@ def vram_child(args: argparse.Namespace) -> dict[str, Any]:
             settings = Settings(model=args.model, preset=args.preset, device="cuda")
             tts = ChatterboxTTS.from_settings(settings)
             paragraph = bench_paragraph(tts, settings, repeats=1)
-            service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
+            service = Synthesizer(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
 
             async def full_batch() -> None:
                 await asyncio.gather(*(speak(service, SENTENCE) for _ in range(settings.limits().max_batch_size)))
