@@ -66,6 +66,7 @@ class ServedModel:
         return "error" if self.error is not None else "loading"
 
     def fail(self, reason: str) -> None:
+        """Mark it failed to load, for good (the server stays up and says why)."""
         self.error, self.stage = reason, None
 
     @property

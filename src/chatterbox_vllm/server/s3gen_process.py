@@ -4,7 +4,7 @@ In the default layout S3Gen runs on a thread of the server process (`S3GenWorker
 the event loop and T3's output processing. Here a child process, started with multiprocessing's *spawn* (a fork
 after CUDA or vLLM started is unsafe), loads S3Gen alone (`Vocoder.load`: no T3, no vLLM) and runs the same
 batching: an `S3GenWorker` over the Vocoder, inside the child. `S3GenProcess` offers the worker's submit surface
-(`vocode`, `partial`, `call`, `shutdown`), so the service uses either layout alike.
+(`vocode`, `partial`, `call`, `shutdown`), so the synthesizer uses either layout alike.
 
 * Requests cross a pipe as plain pickled data: tokens, seed, host tensors. A voice (its conditionals' S3Gen part,
   `gen`) gets an id in the parent, keyed weakly by its x-vector tensor; its tensors cross the first time only, and
