@@ -50,7 +50,7 @@ from benchmarks.texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOK
 from chatterbox_vllm.engine.base import SamplingParams, speech_tokens_for_s3gen
 from chatterbox_vllm.server.audio import AudioEncoder
 from chatterbox_vllm.server.schemas import SpeechRequest
-from chatterbox_vllm.server.service import SpeechService
+from chatterbox_vllm.server.synthesis import Synthesizer
 from chatterbox_vllm.server.voices import Voice
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.text.chunking import split_for_synthesis
@@ -115,14 +115,14 @@ def bench_t3(tts: ChatterboxTTS, tokens: int, settings: Settings) -> dict[str, A
 
 
 # -------------------------------------------------------------------------------------------------- pipeline
-async def speak(service: SpeechService, text: str) -> dict[str, float]:
+async def speak(synthesizer: Synthesizer, text: str) -> dict[str, float]:
     """One request through the server's synthesis path (no HTTP): wall time, first audio, audio seconds."""
     request = SpeechRequest(model="tts-1", input=text, voice="alloy", response_format="pcm")
     start = time.perf_counter()
-    prepared = await service.prepare(request, BUILTIN)
+    prepared = await synthesizer.prepare(request, BUILTIN)
     first = None
     samples = 0
-    async for wav in service.stream(prepared, {}):
+    async for wav in synthesizer.stream(prepared, {}):
         if first is None and len(wav):
             first = time.perf_counter() - start
         samples += len(wav)
@@ -132,14 +132,14 @@ async def speak(service: SpeechService, text: str) -> dict[str, float]:
 
 def bench_paragraph(tts: ChatterboxTTS, settings: Settings, repeats: int) -> dict[str, Any]:
     per_piece = tokens_per_piece(PARAGRAPH, PARAGRAPH_TOKENS, settings.chunk_chars)
-    service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": per_piece}))
+    synthesizer = Synthesizer(tts, settings.model_copy(update={"max_new_tokens": per_piece}))
     try:
         # warm: a server in service has captured the S3Gen graphs of the paragraph's batch shapes already
-        asyncio.run(speak(service, SENTENCE))
-        asyncio.run(speak(service, PARAGRAPH))
-        runs = [asyncio.run(speak(service, PARAGRAPH)) for _ in range(repeats)]
+        asyncio.run(speak(synthesizer, SENTENCE))
+        asyncio.run(speak(synthesizer, PARAGRAPH))
+        runs = [asyncio.run(speak(synthesizer, PARAGRAPH)) for _ in range(repeats)]
     finally:
-        service.close()
+        synthesizer.close()
     best = min(runs, key=lambda r: r["wall_s"])
     median_wall = statistics.median(r["wall_s"] for r in runs)
     audio = statistics.median(r["audio_s"] for r in runs)
@@ -189,7 +189,7 @@ class PromptEmbedsTimer:
         }
 
 
-async def traced_first_audio(service: SpeechService, tts: ChatterboxTTS, text: str) -> dict[str, float]:
+async def traced_first_audio(synthesizer: Synthesizer, tts: ChatterboxTTS, text: str) -> dict[str, float]:
     """One streamed sentence with the time (ms from the request) of each step on the way to its first audio."""
     marks: dict[str, float] = {}
     start = time.perf_counter()
@@ -197,9 +197,9 @@ async def traced_first_audio(service: SpeechService, tts: ChatterboxTTS, text: s
     def mark(name: str) -> None:
         marks.setdefault(name, 1000 * (time.perf_counter() - start))
 
-    engine, worker = tts.engine, service._s3gen
+    engine, worker = tts.engine, synthesizer._s3gen
     stream_async, submit_partial, run_partials = engine.stream_async, worker.partial, worker.vocode_partials
-    wanted = service.settings.stream_first_audio_tokens
+    wanted = synthesizer.settings.stream_first_audio_tokens
 
     async def traced_stream(*args: Any, **kwargs: Any) -> Any:
         count = 0
@@ -227,9 +227,9 @@ async def traced_first_audio(service: SpeechService, tts: ChatterboxTTS, text: s
     try:
         request = SpeechRequest(model="tts-1", input=text, voice="alloy", response_format="pcm")
         with PromptEmbedsTimer(tts) as embeds:
-            prepared = await service.prepare(request, BUILTIN)
+            prepared = await synthesizer.prepare(request, BUILTIN)
             mark("prepared")
-            async with contextlib.aclosing(service.stream(prepared, {})) as audio:  # closed: T3 stops at once
+            async with contextlib.aclosing(synthesizer.stream(prepared, {})) as audio:  # closed: T3 stops at once
                 async for wav in audio:
                     if len(wav):
                         mark("first_audio")
@@ -246,12 +246,12 @@ def bench_first_audio(tts: ChatterboxTTS, settings: Settings, repeats: int) -> d
     (the HTTP first byte minus `first_audio` is the server's own share)."""
     if not hasattr(tts.engine, "stream_async"):
         return {}
-    service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
+    synthesizer = Synthesizer(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
     try:
-        asyncio.run(traced_first_audio(service, tts, SENTENCE))  # warm
-        runs = [asyncio.run(traced_first_audio(service, tts, SENTENCE)) for _ in range(repeats)]
+        asyncio.run(traced_first_audio(synthesizer, tts, SENTENCE))  # warm
+        runs = [asyncio.run(traced_first_audio(synthesizer, tts, SENTENCE)) for _ in range(repeats)]
     finally:
-        service.close()
+        synthesizer.close()
     names = sorted({name for run in runs for name in run}, key=lambda n: statistics.median(r.get(n, 0) for r in runs))
     return {"median_ms": {name: statistics.median(r[name] for r in runs if name in r) for name in names}, "runs": runs}
 
@@ -419,13 +419,13 @@ def vram_child(args: argparse.Namespace) -> dict[str, Any]:
             settings = Settings(model=args.model, preset=args.preset, device="cuda")
             tts = ChatterboxTTS.from_settings(settings)
             paragraph = bench_paragraph(tts, settings, repeats=1)
-            service = SpeechService(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
+            synthesizer = Synthesizer(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
 
             async def full_batch() -> None:
-                await asyncio.gather(*(speak(service, SENTENCE) for _ in range(settings.limits().max_batch_size)))
+                await asyncio.gather(*(speak(synthesizer, SENTENCE) for _ in range(settings.limits().max_batch_size)))
 
             asyncio.run(full_batch())
-            service.close()
+            synthesizer.close()
             start = time.perf_counter()
             tts.prepare_conditionals(voice_clip())  # a new voice: the speech tokenizer runs where the preset puts it
             voice_analysis_s = time.perf_counter() - start

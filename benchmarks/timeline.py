@@ -731,7 +731,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
     try:
         with HTTPServer(tts, http_settings) as server:
-            worker = server.server.config.app.state.model.service._s3gen
+            worker = server.server.config.app.state.model.require_ready().synthesizer._s3gen
             report["levels"] = []
             for concurrency in args.levels:
                 level = measure_level(tts, server, concurrency, args.seconds, work, gpu, worker)

@@ -43,7 +43,7 @@ def test_expected_notices_are_dropped(logger: str, message: str, args: tuple) ->
         ("uvicorn.error", "[Errno 98] error while attempting to bind on address ('0.0.0.0', 8000): address in use"),
         ("py.warnings", "/x/y.py:1: FutureWarning: something else is deprecated"),
         # the same message from another logger
-        ("chatterbox_vllm.server.serving", "Using None for EOS token id because tokenizer is not initialized"),
+        ("chatterbox_vllm.server.model_loader", "Using None for EOS token id because tokenizer is not initialized"),
         ("vllm.engine.arg_utilsx", "This model does not officially support disabling chunked prefill."),
     ],
 )  # fmt: skip

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from chatterbox_vllm.models.t3.config import T3Config
-from chatterbox_vllm.server.serving import model_states, vram_plan
+from chatterbox_vllm.server.model_loader import model_states, vram_plan
 from chatterbox_vllm.settings import PRESETS, EngineLimits, Settings
 from chatterbox_vllm.vram_plan import (
     PIPELINE_GIB, VRAMPlanError, model_need, plan_t3_budgets, t3_kv_bytes_per_token, t3_weight_bytes,

@@ -39,7 +39,7 @@ def one_request_in_progress(server: Server, model: str = "tts-1") -> Iterator[No
 def wait_idle(server: Server, timeout_s: float = 30) -> None:
     """Until no speech request is in progress (a closed stream gives its place back)."""
     deadline = time.monotonic() + timeout_s
-    while server.app.state.model.service.active and time.monotonic() < deadline:
+    while server.app.state.admission.active and time.monotonic() < deadline:
         time.sleep(0.1)
 
 

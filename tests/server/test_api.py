@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from chatterbox_vllm.server.service import PAUSE_SECONDS
+from chatterbox_vllm.server.synthesis import PAUSE_SECONDS
 from chatterbox_vllm.tts import ChatterboxTTS
 
 from server_utils import (
@@ -197,10 +197,10 @@ def test_client_disconnect_stops_generation(server: Server, english_tts: Chatter
                       json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "pcm"}) as response:
         next(response.iter_bytes())
     deadline = time.monotonic() + 30
-    service = server.app.state.model.service
-    while (service.active or english_tts.engine.num_unfinished_requests()) and time.monotonic() < deadline:
+    admission = server.app.state.admission
+    while (admission.active or english_tts.engine.num_unfinished_requests()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert service.active == 0
+    assert admission.active == 0
     assert english_tts.engine.num_unfinished_requests() == 0
 
 
@@ -329,7 +329,7 @@ def test_busy_server_answers_429(english_tts: ChatterboxTTS, tmp_path: Path) -> 
     busy = start_server(make_settings(tmp_path, max_queue=1, max_input_chars=100_000), english_tts)
     try:
         with one_request_in_progress(busy):
-            assert busy.app.state.model.service.active == 1
+            assert busy.app.state.admission.active == 1
             second = speech(busy)
             error = assert_error(second, 429)
             assert second.headers["retry-after"] == "2" and error["type"] == "rate_limit_error"

@@ -85,7 +85,7 @@ def test_an_engine_error_fails_only_its_own_request(
         assert response.status_code == 200
         assert len(decode(response.content, "pcm")[0]) / 24000 > 1.0
     assert english_tts.engine.num_unfinished_requests() == 0
-    assert fault_server.app.state.model.service.active == 0
+    assert fault_server.app.state.admission.active == 0
 
 
 def test_an_error_after_audio_was_sent_cuts_the_stream_instead_of_ending_it_cleanly(
@@ -101,7 +101,7 @@ def test_an_error_after_audio_was_sent_cuts_the_stream_instead_of_ending_it_clea
             for chunk in r.iter_bytes():
                 received += chunk
     assert received  # audio had left before the failure
-    assert fault_server.app.state.model.service.active == 0
+    assert fault_server.app.state.admission.active == 0
 
 
 def test_an_error_in_an_sse_stream_is_reported_in_band(fault_server: Server, faulty_engine: dict) -> None:
@@ -131,7 +131,7 @@ def test_a_full_queue_answers_429_and_finishes_what_it_accepted(english_tts: Cha
                         parts = []
                         async for chunk in response.aiter_bytes():
                             parts.append(chunk)
-                            if busy.app.state.model.service.active == limit:
+                            if busy.app.state.admission.active == limit:
                                 streaming.set()
                         return b"".join(parts)
 
@@ -147,9 +147,9 @@ def test_a_full_queue_answers_429_and_finishes_what_it_accepted(english_tts: Cha
         seconds = [len(b) / 2 / 24000 for b in done]
         assert min(seconds) > pieces * 1.0, (pieces, seconds)  # every accepted one whole: ~1.3 s a piece
         deadline = time.monotonic() + 30
-        while busy.app.state.model.service.active and time.monotonic() < deadline:
+        while busy.app.state.admission.active and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert busy.app.state.model.service.active == 0
+        assert busy.app.state.admission.active == 0
     finally:
         stop_server(busy)
 

@@ -191,15 +191,15 @@ def test_a_language_voice_is_refused_by_a_model_that_does_not_speak_it(
 def test_language_advice_names_the_speaker_or_how_to_load_one() -> None:
     """What a refusal of French adds, for each state the multilingual model can be in (no model is loaded: the
     advice reads only the states)."""
-    from chatterbox_vllm.server.state import ModelState, ServedModels
+    from chatterbox_vllm.server.registry import ModelRegistry, ServedModel
 
-    english = ModelState(model="english", variant="english", status="ready")
-    alone = ServedModels([english]).language_advice("fr")
+    english = ServedModel(model="english", variant="english")
+    alone = ModelRegistry([english]).language_advice("fr")
     assert alone.startswith("French needs the multilingual model, which this server has not loaded")
     assert "CHATTERBOX_MODEL=multilingual" in alone and "CHATTERBOX_EXTRA_MODELS=multilingual" in alone
-    failed = ModelState(model="multilingual", variant="multilingual", status="error", error="no weights")
-    assert "failed to load on this server (GET /health says why)" in ServedModels([english, failed]).language_advice("fr")
-    loading = ModelState(model="multilingual", variant="multilingual")
-    assert ServedModels([english, loading]).language_advice("pt") == (
+    failed = ServedModel(model="multilingual", variant="multilingual", error="no weights")
+    assert "failed to load on this server (GET /health says why)" in ModelRegistry([english, failed]).language_advice("fr")
+    loading = ServedModel(model="multilingual", variant="multilingual")
+    assert ModelRegistry([english, loading]).language_advice("pt") == (
         'Portuguese is spoken by the model chatterbox-multilingual: send "model": "chatterbox-multilingual"'
     )

@@ -309,7 +309,7 @@ def test_concurrent_requests_batch_in_the_process(servers: tuple[Server, Server]
 def test_a_killed_process_mid_request_is_restarted_and_the_request_succeeds(servers: tuple[Server, Server]) -> None:
     thread, process = servers
     want, _ = speech(thread, 5)
-    s3gen = process.app.state.model.service._s3gen
+    s3gen = process.app.state.model.require_ready().synthesizer._s3gen
     before = s3gen_health(process)
     result: dict[str, np.ndarray] = {}
     client = threading.Thread(target=lambda: result.setdefault("audio", speech(process, 5)[0]))

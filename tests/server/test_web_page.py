@@ -26,7 +26,7 @@ import soundfile
 from fastapi.testclient import TestClient
 
 from chatterbox_vllm.server.app import create_app
-from chatterbox_vllm.server.state import ModelState, ServedModels
+from chatterbox_vllm.server.registry import ModelRegistry, ServedModel
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.text.languages import SUPPORTED_LANGUAGES
 from chatterbox_vllm.tts import ChatterboxTTS
@@ -601,27 +601,28 @@ def test_languages_endpoint_lists_what_the_english_model_speaks(web_server: Serv
         assert response.json() == {"languages": [{"code": "en", "name": "English"}], "max_input_chars": 4096}
 
 
-def _unloaded_app(model: str, state: ModelState) -> TestClient:
+def _unloaded_app(model: str, state: ServedModel) -> TestClient:
     """An app whose model state is `state`, without loading anything (its lifespan is not run)."""
     app = create_app(Settings(model=model, api_key=KEY))
-    app.state.models = ServedModels([state])
+    app.state.models = ModelRegistry([state])
     return TestClient(app)
 
 
 def test_languages_endpoint_lists_the_multilingual_languages() -> None:
-    ready = ModelState(status="ready", tts=SimpleNamespace(is_multilingual=True), variant="multilingual")
+    # a stand-in for what a ready multilingual model serves with: the route reads only whether it is multilingual
+    ready = ServedModel(variant="multilingual", loaded=SimpleNamespace(tts=SimpleNamespace(is_multilingual=True)))
     response = _unloaded_app("multilingual", ready).get("/v1/audio/languages")
     assert response.status_code == 200
     body = response.json()
     assert body["languages"] == [{"code": c, "name": n} for c, n in SUPPORTED_LANGUAGES.items()]
     assert len(body["languages"]) == 23 and body["max_input_chars"] == 4096
 
-    loading = _unloaded_app("multilingual", ModelState()).get("/v1/audio/languages")
+    loading = _unloaded_app("multilingual", ServedModel()).get("/v1/audio/languages")
     assert loading.status_code == 503 and loading.json()["error"]["code"] == "model_loading"
 
 
 def test_the_page_and_its_files_are_served_without_a_key_and_kept_out_of_the_schema() -> None:
-    client = _unloaded_app("english", ModelState())
+    client = _unloaded_app("english", ServedModel())
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]

@@ -1,4 +1,4 @@
-"""The FastAPI application: serves the routes in `routes.py` while the models load in the background.
+"""The FastAPI application: serves the routes (`routes/`) while the `ModelLoader` loads the models in the background.
 
 The port opens at once. Until a model is ready, /health answers 503 with `"status": "loading"` and speech
 requests for it 503 with Retry-After; if loading fails, the server stays up and says why (`"status": "error"`)
@@ -24,9 +24,9 @@ from ..settings import Settings
 from ..tts import ChatterboxTTS
 from .errors import install_error_handlers
 from .limits import BodyLimits, BodySizeLimit
+from .model_loader import ModelLoader, model_states
+from .registry import ModelRegistry, ServedModel
 from .routes import STATIC_DIR, router
-from .serving import Serving, model_states
-from .state import ModelState, ServedModels
 
 
 def create_app(
@@ -37,35 +37,36 @@ def create_app(
     settings = settings or Settings()
     if tts is not None:
         preloaded = [tts, *extra]
-        served = ServedModels([ModelState(model=settings.model if i == 0 else m.variant, variant=m.variant)
-                               for i, m in enumerate(preloaded)])  # fmt: skip
+        served = ModelRegistry([ServedModel(model=settings.model if i == 0 else m.variant, variant=m.variant)
+                                for i, m in enumerate(preloaded)])  # fmt: skip
     else:
         preloaded = []
-        served = ServedModels(model_states(settings))
-    serving = Serving(settings, served)
+        served = ModelRegistry(model_states(settings))
+    loader = ModelLoader(settings, served)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading: asyncio.Task[None] | None = None
-        serving.open_voices()
+        loader.open_voices()
         if preloaded:
             for state, model in zip(served.states, preloaded):
-                serving.serve(state, model)
-            serving.announce_ready()
+                loader.serve(state, model)
+            loader.announce_ready()
         else:
-            loading = asyncio.create_task(serving.load())
+            loading = asyncio.create_task(loader.load())
         try:
             yield
         finally:
             if loading is not None:
                 await loading  # a load thread cannot be interrupted; let it finish, then release what it made
-            serving.close(owned=not preloaded)
+            loader.close(owned=not preloaded)
 
     app = FastAPI(title="chatterbox-vllm", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.models = served
     app.state.model = served.default  # the default model's state (tests and older callers read it)
-    app.state.serving = serving
+    app.state.loader = loader
+    app.state.admission = loader.admission  # the speech requests in progress, every model's (tests read it)
     limits = BodyLimits.for_limits(settings.max_input_chars, settings.max_upload_bytes)
     app.add_middleware(BodySizeLimit, limits=limits)
     # Browsers (web UIs on another origin) call the API directly; auth, when set, is the bearer key.

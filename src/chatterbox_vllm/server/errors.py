@@ -7,6 +7,7 @@ HTML 500 pages would reach users as opaque failures.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from .schemas import ErrorDetail, ErrorResponse
 from .validation import describe_validation
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,13 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_body(status: int, message: str, param: str | None, code: str) -> dict:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"), "param": param,
-                      "code": code}}
+def error_detail(status: int, message: str, param: str | None, code: str) -> ErrorDetail:
+    return ErrorDetail(message=message, type=ERROR_TYPES.get(status, "invalid_request_error"), param=param, code=code)
+
+
+def error_body(status: int, message: str, param: str | None, code: str) -> dict[str, Any]:
+    """OpenAI's error shape as JSON-ready data (`ErrorResponse`)."""
+    return ErrorResponse(error=error_detail(status, message, param, code)).model_dump()
 
 
 def error_response(error: APIError) -> JSONResponse:

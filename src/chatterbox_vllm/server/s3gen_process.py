@@ -4,7 +4,7 @@ In the default layout S3Gen runs on a thread of the server process (`S3GenWorker
 the event loop and T3's output processing. Here a child process, started with multiprocessing's *spawn* (a fork
 after CUDA or vLLM started is unsafe), loads S3Gen alone (`Vocoder.load`: no T3, no vLLM) and runs the same
 batching: an `S3GenWorker` over the Vocoder, inside the child. `S3GenProcess` offers the worker's submit surface
-(`vocode`, `partial`, `call`, `shutdown`), so the service uses either layout alike.
+(`vocode`, `partial`, `call`, `shutdown`), so the synthesizer uses either layout alike.
 
 * Requests cross a pipe as plain pickled data: tokens, seed, host tensors. A voice (its conditionals' S3Gen part,
   `gen`) gets an id in the parent, keyed weakly by its x-vector tensor; its tensors cross the first time only, and
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -202,7 +203,7 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
                 else:
                     future = worker.partial(dataclasses.replace(job, voice=voice.gen))
                 futures[request] = future
-                future.add_done_callback(lambda f, r=request: deliver(r, f))
+                future.add_done_callback(functools.partial(deliver, request))
     except (EOFError, OSError):
         pass  # the parent is gone (or closed the pipe): stop, nothing is waiting for the results
     worker.shutdown()
@@ -337,7 +338,7 @@ class S3GenProcess:
             self._inflight[request] = item
             if not self._restarting:
                 self._send_piece(request, item)
-        future.add_done_callback(lambda f, r=request: self._forget_cancelled(r, f))
+        future.add_done_callback(functools.partial(self._forget_cancelled, request))
         return future
 
     def _send_piece(self, request: int, item: _InFlight) -> None:

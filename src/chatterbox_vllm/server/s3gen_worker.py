@@ -229,7 +229,8 @@ class S3GenWorker:
             for other in later:
                 self._run_call(other)
             if stop:
-                for left in [*pending, *partials]:
+                unfinished: list[_Vocode | _Partial] = [*pending, *partials]
+                for left in unfinished:
                     left.future.cancel()
                 self._cancel_rest()
                 return
@@ -308,7 +309,7 @@ class S3GenWorker:
     def _partial_batch(self, partials: list[_Partial]) -> tuple[list[_Partial], list[_Partial]]:
         """The partials that leave together next, in arrival order (up to `max_batch` rows and `max_batch_tokens`
         padded tokens; the oldest always goes), and those left for the batch after."""
-        batch, rest = [partials[0]], []
+        batch, rest = [partials[0]], list[_Partial]()
         width = partials[0].job.padded_tokens
         for item in partials[1:]:
             wider = max(width, item.job.padded_tokens)

@@ -1,8 +1,13 @@
-"""Request bodies of the API: OpenAI's `/v1/audio/speech` contract plus Chatterbox's own controls."""
+"""The API's typed bodies: the speech request (OpenAI's `/v1/audio/speech` contract plus Chatterbox's own controls)
+and every JSON answer (model list and cards, voices, languages, health, the speech SSE events, errors).
+
+Field names and values are what clients read (OpenAI's where OpenAI has them); change none of them. Routes return
+these models, so the OpenAPI schema documents every answer. This module holds shapes only, no behaviour.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,3 +48,153 @@ class SpeechRequest(BaseModel):
     @property
     def voice_id(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+
+# ------------------------------------------------------------------------------------------------- models
+class ModelCard(BaseModel):
+    """One name a speech request may use (OpenAI's model object)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "chatterbox-vllm"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class AudioModel(BaseModel):
+    id: str
+    name: str
+
+
+class AudioModelList(BaseModel):
+    """/v1/audio/models: the form some TTS clients (Open WebUI) read."""
+
+    models: list[AudioModel]
+
+
+# ------------------------------------------------------------------------------------------------- voices
+class VoiceEntry(BaseModel):
+    id: str
+    name: str
+    kind: Literal["builtin", "openai", "language", "custom"]
+
+
+class VoiceList(BaseModel):
+    voices: list[VoiceEntry]
+
+
+class VoiceCreated(BaseModel):
+    id: str
+    name: str
+
+
+class VoiceDeleted(BaseModel):
+    id: str
+    deleted: Literal[True] = True
+
+
+class Language(BaseModel):
+    code: str
+    name: str
+
+
+class LanguageList(BaseModel):
+    languages: list[Language]
+    max_input_chars: int
+
+
+# ------------------------------------------------------------------------------------------------- health
+# /health leaves out what does not apply (a field absent, never null): the route answers with exclude_unset, so a
+# field is in the JSON exactly when it was given.
+class S3GenHealth(BaseModel):
+    """S3Gen's worker process (CHATTERBOX_S3GEN_LAYOUT=process): its pid, whether alive, how often restarted."""
+
+    layout: Literal["process"]
+    pid: int | None
+    alive: bool
+    restarts: int
+    error: str | None = None  # why it stopped for good
+
+
+class ModelHealth(BaseModel):
+    """One model in /health: its name for requests, what loaded it, and how it is."""
+
+    id: str | None  # null for a name that is no model
+    model: str
+    variant: str | None
+    status: Literal["loading", "ready", "error"]
+    stage: str | None = None  # while it loads
+    engine: str | None = None
+    random_weights: bool | None = None  # a random-tiny checkpoint: the audio is noise
+    t3_gpu_memory_gib: float | None = None  # T3's share when a VRAM plan split the GPU
+    ready_after_s: float | None = None
+    startup_phases_s: dict[str, float] | None = None
+    s3gen: S3GenHealth | None = None  # the process layout only
+    error: str | None = None
+
+
+class VramHealth(BaseModel):
+    used_gib: float
+    total_gib: float
+
+
+class Health(BaseModel):
+    """/health: the top level describes the default model (as with one model); `models` has every model."""
+
+    status: Literal["ok", "loading", "error"]
+    model: str
+    variant: str | None = None
+    engine: str | None = None
+    device: str | None = None
+    speech_requests_in_progress: int | None = None
+    vram: VramHealth | None = None  # on a GPU
+    models: list[ModelHealth]
+    loading: str | None = None  # the model loading now and its stage
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------------------ speech events
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class SpeechAudioDelta(BaseModel):
+    type: Literal["speech.audio.delta"] = "speech.audio.delta"
+    audio: str  # base64 of the encoded audio
+
+
+class SpeechAudioDone(BaseModel):
+    type: Literal["speech.audio.done"] = "speech.audio.done"
+    usage: Usage
+
+
+# ------------------------------------------------------------------------------------------------- errors
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, which every failure answers with."""
+
+    error: ErrorDetail
+
+
+class StreamError(BaseModel):
+    """A failure after a speech SSE stream started: reported in-band, with the error in OpenAI's shape."""
+
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` entry for a route's error statuses."""
+    return {status: {"model": ErrorResponse} for status in statuses}

@@ -8,7 +8,7 @@ before it says the server runs: uvicorn's own "running" lines are dropped (`star
 from __future__ import annotations
 
 from ..settings import Settings
-from .state import ServedModels
+from .registry import ModelRegistry
 
 READY_PREFIX = "chatterbox-vllm ready:"
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # every interface: no one address to show
@@ -32,13 +32,13 @@ def voices_directory(settings: Settings) -> str:
     return str(settings.resolved_voices_dir())
 
 
-def loading_line(settings: Settings, served: ServedModels, device: str) -> str:
+def loading_line(settings: Settings, served: ModelRegistry, device: str) -> str:
     """What the server starts to load, said once before the first model loads."""
     names = ", ".join(state.describe() for state in served.states if state.status == "loading")
     return f"loading {names} on {device}, preset {settings.preset}; /health answers 503 until it is ready"
 
 
-def current_stage(served: ServedModels) -> str | None:
+def current_stage(served: ModelRegistry) -> str | None:
     """The model loading now and what it does, e.g. `chatterbox-english (random-tiny): starting the T3 engine
     (vLLM)`; None when nothing loads."""
     for state in served.states:
@@ -52,21 +52,21 @@ def phases_text(phases: dict[str, float]) -> str:
     return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()) or "no phases recorded"
 
 
-def ready_after(served: ServedModels) -> float | None:
+def ready_after(served: ModelRegistry) -> float | None:
     """Seconds from the server's start until its last model was ready (None: none is)."""
     times = [state.ready_after_s for state in served.states if state.ready_after_s is not None]
     return max(times) if times else None
 
 
-def ready_line(settings: Settings, served: ServedModels) -> str | None:
+def ready_line(settings: Settings, served: ModelRegistry) -> str | None:
     """The one line that says the server serves: API and web page URLs, the models, preset, device and voices.
     None when no model loaded (their errors were logged instead)."""
-    ready = [state for state in served.states if state.status == "ready" and state.tts is not None]
+    ready = [state for state in served.states if state.loaded is not None]
     if not ready:
         return None
     url = base_url(settings.host, settings.port)
     models = ", ".join(state.describe() for state in ready)
-    devices = ", ".join(dict.fromkeys(str(state.tts.device) for state in ready if state.tts is not None))
+    devices = ", ".join(dict.fromkeys(str(loaded.tts.device) for loaded in served.loaded()))
     line = (
         f"{READY_PREFIX} API {url}/v1; web page {url}/; model{'s' if len(ready) > 1 else ''} {models}; "
         f"preset {settings.preset}; device {devices}; voices {voices_directory(settings)}"

@@ -1,5 +1,10 @@
-"""The models a server loads and what they share: each one's state, the VRAM plan that fits them on one GPU, the
-loading (one after another, the default first), and the request places, voices and engine gauge common to all."""
+"""Loading the served models and what they share: each one's registry entry from the settings, the VRAM plan that
+fits them on one GPU, the loading (one after another, the default first, in the background while the port is open),
+the synthesizer built around each loaded model, and the request places, voices and engine gauge common to all.
+
+Owns the models' start and end (`ModelLoader.load`, `serve`, `close`); does not answer requests (the routes and
+`speech_job.py` do) nor decide which model a request names (`registry.py`).
+"""
 
 from __future__ import annotations
 
@@ -18,30 +23,38 @@ from ..settings import Settings
 from ..start_notices import route_transformers_logs
 from ..tts import ChatterboxTTS, settings_device
 from ..vram_plan import model_need, plan_t3_budgets
+from .admission import Admission
 from .errors import describe_failure, log_failure
 from .metrics import T3_IN_ENGINE, VOICE_CONDITIONING
-from .service import Admission, SpeechService
+from .registry import LoadedModel, ModelRegistry, ServedModel
 from .startup import loading_line, phases_text, ready_line
-from .state import ModelState, ServedModels
+from .synthesis import Synthesizer
 from .voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
 
 
-def model_states(settings: Settings) -> list[ModelState]:
+def model_states(settings: Settings) -> list[ServedModel]:
     """One state per model the settings name, its variant known before anything loads. A name that is no model
     (or a second model of a variant already named) is a failed state with the reason, so the server still starts
     and says why."""
-    states: list[ModelState] = []
+    states: list[ServedModel] = []
     for name, variant in zip(settings.models, variants_of(settings.models)):
         if isinstance(variant, CheckpointError):
-            states.append(ModelState(model=name, status="error", error=describe_failure(variant)))
+            states.append(ServedModel(model=name, error=describe_failure(variant)))
         else:
-            states.append(ModelState(model=name, variant=variant))
+            states.append(ServedModel(model=name, variant=variant))
     return states
 
 
-def vram_plan(settings: Settings, states: list[ModelState]) -> list[float | None]:
+def _variant(state: ServedModel) -> str:
+    """A loading model's variant: known from its name or directory before it loads (else it failed already)."""
+    if state.variant is None:
+        raise ValueError(f"the model {state.model!r} has no known variant")
+    return state.variant
+
+
+def vram_plan(settings: Settings, states: list[ServedModel]) -> list[float | None]:
     """Each model's T3 budget when several share a GPU (None: its preset's, as for one model alone)."""
     loading = [state for state in states if state.status == "loading"]
     device = settings_device(settings)
@@ -52,7 +65,7 @@ def vram_plan(settings: Settings, states: list[ModelState]) -> list[float | None
         budget = settings.vram_budget_gib
     else:
         budget = torch.cuda.mem_get_info(device)[0] / 2**30
-    needs = [model_need(state.model, state.variant, settings.preset, limits.max_model_len, settings.s3gen_layout)
+    needs = [model_need(state.model, _variant(state), settings.preset, limits.max_model_len, settings.s3gen_layout)
              for state in loading]  # fmt: skip
     shares = iter(plan_t3_budgets(needs, limits, budget, t3_budget_explicit=settings.gpu_memory_gib is not None))
     budgets = [next(shares) if state.status == "loading" else None for state in states]
@@ -62,10 +75,11 @@ def vram_plan(settings: Settings, states: list[ModelState]) -> list[float | None
     return budgets
 
 
-class Serving:
-    """What the models being served share: the request places, the voices, and the engines' gauge."""
+class ModelLoader:
+    """Loads the registry's models and holds what they share: the request places, the voices, and the engines'
+    gauge."""
 
-    def __init__(self, settings: Settings, served: ServedModels) -> None:
+    def __init__(self, settings: Settings, served: ModelRegistry) -> None:
         self.settings = settings
         self.served = served
         self.admission = Admission(settings.max_queue)
@@ -100,7 +114,7 @@ class Serving:
             log.info("voices directory: %s", library.directory)
         return library
 
-    def serve(self, state: ModelState, tts: ChatterboxTTS) -> None:
+    def serve(self, state: ServedModel, tts: ChatterboxTTS) -> None:
         """Build what requests use around a loaded model, then mark its state ready."""
         sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)  # see the setting: S3Gen's launches
         state.stage = "warming up S3Gen"
@@ -108,18 +122,20 @@ class Serving:
         store = None
         if voices.directory is not None and tts.conditioning_fingerprint is not None:
             store = ConditioningStore(voices.directory, tts.variant, tts.conditioning_fingerprint)
-        service = SpeechService(tts, self.settings, self.admission, store, language_advice=self.served.language_advice)
+        synthesizer = Synthesizer(tts, self.settings, self.admission, store,
+                                  language_advice=self.served.language_advice)  # fmt: skip
         try:
-            service.wait_warm_up()  # ready means a request runs at once, not behind S3Gen's compile and graph capture
+            # ready means a request runs at once, not behind S3Gen's compile and graph capture
+            synthesizer.wait_warm_up()
         except BaseException:
-            service.close()  # its S3Gen thread, or process, goes with the failed start
+            synthesizer.close()  # its S3Gen thread, or process, goes with the failed start
             raise
         state.ready_after_s = time.monotonic() - self._created
         log.debug("%s ready after %.1f s: %s", state.describe(), state.ready_after_s, phases_text(tts.startup_phases))
         for source in ("memory", "stored", "computed"):  # each series from 0, so /metrics lists them from the start
-            VOICE_CONDITIONING.labels(model=service.model_id, source=source)
-        state.tts, state.service, state.voices = tts, service, voices
-        state.status, state.stage = "ready", None
+            VOICE_CONDITIONING.labels(model=synthesizer.model_id, source=source)
+        state.loaded = LoadedModel(synthesizer.model_id, tts, synthesizer, voices)
+        state.stage = None
 
     def announce_ready(self) -> None:
         """The one line that says the server serves, once every model has loaded or failed (failures were logged
@@ -129,7 +145,7 @@ class Serving:
             log.info("%s", line)
 
     def _requests_in_engines(self) -> float:
-        return float(sum(state.tts.engine.num_unfinished_requests() for state in self.served.states if state.tts))
+        return float(sum(loaded.tts.engine.num_unfinished_requests() for loaded in self.served.loaded()))
 
     async def load(self) -> None:
         """Load every model in turn (the default first), each within its share of the GPU; a model that fails is
@@ -144,7 +160,7 @@ class Serving:
         except Exception as exc:
             for state in states:
                 if state.status == "loading":
-                    state.status, state.error, state.stage = "error", describe_failure(exc), None
+                    state.fail(describe_failure(exc))
             log_failure("the models do not fit the GPU; the server stays up and answers 503", exc)
             return
         for state, budget in zip(states, budgets):
@@ -154,7 +170,7 @@ class Serving:
             state.t3_budget_gib = budget
             model: ChatterboxTTS | None = None
 
-            def progress(stage: str, state: ModelState = state) -> None:
+            def progress(stage: str, state: ServedModel = state) -> None:
                 state.stage = stage
 
             try:
@@ -166,13 +182,13 @@ class Serving:
             except Exception as exc:
                 if model is not None:
                     model.close()
-                state.status, state.error, state.stage = "error", describe_failure(exc), None
+                state.fail(describe_failure(exc))
                 log_failure(f"the model {state.describe()} failed to load; the server stays up and answers 503", exc)
         self.announce_ready()
 
     def close(self, owned: bool) -> None:
-        for state in self.served.states:
-            if state.service is not None:
-                state.service.close()
-            if owned and state.tts is not None:
-                state.tts.close()
+        """Stop each synthesizer's S3Gen worker; close the models too when this loader loaded them (`owned`)."""
+        for loaded in self.served.loaded():
+            loaded.synthesizer.close()
+            if owned:
+                loaded.tts.close()

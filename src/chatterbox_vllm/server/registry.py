@@ -1,5 +1,8 @@
-"""The models a server loads: each one loading, ready (with its service) or failed, and which one a request's
-`model` field names.
+"""The registry of served models: each model's state (loading, ready with what serves it, or failed) and which
+model a request's `model` field names.
+
+Owns the names (`chatterbox-<variant>`, OpenAI's aliases) and the 503/400/404 answers about a model; does not load
+anything (`model_loader.py` does) nor synthesize (`synthesis.py`).
 
 Each loaded model is served as `chatterbox-<variant>` (chatterbox-english, chatterbox-turbo, ...). OpenAI's model
 names and plain `chatterbox` go to the default model (CHATTERBOX_MODEL), so OpenAI clients work unchanged; a
@@ -19,7 +22,7 @@ from .schemas import OPENAI_MODELS
 
 if TYPE_CHECKING:
     from ..tts import ChatterboxTTS
-    from .service import SpeechService
+    from .synthesis import Synthesizer
     from .voices import VoiceLibrary
 
 LOADING_RETRY_AFTER_S = 10
@@ -34,20 +37,38 @@ def served_id(variant: str) -> str:
     return SERVED_PREFIX + variant
 
 
-@dataclass
-class ModelState:
-    """One model: loading, ready (with its service and voices) or failed (with a one-line reason)."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """What a ready model serves with: none of it can be missing once the model is ready."""
 
-    status: Status = "loading"
-    error: str | None = None
-    tts: ChatterboxTTS | None = None
-    service: SpeechService | None = None
-    voices: VoiceLibrary | None = None
+    id: str  # the name requests use, e.g. chatterbox-turbo
+    tts: ChatterboxTTS
+    synthesizer: Synthesizer
+    voices: VoiceLibrary  # the server's one library (every model's)
+
+
+@dataclass
+class ServedModel:
+    """One model: loading, ready (`loaded`) or failed (`error`, a one-line reason)."""
+
     model: str = ""  # the setting that names it: english, turbo, a directory, ...
     variant: str | None = None  # known before it loads (from the name or the directory's files)
     t3_budget_gib: float | None = None  # T3's GPU budget when a VRAM plan shared the GPU between models
     stage: str | None = None  # while loading: what it does now ("starting the T3 engine (vLLM)", ...)
     ready_after_s: float | None = None  # seconds from the server's start until this model was ready
+    error: str | None = None  # why it failed to load
+    loaded: LoadedModel | None = None  # set once it serves
+
+    @property
+    def status(self) -> Status:
+        """ready once loaded, error once it failed, loading before either."""
+        if self.loaded is not None:
+            return "ready"
+        return "error" if self.error is not None else "loading"
+
+    def fail(self, reason: str) -> None:
+        """Mark it failed to load, for good (the server stays up and says why)."""
+        self.error, self.stage = reason, None
 
     @property
     def id(self) -> str | None:
@@ -66,28 +87,29 @@ class ModelState:
             return self.model
         return self.id if self.model == self.variant else f"{self.id} ({self.model})"
 
-    def require_ready(self) -> None:
-        """503 unless the model is ready: Retry-After while it loads, the reason once loading failed."""
+    def require_ready(self) -> LoadedModel:
+        """What the model serves with, or a 503: Retry-After while it loads, the reason once loading failed."""
+        if self.loaded is not None:
+            return self.loaded
         what = f"the model {self.id}" if self.id else "the model"
-        if self.status == "loading":
-            raise APIError(
-                503, f"{what} is still loading; retry shortly", code="model_loading",
-                headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
-            )  # fmt: skip
-        if self.status == "error":
+        if self.error is not None:
             raise APIError(503, f"{what} failed to load: {self.error}", code="model_unavailable")
+        raise APIError(
+            503, f"{what} is still loading; retry shortly", code="model_loading",
+            headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+        )  # fmt: skip
 
 
-class ServedModels:
+class ModelRegistry:
     """The server's models, the default (CHATTERBOX_MODEL) first."""
 
-    def __init__(self, states: list[ModelState]) -> None:
+    def __init__(self, states: list[ServedModel]) -> None:
         if not states:
             raise ValueError("a server needs at least one model")
         self.states = states
 
     @property
-    def default(self) -> ModelState:
+    def default(self) -> ServedModel:
         return self.states[0]
 
     @property
@@ -98,17 +120,21 @@ class ServedModels:
             return "loading"
         return "error" if "error" in statuses else "ready"
 
+    def loaded(self) -> list[LoadedModel]:
+        """The models that serve now, in order."""
+        return [state.loaded for state in self.states if state.loaded is not None]
+
     def ids(self) -> tuple[str, ...]:
         """Every name a request may send: OpenAI's, the default alias, then each model's own."""
         own = tuple(state.id for state in self.states if state.id)
         return (*OPENAI_MODELS, DEFAULT_ALIAS, *own)
 
-    def find(self, name: str) -> ModelState | None:
+    def find(self, name: str) -> ServedModel | None:
         if name in OPENAI_MODELS or name == DEFAULT_ALIAS:
             return self.default
         return next((state for state in self.states if state.id == name), None)
 
-    def for_request(self, name: str, status: int = 400) -> ModelState:
+    def for_request(self, name: str, status: int = 400) -> ServedModel:
         """The model `name` names, or a `status` error (OpenAI's code model_not_found) that lists what is served."""
         state = self.find(name)
         if state is not None:

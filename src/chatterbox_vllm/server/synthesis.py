@@ -1,4 +1,6 @@
-"""Speech synthesis for the HTTP API: text pieces -> T3 tokens (engine) -> S3Gen audio, as a stream of chunks.
+"""One loaded model's synthesis pipeline (`Synthesizer`): text pieces -> T3 tokens (engine) -> S3Gen audio, as a
+stream of float32 chunks. It owns the model's S3Gen worker (thread or process) and its voices' conditionals; it does
+not own a request's HTTP side (its queue place, encoding, metrics, the response: `speech_job.py`).
 
 * Everything that can fail on the request's content (language, text, voice clip) is checked in `prepare`, before
   the response starts, so such failures are 400s rather than broken streams.
@@ -12,7 +14,8 @@
 * The first piece's audio leaves after `stream_first_audio_tokens` tokens (S3Gen on bounded windows of the tokens so
   far, batched with other requests' partials: `incremental`), so time to first audio does not wait for a whole
   sentence; while at most `stream_partials_max_active` requests are in progress.
-* A bounded number of requests may be in progress; beyond it the API answers 429 (`admit`).
+* A bounded number of requests may be in progress; beyond it the API answers 429 (`admission.py`; the speech job
+  takes and gives back the place, the synthesizer only reads how many are in progress).
 * Cancelling the consumer (a client that hangs up) cancels the T3 request, which frees its KV cache.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,19 +35,20 @@ from ..audio.io import AudioDecodeError
 from ..conditioning import Conditionals
 from ..conditioning_store import ConditioningStore
 from ..engine.base import SamplingParams
-from ..text.paralinguistic import prepare_tags
 from ..incremental import IncrementalVocoder, warm_up_first_partial
-from ..settings import Settings
+from ..settings import S3GEN_BATCH_SIZES, Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
+from ..text.paralinguistic import prepare_tags
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
+from .admission import Admission
 from .errors import APIError, describe_failure, log_failure
 from .metrics import S3GEN_PROCESS_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
+from .registry import served_id
 from .s3gen_process import S3GenProcess, WarmUp
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
-from .state import served_id
 from .voices import Voice
 
 PAUSE_SECONDS = 0.12  # silence between sentence pieces
@@ -87,29 +91,7 @@ def _multilingual_advice(language: str) -> str:
     return f"{SUPPORTED_LANGUAGES.get(language, language)} needs the multilingual model (CHATTERBOX_MODEL=multilingual)"
 
 
-class Admission:
-    """The server's `max_queue` places for speech requests, shared by every model it serves; 429 beyond them."""
-
-    def __init__(self, max_queue: int) -> None:
-        self.max_queue = max_queue
-        self.active = 0
-
-    def acquire(self) -> None:
-        """Take a place (given back by `release` when the response ends), or 429 with Retry-After."""
-        if self.active >= self.max_queue:
-            raise APIError(
-                429,
-                f"the server is busy ({self.active} speech requests in progress); retry shortly",
-                code="server_busy",
-                headers={"Retry-After": "2"},
-            )
-        self.active += 1
-
-    def release(self) -> None:
-        self.active -= 1
-
-
-class SpeechService:
+class Synthesizer:
     """One loaded model's synthesis for the API (one per model when the server loads several)."""
 
     def __init__(
@@ -122,7 +104,7 @@ class SpeechService:
     ) -> None:
         """`store`: where this model's conditionals of the voices directory's clips are kept (None: memory only).
         `language_advice(code)` says which model speaks a language this one does not (the server's models know;
-        alone, a service can only say that the multilingual model does)."""
+        alone, a synthesizer can only say that the multilingual model does)."""
         self.tts = tts
         self.settings = settings
         self.admission = admission or Admission(settings.max_queue)
@@ -130,7 +112,9 @@ class SpeechService:
         self.model_id = served_id(tts.variant)
         self._language_advice = language_advice or _multilingual_advice
         self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
-        rows = min(settings.s3gen_batch_size, self._max_batch)
+        # Settings fills an unset S3Gen batch from the preset when it validates; a copy made without validation may not
+        self._s3gen_batch = settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset]
+        rows = min(self._s3gen_batch, self._max_batch)
         self._s3gen: S3GenWorker | S3GenProcess
         if settings.s3gen_layout == "process":
             self._s3gen = self._s3gen_process(rows)
@@ -157,7 +141,7 @@ class SpeechService:
                 "again in the worker process); this one was built in memory: use CHATTERBOX_S3GEN_LAYOUT=thread"
             )
         warm_up = WarmUp(self.settings.max_new_tokens, self.settings.stream_first_audio_tokens,
-                         max(1, min(4, self.settings.s3gen_batch_size)))  # fmt: skip
+                         max(1, min(4, self._s3gen_batch)))  # fmt: skip
         return S3GenProcess(spec, rows, warm_up=warm_up, call_worker=S3GenWorker(self.tts, 1), model=self.model_id)
 
     def wait_warm_up(self) -> None:
@@ -182,7 +166,7 @@ class SpeechService:
         thread, at start): its kernels chosen, its HiFT shapes seen, before any request. GPU only: on a CPU nothing is
         captured and the run would only delay start. A failure costs only this warm-up (logged), never the server."""
         try:
-            warm_up_first_partial(self.tts, self.settings.stream_first_audio_tokens, self.settings.s3gen_batch_size)
+            warm_up_first_partial(self.tts, self.settings.stream_first_audio_tokens, self._s3gen_batch)
         except Exception as exc:  # noqa: BLE001 - the warm-up is an optimisation
             log.warning("warming up the first partial vocode failed (%s: %s); the first stream pays its first call",
                         type(exc).__name__, exc)  # fmt: skip
@@ -192,12 +176,6 @@ class SpeechService:
     def active(self) -> int:
         """Speech requests in progress on the whole server (every model's)."""
         return self.admission.active
-
-    def acquire(self) -> None:
-        self.admission.acquire()
-
-    def release(self) -> None:
-        self.admission.release()
 
     def _partial_wanted(self, *, first_audio_sent: bool) -> bool:
         """Whether a stream's next partial vocode runs now. Each partial decodes the whole voice prompt again (most
@@ -232,7 +210,8 @@ class SpeechService:
                     400, f"the {variant} model speaks English only; language_id must be omitted or 'en'. "
                     f"{self._language_advice(asked)}", param="language_id", code="unsupported_language",
                 )  # fmt: skip
-            if voice.kind == "language" and voice.language != "en":  # listed because another model speaks it
+            # a language voice is listed because another model speaks it
+            if voice.kind == "language" and voice.language is not None and voice.language != "en":
                 language = SUPPORTED_LANGUAGES[voice.language]
                 raise APIError(
                     400, f"voice {voice.id!r} is the built-in voice speaking {language}, which the {variant} model "
@@ -416,7 +395,7 @@ class SpeechService:
 
     async def _first_piece_incrementally(
         self, prepared: PreparedSpeech, params: SamplingParams, usage: dict[str, int], t3_slot: asyncio.Semaphore
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncGenerator[np.ndarray, None]:
         """The first piece's audio in growing parts while its tokens arrive (see `incremental`). Comes holding one
         of `t3_slot`'s places and gives it back when T3 is done with the piece (or the request ends)."""
         vocoder = IncrementalVocoder(
@@ -451,12 +430,12 @@ class SpeechService:
         usage["output_tokens"] += len(tokens)
         # The whole piece: a batch job like every other piece's, so it is vocoded together with those ready with it
         # (the other pieces of a long input finish their tokens at about the same time).
-        job = vocoder.job(tokens)
-        if job is None:
+        whole = vocoder.job(tokens)
+        if whole is None:
             yield fade_out(vocoder.flush())
             return
-        wav = await asyncio.wrap_future(self._s3gen.vocode(job))
-        yield fade_out(vocoder.take(job, wav, final=True))
+        wav = await asyncio.wrap_future(self._s3gen.vocode(whole))
+        yield fade_out(vocoder.take(whole, wav, final=True))
 
     def close(self) -> None:
         self._s3gen.shutdown()
