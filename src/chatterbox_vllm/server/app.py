@@ -49,7 +49,7 @@ def create_app(
         loading: asyncio.Task[None] | None = None
         loader.open_voices()
         if preloaded:
-            for state, model in zip(served.states, preloaded):
+            for state, model in zip(served.states, preloaded, strict=True):
                 loader.serve(state, model)
             loader.announce_ready()
         else:

@@ -52,7 +52,9 @@ def _check_format(fmt: str) -> None:
 
 
 def _check_speed(speed: float) -> None:
-    if isinstance(speed, bool) or not (isinstance(speed, numbers.Real) and math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED):
+    if isinstance(speed, bool) or not (
+        isinstance(speed, numbers.Real) and math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED
+    ):
         raise ValueError(f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}; got {speed!r}")
 
 
@@ -93,9 +95,14 @@ def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
         riff_size = min(36 + data_bytes, _UNKNOWN_SIZE)
     fmt_chunk = struct.pack("<HHIIHH", 1, 1, sample_rate, sample_rate * 2, 2, 16)
     return (
-        b"RIFF" + struct.pack("<I", riff_size) + b"WAVE"
-        + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk
-        + b"data" + struct.pack("<I", min(data_size, _UNKNOWN_SIZE))
+        b"RIFF"
+        + struct.pack("<I", riff_size)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt_chunk))
+        + fmt_chunk
+        + b"data"
+        + struct.pack("<I", min(data_size, _UNKNOWN_SIZE))
     )
 
 
@@ -135,8 +142,9 @@ class _Tempo:
 
 
 def _float_frame(x: np.ndarray, sample_rate: int, pts: int) -> av.AudioFrame:
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x, dtype=np.float32).reshape(1, -1), format="flt",
-                                       layout="mono")
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(x, dtype=np.float32).reshape(1, -1), format="flt", layout="mono"
+    )
     frame.sample_rate = sample_rate
     frame.time_base = Fraction(1, sample_rate)
     frame.pts = pts

@@ -80,7 +80,9 @@ def error_body(status: int, message: str, param: str | None, code: str) -> dict[
 
 def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(
-        error_body(error.status, error.message, error.param, error.code), status_code=error.status, headers=error.headers
+        error_body(error.status, error.message, error.param, error.code),
+        status_code=error.status,
+        headers=error.headers,
     )
 
 

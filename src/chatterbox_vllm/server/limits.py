@@ -27,7 +27,7 @@ class BodyLimits:
     upload_bytes: int
 
     @classmethod
-    def for_limits(cls, max_input_chars: int, max_upload_bytes: int) -> "BodyLimits":
+    def for_limits(cls, max_input_chars: int, max_upload_bytes: int) -> BodyLimits:
         """Room for the longest accepted `input` written in the most expensive JSON escapes, and for the largest
         accepted voice clip with its form fields."""
         json_bytes = max(JSON_FLOOR_BYTES, max_input_chars * JSON_BYTES_PER_CHAR + 64 * 1024)

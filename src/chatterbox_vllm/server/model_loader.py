@@ -39,7 +39,7 @@ def model_states(settings: Settings) -> list[ServedModel]:
     (or a second model of a variant already named) is a failed state with the reason, so the server still starts
     and says why."""
     states: list[ServedModel] = []
-    for name, variant in zip(settings.models, variants_of(settings.models)):
+    for name, variant in zip(settings.models, variants_of(settings.models), strict=True):
         if isinstance(variant, CheckpointError):
             states.append(ServedModel(model=name, error=describe_failure(variant)))
         else:
@@ -163,7 +163,7 @@ class ModelLoader:
                     state.fail(describe_failure(exc))
             log_failure("the models do not fit the GPU; the server stays up and answers 503", exc)
             return
-        for state, budget in zip(states, budgets):
+        for state, budget in zip(states, budgets, strict=True):
             if state.status != "loading":
                 log.error("model %s not loaded: %s", state.model, state.error)
                 continue

@@ -140,8 +140,8 @@ class ModelRegistry:
         if state is not None:
             return state
         message = f"model {name!r} is not served here; use one of {', '.join(self.ids())}"
-        if name.startswith(SERVED_PREFIX) and name[len(SERVED_PREFIX):] in families.names():
-            variant = name[len(SERVED_PREFIX):]
+        if name.startswith(SERVED_PREFIX) and name[len(SERVED_PREFIX) :] in families.names():
+            variant = name[len(SERVED_PREFIX) :]
             message = (
                 f"model {name!r} is not loaded on this server (it serves {', '.join(self.ids())}); "
                 f"start it with CHATTERBOX_EXTRA_MODELS={variant} to serve it too"
@@ -155,7 +155,7 @@ class ModelRegistry:
         speakers = [state for state in self.states if state.family is not None and state.family.multilingual]
         serving = [state.id for state in speakers if state.status != "error"]
         if serving:
-            return f"{name} is spoken by the model {serving[0]}: send \"model\": \"{serving[0]}\""
+            return f'{name} is spoken by the model {serving[0]}: send "model": "{serving[0]}"'
         if speakers:
             return f"{name} needs the multilingual model, which failed to load on this server (GET /health says why)"
         return (

@@ -52,7 +52,7 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..incremental import PartialJob, warm_up_first_partial
-from ..vocoder import Vocoder, VocoderSpec, VocodeJob
+from ..vocoder import VocodeJob, Vocoder, VocoderSpec
 from .metrics import S3GEN_PROCESS_RESTARTS
 from .s3gen_worker import S3GenWorker, record_work
 
@@ -219,7 +219,7 @@ def _warm_up_partial_logged(vocoder: Vocoder, first_tokens: int, rows: int) -> N
 
 
 # ---------------------------------------------------------------------------------------------- the parent
-_LIVE: "weakref.WeakSet[S3GenProcess]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[S3GenProcess] = weakref.WeakSet()
 
 
 @atexit.register

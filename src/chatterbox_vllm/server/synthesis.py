@@ -333,11 +333,7 @@ class Synthesizer:
         concurrent_engine = self.tts.engine.concurrent
         window = min(self.settings.parallel_pieces, self._max_batch) if concurrent_engine else 1
         # Partial vocodes cost S3Gen time (the one worker is shared): only up to `stream_partials_max_active`.
-        incremental = (
-            concurrent_engine
-            and self.settings.stream_first_audio_tokens > 0
-            and self._few_active()
-        )
+        incremental = concurrent_engine and self.settings.stream_first_audio_tokens > 0 and self._few_active()
         count = len(prepared.pieces)
 
         def params_for(index: int) -> SamplingParams:

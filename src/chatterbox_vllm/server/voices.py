@@ -36,7 +36,19 @@ from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, vali
 log = logging.getLogger(__name__)
 
 OPENAI_VOICES: tuple[str, ...] = (
-    "alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse", "marin", "cedar",
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
 )
 DEFAULT_VOICE = "default"
 # Read from the directory in this order of preference when one id has several files.
@@ -403,7 +415,9 @@ class VoiceLibrary:
         if ".." in voice_id or voice_id.endswith("."):
             raise VoiceNameError(f"invalid voice name {display!r}: it must not contain '..' or end with '.'")
         if voice_id == DEFAULT_VOICE:
-            raise VoiceNameError(f"{display!r} is the checkpoint's built-in voice and cannot be replaced; choose another name")
+            raise VoiceNameError(
+                f"{display!r} is the checkpoint's built-in voice and cannot be replaced; choose another name"
+            )
         if _is_reserved(voice_id):
             raise VoiceNameError(
                 f"{display!r} is a language code, reserved for the built-in voice speaking that language; choose "

@@ -83,7 +83,11 @@ async def _prepare_voice(models: ModelRegistry, voice: Voice) -> list[str]:
     use it say. A model still loading analyses it on the voice's first request."""
     ready = models.loaded()
     reasons = await asyncio.gather(*(model.synthesizer.prepare_voice(voice) for model in ready))
-    return [f"{model.id} cannot use voice {voice.id!r}: {reason}" for model, reason in zip(ready, reasons) if reason]
+    return [
+        f"{model.id} cannot use voice {voice.id!r}: {reason}"
+        for model, reason in zip(ready, reasons, strict=True)
+        if reason
+    ]
 
 
 def _count_custom(library: VoiceLibrary) -> None:
