@@ -48,6 +48,7 @@ from benchmarks.http_load import burst
 from benchmarks.texts import PARAGRAPH, PARAGRAPH_TOKENS, SENTENCE, SENTENCE_TOKENS
 
 from chatterbox_vllm.engine.base import SamplingParams, speech_tokens_for_s3gen
+from chatterbox_vllm.process_setup import configure_process
 from chatterbox_vllm.server.audio import AudioEncoder
 from chatterbox_vllm.server.schemas import SpeechRequest
 from chatterbox_vllm.server.synthesis import Synthesizer
@@ -417,6 +418,7 @@ def vram_child(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with PeakDeviceMemory() as peak:
             settings = Settings(model=args.model, preset=args.preset, device="cuda")
+            configure_process(settings)
             tts = ChatterboxTTS.from_settings(settings)
             paragraph = bench_paragraph(tts, settings, repeats=1)
             synthesizer = Synthesizer(tts, settings.model_copy(update={"max_new_tokens": SENTENCE_TOKENS}))
@@ -517,6 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(**overrides)
     # The server's GIL switch interval (it sets it at start) for every part, unless the command sets its own
     sys.setswitchinterval(args.switch_interval[0] if args.switch_interval else settings.gil_switch_interval_ms / 1000)
+    configure_process(settings)  # as the server does at start: compile caches, TF32
     start = time.perf_counter()
     tts = ChatterboxTTS.from_settings(settings)
     load_s = time.perf_counter() - start

@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     module = importlib.import_module(args.module)
-    tts = ChatterboxTTS.load(args.model, device=args.device, engine="torch")
+    tts = ChatterboxTTS.from_pretrained(args.model, device=args.device, engine="torch")
     params = tts.sampling_params(seed=args.seed, max_new_tokens=1000)  # random checkpoints stop at their pace
     pieces = []
     with torch.inference_mode():

@@ -699,6 +699,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from chatterbox_vllm.process_setup import configure_process
     from chatterbox_vllm.settings import Settings
     from chatterbox_vllm.tts import ChatterboxTTS
 
@@ -709,6 +710,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_batch_size:
         overrides["max_batch_size"] = args.max_batch_size
     settings = Settings(**overrides)
+    configure_process(settings)  # as the server does at start: compile caches, TF32
     tts = ChatterboxTTS.from_settings(settings)
     gpu = tts.device.type == "cuda" and torch.cuda.is_available()
     http_settings = settings.model_copy(update={"max_new_tokens": args.max_new_tokens,

@@ -36,6 +36,7 @@ from benchmarks.e2e import HTTPServer
 from benchmarks.host import command_line, device_name
 from benchmarks.texts import SENTENCE, SENTENCE_TOKENS
 
+from chatterbox_vllm.process_setup import configure_process
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.tts import SAMPLE_RATE, ChatterboxTTS
 
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         voices_dir = Path(tmp) / "voices"
         settings = Settings(model=args.model, device=args.device, preset=args.preset, max_new_tokens=args.tokens,
                             voices_dir=str(voices_dir))  # fmt: skip
+        configure_process(settings)  # as the server does at start: compile caches, TF32
         tts = ChatterboxTTS.from_settings(settings)
         try:
             with HTTPServer(tts, settings) as server, httpx.Client(timeout=600) as client:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chatterbox_vllm import process_setup
 from chatterbox_vllm.checkpoint.config import load_model_config
 from chatterbox_vllm.checkpoint.hub import random_checkpoint_dir
 from chatterbox_vllm.checkpoint.layout import ENGLISH
@@ -23,14 +24,18 @@ from chatterbox_vllm.compile_cache import (
 )
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions, cudagraph_capture_sizes, engine_kwargs
 from chatterbox_vllm.engine.vllm_t3.model_dir import prepare_model_dir
+from chatterbox_vllm.process_setup import FLASHINFER_SAMPLER_ENV, ProcessSettings, configure_process, configured
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.tts import ChatterboxTTS
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No cache variable from outside; the environment as it was after each test (use_cache_dir sets variables)."""
+    """No cache variable from outside; the environment, the TF32 switches and what configure_process applied as
+    they were after each test (use_cache_dir and configure_process set them)."""
     saved = dict(os.environ)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    monkeypatch.setattr(process_setup, "_applied", None)
     for name in [*CACHE_DIRECTORIES, *CACHE_SWITCHES, CACHE_DIR_ENV, "VLLM_USE_FLASHINFER_SAMPLER"]:
         os.environ.pop(name, None)
     for name in list(os.environ):
@@ -40,6 +45,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     yield
     os.environ.clear()
     os.environ.update(saved)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def test_every_compile_cache_goes_under_the_cache_directory(tmp_path: Path) -> None:
@@ -141,10 +147,12 @@ def test_t3_compile_reaches_the_model_config_of_vllms_engine(
 
 
 def test_load_records_its_phases_and_the_warm_up_bound(tmp_path: Path) -> None:
-    """ChatterboxTTS.from_settings (the server's load) on the PyTorch engine: the cache directory is applied, the
-    FlashInfer sampler is off unless asked for, and the phases are recorded (S3Gen's graphs are GPU-only)."""
+    """ChatterboxTTS.from_settings (the server's load) on the PyTorch engine after configure_process (the server's
+    start): the cache directory is applied, the FlashInfer sampler is off unless asked for, the phases are recorded
+    (S3Gen's graphs are GPU-only) and the S3Gen worker process would be set up as this one."""
     settings = Settings(model="random-tiny", engine="torch", device="cpu", cache_dir=str(tmp_path / "cache"),
                         s3gen_warm_up_tokens=120)  # fmt: skip
+    applied = configure_process(settings)
     tts = ChatterboxTTS.from_settings(settings)
     try:
         assert tts.s3gen_warm_up_tokens == 120
@@ -155,14 +163,55 @@ def test_load_records_its_phases_and_the_warm_up_bound(tmp_path: Path) -> None:
         assert (random_checkpoint_dir("english", settings.resolved_cache_dir()) / "t3_cfg.safetensors").is_file()
         assert not random_checkpoint_dir("english").is_relative_to(tmp_path)
         assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+        assert tts.vocoder_spec is not None and tts.vocoder_spec.process == applied
+        assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "compile" / "triton")
     finally:
         tts.close()
+
+
+def test_from_settings_changes_no_process_state(tmp_path: Path) -> None:
+    """Loading leaves the environment and the TF32 switches as they were: process-wide settings are
+    configure_process's, called once where a process starts; a child of this process would apply none."""
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    environment = dict(os.environ)
+    settings = Settings(model="random-tiny", engine="torch", device="cpu", cache_dir=str(tmp_path / "cache"))
+    tts = ChatterboxTTS.from_settings(settings)
+    try:
+        assert dict(os.environ) == environment
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, True)
+        assert tts.vocoder_spec is not None and tts.vocoder_spec.process is None and configured() is None
+    finally:
+        tts.close()
+
+
+def test_configure_process_applies_the_settings_once_and_keeps_what_the_user_set(tmp_path: Path) -> None:
+    """The compile caches, vLLM's FlashInfer sampler variable and TF32 (where the settings name a GPU); a second
+    call changes nothing; a variable the user set wins."""
+    os.environ[FLASHINFER_SAMPLER_ENV] = "1"
+    os.environ["TRITON_CACHE_DIR"] = str(tmp_path / "mine")
+    settings = Settings(device="cpu", cache_dir=str(tmp_path / "cache"))
+    applied = configure_process(settings)
+    assert applied == ProcessSettings(tmp_path / "cache", flashinfer_sampler=False, tf32=None)  # no GPU: TF32 left
+    assert configured() == applied
+    assert os.environ[FLASHINFER_SAMPLER_ENV] == "1" and os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
+    assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "cache" / "compile" / "vllm")
+    environment = dict(os.environ)
+    assert configure_process(settings) == applied and dict(os.environ) == environment
+    # TF32 as a GPU process's settings say (the S3Gen worker receives them in its VocoderSpec)
+    for tf32 in (False, True):
+        configure_process(ProcessSettings(tmp_path / "cache", flashinfer_sampler=False, tf32=tf32))
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+    os.environ.pop(FLASHINFER_SAMPLER_ENV)
+    configure_process(settings)
+    assert os.environ[FLASHINFER_SAMPLER_ENV] == "0"  # vLLM's own sampling kernels unless the settings ask for it
+    assert configure_process(None) is None and configured() == applied  # a child of an unconfigured process
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="S3Gen's CUDA graphs: runs on the GPU machine")
 def test_gpu_warm_up_captures_up_to_the_bound_and_a_longer_piece_on_first_use(tmp_path: Path) -> None:
     settings = Settings(model="random-tiny", engine="torch", device="cuda", cache_dir=str(tmp_path / "cache"),
                         s3gen_warm_up_tokens=10)  # fmt: skip
+    configure_process(settings)
     tts = ChatterboxTTS.from_settings(settings)
     try:
         graphs = tts.s3gen.flow.decoder.graphs

@@ -174,3 +174,41 @@ def test_s3gen_options_place_the_tokenizer_and_pick_the_flow_dtype(english_tiny_
     # half precision only on GPUs: on a CPU every setting computes in float32
     assert all(flow_compute_dtype(name, torch.device("cpu")) is None for name in ("auto", "float16", "bfloat16"))
     assert not tts.s3gen.flow.decoder.compiled
+
+
+def test_the_stages_compose_to_generate(english: ChatterboxTTS) -> None:
+    """generate is T3's stage (text -> speech tokens) then the vocoder's (speech tokens -> waveform): run one after
+    the other on their own, the stages give the same samples."""
+    from chatterbox_vllm.t3_stage import T3Stage
+
+    assert isinstance(english.t3, T3Stage) and english.engine is english.t3.engine
+    text, seed = "The stages on their own.", 11
+    assert english.default_conds is not None
+    conds = english.default_conds.with_exaggeration(0.5)
+    params = english.t3.sampling_params(seed=seed, max_new_tokens=40)
+    speech = english.t3.speech_tokens(english.t3.text_tokens(text), conds.t3, params)
+    assert speech and all(isinstance(token, int) for token in speech)
+    np.testing.assert_array_equal(english.vocoder.vocode(speech, conds, seed=seed),
+                                  english.generate(text, seed=seed, max_new_tokens=40))  # fmt: skip
+
+
+def test_from_pretrained_takes_any_model_setting(english_tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """from_pretrained loads what CHATTERBOX_MODEL may name: a directory here, and random-tiny (written to the cache
+    directory it is given); `options` replace device and engine."""
+    from chatterbox_vllm.loading import LoadOptions
+
+    stages: list[str] = []
+    tts = ChatterboxTTS.from_pretrained(str(english_tiny_checkpoint), options=LoadOptions("cpu", "torch"),
+                                        progress=stages.append)  # fmt: skip
+    try:
+        assert tts.variant == "english" and tts.engine.name == "torch" and tts.device == torch.device("cpu")
+        assert stages[0] == "checking the checkpoint directory" and len(stages) == 3
+    finally:
+        tts.close()
+    random = ChatterboxTTS.from_pretrained("random-tiny-turbo", device="cpu", engine="torch",
+                                          server_cache_dir=tmp_path / "cache")  # fmt: skip
+    try:
+        assert random.variant == "turbo" and random.vocoder_spec is not None
+        assert Path(random.vocoder_spec.directory).is_relative_to(tmp_path / "cache")
+    finally:
+        random.close()

@@ -81,7 +81,7 @@ def synthesize(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        tts = ChatterboxTTS.load(model, device=device, engine=engine)
+        tts = ChatterboxTTS.from_pretrained(model, device=device, engine=engine)
         start = time.perf_counter()
         try:
             wav = tts.generate(
@@ -154,6 +154,9 @@ def serve(
         typer.echo(json.dumps(effective_config(settings), indent=2))
         return
     log_config = configure_logging(settings.log_level)
+    from .process_setup import configure_process
+
+    configure_process(settings)  # compile caches, vLLM's sampler, TF32: before anything loads or compiles
     from huggingface_hub import constants as hf_constants
 
     from .checkpoint.hub import is_hub_model, resolve_model, variants_of

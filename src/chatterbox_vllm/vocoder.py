@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from .engine.base import speech_tokens_for_s3gen
 from .families import ModelFamily
 from .models.s3gen import S3Gen, load_s3gen
 from .models.s3gen.flow import FlowRow, FlowVoice
+
+if TYPE_CHECKING:
+    from .process_setup import ProcessSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +65,15 @@ class S3GenOptions:
 @dataclass(frozen=True)
 class VocoderSpec:
     """Everything another process needs to load the same S3Gen: plain, picklable values only. `graphs`: whether
-    S3Gen replays CUDA graphs (not with the engine eager, the low preset); `tf32`: the process-wide TF32 switch the
-    server sets on GPUs (None: leave it)."""
+    S3Gen replays CUDA graphs (not with the engine eager, the low preset); `process`: the process-wide settings
+    (TF32, compile caches) the loading process was configured with, for the other one to apply where it starts
+    (`process_setup.configure_process`; None: none were)."""
 
     directory: str
     device: str
     options: S3GenOptions = field(default_factory=S3GenOptions)
     graphs: bool = True
-    tf32: bool | None = None
+    process: ProcessSettings | None = None
 
 
 def flow_compute_dtype(name: str, device: torch.device, *, low_memory: bool = False) -> torch.dtype | None:
@@ -136,11 +141,9 @@ class Vocoder:
     @classmethod
     def load(cls, spec: VocoderSpec) -> Vocoder:
         """S3Gen's vocoding parts (and the built-in voice's conditionals) of `spec`'s checkpoint directory, nothing
-        else: no T3, no voice encoder, no speech tokenizer."""
+        else: no T3, no voice encoder, no speech tokenizer. It changes no process-wide state: a process that loads
+        only this applies `spec.process` first (`configure_process`)."""
         device = torch.device(spec.device)
-        if device.type == "cuda" and spec.tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = spec.tf32
-            torch.backends.cudnn.allow_tf32 = spec.tf32
         directory, layout = resolve_model(spec.directory)
         config = load_model_config(directory, layout)
         started = time.perf_counter()

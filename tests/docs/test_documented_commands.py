@@ -74,7 +74,7 @@ RULES = (
     Rule("live", r"^\.venv/bin/chatterbox-vllm (make-checkpoint|synthesize) "),
     Rule("live", r"from openai import OpenAI"),
     Rule("live", r"ChatterboxTTS\.from_pretrained\(\)"),
-    Rule("live", r"ChatterboxTTS\.from_settings\(Settings\(\)\)"),
+    Rule("live", r"ChatterboxTTS\.from_settings\(settings\)"),
     Rule("offline", r"^hf download ", "needs the Hugging Face hub: checked that `hf download` takes these options "
          "and that the files it names are exactly the ones the loader needs"),
     Rule("offline", r"^(CHATTERBOX_\w+=\S+ )*docker compose ", "needs a Docker daemon: docker-compose.yml is "

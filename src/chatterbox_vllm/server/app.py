@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..process_setup import configure_process
 from ..settings import Settings
 from ..tts import ChatterboxTTS
 from .errors import install_error_handlers
@@ -41,6 +42,7 @@ def create_app(
                                 for i, m in enumerate(preloaded)])  # fmt: skip
     else:
         preloaded = []
+        configure_process(settings)  # compile caches, TF32: process-wide, set before its models load
         served = ModelRegistry(model_states(settings))
     loader = ModelLoader(settings, served)
 

@@ -144,6 +144,9 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
             pass
 
     try:
+        from ..process_setup import configure_process  # the parent's TF32 and compile caches, before S3Gen loads
+
+        configure_process(config.spec.process)
         vocoder = Vocoder.load(config.spec)
     except BaseException as exc:  # noqa: BLE001 - said to the parent, which fails its readiness with it
         send(("ready", {}, _portable(exc)))

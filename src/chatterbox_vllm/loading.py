@@ -1,0 +1,148 @@
+"""Loading a checkpoint directory into the parts a `ChatterboxTTS` is made of, in one place.
+
+Every way to get a model (`from_local`, `from_pretrained`, `from_settings`) first finds a checkpoint directory and
+its layout, then calls `load_parts` with `LoadOptions`: where it runs, which T3 engine, how S3Gen runs. Nothing here
+changes process-wide state (compile caches, TF32): that is `process_setup.configure_process`, called where a
+process starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint.config import ModelConfig, load_model_config
+from .checkpoint.layout import CONFIG_FILE, CheckpointLayout
+from .conditioning import Conditionals
+from .conditioning_store import model_fingerprint
+from .engine.base import T3Engine
+from .engine.factory import build_t3_engine, resolve_engine_kind
+from .engine.vllm_engine import VLLMOptions
+from .models.s3gen import S3Gen
+from .models.voice_encoder import VoiceEncoder, load_voice_encoder
+from .process_setup import configured
+from .settings import Settings
+from .t3_stage import TextTokenizer
+from .vocoder import S3GenOptions, VocoderSpec, load_s3gen_for
+
+log = logging.getLogger(__name__)
+
+# Told what a model load does now (for /health while the server starts): "loading S3Gen ...", ...
+Progress = Callable[[str], None]
+
+
+def no_progress(stage: str) -> None:
+    log.debug("loading: %s", stage)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def settings_device(settings: Settings) -> torch.device:
+    """The device CHATTERBOX_DEVICE names (auto: cuda when there is one)."""
+    return default_device() if settings.device == "auto" else torch.device(settings.device)
+
+
+def voice_analysis_fingerprint(directory: Path, layout: CheckpointLayout, config: ModelConfig) -> str:
+    """What a voice clip's analysis depends on for this checkpoint: the voice encoder's and S3Gen's weights, the
+    config beside random checkpoints, the speech prompt's length and (Turbo, Nano) the loudness target."""
+    return model_fingerprint(
+        directory,
+        (layout.voice_encoder, layout.s3gen, CONFIG_FILE),
+        {"variant": layout.variant, "prompt_tokens": config.t3.speech_cond_prompt_len,
+         "loudness_lufs": layout.family.voice_loudness_lufs},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a checkpoint is loaded: the device (None: cuda when there is one), the T3 engine (auto | vllm | torch)
+    and vLLM's options, S3Gen's options, and the multilingual model's Hebrew diacritizer (`dicta_model`; None: as
+    the environment's settings name it, "": none)."""
+
+    device: str | torch.device | None = None
+    engine: str = "auto"
+    vllm: VLLMOptions | None = None
+    s3gen: S3GenOptions = field(default_factory=S3GenOptions)
+    dicta_model: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, gpu_memory_gib: float | None = None) -> LoadOptions:
+        """What the CHATTERBOX_* settings say: device, engine, the VRAM limits (`gpu_memory_gib` in place of T3's
+        budget: the share a VRAM plan gave it), T3's and S3Gen's compile and dtype switches."""
+        device = settings_device(settings)
+        limits = settings.limits()
+        if gpu_memory_gib is not None:
+            limits = dataclasses.replace(limits, gpu_memory_gib=gpu_memory_gib)
+        vllm = VLLMOptions.from_limits(
+            limits, device, explicit_dtype=settings.dtype is not None, compile=settings.t3_compile,
+            cache_dir=settings.resolved_cache_dir(),
+        )  # fmt: skip
+        s3gen = S3GenOptions(
+            tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu",
+            flow_dtype=settings.s3gen_dtype,
+            compile_flow=settings.s3gen_compile,
+            warm_up_tokens=settings.s3gen_warm_up_tokens,
+        )
+        return cls(device, settings.engine, vllm, s3gen, settings.dicta_model or "")  # "": none, as settings say
+
+
+@dataclass
+class ModelParts:
+    """A loaded checkpoint, what `ChatterboxTTS` is built from. `conds`: the built-in voice (None: the checkpoint
+    has none); `conditioning_fingerprint`: what stored voice conditionals must have been made with to be used;
+    `vocoder_spec`: how another process loads the same S3Gen; `startup_phases`: seconds each loading phase took."""
+
+    layout: CheckpointLayout
+    config: ModelConfig
+    device: torch.device
+    engine: T3Engine
+    tokenizer: TextTokenizer
+    s3gen: S3Gen
+    voice_encoder: VoiceEncoder
+    conds: Conditionals | None
+    conditioning_fingerprint: str | None = None
+    vocoder_spec: VocoderSpec | None = None
+    warm_up_tokens: int | None = None
+    startup_phases: dict[str, float] = field(default_factory=dict)
+
+
+def load_parts(
+    directory: Path, layout: CheckpointLayout, options: LoadOptions, progress: Progress | None = None
+) -> ModelParts:
+    """Load every part of the checkpoint in `directory`: S3Gen, the voice encoder, the text front end and the
+    built-in voice, then T3's engine (vLLM's starts a process of its own). `progress` hears each stage."""
+    progress = progress or no_progress
+    device = torch.device(options.device) if options.device is not None else default_device()
+    config = load_model_config(directory, layout)
+    kind = resolve_engine_kind(options.engine)  # a bad name fails before anything loads
+    progress("loading S3Gen, the voice encoder and the text tokenizer")
+    started = time.perf_counter()
+    # S3Gen replays CUDA graphs unless the engine was told to run eagerly (the low-VRAM preset).
+    graphs = not (options.vllm is not None and options.vllm.enforce_eager)
+    s3gen = load_s3gen_for(directory, layout, config, device, options.s3gen, graphs=graphs)
+    voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
+    tokenizer = layout.family.load_text_front_end(directory, options.dicta_model)
+    conds_path = directory / layout.conds
+    conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
+    loaded = time.perf_counter()
+    progress("starting the T3 engine (vLLM)" if kind == "vllm" else "loading T3 (PyTorch)")
+    engine = build_t3_engine(options.engine, directory / layout.t3, config.t3, device, vllm_options=options.vllm)
+    phases = {"load_s3gen_voice_encoder": loaded - started, "t3_engine": time.perf_counter() - loaded}
+    log.info("loaded %s Chatterbox from %s on %s (T3 engine: %s)", layout.variant, directory, device,
+             type(engine).__name__)  # fmt: skip
+    return ModelParts(
+        layout=layout, config=config, device=device, engine=engine, tokenizer=tokenizer, s3gen=s3gen,
+        voice_encoder=voice_encoder, conds=conds,
+        conditioning_fingerprint=voice_analysis_fingerprint(directory, layout, config),
+        # The S3Gen worker process sets itself up as this one was (TF32, caches) before it loads.
+        vocoder_spec=VocoderSpec(str(directory), str(device), options.s3gen, graphs=graphs, process=configured()),
+        warm_up_tokens=options.s3gen.warm_up_tokens, startup_phases=phases,
+    )  # fmt: skip
