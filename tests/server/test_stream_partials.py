@@ -3,6 +3,7 @@ streams over real HTTP, batch across requests on the S3Gen thread, and one whose
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,5 +129,24 @@ def test_partials_waiting_together_leave_as_one_batch_and_cancelled_ones_are_ski
             assert got.wav.shape == alone.wav.shape
             scale = float((alone.wav**2).mean() ** 0.5)
             assert float(abs(got.wav - alone.wav).max()) < 1e-3 * scale
+    finally:
+        worker.shutdown()
+
+
+def test_a_bad_partial_fails_alone(english_tts: ChatterboxTTS, jobs: list[PartialJob]) -> None:
+    """A partial whose voice S3Gen rejects fails its own request; the others of its batch get their audio."""
+    broken = dataclasses.replace(jobs[1], voice={**jobs[1].voice, "embedding": torch.zeros(7)})  # not a 192-dim x-vector
+    worker = S3GenWorker(english_tts, max_batch=8)
+    try:
+        gate = threading.Event()
+        worker.call(gate.wait, 30)  # the three queue up and leave as one batch, which fails, then one by one
+        good, bad, also_good = worker.partial(jobs[0]), worker.partial(broken), worker.partial(jobs[2])
+        gate.set()
+        with pytest.raises(RuntimeError):
+            bad.result(timeout=300)
+        for job, future in ((jobs[0], good), (jobs[2], also_good)):
+            alone = vocode_partials(english_tts, [job])[0]
+            assert future.result(timeout=300).wav.shape == alone.wav.shape
+        assert worker.call(lambda: 42).result(timeout=30) == 42  # still serving
     finally:
         worker.shutdown()

@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,21 +289,10 @@ class S3GenWorker:
             self._vocode_live(live)
 
     def _vocode_live(self, live: list[_Vocode]) -> None:
-        try:
-            wavs = self.tts.vocode_batch([item.job for item in live])
-        except BaseException as exc:  # noqa: BLE001
-            if len(live) == 1:
-                live[0].future.set_exception(exc)
-                return
-            log.warning("S3Gen batch of %d failed (%s); vocoding its pieces one by one", len(live), exc)
-            for item in live:
-                try:
-                    item.future.set_result(self.tts.vocode_batch([item.job])[0])
-                except BaseException as single:  # noqa: BLE001
-                    item.future.set_exception(single)
-            return
-        for item, wav in zip(live, wavs, strict=True):
-            item.future.set_result(np.asarray(wav, dtype=np.float32))
+        def vocode(jobs: list[VocodeJob]) -> list[np.ndarray]:
+            return [np.asarray(wav, dtype=np.float32) for wav in self.tts.vocode_batch(jobs)]
+
+        _deliver_each(live, vocode, "S3Gen batch of %d failed (%s); vocoding its pieces one by one")
 
     # -------------------------------------------------------------------------------------------- partials
     def _partial_batch(self, partials: list[_Partial]) -> tuple[list[_Partial], list[_Partial]]:
@@ -328,18 +317,25 @@ class S3GenWorker:
             self._partials_live(live)
 
     def _partials_live(self, live: list[_Partial]) -> None:
-        try:
-            results = self.vocode_partials(self.tts, [item.job for item in live])
-        except BaseException as exc:  # noqa: BLE001 - delivered to the requests that asked
-            if len(live) == 1:
-                live[0].future.set_exception(exc)
-                return
-            log.warning("S3Gen partial batch of %d failed (%s); running its partials one by one", len(live), exc)
-            for item in live:
-                try:
-                    item.future.set_result(self.vocode_partials(self.tts, [item.job])[0])
-                except BaseException as single:  # noqa: BLE001
-                    item.future.set_exception(single)
+        _deliver_each(live, lambda jobs: self.vocode_partials(self.tts, jobs),
+                      "S3Gen partial batch of %d failed (%s); running its partials one by one")  # fmt: skip
+
+
+def _deliver_each(live: Sequence[_Vocode | _Partial], run: Callable[[list[Any]], list[Any]], retry_log: str) -> None:
+    """Each item's result from one `run` over all their jobs; if the batch fails, `run` over each item alone, so
+    one bad piece fails only its own request (a batch of one fails at once)."""
+    try:
+        results = run([item.job for item in live])
+    except BaseException as exc:  # noqa: BLE001 - delivered to the requests that asked
+        if len(live) == 1:
+            live[0].future.set_exception(exc)
             return
-        for item, result in zip(live, results, strict=True):
-            item.future.set_result(result)
+        log.warning(retry_log, len(live), exc)
+        for item in live:
+            try:
+                item.future.set_result(run([item.job])[0])
+            except BaseException as single:  # noqa: BLE001
+                item.future.set_exception(single)
+        return
+    for item, result in zip(live, results, strict=True):
+        item.future.set_result(result)
