@@ -25,6 +25,7 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
+from chatterbox_vllm import families
 from chatterbox_vllm.server.app import create_app
 from chatterbox_vllm.server.registry import ModelRegistry, ServedModel
 from chatterbox_vllm.settings import Settings
@@ -609,8 +610,9 @@ def _unloaded_app(model: str, state: ServedModel) -> TestClient:
 
 
 def test_languages_endpoint_lists_the_multilingual_languages() -> None:
-    # a stand-in for what a ready multilingual model serves with: the route reads only whether it is multilingual
-    ready = ServedModel(variant="multilingual", loaded=SimpleNamespace(tts=SimpleNamespace(is_multilingual=True)))
+    # a stand-in for what a ready multilingual model serves with: the route reads only its family's languages
+    tts = SimpleNamespace(family=families.get("multilingual"))
+    ready = ServedModel(variant="multilingual", loaded=SimpleNamespace(tts=tts))
     response = _unloaded_app("multilingual", ready).get("/v1/audio/languages")
     assert response.status_code == 200
     body = response.json()
