@@ -94,6 +94,25 @@ def test_hebrew_without_dicta_is_unchanged_with_one_warning(caplog: pytest.LogCa
     assert len(caplog.records) == 1 and "dicta-onnx" in caplog.records[0].getMessage()
 
 
+def test_the_dicta_model_setting_reaches_the_loaded_tokenizer(
+    multilingual_tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CHATTERBOX_DICTA_MODEL is read by Settings only: a load without settings asks Settings (environment, .env)
+    for it; the server passes its settings' value down ("" when unset), which wins over the environment."""
+    from chatterbox_vllm.loading import LoadOptions
+    from chatterbox_vllm.tts import ChatterboxTTS
+
+    monkeypatch.chdir(tmp_path)  # the .env lookup sees only what this test writes
+    (tmp_path / ".env").write_text(f"CHATTERBOX_DICTA_MODEL={tmp_path / 'dicta.onnx'}\n")
+    for passed, expected in ((None, str(tmp_path / "dicta.onnx")), ("", None), ("/m/d.onnx", "/m/d.onnx")):
+        options = LoadOptions(device="cpu", engine="torch", dicta_model=passed)
+        tts = ChatterboxTTS.from_pretrained(str(multilingual_tiny_checkpoint), options=options)
+        try:
+            assert isinstance(tts.tokenizer, MultilingualTokenizer) and tts.tokenizer.dicta_model == expected, passed
+        finally:
+            tts.close()
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("russian_text_stresser") is not None, reason="russian-text-stresser is installed"
 )

@@ -43,7 +43,7 @@ def test_multilingual_matches_reference(golden: Path, multilingual_tokenizer: Mu
     assert {"ja", "zh", "ko", "he", "ru", "ar", "hi"} <= languages
     # The fixture was made without dicta-onnx and russian-text-stresser; where they act here, he/ru differ.
     optional_active = {
-        "he": multilingual._hebrew_diacritizer() is not None,
+        "he": multilingual._hebrew_diacritizer(multilingual_tokenizer.dicta_model) is not None,
         "ru": multilingual._russian_stresser() is not None,
     }
     for case in cases:
