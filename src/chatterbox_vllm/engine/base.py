@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -173,3 +174,19 @@ def speech_token_limit(config: T3Config, prompt_len: int = 0) -> int:
     if config.backbone_positions:
         return config.n_positions - prompt_len
     return config.speech_pos_emb_size
+
+
+# The end of a request's tokens, put after the last one by the thread that produces them.
+TOKENS_DONE = object()
+
+
+async def drain_tokens(box: asyncio.Queue) -> AsyncIterator[int]:
+    """The tokens a producer thread puts in `box` (on the caller's loop) up to TOKENS_DONE; an exception it puts
+    there is raised here."""
+    while True:
+        item = await box.get()
+        if item is TOKENS_DONE:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

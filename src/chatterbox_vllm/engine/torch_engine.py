@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 
 from ..models.t3 import T3, T3Cond
-from .base import SamplingParams, check_text_tokens, prompt_length, speech_token_limit
+from .base import TOKENS_DONE, SamplingParams, check_text_tokens, drain_tokens, prompt_length, speech_token_limit
 from .sampling import (
     apply_cfg,
     greedy_token,
@@ -31,8 +31,6 @@ from .sampling import (
     turbo_processed_logits,
     turbo_sampling_probs,
 )
-
-_DONE = object()
 
 
 class TorchT3Engine:
@@ -94,17 +92,12 @@ class TorchT3Engine:
             except BaseException as exc:  # noqa: BLE001 - raised to the caller, on its loop
                 deliver(exc)
             else:
-                deliver(_DONE)
+                deliver(TOKENS_DONE)
 
         loop.run_in_executor(None, produce)  # its result is what it delivers
         try:
-            while True:
-                item = await box.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item  # type: ignore[misc]
+            async for token in drain_tokens(box):
+                yield token
         finally:
             stop.set()  # the thread stops at its next token
 

@@ -33,14 +33,13 @@ import torch
 from ..models.t3 import T3, T3Cond
 from ..models.t3.config import T3Config
 from ..settings import EngineLimits, gpu_memory_utilization
-from .base import SamplingParams, check_text_tokens, prompt_length, speech_token_limit
+from .base import TOKENS_DONE, SamplingParams, check_text_tokens, drain_tokens, prompt_length, speech_token_limit
 from .vllm_t3 import plugin
 from .vllm_t3.model_dir import prepare_model_dir
 from .vllm_t3.plugin import CFG_WEIGHT, REPETITION_PENALTY, TEMPERATURE, TOP_K, TOP_P
 
 log = logging.getLogger(__name__)
 
-_DONE = object()
 SERVED_MODEL_NAME = "chatterbox-t3"  # the model_name label of vLLM's metrics
 
 
@@ -272,16 +271,16 @@ class VLLMT3Engine:
         return tokens
 
     async def _produce(self, request_id: str, embeds: torch.Tensor, sampling: Any, emit: Any) -> None:
-        """Runs on the engine loop: feeds each new token to `emit`, then `_DONE` (or the exception)."""
+        """Runs on the engine loop: feeds each new token to `emit`, then `TOKENS_DONE` (or the exception)."""
         stop = self.config.stop_speech_token
         try:
             async for output in self.llm.generate({"prompt_embeds": embeds}, sampling, request_id):
                 for token in output.outputs[0].token_ids:
                     if token != stop:
                         emit(int(token))
-            emit(_DONE)
+            emit(TOKENS_DONE)
         except asyncio.CancelledError:
-            emit(_DONE)  # AsyncLLM.generate aborted the request on its way out
+            emit(TOKENS_DONE)  # AsyncLLM.generate aborted the request on its way out
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
             emit(exc)
@@ -307,7 +306,7 @@ class VLLMT3Engine:
         try:
             while True:
                 item = box.get()
-                if item is _DONE:
+                if item is TOKENS_DONE:
                     return
                 if isinstance(item, BaseException):
                     raise item
@@ -329,13 +328,8 @@ class VLLMT3Engine:
 
         future = self._submit(text_tokens, cond, params, emit)
         try:
-            while True:
-                item = await box.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async for token in drain_tokens(box):
+                yield token
         finally:
             future.cancel()
 
@@ -358,7 +352,7 @@ class VLLMT3Engine:
                 result.set_result(outcome)
 
         def emit(item: Any) -> None:  # on the engine's thread
-            if item is _DONE or isinstance(item, BaseException):
+            if item is TOKENS_DONE or isinstance(item, BaseException):
                 outcome: list[int] | BaseException = item if isinstance(item, BaseException) else tokens
                 with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
                     loop.call_soon_threadsafe(settle, outcome)
