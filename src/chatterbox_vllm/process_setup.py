@@ -56,7 +56,7 @@ def configure_process(settings: Settings | ProcessSettings | None) -> ProcessSet
     if settings is None:
         return None
     wanted = settings if isinstance(settings, ProcessSettings) else ProcessSettings.of(settings)
-    use_cache_dir(wanted.cache_dir)
+    effective = use_cache_dir(wanted.cache_dir)
     if not wanted.flashinfer_sampler:
         os.environ.setdefault(FLASHINFER_SAMPLER_ENV, "0")
     if wanted.tf32 is not None:
@@ -65,6 +65,9 @@ def configure_process(settings: Settings | ProcessSettings | None) -> ProcessSet
         torch.backends.cudnn.allow_tf32 = wanted.tf32
     if wanted != _applied:
         log.debug("process settings: %s", wanted)
+        # Where a second start finds what this one compiles (a variable the user set names its own place).
+        log.info("compile caches: vLLM %s, Inductor %s", effective["VLLM_CACHE_ROOT"],
+                 effective["TORCHINDUCTOR_CACHE_DIR"])  # fmt: skip
     _applied = wanted
     return wanted
 

@@ -125,6 +125,40 @@ def test_sse_events(server: Server) -> None:
     assert pcm == speech(server, response_format="pcm").content  # same seed, same audio
 
 
+def test_sse_segments_time_each_piece(server: Server) -> None:
+    # Three pieces (chunk_chars 300): each gets a segment event whose times are exact sample offsets of the audio.
+    sentences = [f"Sentence {i} runs long enough that two of them fill most of one piece of three hundred characters."
+                 for i in range(10)]  # fmt: skip
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300, json={
+        "model": "tts-1", "input": " ".join(sentences), "voice": "alloy", "response_format": "pcm",
+        "stream_format": "sse", "stream_segments": True, "seed": 0,
+    }) as response:  # fmt: skip
+        assert response.status_code == 200, response.read()
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    segments = [e for e in events if e["type"] == "speech.audio.segment"]
+    assert events[-1]["type"] == "speech.audio.done"
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    seconds = len(pcm) / 2 / 24000
+    assert [s["index"] for s in segments] == list(range(len(segments))) and len(segments) >= 3
+    assert " ".join(s["text"] for s in segments) == " ".join(sentences)  # every word in one piece, in order
+    assert segments[0]["start"] == 0 and abs(segments[-1]["end"] - seconds) < 1e-3
+    for before, after in zip(segments, segments[1:]):
+        assert before["start"] < before["end"]
+        assert abs(after["start"] - before["end"] - PAUSE_SECONDS) < 1e-3  # the pause between pieces, nothing else
+    # each segment's audio is speech, each pause silence: the times point at the right samples
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768
+    for segment in segments:
+        body = samples[round(segment["start"] * 24000):round(segment["end"] * 24000)]
+        assert np.abs(body).max() > 0.1
+    for before in segments[:-1]:
+        gap = samples[round(before["end"] * 24000) + 2:round((before["end"] + PAUSE_SECONDS) * 24000) - 2]
+        assert np.abs(gap).max() == 0
+
+
+def test_sse_segments_need_sse(server: Server) -> None:
+    assert_error(speech(server, stream_segments=True), 400, param="stream_segments")
+
+
 def _audio_seconds_made(server: Server) -> float:
     """The server's own count of audio it has synthesised (not sent): chatterbox_audio_seconds_total."""
     for line in httpx.get(f"{server.url}/metrics").text.splitlines():

@@ -31,6 +31,10 @@ class SpeechRequest(BaseModel):
     speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo of the audio; pitch is kept")
     instructions: str | None = Field(None, description="accepted for compatibility; Chatterbox ignores it")
     stream_format: Literal["audio", "sse"] = "audio"
+    stream_segments: bool = Field(
+        False, description="with stream_format sse: a speech.audio.segment event after each spoken piece (its text, "
+        "start and end in seconds of the audio); off by default, so OpenAI's clients see only OpenAI's events",
+    )  # fmt: skip
 
     # Chatterbox's controls (not in OpenAI's API). Unset sampling controls take the served model's defaults:
     # cfg_weight 0.5, temperature 0.8, top_p 1, min_p 0.05, repetition_penalty 1.2 (English, multilingual);
@@ -167,6 +171,17 @@ class Usage(BaseModel):
 class SpeechAudioDelta(BaseModel):
     type: Literal["speech.audio.delta"] = "speech.audio.delta"
     audio: str  # base64 of the encoded audio
+
+
+class SpeechAudioSegment(BaseModel):
+    """Where one spoken piece lies in the streamed audio (`stream_segments`): sent after the piece's last audio
+    delta. Times are seconds of the output (after `speed`), from the samples actually made, so they add up exactly."""
+
+    type: Literal["speech.audio.segment"] = "speech.audio.segment"
+    index: int
+    start: float
+    end: float
+    text: str
 
 
 class SpeechAudioDone(BaseModel):

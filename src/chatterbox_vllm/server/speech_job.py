@@ -28,8 +28,8 @@ from .audio import CONTENT_TYPES, AudioEncoder
 from .errors import APIError, error_detail, log_failure
 from .metrics import AUDIO_SECONDS, FIRST_AUDIO, IN_PROGRESS, REQUEST_SECONDS, REQUESTS
 from .registry import LoadedModel, ModelRegistry
-from .schemas import SpeechAudioDelta, SpeechAudioDone, SpeechRequest, StreamError, Usage
-from .synthesis import PreparedSpeech
+from .schemas import SpeechAudioDelta, SpeechAudioDone, SpeechAudioSegment, SpeechRequest, StreamError, Usage
+from .synthesis import PAUSE_SAMPLES, PreparedSpeech
 from .voices import UnknownVoiceError, Voice
 
 Status = Literal["ok", "error", "cancelled"]  # how a started request ended, as the metrics count it
@@ -46,12 +46,18 @@ class SpeechJob:
         self.encoder = encoder
         self.started = started  # perf_counter at admission: the request's time and its time to first audio
         self.usage: dict[str, int] = {}  # token counts, filled in as the synthesizer goes
+        self._samples = 0  # audio samples made so far (before `speed`): where each piece starts and ends
+        self._piece_start = 0
+        self._segments: list[SpeechAudioSegment] = []  # pieces ended since the last SSE event
 
     # ------------------------------------------------------------------------------------------------ start
     @classmethod
     async def start(cls, body: SpeechRequest, models: ModelRegistry) -> SpeechJob:
         """Resolve the model and voice, take a request place (429 when none is free) and prepare the input. Any
         failure is an HTTP error, and a place taken is given back."""
+        if body.stream_segments and body.stream_format != "sse":
+            raise APIError(400, "stream_segments needs stream_format 'sse' (segment events are SSE events)",
+                           param="stream_segments", code="invalid_value")  # fmt: skip
         model = models.for_request(body.model).require_ready()
         voice = _resolve_voice(body, model, models)
         admission = model.synthesizer.admission
@@ -91,7 +97,9 @@ class SpeechJob:
         status: Status = "ok"
         first = True
         try:
-            async for wav in self.model.synthesizer.stream(self.prepared, self.usage):
+            on_piece_end = self._piece_ended if self.body.stream_segments else None
+            async for wav in self.model.synthesizer.stream(self.prepared, self.usage, on_piece_end):
+                self._samples += len(wav)
                 AUDIO_SECONDS.labels(model=self.model.id).inc(len(wav) / SAMPLE_RATE)
                 data = await asyncio.to_thread(self.encoder.encode, np.asarray(wav, dtype=np.float32))
                 if data:
@@ -112,6 +120,19 @@ class SpeechJob:
         finally:
             self._finish(status)
 
+    def _piece_ended(self, index: int) -> None:
+        """Piece `index` ends at the samples made so far; the next one starts after the pause that follows."""
+        seconds = SAMPLE_RATE * self.body.speed  # output seconds: `speed` changes the tempo, not the pitch
+        text = self.prepared.texts[index] if index < len(self.prepared.texts) else ""
+        self._segments.append(SpeechAudioSegment(index=index, start=round(self._piece_start / seconds, 4),
+                                                 end=round(self._samples / seconds, 4), text=text))  # fmt: skip
+        self._piece_start = self._samples + PAUSE_SAMPLES
+
+    def _segment_events(self) -> list[str]:
+        events = [_event(segment) for segment in self._segments]
+        self._segments.clear()
+        return events
+
     def _finish(self, status: Status) -> None:
         self.encoder.close()
         self.model.synthesizer.admission.release()
@@ -123,10 +144,14 @@ class SpeechJob:
         """OpenAI's speech SSE: `speech.audio.delta` events with base64 audio, then `speech.audio.done` with usage."""
         try:
             async for data in self._encoded_chunks():
+                for event in self._segment_events():  # a piece that ended before this audio (the pause after it)
+                    yield event
                 yield _event(SpeechAudioDelta(audio=base64.b64encode(data).decode()))
         except Exception:  # headers are sent: report in-band rather than cutting the stream silently
             yield _event(StreamError(error=error_detail(500, "speech synthesis failed", None, "synthesis_failed")))
             return
+        for event in self._segment_events():
+            yield event
         input_tokens, output_tokens = self.usage.get("input_tokens", 0), self.usage.get("output_tokens", 0)
         usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens)
         yield _event(SpeechAudioDone(usage=usage))
@@ -146,7 +171,7 @@ def _resolve_voice(body: SpeechRequest, model: LoadedModel, models: ModelRegistr
         raise APIError(400, str(exc), param="voice", code="voice_not_found") from exc
 
 
-def _event(event: SpeechAudioDelta | SpeechAudioDone | StreamError) -> str:
+def _event(event: SpeechAudioDelta | SpeechAudioSegment | SpeechAudioDone | StreamError) -> str:
     return f"data: {event.model_dump_json()}\n\n"
 
 

@@ -52,6 +52,7 @@ from .schemas import SpeechRequest
 from .voices import Voice
 
 PAUSE_SECONDS = 0.12  # silence between sentence pieces
+PAUSE_SAMPLES = int(PAUSE_SECONDS * SAMPLE_RATE)
 FADE_SECONDS = 0.005  # edges of each piece fade in/out: no clicks where pieces meet
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class PreparedSpeech:
     params: SamplingParams
     text_tokens: int
     removed_tags: tuple[str, ...] = ()  # paralinguistic tags dropped because the model does not speak them
+    texts: tuple[str, ...] = ()  # each piece's text (for the stream's segment events)
 
 
 def fade_out(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -268,7 +270,7 @@ class Synthesizer:
             raise APIError(400, str(exc), param=exc.param, code="unsupported_parameter") from exc
         except ValueError as exc:
             raise APIError(400, str(exc), code="invalid_value") from exc
-        return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces), tuple(removed))
+        return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces), tuple(removed), tuple(texts))
 
     async def _conditionals(self, voice: Voice, exaggeration: float) -> Conditionals:
         if voice.path is None:
@@ -319,8 +321,12 @@ class Synthesizer:
         # all at once: one wake-up of this loop per piece, not per token
         return await self.tts.engine.generate_async(text.to(self.tts.device), prepared.conds.t3, params)
 
-    async def stream(self, prepared: PreparedSpeech, usage: dict[str, int]) -> AsyncIterator[np.ndarray]:
+    async def stream(
+        self, prepared: PreparedSpeech, usage: dict[str, int], on_piece_end: Callable[[int], None] | None = None
+    ) -> AsyncIterator[np.ndarray]:
         """Audio of each piece as soon as it is made (float32, 24 kHz); `usage` counts tokens as they go.
+        `on_piece_end(i)` is called once the consumer has taken piece i's last audio, before the pause after it
+        (so a consumer counting samples knows where the piece ends; each pause is PAUSE_SECONDS long).
 
         With vLLM, up to `parallel_pieces` pieces decode at once (a long input finishes in about the time of its
         longest piece, not the sum) and the first piece's audio leaves while T3 still writes it. Every piece is
@@ -364,7 +370,9 @@ class Synthesizer:
                 futures[index] = asyncio.ensure_future(piece_audio(index))
             for index in range(count):
                 if index > 0:
-                    yield np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)
+                    if on_piece_end is not None:
+                        on_piece_end(index - 1)
+                    yield np.zeros(PAUSE_SAMPLES, dtype=np.float32)
                 if index == 0 and not incremental and concurrent_engine:
                     STREAM_FIRST_AUDIO.labels(model=self.model_id, source="piece").inc()
                 if index == 0 and incremental:
@@ -377,6 +385,8 @@ class Synthesizer:
                 token_count, wav = await futures.pop(index)
                 usage["output_tokens"] += token_count
                 yield fade_edges(wav)
+            if on_piece_end is not None and count:
+                on_piece_end(count - 1)
         finally:
             if first_slot_held:
                 t3_slots.release()
