@@ -4,6 +4,7 @@ a variable the user set kept, T3's CUDA-graph batch sizes bounded by its batch, 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     they were after each test (use_cache_dir and configure_process set them)."""
     saved = dict(os.environ)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    switch_interval = sys.getswitchinterval()
     monkeypatch.setattr(process_setup, "_applied", None)
     for name in [*CACHE_DIRECTORIES, *CACHE_SWITCHES, CACHE_DIR_ENV, "VLLM_USE_FLASHINFER_SAMPLER"]:
         os.environ.pop(name, None)
@@ -46,6 +48,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     os.environ.clear()
     os.environ.update(saved)
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    sys.setswitchinterval(switch_interval)
 
 
 def test_every_compile_cache_goes_under_the_cache_directory(tmp_path: Path) -> None:
@@ -185,13 +188,16 @@ def test_from_settings_changes_no_process_state(tmp_path: Path) -> None:
 
 
 def test_configure_process_applies_the_settings_once_and_keeps_what_the_user_set(tmp_path: Path) -> None:
-    """The compile caches, vLLM's FlashInfer sampler variable and TF32 (where the settings name a GPU); a second
-    call changes nothing; a variable the user set wins."""
+    """The compile caches, vLLM's FlashInfer sampler variable, TF32 (where the settings name a GPU) and the GIL
+    switch interval; a second call changes nothing; a variable the user set wins."""
     os.environ[FLASHINFER_SAMPLER_ENV] = "1"
     os.environ["TRITON_CACHE_DIR"] = str(tmp_path / "mine")
-    settings = Settings(device="cpu", cache_dir=str(tmp_path / "cache"))
+    settings = Settings(device="cpu", cache_dir=str(tmp_path / "cache"), gil_switch_interval_ms=0.7)
     applied = configure_process(settings)
-    assert applied == ProcessSettings(tmp_path / "cache", flashinfer_sampler=False, tf32=None)  # no GPU: TF32 left
+    assert applied == ProcessSettings(tmp_path / "cache", flashinfer_sampler=False, tf32=None,
+                                      gil_switch_interval_ms=0.7)  # no GPU: TF32 left  # fmt: skip
+    # S3Gen's thread launches its kernels between the event loop's turns with the GIL (BENCHMARKS.md)
+    assert sys.getswitchinterval() == pytest.approx(0.0007)
     assert configured() == applied
     assert os.environ[FLASHINFER_SAMPLER_ENV] == "1" and os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
     assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "cache" / "compile" / "vllm")

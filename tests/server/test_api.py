@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import re
-import sys
 import threading
 import time
 from pathlib import Path
@@ -524,18 +523,6 @@ def test_openai_client(server: Server, tmp_path: Path) -> None:
     with pytest.raises(openai.BadRequestError) as excinfo:
         client.audio.speech.create(model="tts-1", voice="nobody", input=SENTENCE)
     assert "alloy" in str(excinfo.value)
-
-
-def test_the_server_sets_its_gil_switch_interval(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
-    """S3Gen's thread launches its kernels between the event loop's turns with the GIL (BENCHMARKS.md)."""
-    previous = sys.getswitchinterval()
-    running = start_server(make_settings(tmp_path, gil_switch_interval_ms=0.7), english_tts)
-    try:
-        assert httpx.get(f"{running.url}/health").json()["status"] == "ok"
-        assert sys.getswitchinterval() == pytest.approx(0.0007)
-    finally:
-        stop_server(running)
-        sys.setswitchinterval(previous)
 
 
 def test_english_model_removes_tags_with_a_warning(server: Server) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -116,7 +115,6 @@ class ModelLoader:
 
     def serve(self, state: ServedModel, tts: ChatterboxTTS) -> None:
         """Build what requests use around a loaded model, then mark its state ready."""
-        sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)  # see the setting: S3Gen's launches
         state.stage = "warming up S3Gen"
         voices = self.voices()
         store = None
