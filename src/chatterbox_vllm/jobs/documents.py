@@ -40,7 +40,7 @@ _BINARY_MAGIC: tuple[bytes, ...] = (
     b"PK\x03\x04", b"PK\x05\x06", b"%PDF", b"\x89PNG", b"GIF87a", b"GIF89a", b"\xff\xd8\xff", b"BM", b"II*\x00",
     b"MM\x00*", b"RIFF", b"OggS", b"fLaC", b"ID3", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c",
     b"Rar!", b"\x7fELF", b"MZ", b"\xd0\xcf\x11\xe0", b"\x00\x00\x01\x00", b"wOFF", b"wOF2", b"\x28\xb5\x2f\xfd",
-)  # fmt: skip
+)
 _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),  # before UTF-16 LE, whose BOM is its prefix
     (codecs.BOM_UTF32_BE, "utf-32-be"),

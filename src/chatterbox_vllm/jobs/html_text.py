@@ -19,7 +19,7 @@ _BLOCK_TAGS = frozenset(
         "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p",
         "pre", "section", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul",
     }
-)  # fmt: skip
+)
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _CELL_TAGS = frozenset({"td", "th"})
 _SKIP_EPUB_TYPES = frozenset({"noteref", "pagebreak"})

@@ -171,8 +171,9 @@ class JobRunner:
         state = self.models.for_request(request.model)
         if state.loaded is None:
             if state.status == "error":
-                raise APIError(503, f"the model {request.model!r} failed to load: {state.error}",
-                               code="model_unavailable")  # fmt: skip
+                raise APIError(
+                    503, f"the model {request.model!r} failed to load: {state.error}", code="model_unavailable"
+                )
             return None
         model = state.loaded
         voice = resolve_voice(request, model, self.models)
@@ -205,23 +206,37 @@ class JobRunner:
             except Exception as exc:  # noqa: BLE001 - tried once more, then it fails its job
                 if piece.index not in job.retried:
                     job.retried.add(piece.index)
-                    log.warning("job %s: piece %d failed (%s); trying it again", job.row.id, piece.index,
-                                describe_failure(exc))  # fmt: skip
+                    log.warning(
+                        "job %s: piece %d failed (%s); trying it again", job.row.id, piece.index, describe_failure(exc)
+                    )
                     job.todo.appendleft(piece.index)
                     return
                 log.error("job %s: piece %d failed twice: %s", job.row.id, piece.index, describe_failure(exc))
-                await self._fail(job, error_detail(500, f"piece {piece.index} could not be spoken (the server log "
-                                                   "says why)", None, "synthesis_failed").model_dump())  # fmt: skip
+                await self._fail(
+                    job,
+                    error_detail(
+                        500,
+                        f"piece {piece.index} could not be spoken (the server log says why)",
+                        None,
+                        "synthesis_failed",
+                    ).model_dump(),
+                )
                 return
-            save = asyncio.get_running_loop().run_in_executor(None, self.store.save_piece, job.row.id, piece.index,
-                                                              wav)  # fmt: skip
+            save = asyncio.get_running_loop().run_in_executor(None, self.store.save_piece, job.row.id, piece.index, wav)
             job.saves.add(save)
             try:
                 await asyncio.shield(save)  # a cancel waits for nothing, but `delete` waits for the file
             except OSError as exc:
                 log.error("job %s: storing piece %d failed: %s", job.row.id, piece.index, describe_failure(exc))
-                await self._fail(job, error_detail(500, "the data directory is full or not writable: the piece "
-                                                   "could not be stored", None, "disk_full").model_dump())  # fmt: skip
+                await self._fail(
+                    job,
+                    error_detail(
+                        500,
+                        "the data directory is full or not writable: the piece could not be stored",
+                        None,
+                        "disk_full",
+                    ).model_dump(),
+                )
                 return
             finally:
                 job.saves.discard(save)
@@ -250,10 +265,16 @@ class JobRunner:
             job.prefix += 1
             if announce:
                 view = view or self.view(self.store.get(job.row.id) or job.row)
-                event = JobPieceEvent(job=view, piece=JobPiece(
-                    index=piece.index, start=start / SAMPLE_RATE, end=end / SAMPLE_RATE, text=piece.text,
-                    chapter=piece.chapter,
-                ))  # fmt: skip
+                event = JobPieceEvent(
+                    job=view,
+                    piece=JobPiece(
+                        index=piece.index,
+                        start=start / SAMPLE_RATE,
+                        end=end / SAMPLE_RATE,
+                        text=piece.text,
+                        chapter=piece.chapter,
+                    ),
+                )
                 self.events.publish(job.row.id, event.model_dump(mode="json"))
 
     # ------------------------------------------------------------------------------------ job's end
@@ -309,11 +330,19 @@ class JobRunner:
         request = row.request
         voice = request["voice"]
         return Job(
-            id=row.id, created_at=row.created_at, finished_at=row.finished_at, status=row.state,  # type: ignore[arg-type]
-            model=request["model"], voice=voice["id"] if isinstance(voice, dict) else voice,
-            response_format=request.get("response_format", "mp3"), title=row.title, characters=row.characters,
-            pieces_done=row.pieces_done, pieces_total=row.pieces_total,
+            id=row.id,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+            status=row.state,  # type: ignore[arg-type]
+            model=request["model"],
+            voice=voice["id"] if isinstance(voice, dict) else voice,
+            response_format=request.get("response_format", "mp3"),
+            title=row.title,
+            characters=row.characters,
+            pieces_done=row.pieces_done,
+            pieces_total=row.pieces_total,
             audio_seconds=round(row.audio_samples / SAMPLE_RATE, 3),
             eta_seconds=self.eta(row.id) if row.state in ("queued", "running") else None,
-            chapters=[JobChapter(**c) for c in row.chapters], error=row.error,
-        )  # fmt: skip
+            chapters=[JobChapter(**c) for c in row.chapters],
+            error=row.error,
+        )

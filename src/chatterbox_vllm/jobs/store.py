@@ -132,9 +132,17 @@ class JobStore:
 
     # ------------------------------------------------------------------------------------------- jobs
     def create(
-        self, job_id: str, *, request: dict[str, Any], seed: int, title: str | None, chapters: list[dict[str, Any]],
-        characters: int, pieces: list[PieceSpec], estimated_bytes: int,
-    ) -> JobRow:  # fmt: skip
+        self,
+        job_id: str,
+        *,
+        request: dict[str, Any],
+        seed: int,
+        title: str | None,
+        chapters: list[dict[str, Any]],
+        characters: int,
+        pieces: list[PieceSpec],
+        estimated_bytes: int,
+    ) -> JobRow:
         """A new queued job with its pieces, in one transaction."""
         with self._lock:
             self._db.execute("BEGIN")
@@ -142,9 +150,18 @@ class JobStore:
                 self._db.execute(
                     "INSERT INTO jobs (id, created_at, state, request, seed, title, chapters, characters, "
                     "pieces_total, estimated_bytes) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, int(time.time()), json.dumps(request), seed, title, json.dumps(chapters), characters,
-                     len(pieces), estimated_bytes),
-                )  # fmt: skip
+                    (
+                        job_id,
+                        int(time.time()),
+                        json.dumps(request),
+                        seed,
+                        title,
+                        json.dumps(chapters),
+                        characters,
+                        len(pieces),
+                        estimated_bytes,
+                    ),
+                )
                 self._db.executemany(
                     "INSERT INTO pieces (job_id, idx, text, section, chapter) VALUES (?, ?, ?, ?, ?)",
                     [(job_id, i, p.text, p.section, p.chapter) for i, p in enumerate(pieces)],
@@ -209,9 +226,7 @@ class JobStore:
     # ----------------------------------------------------------------------------------------- pieces
     def pieces(self, job_id: str) -> list[Piece]:
         rows = self._query("SELECT * FROM pieces WHERE job_id = ? ORDER BY idx", (job_id,))
-        return [
-            Piece(r["idx"], r["text"], r["section"], r["chapter"], bool(r["done"]), r["samples"]) for r in rows
-        ]
+        return [Piece(r["idx"], r["text"], r["section"], r["chapter"], bool(r["done"]), r["samples"]) for r in rows]
 
     def job_dir(self, job_id: str) -> Path:
         return self.pieces_root / job_id
@@ -243,8 +258,7 @@ class JobStore:
                 ).rowcount
                 if changed:
                     self._db.execute(
-                        "UPDATE jobs SET pieces_done = pieces_done + 1, audio_samples = audio_samples + ? "
-                        "WHERE id = ?",
+                        "UPDATE jobs SET pieces_done = pieces_done + 1, audio_samples = audio_samples + ? WHERE id = ?",
                         (samples, job_id),
                     )
                 self._db.execute("COMMIT")
@@ -273,9 +287,18 @@ class JobStore:
 
 def _job(row: sqlite3.Row) -> JobRow:
     return JobRow(
-        id=row["id"], created_at=row["created_at"], finished_at=row["finished_at"], state=row["state"],
-        request=json.loads(row["request"]), seed=row["seed"], title=row["title"], chapters=json.loads(row["chapters"]),
-        characters=row["characters"], pieces_total=row["pieces_total"], pieces_done=row["pieces_done"],
-        audio_samples=row["audio_samples"], estimated_bytes=row["estimated_bytes"],
+        id=row["id"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        state=row["state"],
+        request=json.loads(row["request"]),
+        seed=row["seed"],
+        title=row["title"],
+        chapters=json.loads(row["chapters"]),
+        characters=row["characters"],
+        pieces_total=row["pieces_total"],
+        pieces_done=row["pieces_done"],
+        audio_samples=row["audio_samples"],
+        estimated_bytes=row["estimated_bytes"],
         error=json.loads(row["error"]) if row["error"] else None,
-    )  # fmt: skip
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+from collections.abc import Callable
 
 from ..audio.mel import S3GEN_SAMPLE_RATE as SAMPLE_RATE
 from ..server.errors import APIError
@@ -39,7 +40,9 @@ def new_job_id() -> str:
     return f"job_{secrets.token_hex(16)}"
 
 
-def pieces_of(document: Document, chunk_chars: int, clean: callable) -> tuple[list[PieceSpec], list[dict[str, object]]]:  # type: ignore[valid-type]
+def pieces_of(
+    document: Document, chunk_chars: int, clean: Callable[[str], str]
+) -> tuple[list[PieceSpec], list[dict[str, object]]]:
     """The document's pieces and its chapters (titled sections, each with its first piece)."""
     pieces: list[PieceSpec] = []
     chapters: list[dict[str, object]] = []
@@ -57,24 +60,34 @@ def pieces_of(document: Document, chunk_chars: int, clean: callable) -> tuple[li
 
 
 async def submit(
-    body: JobRequest, document: Document, *, models: ModelRegistry, store: JobStore, runner: JobRunner,
+    body: JobRequest,
+    document: Document,
+    *,
+    models: ModelRegistry,
+    store: JobStore,
+    runner: JobRunner,
     settings: Settings,
-) -> JobRow:  # fmt: skip
+) -> JobRow:
     """Check the job against every limit, store it queued with its pieces, and wake the runner."""
     if await asyncio.to_thread(store.count) >= settings.job_max_jobs:
         raise APIError(
-            429, f"the server keeps at most {settings.job_max_jobs} jobs (CHATTERBOX_JOB_MAX_JOBS); delete finished "
-            "ones first (DELETE /v1/audio/speech/jobs/{id})", code="job_limit_reached",
-        )  # fmt: skip
+            429,
+            f"the server keeps at most {settings.job_max_jobs} jobs (CHATTERBOX_JOB_MAX_JOBS); delete finished "
+            "ones first (DELETE /v1/audio/speech/jobs/{id})",
+            code="job_limit_reached",
+        )
     model = models.for_request(body.model).require_ready()
     request = speech_request(body.model_dump(mode="json"))
     voice = resolve_voice(request, model, models)
     characters = document.characters
     if characters > settings.job_max_input_chars:
         raise APIError(
-            400, f"input is {characters} characters; the limit for a job is {settings.job_max_input_chars} "
-            "(CHATTERBOX_JOB_MAX_INPUT_CHARS)", param="input", code="string_above_max_length",
-        )  # fmt: skip
+            400,
+            f"input is {characters} characters; the limit for a job is {settings.job_max_input_chars} "
+            "(CHATTERBOX_JOB_MAX_INPUT_CHARS)",
+            param="input",
+            code="string_above_max_length",
+        )
     synthesizer = model.synthesizer
     pieces, chapters = pieces_of(document, settings.chunk_chars, synthesizer.job_text)
     if not pieces:
@@ -83,10 +96,16 @@ async def submit(
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     await synthesizer.prepare_job(request, voice, [p.text for p in pieces], seed)
     row = await asyncio.to_thread(
-        store.create, new_job_id(), request=body.model_dump(mode="json", exclude={"input"}), seed=seed,
-        title=body.title or document.title, chapters=chapters, characters=characters, pieces=pieces,
+        store.create,
+        new_job_id(),
+        request=body.model_dump(mode="json", exclude={"input"}),
+        seed=seed,
+        title=body.title or document.title,
+        chapters=chapters,
+        characters=characters,
+        pieces=pieces,
         estimated_bytes=estimated_bytes(characters),
-    )  # fmt: skip
+    )
     runner.wake()
     return row
 
@@ -101,7 +120,10 @@ async def _check_disk(store: JobStore, settings: Settings, characters: int) -> N
     if need > limit - reserved or need > free:
         room = max(0, min(limit - reserved, free))
         raise APIError(
-            413, f"the job's audio needs about {need / 2**20:.1f} MiB on disk and {room / 2**20:.1f} MiB are left "
+            413,
+            f"the job's audio needs about {need / 2**20:.1f} MiB on disk and {room / 2**20:.1f} MiB are left "
             "(CHATTERBOX_JOB_DISK_LIMIT_GIB, less what stored jobs hold, and the data directory's free space); "
-            "delete finished jobs or send a shorter input", param="input", code="disk_limit_exceeded",
-        )  # fmt: skip
+            "delete finished jobs or send a shorter input",
+            param="input",
+            code="disk_limit_exceeded",
+        )

@@ -203,7 +203,8 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
                 voices.move_to_end(voice_id)
                 if kind == "vocode":
                     tokens, seed, noise, low = job
-                    future = worker.vocode(VocodeJob(tokens, voice, seed, noise), low_priority=low)  # type: ignore[arg-type]
+                    piece = VocodeJob(tokens, voice, seed, noise)  # type: ignore[arg-type]
+                    future = worker.vocode(piece, low_priority=low)
                 else:
                     future = worker.partial(dataclasses.replace(job, voice=voice.gen))
                 futures[request] = future

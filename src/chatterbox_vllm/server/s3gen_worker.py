@@ -114,8 +114,9 @@ def _select_in_tiers(
     """`select_batch` over the interactive pieces, then, if all of them went and room is left, over the low ones."""
     interactive = [i for i in range(len(lengths)) if not low[i]]
     rest = [i for i in range(len(lengths)) if low[i]]
-    chosen = [interactive[i] for i in _select_tier([lengths[i] for i in interactive],
-                                                    [passed_over[i] for i in interactive], max_rows, max_tokens)]  # fmt: skip
+    firsts = _select_tier([lengths[i] for i in interactive], [passed_over[i] for i in interactive], max_rows,
+                          max_tokens)  # fmt: skip
+    chosen = [interactive[i] for i in firsts]
     if len(chosen) < len(interactive):
         return chosen
     extra = _select_tier([lengths[i] for i in rest], [passed_over[i] for i in rest], max_rows, max_tokens,

@@ -79,9 +79,7 @@ class JobRequest(SpeechOptions):
     input: str = Field(min_length=1, description="text to speak (up to CHATTERBOX_JOB_MAX_INPUT_CHARS characters)")
     response_format: JobFormat = "mp3"
     title: str | None = Field(None, max_length=1000, description="the audio's title (and its file name)")
-    input_format: Literal["text", "markdown"] = Field(
-        "text", description="markdown: headings # to ### become chapters"
-    )
+    input_format: Literal["text", "markdown"] = Field("text", description="markdown: headings # to ### become chapters")
     seed: int | None = Field(None, ge=0, le=2**62, description="piece i is spoken with seed + i")
 
 
