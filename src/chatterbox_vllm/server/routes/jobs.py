@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import soundfile as sf
-from fastapi import APIRouter, Depends, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
 
 from ...jobs import timeline
 from ...jobs.documents import DocumentError, parse_text, parse_upload
@@ -114,9 +115,12 @@ async def create_job(request: Request) -> Job:
                 param="input",
                 code="string_above_max_length",
             )
-        document = await asyncio.to_thread(
-            parse_text, body.input, markdown=body.input_format == "markdown", title=body.title
-        )
+        try:
+            document = await asyncio.to_thread(
+                parse_text, body.input, markdown=body.input_format == "markdown", title=body.title
+            )
+        except DocumentError as exc:
+            raise APIError(exc.status, exc.message, param="input", code=exc.code) from exc
     row = await submit(
         body, document, models=registry_of(request), store=service.store, runner=service.runner, settings=settings
     )
