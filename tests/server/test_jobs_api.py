@@ -21,7 +21,7 @@ import soundfile
 
 from chatterbox_vllm.tts import ChatterboxTTS
 
-from jobs_utils import JOBS, completed, create, events, vtt_times, wait_for
+from support.jobs import JOBS, completed, create, events, vtt_times, wait_for
 from server_utils import Server, assert_error, make_settings, start_server, stop_server
 from support.processes import free_port, server_process
 

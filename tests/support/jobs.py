@@ -44,6 +44,15 @@ def wait_for(url: str, job_id: str, condition, timeout: float = 600, step: float
         time.sleep(step)
 
 
+def ended(url: str, job_id: str, timeout: float = 600) -> dict:
+    """The job once it has ended (completed, failed or cancelled)."""
+    deadline = time.monotonic() + timeout
+    while (job := httpx.get(f"{url}{JOBS}/{job_id}", timeout=30).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
 def completed(url: str, job_id: str, timeout: float = 600) -> dict:
     return wait_for(url, job_id, lambda job: job["status"] == "completed", timeout, step=0.2)
 
