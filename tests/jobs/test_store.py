@@ -73,7 +73,7 @@ def test_running_jobs_are_queued_again_and_a_deleted_job_leaves_nothing(tmp_path
     assert [(r.id, r.state) for r in reopened.unfinished()] == [("job_a", "queued")]
     failed = reopened.get("job_b")
     assert failed is not None and failed.error is not None and failed.error["code"] == "c" and failed.finished_at
-    assert [r.id for r in reopened.list()] == ["job_b", "job_a"]  # newest first
+    assert [r.id for r in reopened.list_jobs()] == ["job_b", "job_a"]  # newest first
     assert reopened.delete("job_a") and not reopened.delete("job_a")
     assert reopened.get("job_a") is None and reopened.pieces("job_a") == []
     assert not reopened.job_dir("job_a").exists()

@@ -82,6 +82,11 @@ class _Running:
         return max(0.0, left * (audio / chars) / (audio / wall) - (time.monotonic() - window[-1][0]))
 
 
+def piece_seed(seed: int, index: int) -> int:
+    """Piece i's seed: the job's + i (within the seeds a request accepts)."""
+    return (seed + index) % 2**63
+
+
 def speech_request(stored: dict[str, Any]) -> SpeechRequest:
     """A job's request as the synthesizer reads it: its model, voice and controls (the text comes piece by piece)."""
     fields = {k: v for k, v in stored.items() if k not in ("input", "response_format", "title", "input_format")}
@@ -200,7 +205,7 @@ class JobRunner:
     async def _piece(self, job: _Running, piece: Piece) -> None:
         try:
             try:
-                wav = await job.synthesizer.speak_piece(piece.text, job.voice, job.row.seed + piece.index)
+                wav = await job.synthesizer.speak_piece(piece.text, job.voice, piece_seed(job.row.seed, piece.index))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - tried once more, then it fails its job

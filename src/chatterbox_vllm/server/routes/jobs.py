@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import soundfile as sf
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
@@ -42,6 +41,7 @@ from ..schemas import (
     JobSnapshotEvent,
     error_responses,
 )
+from ..validation import JOB_RULES, describe_validation
 from .common import registry_of, settings_of
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -128,11 +128,12 @@ async def create_job(request: Request) -> Job:
 
 
 def _validated(parse: Any) -> JobRequest:
-    """`parse()` with its validation errors answered as the API answers any invalid body (400)."""
+    """`parse()`, its validation errors answered as the API answers any invalid body (400), in a job's terms."""
     try:
         body: JobRequest = parse()
     except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+        message, param, code = describe_validation([dict(e) for e in exc.errors()], JOB_RULES)
+        raise APIError(400, message, param=param, code=code) from exc
     return body
 
 
@@ -179,7 +180,7 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
 async def list_jobs(request: Request) -> JobList:
     """Every stored job, newest first."""
     service = _service(request)
-    rows = await asyncio.to_thread(service.store.list)
+    rows = await asyncio.to_thread(service.store.list_jobs)
     return JobList(data=[service.runner.view(row) for row in rows])
 
 
