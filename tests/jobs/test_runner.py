@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from chatterbox_vllm.tts import ChatterboxTTS
-
 from support.jobs import completed, create, ended
 from support.servers import Server, make_settings, start_server, stop_server
 

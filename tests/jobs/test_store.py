@@ -57,7 +57,9 @@ def test_a_job_and_its_pieces_round_trip(tmp_path: Path) -> None:
     assert [(c.title, c.start * 24000, c.end * 24000) for c in chapters] == [
         ("Chapter one", 0, spans[3].start), ("Chapter two", spans[3].start, spans[3].end)]  # fmt: skip
     audio = np.concatenate(list(timeline.audio_chunks(pieces, lambda p: store.read_piece("job_a", p.index))))
-    assert len(audio) == spans[-1].end and np.array_equal(audio[spans[1].start : spans[1].end], store.read_piece("job_a", 1))
+    assert len(audio) == spans[-1].end and np.array_equal(
+        audio[spans[1].start : spans[1].end], store.read_piece("job_a", 1)
+    )
 
 
 def test_running_jobs_are_queued_again_and_a_deleted_job_leaves_nothing(tmp_path: Path) -> None:

@@ -18,11 +18,10 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
+from server_utils import Server, assert_error, make_settings, start_server, stop_server
 
 from chatterbox_vllm.tts import ChatterboxTTS
-
 from support.jobs import JOBS, completed, create, events, vtt_times, wait_for
-from server_utils import Server, assert_error, make_settings, start_server, stop_server
 from support.processes import free_port, server_process
 
 RATE = 24000
@@ -81,7 +80,10 @@ def test_a_job_from_submit_to_delete(server: Server) -> None:
     samples, _ = soundfile.read(io.BytesIO(audio.content), dtype="float32")
     pauses = 4 * int(0.12 * RATE) + int(1.0 * RATE)  # a second before the second chapter's first piece
     assert len(samples) == sum(lengths) + pauses
-    assert round(pieces[-1]["end"] * RATE) == len(samples) and pieces[3]["start"] * RATE == sum(lengths[:3]) + 2 * 2880 + RATE
+    assert (
+        round(pieces[-1]["end"] * RATE) == len(samples)
+        and pieces[3]["start"] * RATE == sum(lengths[:3]) + 2 * 2880 + RATE
+    )
     assert done["audio_seconds"] == pytest.approx(sum(lengths) / RATE, abs=1e-3)
     vtt = httpx.get(f"{base}/subtitles", timeout=60)
     assert vtt.headers["content-type"].startswith("text/vtt")
@@ -97,7 +99,7 @@ def test_a_job_from_submit_to_delete(server: Server) -> None:
     assert listed["object"] == "list" and job["id"] in [j["id"] for j in listed["data"]]
     deleted = httpx.delete(base, timeout=30)
     assert deleted.json() == {"id": job["id"], "object": "speech.job.deleted", "deleted": True}
-    assert_error(httpx.get(base, timeout=30), 404)["code"] == "job_not_found"
+    assert assert_error(httpx.get(base, timeout=30), 404)["code"] == "job_not_found"
     assert not (data_dir(server) / "jobs" / job["id"]).exists()
     assert httpx.get(f"{base}/events", timeout=30).status_code == 404
 
@@ -105,7 +107,9 @@ def test_a_job_from_submit_to_delete(server: Server) -> None:
 def test_an_upload_and_a_pasted_job_run_together(server: Server) -> None:
     """A .md upload (multipart, its name the title) and a JSON job submitted together both complete; while one runs,
     its audio is the pieces done so far."""
-    files = {"file": ("notes.md", b"# Notes\nA file with one heading. And a second sentence to speak.", "text/markdown")}
+    files = {
+        "file": ("notes.md", b"# Notes\nA file with one heading. And a second sentence to speak.", "text/markdown")
+    }
     upload = httpx.post(f"{server.url}{JOBS}", files=files, timeout=60,
                         data={"model": "tts-1", "voice": "alloy", "response_format": "flac", "seed": "3"})  # fmt: skip
     assert upload.status_code == 202, upload.text
@@ -146,9 +150,8 @@ def test_every_limit_refuses_before_accepting(torch_tts: ChatterboxTTS, tmp_path
     try:
         url = f"{tight.url}{JOBS}"
         body = {"model": "tts-1", "voice": "alloy"}
-        assert_error(httpx.post(url, json={**body, "input": "x" * 701}, timeout=30), 400, "input")
-        assert httpx.post(url, json={**body, "input": "x" * 701}, timeout=30).json()["error"]["code"] == (
-            "string_above_max_length")  # fmt: skip
+        too_long = httpx.post(url, json={**body, "input": "x" * 701}, timeout=30)
+        assert assert_error(too_long, 400, "input")["code"] == "string_above_max_length"
         too_big = httpx.post(url, data=body, files={"file": ("a.txt", b"word " * 500, "text/plain")}, timeout=30)
         assert assert_error(too_big, 413)["code"] == "file_too_large"
         pdf = httpx.post(url, data=body, files={"file": ("a.pdf", b"%PDF-1.4 ...", "application/pdf")}, timeout=30)
@@ -175,10 +178,19 @@ def test_a_server_killed_mid_job_resumes_it_and_makes_the_same_audio(tmp_path: P
     audio is bit-equal to a new job of the same request and seed on the same server. CHATTERBOX_MAX_BATCH_SIZE=1 (and
     so an S3Gen batch of 1): each piece alone in T3 and S3Gen, as in the uninterrupted run, so batching cannot change
     a piece's samples between the runs."""
-    env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_ENGINE": "torch", "CHATTERBOX_DEVICE": "cpu",
-           "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_DATA_DIR": str(tmp_path / "data"),
-           "CHATTERBOX_VOICES_DIR": str(tmp_path / "voices"), "CHATTERBOX_MAX_NEW_TOKENS": "20",
-           "CHATTERBOX_CHUNK_CHARS": "40", "CHATTERBOX_MAX_BATCH_SIZE": "1", "CHATTERBOX_HOST": "127.0.0.1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "CHATTERBOX_MODEL": "random-tiny",
+        "CHATTERBOX_ENGINE": "torch",
+        "CHATTERBOX_DEVICE": "cpu",
+        "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"),
+        "CHATTERBOX_DATA_DIR": str(tmp_path / "data"),
+        "CHATTERBOX_VOICES_DIR": str(tmp_path / "voices"),
+        "CHATTERBOX_MAX_NEW_TOKENS": "20",
+        "CHATTERBOX_CHUNK_CHARS": "40",
+        "CHATTERBOX_MAX_BATCH_SIZE": "1",
+        "CHATTERBOX_HOST": "127.0.0.1",
+    }
     args = [sys.executable, "-m", "chatterbox_vllm.cli", "serve"]
     request = {"input": "A sentence to speak, then another one. " * 5, "seed": 42}
     port = free_port()

@@ -64,4 +64,6 @@ def vtt_times(text: str) -> list[tuple[float, float]]:
         h, m, s = stamp.split(":")
         return int(h) * 3600 + int(m) * 60 + float(s)
 
-    return [(seconds(a), seconds(b)) for a, b in re.findall(r"(\d+:\d\d:\d\d\.\d\d\d) --> (\d+:\d\d:\d\d\.\d\d\d)", text)]
+    return [
+        (seconds(a), seconds(b)) for a, b in re.findall(r"(\d+:\d\d:\d\d\.\d\d\d) --> (\d+:\d\d:\d\d\.\d\d\d)", text)
+    ]
