@@ -161,6 +161,12 @@ class JobRunner:
             except APIError as exc:
                 self._fail_row(row, error_detail(exc.status, exc.message, exc.param, exc.code).model_dump())
                 continue
+            except Exception as exc:  # noqa: BLE001 - its voice could not be prepared: this job fails, not the others
+                log.error("job %s: preparing its voice failed: %s", row.id, describe_failure(exc))
+                detail = error_detail(500, "the job's voice could not be prepared (the server log says why)", "voice",
+                                      "voice_unavailable")  # fmt: skip
+                self._fail_row(row, detail.model_dump())
+                continue
             if job is None or await asyncio.to_thread(self.store.get, row.id) is None:
                 continue  # its model is not ready yet, or it was deleted meanwhile
             self._running[row.id] = job

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import soundfile as sf
 from fastapi import APIRouter, Depends, Request, Response
@@ -248,10 +249,20 @@ def _filename(row: JobRow, ext: str) -> str:
     return f"{stem[:120]}.{ext}"
 
 
+def _disposition(row: JobRow, ext: str) -> str:
+    """`attachment; filename="<title or id>.<ext>"` (ASCII), and the title as written in `filename*` (RFC 6266)
+    when it needed changes to be plain ASCII."""
+    plain = _filename(row, ext)
+    header = f'attachment; filename="{plain}"'
+    if row.title and plain != f"{row.title}.{ext}":
+        header += f"; filename*=UTF-8''{quote(row.title.strip()[:200] + '.' + ext, safe='')}"
+    return header
+
+
 @router.get(
     JOBS + "/{job_id}/audio",
     responses={
-        **error_responses(400, 401, 404, 503),
+        **error_responses(400, 401, 404, 409, 503),
         200: {"content": {t: {} for t in CONTENT_TYPES.values()}, "description": "the job's audio"},
     },
 )
@@ -263,6 +274,9 @@ async def job_audio(job_id: str, request: Request, format: JobFormat | None = No
     fmt = format or row.request.get("response_format", "mp3")
     store = service.store
     pieces = await asyncio.to_thread(store.done_prefix, job_id)
+    if not pieces:
+        raise APIError(409, f"job {job_id!r} has no finished piece yet; its audio starts with the first "
+                       "(GET .../events says when)", param="job_id", code="audio_not_ready")  # fmt: skip
     complete = row.state == "completed" and len(pieces) == row.pieces_total
     folder = Path(tempfile.mkdtemp(prefix=".export-", dir=store.data_dir))
     path = folder / f"audio.{fmt}"
@@ -271,15 +285,17 @@ async def job_audio(job_id: str, request: Request, format: JobFormat | None = No
         await asyncio.to_thread(
             write_audio, chunks, path, fmt, chapters=timeline.chapters(row.chapters, pieces), title=row.title
         )
-    except FileNotFoundError as exc:  # deleted while it was written
+    except FileNotFoundError as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        raise APIError(404, f"job {job_id!r} does not exist", param="job_id", code="job_not_found") from exc
+        if await asyncio.to_thread(store.get, job_id) is not None:
+            raise
+        raise APIError(404, f"job {job_id!r} does not exist", param="job_id", code="job_not_found") from exc  # deleted
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     headers = {
         "X-Chatterbox-Job-Complete": "true" if complete else "false",
-        "Content-Disposition": f'attachment; filename="{_filename(row, fmt)}"',
+        "Content-Disposition": _disposition(row, fmt),
     }
     return FileResponse(
         path,
@@ -328,10 +344,10 @@ async def job_subtitles(job_id: str, request: Request, format: Literal["vtt", "s
         return Response(
             to_srt(cues),
             media_type="application/x-subrip",
-            headers={"Content-Disposition": f'attachment; filename="{_filename(row, "srt")}"'},
+            headers={"Content-Disposition": _disposition(row, "srt")},
         )
     return Response(
         to_webvtt(cues),
         media_type="text/vtt",
-        headers={"Content-Disposition": f'attachment; filename="{_filename(row, "vtt")}"'},
+        headers={"Content-Disposition": _disposition(row, "vtt")},
     )
