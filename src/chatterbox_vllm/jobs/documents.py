@@ -48,6 +48,8 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+# Tie-break among equally plausible legacy encodings (charset-normalizer's names), most widespread first.
+_PREFERRED_ENCODINGS = ("cp1252", "latin_1", "cp1251", "cp1250", "shift_jis", "gb18030", "big5", "euc_kr")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u2028\u2029\ufeff]")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 _SPACES = re.compile(r"[^\S\n]+")
@@ -110,10 +112,15 @@ def decode_text(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    best = charset_normalizer.from_bytes(data).best()
+    matches = charset_normalizer.from_bytes(data)
+    best = matches.best()
     if best is None:
         raise _invalid("the file's text encoding could not be recognised (is it binary?)")
-    return str(best)
+    # Related code pages often score exactly alike (Western text fits cp1250, cp1252 and cp1257 equally well);
+    # charset-normalizer then picks by name. Prefer the one most files in the wild are written in.
+    tied = {m.encoding: m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)}
+    preferred = next((tied[name] for name in _PREFERRED_ENCODINGS if name in tied), best)
+    return str(preferred)
 
 
 def _invalid(message: str) -> DocumentError:

@@ -53,7 +53,8 @@ class _Extractor(HTMLParser):
             self._skip_tag, self._skip_depth = tag, 1
             return
         if tag in _CELL_TAGS:
-            self._parts.append(", ")  # cells of a row read as a list, not one run-on word
+            if "".join(self._parts).strip():
+                self._parts.append(", ")  # cells of a row read as a list, not one run-on word
         elif tag in _BLOCK_TAGS:
             self._end_block()
             self._level = _HEADINGS.get(tag, 0)
@@ -81,7 +82,7 @@ class _Extractor(HTMLParser):
         self._end_block()
 
     def _end_block(self) -> None:
-        text = _SPACE.sub(" ", "".join(self._parts)).strip().strip(",").strip()
+        text = _SPACE.sub(" ", "".join(self._parts)).strip()
         if text:
             self.blocks.append(Block(self._level, text))
         self._parts.clear()
