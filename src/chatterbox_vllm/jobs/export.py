@@ -93,6 +93,7 @@ def _write_m4b(pieces: Iterable[np.ndarray], path: Path, *, chapters: list[Chapt
                     for number, chapter in enumerate(chapters, start=1)
                 ]
             )
+        container.start_encoding()  # the header now, so even an export of no pieces is a valid (empty) file
         pts = 0
         for piece in pieces:
             x = _as_mono_float(piece)
