@@ -200,7 +200,9 @@ def opf(title: str, items: list[tuple[str, str, str, str]], spine: list[str], *,
         f'<item id="{i}" href="{h}" media-type="{m}"' + (f' properties="{p}"' if p else "") + "/>"
         for i, h, m, p in items
     )
-    refs = "".join(f'<itemref idref="{r.removesuffix("!")}"' + (' linear="no"' if r.endswith("!") else "") + "/>" for r in spine)
+    refs = "".join(
+        f'<itemref idref="{r.removesuffix("!")}"' + (' linear="no"' if r.endswith("!") else "") + "/>" for r in spine
+    )
     return (
         '<?xml version="1.0" encoding="utf-8"?>'
         '<package xmlns="http://www.idpf.org/2007/opf" version="3.0" unique-identifier="id">'
@@ -234,7 +236,7 @@ def epub3_book() -> bytes:
         '<section><h1 id="top">Chapter 1: Down the  Rabbit-Hole</h1>'
         "<p>Alice was beginning to get very tired&#8212;of sitting by her sister &amp; having nothing to do."
         '<a epub:type="noteref" href="#n1"><sup>1</sup></a></p>'
-        '<p>So she was considering <em>in her own mind</em>,<br/>as well as she could.</p>'
+        "<p>So she was considering <em>in her own mind</em>,<br/>as well as she could.</p>"
         '<span epub:type="pagebreak" title="2" id="p2"></span>'
         "<table><tr><th>Name</th><th>Role</th></tr><tr><td>Alice</td><td>hero</td></tr></table>"
         "<script>var hidden = 1;</script>"
@@ -321,7 +323,10 @@ def patch_member(data: bytes, name: str, *, flags: int | None = None, size: int 
     """Rewrite `name`'s general-purpose flags or uncompressed size in both its local and central headers."""
     raw = bytearray(data)
     encoded = name.encode()
-    for signature, flags_at, size_at, name_len_at, header_len in ((b"PK\x03\x04", 6, 22, 26, 30), (b"PK\x01\x02", 8, 24, 28, 46)):
+    for signature, flags_at, size_at, name_len_at, header_len in (
+        (b"PK\x03\x04", 6, 22, 26, 30),
+        (b"PK\x01\x02", 8, 24, 28, 46),
+    ):
         start = 0
         while (at := raw.find(signature, start)) >= 0:
             start = at + 4
@@ -337,7 +342,9 @@ def patch_member(data: bytes, name: str, *, flags: int | None = None, size: int 
 
 def small_book() -> bytes:
     items = [("c", "c.xhtml", XHTML, "")]
-    return build_epub({"OEBPS/content.opf": opf("T", items, ["c"]), "OEBPS/c.xhtml": xhtml("<p>" + "word " * 500 + "</p>")})
+    return build_epub(
+        {"OEBPS/content.opf": opf("T", items, ["c"]), "OEBPS/c.xhtml": xhtml("<p>" + "word " * 500 + "</p>")}
+    )
 
 
 def test_real_zip_bomb_is_refused_from_its_headers() -> None:

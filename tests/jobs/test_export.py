@@ -31,7 +31,15 @@ def piece(seconds: float, hz: float, seed: int) -> np.ndarray:
 
 def book() -> tuple[list[np.ndarray], list[Chapter]]:
     """Two chapters of pieces laid out as the jobs timeline does: 0.12 s pauses, 1 s before a new chapter."""
-    chunks = [piece(0.8, 220, 0), PAUSE, piece(0.5, 330, 1), CHAPTER_PAUSE, piece(0.7, 440, 2), PAUSE, piece(0.3, 550, 3)]
+    chunks = [
+        piece(0.8, 220, 0),
+        PAUSE,
+        piece(0.5, 330, 1),
+        CHAPTER_PAUSE,
+        piece(0.7, 440, 2),
+        PAUSE,
+        piece(0.3, 550, 3),
+    ]
     second_start = sum(c.size for c in chunks[:4]) / SR
     total = sum(c.size for c in chunks) / SR
     chapters = [Chapter("Chapter One", 0.0, second_start), Chapter("Chapter Two: Ça va", second_start, total)]
@@ -107,7 +115,10 @@ def test_mp3_has_id3_chapter_frames(tmp_path: Path) -> None:
     assert len(toc) == 1 and toc[0].flags & mutagen.id3.CTOCFlags.TOP_LEVEL
     frames = {frame.element_id: frame for frame in tags.getall("CHAP")}
     assert toc[0].child_element_ids == sorted(frames, key=lambda k: frames[k].start_time)
-    marks = [(frames[i].sub_frames["TIT2"].text[0], frames[i].start_time, frames[i].end_time) for i in toc[0].child_element_ids]
+    marks = [
+        (frames[i].sub_frames["TIT2"].text[0], frames[i].start_time, frames[i].end_time)
+        for i in toc[0].child_element_ids
+    ]
     assert marks == [(c.title, round(c.start * 1000), round(c.end * 1000)) for c in chapters]
     # FFmpeg reads the same marks, and the audio after the tag still decodes whole.
     assert [title for title, _, _ in chapters_read(path)] == [c.title for c in chapters]

@@ -66,10 +66,15 @@ def test_touching_cues_never_overlap_after_rounding(writer) -> None:  # type: ig
     bounds = [0.0, 0.0005, 0.0015, 1.0004999, 1.0005, 2.4995, 2.49950001, 3599.9995, 36000.0005]
     cues = [Cue(i, a, b, f"c{i}") for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
     separator = "." if writer is to_webvtt else ","
-    times = re.findall(rf"(\d\d):(\d\d):(\d\d){re.escape(separator)}(\d\d\d) --> (\d\d):(\d\d):(\d\d)[.,](\d\d\d)", writer(cues))
+    times = re.findall(
+        rf"(\d\d):(\d\d):(\d\d){re.escape(separator)}(\d\d\d) --> (\d\d):(\d\d):(\d\d)[.,](\d\d\d)", writer(cues)
+    )
     assert len(times) == len(cues)
     ms = [
-        (((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(f), ((int(h2) * 60 + int(m2)) * 60 + int(s2)) * 1000 + int(f2))
+        (
+            ((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(f),
+            ((int(h2) * 60 + int(m2)) * 60 + int(s2)) * 1000 + int(f2),
+        )
         for h, m, s, f, h2, m2, s2, f2 in times
     ]
     for (start, end), (next_start, _) in zip(ms, ms[1:], strict=False):

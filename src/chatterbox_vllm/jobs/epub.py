@@ -163,7 +163,9 @@ class _Reader:
             if markup is not None:
                 for href, text in _nav_links(_decode_markup(markup)):
                     titles.setdefault(_resolve(posixpath.dirname(nav), href), text)
-        ncx = manifest.get(ncx_id or "") or next((e for e in manifest.values() if e[1] == "application/x-dtbncx+xml"), None)
+        ncx = manifest.get(ncx_id or "") or next(
+            (e for e in manifest.values() if e[1] == "application/x-dtbncx+xml"), None
+        )
         if not titles and ncx is not None and ncx[0] in self._names:
             root = self._xml(ncx[0])
             for point in root.iter():
