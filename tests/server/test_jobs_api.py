@@ -157,7 +157,9 @@ def test_every_limit_refuses_before_accepting(torch_tts: ChatterboxTTS, tmp_path
         too_long = httpx.post(url, json={**body, "input": "x" * 701}, timeout=30)
         assert assert_error(too_long, 400, "input")["code"] == "string_above_max_length"
         too_big = httpx.post(url, data=body, files={"file": ("a.txt", b"word " * 500, "text/plain")}, timeout=30)
-        assert assert_error(too_big, 413)["code"] == "file_too_large"
+        assert assert_error(too_big, 413, "file")["code"] == "file_too_large"  # the route's capped read
+        huge = httpx.post(url, data=body, files={"file": ("a.txt", b"w" * (2 << 20), "text/plain")}, timeout=30)
+        assert assert_error(huge, 413, "file")["code"] == "file_too_large"  # refused before the body is read
         pdf = httpx.post(url, data=body, files={"file": ("a.pdf", b"%PDF-1.4 ...", "application/pdf")}, timeout=30)
         assert assert_error(pdf, 415)["code"] == "unsupported_file_type"
         disk = httpx.post(url, json={**body, "input": "A sentence. " * 50}, timeout=30)
