@@ -264,7 +264,7 @@ def epub3_book() -> bytes:
         "<script>var hidden = 1;</script>"
         '<aside epub:type="footnote" id="n1"><p>A footnote stays readable text.</p></aside></section>'
     )
-    chapter2 = xhtml("<h2>Not the TOC title</h2><p>\u201cCuriouser and curiouser!\u201d cried Alice.</p>")
+    chapter2 = xhtml("<h2>Not the <br/>TOC title</h2><p>\u201cCuriouser and curiouser!\u201d cried Alice.</p>")
     cover = xhtml('<div><img src="../images/cover.png" alt="Cover"/></div>')
     notes = xhtml("<h1>Endnotes</h1><p>Not in the linear reading order.</p>")
     items = [
