@@ -100,7 +100,7 @@ def check_directory(data: bytes) -> None:
                 record_entries, record_size = _ZIP64_EOCD.unpack_from(data, record)[7:9]
                 entries, size = max(entries, record_entries), max(size, record_size)
     if entries > MAX_MEMBERS:
-        raise EpubError(f"the EPUB has more than {MAX_MEMBERS} files")
+        raise EpubError(f"the EPUB's zip directory lists more than {MAX_MEMBERS} files")
     if size > MAX_DIRECTORY_BYTES:
         raise EpubError(f"the EPUB's zip directory is larger than {MAX_DIRECTORY_BYTES // (1024 * 1024)} MB")
 

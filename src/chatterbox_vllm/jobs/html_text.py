@@ -52,7 +52,9 @@ class _Extractor(HTMLParser):
         if tag in _SKIP_TAGS or any(t.removeprefix("doc-") in _SKIP_EPUB_TYPES for t in epub_type.split()):
             self._skip_tag, self._skip_depth = tag, 1
             return
-        if tag in _CELL_TAGS:
+        if tag == "br":
+            self._line_break()
+        elif tag in _CELL_TAGS:
             if "".join(self._parts).strip():
                 self._parts.append(", ")  # cells of a row read as a list, not one run-on word
         elif tag in _BLOCK_TAGS:
@@ -60,7 +62,11 @@ class _Extractor(HTMLParser):
             self._level = _HEADINGS.get(tag, 0)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self._skip_tag is None and tag in _BLOCK_TAGS:
+        if self._skip_tag is not None:
+            return
+        if tag == "br":
+            self._line_break()
+        elif tag in _BLOCK_TAGS:
             self._end_block()
 
     def handle_endtag(self, tag: str) -> None:
@@ -70,7 +76,7 @@ class _Extractor(HTMLParser):
                 if self._skip_depth == 0:
                     self._skip_tag = None
             return
-        if tag in _BLOCK_TAGS and tag not in _CELL_TAGS:
+        if tag in _BLOCK_TAGS and tag not in _CELL_TAGS and tag != "br":
             self._end_block()
 
     def handle_data(self, data: str) -> None:
@@ -80,6 +86,13 @@ class _Extractor(HTMLParser):
     def close(self) -> None:
         super().close()
         self._end_block()
+
+    def _line_break(self) -> None:
+        """A line break ends a line of verse or an address line, but inside a heading it is only a space."""
+        if self._level:
+            self._parts.append(" ")
+        else:
+            self._end_block()
 
     def _end_block(self) -> None:
         text = _SPACE.sub(" ", "".join(self._parts)).strip()
