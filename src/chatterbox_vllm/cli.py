@@ -125,6 +125,10 @@ def serve(
         str | None,
         typer.Option(help="directory of cloned voices (default: the user data directory's) [CHATTERBOX_VOICES_DIR]"),
     ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(help="directory of long-form jobs (default: the user data directory) [CHATTERBOX_DATA_DIR]"),
+    ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="info | warning | error | debug (shows everything) [CHATTERBOX_LOG_LEVEL]")
     ] = None,
@@ -144,6 +148,7 @@ def serve(
         "host": host, "port": port, "model": model, "extra_models": extra_models, "engine": engine, "device": device,
         "preset": preset, "gpu_memory_gib": gpu_memory_gib, "max_batch_size": max_batch_size,
         "max_model_len": max_model_len, "api_key": api_key, "voices_dir": voices_dir, "log_level": log_level,
+        "data_dir": data_dir,
     }  # fmt: skip
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
@@ -196,10 +201,11 @@ def _stopped(signum: int, _frame: object) -> None:
 
 def effective_config(settings: Settings) -> dict[str, object]:
     """Settings as the server applies them: every field, the preset's limits filled in, the API key masked, the
-    voices directory it would use when none is set."""
+    voices and jobs directories it would use when none is set."""
     config = settings.model_dump()
     config["api_key"] = "***" if settings.api_key else None
     config["voices_dir"] = settings.voices_dir or str(settings.resolved_voices_dir())
+    config["data_dir"] = settings.data_dir or str(settings.resolved_data_dir())
     config["limits"] = dataclasses.asdict(settings.limits())
     return config
 

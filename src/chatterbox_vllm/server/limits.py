@@ -19,21 +19,29 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # form fields and part headers beside the 
 JSON_FLOOR_BYTES = 1 << 20
 JSON_BYTES_PER_CHAR = 12  # an astral character escaped in JSON: \ud83d\ude00
 UPLOAD_ROUTES = frozenset({"/v1/audio/voices"})
+JOB_ROUTE = "/v1/audio/speech/jobs"  # a job's text as JSON, or its file as multipart: the larger of both limits
 
 
 @dataclass(frozen=True)
 class BodyLimits:
     json_bytes: int
     upload_bytes: int
+    job_bytes: int = 0  # POST /v1/audio/speech/jobs (0: as any JSON route)
 
     @classmethod
-    def for_limits(cls, max_input_chars: int, max_upload_bytes: int) -> BodyLimits:
+    def for_limits(
+        cls, max_input_chars: int, max_upload_bytes: int, *, job_input_chars: int = 0, job_upload_bytes: int = 0
+    ) -> BodyLimits:
         """Room for the longest accepted `input` written in the most expensive JSON escapes, and for the largest
-        accepted voice clip with its form fields."""
+        accepted voice clip with its form fields; for a job, room for its longest input or its largest file."""
         json_bytes = max(JSON_FLOOR_BYTES, max_input_chars * JSON_BYTES_PER_CHAR + 64 * 1024)
-        return cls(json_bytes=json_bytes, upload_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+        job_bytes = max(json_bytes, job_input_chars * JSON_BYTES_PER_CHAR + 64 * 1024,
+                        job_upload_bytes + MULTIPART_OVERHEAD_BYTES)  # fmt: skip
+        return cls(json_bytes=json_bytes, upload_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES, job_bytes=job_bytes)
 
     def for_path(self, path: str) -> int:
+        if self.job_bytes and path.rstrip("/") == JOB_ROUTE:
+            return self.job_bytes
         return self.upload_bytes if is_upload(path) else self.json_bytes
 
 
@@ -47,10 +55,14 @@ def upload_too_large_message(max_upload_bytes: int) -> str:
             "(CHATTERBOX_MAX_UPLOAD_MIB); 5-15 s of speech is all a voice needs")  # fmt: skip
 
 
-def too_large(path: str, limit: int) -> tuple[str, str | None, str]:
-    """The 413's message, `param` and `code`: uploads name the file field and the upload limit in MiB."""
+def too_large(path: str, limit: int, multipart: bool = False) -> tuple[str, str | None, str]:
+    """The 413's message, `param` and `code`: uploads name the file field and the upload limit in MiB (a job's
+    file too, when the job comes as a multipart form)."""
     if is_upload(path):
         return upload_too_large_message(limit - MULTIPART_OVERHEAD_BYTES), "audio_sample", "file_too_large"
+    if multipart and path.rstrip("/") == JOB_ROUTE:
+        message = f"the upload is larger than {limit} bytes, the server's limit for a job's file and its form fields"
+        return message + " (CHATTERBOX_JOB_MAX_UPLOAD_BYTES)", "file", "file_too_large"
     return f"the request body is larger than the limit of {limit} bytes", None, "request_too_large"
 
 
@@ -58,8 +70,8 @@ class BodyTooLarge(HTTPException):
     """Raised from `receive` when a streamed body passes the limit; FastAPI re-raises HTTPExceptions from body
     parsing, and the error handlers answer it in OpenAI's shape (with this `param` and `code`)."""
 
-    def __init__(self, path: str, limit: int) -> None:
-        message, self.param, self.code = too_large(path, limit)
+    def __init__(self, path: str, limit: int, multipart: bool = False) -> None:
+        message, self.param, self.code = too_large(path, limit, multipart)
         super().__init__(413, message)
 
 
@@ -74,8 +86,9 @@ class BodySizeLimit:
             return
         limit = self.limits.for_path(scope["path"])
         declared = _content_length(scope)
+        multipart = _is_multipart(scope)
         if declared is not None and declared > limit:
-            await _refuse(scope, receive, send, limit)
+            await _refuse(scope, receive, send, limit, multipart)
             return
         seen = 0
 
@@ -85,7 +98,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge(scope["path"], limit)
+                    raise BodyTooLarge(scope["path"], limit, multipart)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -101,9 +114,13 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+def _is_multipart(scope: Scope) -> bool:
+    return any(name == b"content-type" and value.lower().startswith(b"multipart/") for name, value in scope["headers"])
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int, multipart: bool) -> None:
     """A 413 before the body is read, rendered like every other error; the connection closes, as the unread
     body cannot be skipped."""
-    message, param, code = too_large(scope["path"], limit)
+    message, param, code = too_large(scope["path"], limit, multipart)
     response = JSONResponse(error_body(413, message, param, code), status_code=413, headers={"Connection": "close"})
     await response(scope, receive, send)

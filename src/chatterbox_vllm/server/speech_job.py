@@ -59,7 +59,7 @@ class SpeechJob:
             raise APIError(400, "stream_segments needs stream_format 'sse' (segment events are SSE events)",
                            param="stream_segments", code="invalid_value")  # fmt: skip
         model = models.for_request(body.model).require_ready()
-        voice = _resolve_voice(body, model, models)
+        voice = resolve_voice(body, model, models)
         admission = model.synthesizer.admission
         admission.acquire()
         started = time.perf_counter()
@@ -157,7 +157,7 @@ class SpeechJob:
         yield _event(SpeechAudioDone(usage=usage))
 
 
-def _resolve_voice(body: SpeechRequest, model: LoadedModel, models: ModelRegistry) -> Voice:
+def resolve_voice(body: SpeechRequest, model: LoadedModel, models: ModelRegistry) -> Voice:
     """The voice the body names, or a 400 that says why none answers (a language no loaded model speaks, say)."""
     try:
         return model.voices.resolve(body.voice_id)
