@@ -295,6 +295,7 @@
   function follow(job, { autoplay }) {
     clearView();
     shown = { id: job.id, job, player: new PiecePlayer(el.player, job.id, autoplay), source: null, timer: null };
+    state.id = job.id;
     showJob(job);
     if (ENDED.has(job.status)) return;
     if (api.currentKey() || typeof EventSource !== "function") {
@@ -361,10 +362,18 @@
   function showGone(following) {
     stopFollowing();
     following.player.stop();
-    setViewState("cancelled");
-    el.status.textContent = `The job ${jobName(following.job)} was deleted.`;
-    el.cancel.disabled = true;
+    showCancelled(following, `The job ${jobName(following.job)} was deleted.`);
     loadList();
+  }
+
+  /** The shown job is gone (cancelled here or deleted elsewhere): its last progress without a time left. */
+  function showCancelled(following, message) {
+    setViewState("cancelled");
+    el.status.textContent = message;
+    const words = progressWords({ ...following.job, status: "cancelled" });
+    el.progressText.textContent = `${words}; cancelled`;
+    el.bar.setAttribute("aria-valuetext", `${words}; cancelled`);
+    el.cancel.disabled = true;
   }
 
   function setViewState(status) {
@@ -488,9 +497,7 @@
       if (shown !== following) return;
       stopFollowing();
       following.player.stop();
-      setViewState("cancelled");
-      el.status.textContent = `Cancelled: ${jobName(following.job)} was stopped and its files removed.`;
-      el.bar.setAttribute("aria-valuetext", `${progressWords({ ...following.job, status: "cancelled" })}; cancelled`);
+      showCancelled(following, `Cancelled: ${jobName(following.job)} was stopped and its files removed.`);
     } catch (err) {
       el.cancel.disabled = ENDED.has(state.status);
       api.showError(api.describe(err));
@@ -507,13 +514,20 @@
 
   // ----------------------------------------------------------------------------------------- the list
   let listing = null; // the list request in progress
+  let listAgain = false; // asked for while one was in progress: asked again after it, as things changed since
 
   function loadList() {
-    if (!listing) {
-      listing = fetchList().finally(() => {
-        listing = null;
-      });
+    if (listing) {
+      listAgain = true;
+      return listing;
     }
+    listing = fetchList().finally(() => {
+      listing = null;
+      if (listAgain) {
+        listAgain = false;
+        loadList();
+      }
+    });
     return listing;
   }
 
