@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from server_utils import Server, decode, make_settings, start_server, stop_server
-from test_web_page import READY, READY_MS, WAIT_MS, Page, browser, open_page  # noqa: F401
+from test_web_page import KEY, READY, READY_MS, WAIT_MS, Page, browser, open_page  # noqa: F401
 
 from chatterbox_vllm.tts import ChatterboxTTS
 
@@ -328,3 +328,38 @@ def test_without_the_event_stream_the_page_polls_the_job(open_page, jobs_server:
     jobs.page.wait_for_function(
         "() => { const a = document.getElementById('job-player'); return a.src.startsWith('blob:') && a.duration > 0; }"
     )
+
+
+def test_a_keyed_server_is_followed_by_polling_and_downloads_carry_the_key(
+    open_page, english_tts: ChatterboxTTS, tmp_path: Path
+) -> None:
+    """An EventSource and a plain link cannot send the API key: with a key the page polls the job and fetches the
+    downloads itself (saved from a blob: URL under the job's name)."""
+    settings = make_settings(
+        tmp_path, model="random-tiny", max_new_tokens=MAX_NEW_TOKENS, data_dir=str(tmp_path / "data"), api_key=KEY
+    )
+    server = start_server(settings, english_tts)
+    try:
+        web = open_page(server)
+        web.open()
+        page = web.page
+        page.click("#tab-jobs")  # the list needs the key: asked for once
+        page.locator("#key-form").wait_for(state="visible", timeout=WAIT_MS)
+        page.fill("#api-key", KEY)
+        page.click("#key-save")
+        page.wait_for_function("() => document.getElementById('job-list').dataset.loaded === 'true'")
+        jobs = JobsPage(web)
+        jobs.start_text("Spoken with a key.", title="Keyed")
+        assert jobs.wait_job() == "completed", page.inner_text("#error") if page.is_visible("#error") else ""
+        assert jobs.state()["transport"] == "none"
+        job_id = jobs.state()["id"]
+        assert all(r["authorization"] == f"Bearer {KEY}" for r in web.requests if r["path"].startswith(JOBS))
+        assert not [r for r in web.requests if r["path"].endswith("/events")]  # no EventSource: it has no key
+        assert [r for r in web.requests if r["path"] == f"{JOBS}/{job_id}"]  # polled
+        with page.expect_download(timeout=WAIT_MS) as download:
+            page.click("#job-download-vtt")
+        assert download.value.suggested_filename == "Keyed.vtt"
+        assert Path(download.value.path()).read_text().startswith("WEBVTT")
+        assert web.state()["keyRequests"] == 1
+    finally:
+        stop_server(server)
