@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         "`.conditioning/`), created at start; unset: `voices` in the user data directory (Linux: "
         "`~/.local/share/chatterbox-vllm/voices`); the Docker image sets `/voices`",
     )
+    data_dir: str | None = Field(
+        None,
+        description="directory of long-form speech jobs: their SQLite database (`jobs.sqlite3`) and each job's "
+        "finished pieces (`jobs/<id>/`), created at start; unset: the user data directory (Linux: "
+        "`~/.local/share/chatterbox-vllm`, the parent of the default voices directory)",
+    )
     cache_dir: str | None = Field(
         None,
         description="directory for what the server makes once and reuses: compile caches (vLLM's torch.compile, "
@@ -180,6 +186,18 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(4096, ge=1, le=100_000, description="longest `input` accepted (OpenAI: 4096)")
     max_queue: int = Field(64, ge=1, description="speech requests in progress or waiting; more get 429")
     max_upload_mib: float = Field(10.0, gt=0, le=200, description="largest voice upload")
+    job_max_input_chars: int = Field(
+        1_000_000, ge=1, le=10_000_000, description="longest input of a long-form speech job (characters)"
+    )
+    job_max_upload_bytes: int = Field(
+        32 * 2**20, ge=1, le=2**30, description="largest file a long-form speech job accepts (.txt, .md, .epub), bytes"
+    )
+    job_max_jobs: int = Field(
+        100, ge=1, le=100_000, description="long-form speech jobs kept at once (any state); more are refused (429)"
+    )
+    job_disk_limit_gib: float = Field(
+        20.0, gt=0, description="disk the jobs' audio pieces may use together, GiB (a new job's estimate included)"
+    )
     max_new_tokens: int = Field(1000, ge=1, le=4096, description="speech tokens per text piece (25 = 1 s)")
     chunk_chars: int = Field(300, ge=20, le=2000, description="long input is synthesized in pieces of this size")
     parallel_pieces: int = Field(
@@ -333,6 +351,13 @@ class Settings(BaseSettings):
         if self.voices_dir:
             return Path(self.voices_dir).expanduser()
         return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "voices"
+
+    def resolved_data_dir(self) -> Path:
+        """The jobs' directory: `data_dir` when set, else the platform's user data directory (the default voices
+        directory's parent)."""
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
     def resolved_cache_dir(self) -> Path:
         """The cache directory the server uses: `cache_dir` when set, else the platform's user cache directory

@@ -209,6 +209,27 @@ def test_a_passed_over_piece_goes_before_any_newer_one() -> None:
     assert select_batch([200, 900, 880, 190], [False, True, True, False], max_rows=8, max_tokens=2000) == [0, 1]
 
 
+def test_job_pieces_batch_only_after_every_waiting_interactive_piece() -> None:
+    """Low-priority pieces (long-form jobs') fill rows left after the interactive pieces; the oldest interactive piece
+    goes even when a job's piece is older, and the interactive pieces' own order rules hold as without jobs."""
+    lengths = [200, 210, 900, 205, 220]
+    low = [True, False, True, False, True]
+    # interactive 1 and 3 go first, then job pieces of a similar length fill the rows left; the long one waits
+    assert select_batch(lengths, [False] * 5, max_rows=4, max_tokens=100_000, low=low) == [0, 1, 3, 4]
+    # no room after the interactive pieces: no job piece goes, however old
+    assert select_batch(lengths, [False] * 5, max_rows=2, max_tokens=100_000, low=low) == [1, 3]
+    # an interactive piece left over (budget) keeps every job piece out of this batch
+    assert select_batch([200, 800, 900, 200], [False] * 4, max_rows=8, max_tokens=1700,
+                        low=[True, False, False, True]) == [1]  # fmt: skip
+    # the interactive tier alone is chosen exactly as without job pieces
+    interactive = [250, 900, 240, 260]
+    assert select_batch(interactive + [100, 100], [False, True, False, False, False, False], max_rows=3,
+                        max_tokens=100_000, low=[False] * 4 + [True] * 2) == select_batch(
+        interactive, [False, True, False, False], max_rows=3, max_tokens=100_000)  # fmt: skip
+    # only job pieces waiting: the usual rules among them
+    assert select_batch([200, 300, 180], [False] * 3, max_rows=8, max_tokens=4096, low=[True] * 3) == [0, 1, 2]
+
+
 def test_the_token_budget_bounds_a_selected_batch() -> None:
     lengths = [250, 240, 260, 230, 250]
     chosen = select_batch(lengths, [False] * 5, max_rows=8, max_tokens=3 * 260)

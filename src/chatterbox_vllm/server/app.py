@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..jobs.service import JobService
 from ..process_setup import configure_process
 from ..settings import Settings
 from ..tts import ChatterboxTTS
@@ -45,6 +46,7 @@ def create_app(
         configure_process(settings)  # compile caches, TF32: process-wide, set before its models load
         served = ModelRegistry(model_states(settings))
     loader = ModelLoader(settings, served)
+    jobs = JobService(settings, served)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,9 +58,11 @@ def create_app(
             loader.announce_ready()
         else:
             loading = asyncio.create_task(loader.load())
+        jobs.start()  # the runner waits for each job's model to be ready
         try:
             yield
         finally:
+            await jobs.stop()
             if loading is not None:
                 await loading  # a load thread cannot be interrupted; let it finish, then release what it made
             loader.close(owned=not preloaded)
@@ -69,7 +73,10 @@ def create_app(
     app.state.model = served.default  # the default model's state (tests and older callers read it)
     app.state.loader = loader
     app.state.admission = loader.admission  # the speech requests in progress, every model's (tests read it)
-    limits = BodyLimits.for_limits(settings.max_input_chars, settings.max_upload_bytes)
+    app.state.jobs = jobs
+    limits = BodyLimits.for_limits(settings.max_input_chars, settings.max_upload_bytes,
+                                   job_input_chars=settings.job_max_input_chars,
+                                   job_upload_bytes=settings.job_max_upload_bytes)  # fmt: skip
     app.add_middleware(BodySizeLimit, limits=limits)
     # Browsers (web UIs on another origin) call the API directly; auth, when set, is the bearer key.
     # Added last, so it is outermost: refusals from the middleware above carry CORS headers too.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import numbers
+import os
 import struct
 from collections.abc import Sequence
 from fractions import Fraction
@@ -221,14 +222,17 @@ class _ContainerSink:
     libsndfile reject a FLAC whose length is left unknown.
     """
 
-    def __init__(self, fmt: str, sample_rate: int, whole_file: bool) -> None:
+    def __init__(self, fmt: str, sample_rate: int, whole_file: bool, path: str | None = None) -> None:
         muxer, codec, codec_rate, bit_rate = _CODECS[fmt]
-        self._seekable = whole_file or fmt == "flac"
-        self._out: io.BytesIO | _Collector = io.BytesIO() if self._seekable else _Collector()
+        self._seekable = whole_file or fmt == "flac" or path is not None
+        self._out: io.BytesIO | _Collector | None = None
+        if path is None:
+            self._out = io.BytesIO() if self._seekable else _Collector()
         options = {} if self._seekable else {"flush_packets": "1"}
         if muxer == "ogg":
             options["page_duration"] = _OGG_PAGE_DURATION_US
-        self._container = av.open(self._out, mode="w", format=muxer, options=options)
+        # A file path goes to FFmpeg's own file I/O: seekable, so headers are exact, and nothing is held in memory.
+        self._container = av.open(path if path is not None else self._out, mode="w", format=muxer, options=options)
         self._rate = codec_rate or sample_rate
         self._stream: av.AudioStream = self._container.add_stream(codec, rate=self._rate, layout="mono")  # type: ignore[assignment]
         if bit_rate:
@@ -256,7 +260,7 @@ class _ContainerSink:
         self._closed = True
         if isinstance(self._out, io.BytesIO):
             return self._out.getvalue()
-        return self._out.take()
+        return self._out.take() if self._out is not None else b""
 
     def close(self) -> None:
         if not self._closed:
@@ -288,9 +292,19 @@ class AudioEncoder:
 
     `encode` takes the next float32 mono chunk (any length, may be empty) and returns the bytes ready now (may be
     b""); `finish` returns the rest. All returned bytes concatenated form one complete file of `fmt`.
+    With `path`, the file is written there instead (every call returns b""): a long job's audio is encoded to disk
+    as it comes, with exact headers, and never held in memory.
     """
 
-    def __init__(self, fmt: str, sample_rate: int = 24000, speed: float = 1.0, *, whole_file: bool = False) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        sample_rate: int = 24000,
+        speed: float = 1.0,
+        *,
+        whole_file: bool = False,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
         """`whole_file=True` (used by `encode_file`) holds everything for `finish` so headers carry exact sizes."""
         _check_format(fmt)
         _check_speed(speed)
@@ -301,13 +315,22 @@ class AudioEncoder:
         self.speed = float(speed)
         self._tempo = _Tempo(sample_rate, self.speed) if self.speed != 1.0 else None  # 1.0 bypasses: bit-exact
         self._sink: _PcmSink | _ContainerSink
+        self._file: io.BufferedWriter | None = None  # pcm / wav written to `path` (containers open it themselves)
         if fmt == "pcm":
             self._sink = _PcmSink(sample_rate)
         elif fmt == "wav":
-            self._sink = _WavSink(sample_rate, whole_file)
+            self._sink = _WavSink(sample_rate, whole_file and path is None)
         else:
-            self._sink = _ContainerSink(fmt, sample_rate, whole_file)
+            self._sink = _ContainerSink(fmt, sample_rate, whole_file, None if path is None else os.fspath(path))
+        if path is not None and fmt in ("pcm", "wav"):
+            self._file = open(path, "wb")  # noqa: SIM115 - closed by finish / close
         self._finished = False
+
+    def _emit(self, data: bytes) -> bytes:
+        if self._file is None:
+            return data
+        self._file.write(data)
+        return b""
 
     def encode(self, samples: np.ndarray) -> bytes:
         """Feed the next chunk; returns the encoded bytes that can be sent now."""
@@ -316,7 +339,7 @@ class AudioEncoder:
         x = _as_mono_float(samples)
         if self._tempo is not None:
             x = self._tempo.push(x)
-        return self._sink.write(x) if x.size or self.fmt == "wav" else b""
+        return self._emit(self._sink.write(x)) if x.size or self.fmt == "wav" else b""
 
     def finish(self) -> bytes:
         """Flush the tempo filter, encoder and muxer; returns the remaining bytes (container trailer included)."""
@@ -329,7 +352,14 @@ class AudioEncoder:
             self._tempo = None
             if tail.size:
                 head = self._sink.write(tail)
-        return head + self._sink.finish()
+        data = self._emit(head + self._sink.finish())
+        if self._file is not None:
+            if self.fmt == "wav":  # the streamed header said "length unknown": now the length is known
+                data_bytes = self._file.tell() - len(wav_header(self.sample_rate, None))
+                self._file.seek(0)
+                self._file.write(wav_header(self.sample_rate, data_bytes))
+            self._file.close()
+        return data
 
     def close(self) -> None:
         """Release the encoder without finishing the file (the response was abandoned)."""
@@ -337,6 +367,8 @@ class AudioEncoder:
             self._finished = True
             self._tempo = None
             self._sink.close()
+            if self._file is not None:
+                self._file.close()
 
 
 def encode_file(samples: np.ndarray, fmt: str, sample_rate: int = 24000, speed: float = 1.0) -> bytes:

@@ -19,21 +19,29 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # form fields and part headers beside the 
 JSON_FLOOR_BYTES = 1 << 20
 JSON_BYTES_PER_CHAR = 12  # an astral character escaped in JSON: \ud83d\ude00
 UPLOAD_ROUTES = frozenset({"/v1/audio/voices"})
+JOB_ROUTE = "/v1/audio/speech/jobs"  # a job's text as JSON, or its file as multipart: the larger of both limits
 
 
 @dataclass(frozen=True)
 class BodyLimits:
     json_bytes: int
     upload_bytes: int
+    job_bytes: int = 0  # POST /v1/audio/speech/jobs (0: as any JSON route)
 
     @classmethod
-    def for_limits(cls, max_input_chars: int, max_upload_bytes: int) -> BodyLimits:
+    def for_limits(
+        cls, max_input_chars: int, max_upload_bytes: int, *, job_input_chars: int = 0, job_upload_bytes: int = 0
+    ) -> BodyLimits:
         """Room for the longest accepted `input` written in the most expensive JSON escapes, and for the largest
-        accepted voice clip with its form fields."""
+        accepted voice clip with its form fields; for a job, room for its longest input or its largest file."""
         json_bytes = max(JSON_FLOOR_BYTES, max_input_chars * JSON_BYTES_PER_CHAR + 64 * 1024)
-        return cls(json_bytes=json_bytes, upload_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+        job_bytes = max(json_bytes, job_input_chars * JSON_BYTES_PER_CHAR + 64 * 1024,
+                        job_upload_bytes + MULTIPART_OVERHEAD_BYTES)  # fmt: skip
+        return cls(json_bytes=json_bytes, upload_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES, job_bytes=job_bytes)
 
     def for_path(self, path: str) -> int:
+        if self.job_bytes and path.rstrip("/") == JOB_ROUTE:
+            return self.job_bytes
         return self.upload_bytes if is_upload(path) else self.json_bytes
 
 

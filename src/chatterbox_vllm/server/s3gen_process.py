@@ -98,6 +98,7 @@ class _InFlight:
     job: VocodeJob | PartialJob
     future: Future
     tries: int = 0  # children it was sent to
+    low_priority: bool = False  # a long-form job's piece (`S3GenWorker.vocode`)
 
 
 # ------------------------------------------------------------------------------------------------ the wire
@@ -201,8 +202,9 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
                     continue
                 voices.move_to_end(voice_id)
                 if kind == "vocode":
-                    tokens, seed, noise = job
-                    future = worker.vocode(VocodeJob(tokens, voice, seed, noise))  # type: ignore[arg-type]
+                    tokens, seed, noise, low = job
+                    piece = VocodeJob(tokens, voice, seed, noise)  # type: ignore[arg-type]
+                    future = worker.vocode(piece, low_priority=low)
                 else:
                     future = worker.partial(dataclasses.replace(job, voice=voice.gen))
                 futures[request] = future
@@ -282,9 +284,10 @@ class S3GenProcess:
         """Run `fn(*args)` on the parent's own thread for such work (voice analysis), not in the child."""
         return self._calls.call(fn, *args)
 
-    def vocode(self, job: VocodeJob) -> Future:
-        """The waveform of a whole piece (float32, 24 kHz), batched in the child with other pieces waiting there."""
-        return self._submit("vocode", job)
+    def vocode(self, job: VocodeJob, *, low_priority: bool = False) -> Future:
+        """The waveform of a whole piece (float32, 24 kHz), batched in the child with other pieces waiting there
+        (`low_priority`: after the interactive ones, as `S3GenWorker.vocode`)."""
+        return self._submit("vocode", job, low_priority)
 
     def partial(self, job: PartialJob) -> Future:
         """A partial vocode's result (`incremental.PartialResult`), batched in the child with other partials."""
@@ -330,14 +333,14 @@ class S3GenProcess:
         log.info("S3Gen process started (pid %d)", process.pid)
         return process, parent
 
-    def _submit(self, kind: str, job: VocodeJob | PartialJob) -> Future:
+    def _submit(self, kind: str, job: VocodeJob | PartialJob, low_priority: bool = False) -> Future:
         future: Future = Future()
         with self._lock:
             if self._failed is not None or self._closing:
                 future.set_exception(self._failed or S3GenProcessError("the S3Gen process is shutting down"))
                 return future
             request = next(self._ids)
-            item = _InFlight(kind, job, future)
+            item = _InFlight(kind, job, future, low_priority=low_priority)
             self._inflight[request] = item
             if not self._restarting:
                 self._send_piece(request, item)
@@ -359,7 +362,7 @@ class S3GenProcess:
                     self._sent_voices.popitem(last=False)
             if isinstance(item.job, VocodeJob):
                 job = item.job
-                wire: Any = (list(job.tokens), job.seed, _host(job.noise))
+                wire: Any = (list(job.tokens), job.seed, _host(job.noise), item.low_priority)
             else:
                 wire = dataclasses.replace(
                     item.job, voice={}, context=_host(item.job.context), new=_host(item.job.new),

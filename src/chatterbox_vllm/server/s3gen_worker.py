@@ -54,6 +54,7 @@ class _Vocode:
     job: VocodeJob
     future: Future = field(default_factory=Future)
     passed_over: bool = False  # a newer piece left in a batch before this one
+    low_priority: bool = False  # a long-form job's piece: batched only after the interactive pieces waiting
 
 
 @dataclass
@@ -85,7 +86,9 @@ def padded_tokens(job: VocodeJob) -> int:
     return len(job.tokens) + (int(prompt.shape[-1]) if prompt is not None else 0)
 
 
-def select_batch(lengths: list[int], passed_over: list[bool], max_rows: int, max_tokens: int) -> list[int]:
+def select_batch(
+    lengths: list[int], passed_over: list[bool], max_rows: int, max_tokens: int, low: list[bool] | None = None
+) -> list[int]:
     """Which of the waiting pieces (arrival order; padded tokens `lengths`) leave in the next batch, by index.
 
     The oldest piece always goes (alone if it exceeds the budget by itself). Then pieces already passed over once,
@@ -93,17 +96,58 @@ def select_batch(lengths: list[int], passed_over: list[bool], max_rows: int, max
     long as rows x longest row stays within `max_tokens`. So pieces of similar length share a batch and waste
     little padding (greedily: each next piece is the one adding the fewest padded tokens), while a piece is
     overtaken by newer ones in one batch at most. Returned in arrival order.
+
+    `low` marks low-priority pieces (long-form jobs'): they take part only after every interactive piece waiting
+    has a row in this batch (the rules above hold among the interactive pieces, then among the low ones), so the
+    oldest piece that always goes is the oldest interactive one, and a job's pieces never delay a request's.
     """
     if not lengths:
         return []
-    chosen, width = [0], lengths[0]
+    if low is not None and any(low) and not all(low):
+        return _select_in_tiers(lengths, passed_over, max_rows, max_tokens, low)
+    return _select_tier(lengths, passed_over, max_rows, max_tokens)
+
+
+def _select_in_tiers(
+    lengths: list[int], passed_over: list[bool], max_rows: int, max_tokens: int, low: list[bool]
+) -> list[int]:
+    """`select_batch` over the interactive pieces, then, if all of them went and room is left, over the low ones."""
+    interactive = [i for i in range(len(lengths)) if not low[i]]
+    rest = [i for i in range(len(lengths)) if low[i]]
+    firsts = _select_tier([lengths[i] for i in interactive], [passed_over[i] for i in interactive], max_rows,
+                          max_tokens)  # fmt: skip
+    chosen = [interactive[i] for i in firsts]
+    if len(chosen) < len(interactive):
+        return chosen
+    extra = _select_tier([lengths[i] for i in rest], [passed_over[i] for i in rest], max_rows, max_tokens,
+                         taken=[lengths[i] for i in chosen])  # fmt: skip
+    return sorted(chosen + [rest[i] for i in extra])
+
+
+def _select_tier(
+    lengths: list[int], passed_over: list[bool], max_rows: int, max_tokens: int, taken: list[int] | None = None
+) -> list[int]:
+    """`select_batch`'s rules over one tier of pieces; `taken`: the padded lengths of rows already in the batch
+    (then the tier's oldest piece goes only if it fits)."""
+    if not lengths:
+        return []
+    if taken:
+        chosen, width = [], max(taken)
+        rows = len(taken)
+        if rows >= max_rows or max(width, lengths[0]) * (rows + 1) > max_tokens:
+            return []
+        chosen.append(0)
+        width = max(width, lengths[0])
+    else:
+        rows = 0
+        chosen, width = [0], lengths[0]
 
     def fits(i: int) -> bool:
-        return len(chosen) < max_rows and max(width, lengths[i]) * (len(chosen) + 1) <= max_tokens
+        return rows + len(chosen) < max_rows and max(width, lengths[i]) * (rows + len(chosen) + 1) <= max_tokens
 
     def padding_added(i: int) -> int:
         """Padded tokens that taking piece i adds: its own padding, or the widening of every row taken so far."""
-        return width - lengths[i] if lengths[i] <= width else (lengths[i] - width) * len(chosen)
+        return width - lengths[i] if lengths[i] <= width else (lengths[i] - width) * (rows + len(chosen))
 
     overdue = [i for i in range(1, len(lengths)) if passed_over[i]]
     for i in overdue:
@@ -112,7 +156,7 @@ def select_batch(lengths: list[int], passed_over: list[bool], max_rows: int, max
         chosen.append(i)
         width = max(width, lengths[i])
     fresh = [i for i in range(1, len(lengths)) if not passed_over[i]]
-    while fresh and len(chosen) < max_rows:
+    while fresh and rows + len(chosen) < max_rows:
         best = min(fresh, key=lambda i: (padding_added(i), i))
         if not fits(best):
             break
@@ -162,9 +206,10 @@ class S3GenWorker:
         self._queue.put(item)
         return item.future
 
-    def vocode(self, job: VocodeJob) -> Future:
-        """The waveform of a whole piece (float32, 24 kHz), batched with other pieces waiting at the time."""
-        item = _Vocode(job)
+    def vocode(self, job: VocodeJob, *, low_priority: bool = False) -> Future:
+        """The waveform of a whole piece (float32, 24 kHz), batched with other pieces waiting at the time.
+        `low_priority` (a long-form job's piece): it joins a batch only after the interactive pieces waiting."""
+        item = _Vocode(job, low_priority=low_priority)
         self._queue.put(item)
         return item.future
 
@@ -217,7 +262,8 @@ class S3GenWorker:
             pending = [piece for piece in pending if not piece.future.cancelled()]
             if pending:
                 lengths = [padded_tokens(piece.job) for piece in pending]
-                chosen = select_batch(lengths, [p.passed_over for p in pending], self.max_batch, self.max_batch_tokens)
+                chosen = select_batch(lengths, [p.passed_over for p in pending], self.max_batch, self.max_batch_tokens,
+                                      [p.low_priority for p in pending])  # fmt: skip
                 batch = [pending[i] for i in chosen]
                 taken = set(chosen)
                 newest = max(chosen)

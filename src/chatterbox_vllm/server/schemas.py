@@ -15,22 +15,34 @@ from pydantic import BaseModel, ConfigDict, Field
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, which every failure answers with."""
+
+    error: ErrorDetail
+
+
 class VoiceRef(BaseModel):
     """OpenAI's newer voice form: {"id": "..."}."""
 
     id: str = Field(min_length=1)
 
 
-class SpeechRequest(BaseModel):
+class SpeechOptions(BaseModel):
+    """What a speech request and a long-form job share: the model, the voice and every control of the speech."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
-    input: str = Field(min_length=1, description="text to speak (its length limit is a server setting)")
     voice: str | VoiceRef
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo of the audio; pitch is kept")
     instructions: str | None = Field(None, description="accepted for compatibility; Chatterbox ignores it")
-    stream_format: Literal["audio", "sse"] = "audio"
 
     # Chatterbox's controls (not in OpenAI's API). Unset sampling controls take the served model's defaults:
     # cfg_weight 0.5, temperature 0.8, top_p 1, min_p 0.05, repetition_penalty 1.2 (English, multilingual);
@@ -48,6 +60,88 @@ class SpeechRequest(BaseModel):
     @property
     def voice_id(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+
+class SpeechRequest(SpeechOptions):
+    input: str = Field(min_length=1, description="text to speak (its length limit is a server setting)")
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    stream_format: Literal["audio", "sse"] = "audio"
+
+
+# ---------------------------------------------------------------------------------------- long-form jobs
+JobFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm", "m4b"]
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class JobRequest(SpeechOptions):
+    """POST /v1/audio/speech/jobs as JSON (or these fields as a multipart form beside a `file`)."""
+
+    input: str = Field(min_length=1, description="text to speak (up to CHATTERBOX_JOB_MAX_INPUT_CHARS characters)")
+    response_format: JobFormat = "mp3"
+    title: str | None = Field(None, max_length=1000, description="the audio's title (and its file name)")
+    input_format: Literal["text", "markdown"] = Field("text", description="markdown: headings # to ### become chapters")
+    seed: int | None = Field(None, ge=0, le=2**62, description="piece i is spoken with seed + i")
+
+
+class JobChapter(BaseModel):
+    title: str
+    start_piece: int
+
+
+class Job(BaseModel):
+    id: str
+    object: Literal["speech.job"] = "speech.job"
+    created_at: int
+    finished_at: int | None
+    status: JobStatus
+    model: str
+    voice: str
+    response_format: str
+    title: str | None
+    characters: int
+    pieces_done: int
+    pieces_total: int
+    audio_seconds: float
+    eta_seconds: float | None
+    chapters: list[JobChapter]
+    error: ErrorDetail | None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+
+
+class JobDeleted(BaseModel):
+    id: str
+    object: Literal["speech.job.deleted"] = "speech.job.deleted"
+    deleted: Literal[True] = True
+
+
+class JobPiece(BaseModel):
+    """A finished piece on the job's timeline (seconds from the start of the audio)."""
+
+    index: int
+    start: float
+    end: float
+    text: str
+    chapter: int | None
+
+
+class JobSnapshotEvent(BaseModel):
+    type: Literal["job.snapshot"] = "job.snapshot"
+    job: Job
+
+
+class JobPieceEvent(BaseModel):
+    type: Literal["job.piece"] = "job.piece"
+    job: Job
+    piece: JobPiece
+
+
+class JobEndEvent(BaseModel):
+    type: Literal["job.completed", "job.failed", "job.cancelled"]
+    job: Job
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -172,20 +266,6 @@ class SpeechAudioDelta(BaseModel):
 class SpeechAudioDone(BaseModel):
     type: Literal["speech.audio.done"] = "speech.audio.done"
     usage: Usage
-
-
-# ------------------------------------------------------------------------------------------------- errors
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str
-
-
-class ErrorResponse(BaseModel):
-    """OpenAI's error shape, which every failure answers with."""
-
-    error: ErrorDetail
 
 
 class StreamError(BaseModel):

@@ -53,7 +53,7 @@ class SpeechJob:
         """Resolve the model and voice, take a request place (429 when none is free) and prepare the input. Any
         failure is an HTTP error, and a place taken is given back."""
         model = models.for_request(body.model).require_ready()
-        voice = _resolve_voice(body, model, models)
+        voice = resolve_voice(body, model, models)
         admission = model.synthesizer.admission
         admission.acquire()
         started = time.perf_counter()
@@ -132,7 +132,7 @@ class SpeechJob:
         yield _event(SpeechAudioDone(usage=usage))
 
 
-def _resolve_voice(body: SpeechRequest, model: LoadedModel, models: ModelRegistry) -> Voice:
+def resolve_voice(body: SpeechRequest, model: LoadedModel, models: ModelRegistry) -> Voice:
     """The voice the body names, or a 400 that says why none answers (a language no loaded model speaks, say)."""
     try:
         return model.voices.resolve(body.voice_id)

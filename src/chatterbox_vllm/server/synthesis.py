@@ -57,6 +57,16 @@ FADE_SECONDS = 0.005  # edges of each piece fade in/out: no clicks where pieces 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class JobVoice:
+    """What every piece of a long-form job is spoken with: the voice's conditionals, the sampling settings (their
+    seed the job's) and the language; made when the job is submitted and again when it resumes."""
+
+    conds: Conditionals
+    params: SamplingParams
+    language: str | None
+
+
 @dataclass
 class PreparedSpeech:
     pieces: list[torch.Tensor]  # text tokens per piece
@@ -253,8 +263,12 @@ class Synthesizer:
         except ValueError as exc:
             raise APIError(400, str(exc), param="input", code="invalid_value") from exc
         conds = await self._conditionals(voice, request.exaggeration)
+        params = self._sampling_params(request, request.seed)
+        return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces), tuple(removed))
+
+    def _sampling_params(self, request: SpeechRequest, seed: int | None) -> SamplingParams:
         try:
-            params = self.tts.sampling_params(
+            return self.tts.sampling_params(
                 temperature=request.temperature,
                 top_p=request.top_p,
                 top_k=request.top_k,
@@ -262,13 +276,45 @@ class Synthesizer:
                 repetition_penalty=request.repetition_penalty,
                 cfg_weight=request.cfg_weight,
                 max_new_tokens=self.settings.max_new_tokens,
-                seed=request.seed,
+                seed=seed,
             )
         except UnsupportedSettingError as exc:
             raise APIError(400, str(exc), param=exc.param, code="unsupported_parameter") from exc
         except ValueError as exc:
             raise APIError(400, str(exc), code="invalid_value") from exc
-        return PreparedSpeech(pieces, conds, params, sum(int(p.numel()) for p in pieces), tuple(removed))
+
+    # ------------------------------------------------------------------------------- long-form jobs
+    def job_text(self, text: str) -> str:
+        """A job's text as pieces are cut from it: control characters gone, tags the model does not speak removed."""
+        return prepare_tags(remove_control_characters(text), self.tts.variant)[0]
+
+    async def prepare_job(self, request: SpeechRequest, voice: Voice, texts: list[str], seed: int) -> JobVoice:
+        """A long-form job's voice and settings, checked as `prepare` checks a speech request (language, voice,
+        sampling; every piece's text tokenized once, off the loop), so a job that is accepted can be spoken. `texts`:
+        the job's pieces (none when a stored job resumes: they were checked at submit)."""
+        language = self.language_for(request, voice)
+
+        def check() -> None:
+            for text in texts:
+                self.tts.text_tokens(text, language)
+
+        try:
+            await asyncio.to_thread(check)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="input", code="invalid_value") from exc
+        conds = await self._conditionals(voice, request.exaggeration)
+        return JobVoice(conds, self._sampling_params(request, seed), language)
+
+    async def speak_piece(self, text: str, voice: JobVoice, seed: int) -> np.ndarray:
+        """One piece of a long-form job (float32, 24 kHz, edges faded): T3 for its tokens, then S3Gen at low priority
+        (interactive pieces waiting in S3Gen go first). Cancelling the caller aborts the T3 request, or takes the
+        piece out of S3Gen's queue."""
+        tokens = self.tts.text_tokens(text, voice.language)
+        params = self.tts.piece_params(tokens, voice.params)
+        params = SamplingParams(**{**params.__dict__, "seed": seed})
+        speech = await self.tts.engine.generate_async(tokens.to(self.tts.device), voice.conds.t3, params)
+        future = self._s3gen.vocode(VocodeJob(speech, voice.conds, seed), low_priority=True)
+        return fade_edges(await asyncio.wrap_future(future))
 
     async def _conditionals(self, voice: Voice, exaggeration: float) -> Conditionals:
         if voice.path is None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import health, models, page, speech, voices
+from . import health, jobs, models, page, speech, voices
 from .page import STATIC_DIR
 
 router = APIRouter()
-for _module in (speech, models, voices, page, health):
+for _module in (speech, jobs, models, voices, page, health):
     router.include_router(_module.router)
 
 __all__ = ["STATIC_DIR", "router"]
