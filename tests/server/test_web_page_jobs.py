@@ -21,9 +21,11 @@ import pytest
 from server_utils import Server, decode, make_settings, start_server, stop_server
 from test_web_page import KEY, READY, READY_MS, WAIT_MS, Page, browser, open_page  # noqa: F401
 
+from chatterbox_vllm.jobs.timeline import PAUSE_SECONDS
 from chatterbox_vllm.tts import ChatterboxTTS
 
 MAX_NEW_TOKENS = 16  # short pieces: each takes a moment on the CPU
+CHUNK_CHARS = 40  # about a sentence a piece: a few sentences make a few pieces
 JOB_MS = 240_000  # a few pieces at the jobs' low priority, on a shared CPU
 JOBS = "/v1/audio/speech/jobs"
 
@@ -47,7 +49,9 @@ JOB_ENDED = f"() => ['completed', 'failed', 'cancelled'].includes({VIEW_STATE})"
 def jobs_server(english_tts: ChatterboxTTS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """random-tiny (the tiny English model's random weights), with its own data directory for the jobs."""
     tmp = tmp_path_factory.mktemp("web-jobs")
-    settings = make_settings(tmp, model="random-tiny", max_new_tokens=MAX_NEW_TOKENS, data_dir=str(tmp / "data"))
+    settings = make_settings(
+        tmp, model="random-tiny", max_new_tokens=MAX_NEW_TOKENS, chunk_chars=CHUNK_CHARS, data_dir=str(tmp / "data")
+    )
     running = start_server(settings, english_tts)
     yield running
     stop_server(running)
@@ -147,7 +151,11 @@ def test_the_tabs_work_from_the_keyboard_and_the_long_text_controls_are_labelled
     )
     assert unlabelled == []
 
-    # Home/End and the way back; a reload on #long-text opens the Long text tab.
+    # Tab goes from the tab into its panel; Home/End and the way back; a reload on #long-text keeps the tab.
+    page.focus("#tab-jobs")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "job-source-text"
+    page.focus("#tab-jobs")
     page.keyboard.press("Home")
     assert page.evaluate("document.activeElement.id") == "tab-speech"
     assert page.locator("#panel-speech").is_visible() and page.evaluate("window.location.hash") == ""
@@ -206,7 +214,8 @@ def test_pasted_text_runs_to_done_plays_its_pieces_in_order_and_offers_downloads
     assert audio_download.value.suggested_filename == "Three Sentences.mp3"
     data = Path(audio_download.value.path()).read_bytes()
     samples, rate = decode(data, "mp3")
-    assert rate == 24000 and len(samples) / rate == pytest.approx(job["audio_seconds"], abs=0.2)
+    spoken = job["audio_seconds"] + (job["pieces_total"] - 1) * PAUSE_SECONDS  # the pieces and their pauses
+    assert rate == 24000 and len(samples) / rate == pytest.approx(spoken, abs=0.1)
     with page.expect_download(timeout=WAIT_MS) as vtt_download:
         page.click("#job-download-vtt")
     vtt = Path(vtt_download.value.path()).read_text()
@@ -336,8 +345,9 @@ def test_a_keyed_server_is_followed_by_polling_and_downloads_carry_the_key(
     """An EventSource and a plain link cannot send the API key: with a key the page polls the job and fetches the
     downloads itself (saved from a blob: URL under the job's name)."""
     settings = make_settings(
-        tmp_path, model="random-tiny", max_new_tokens=MAX_NEW_TOKENS, data_dir=str(tmp_path / "data"), api_key=KEY
-    )
+        tmp_path, model="random-tiny", max_new_tokens=MAX_NEW_TOKENS, chunk_chars=CHUNK_CHARS,
+        data_dir=str(tmp_path / "data"), api_key=KEY,
+    )  # fmt: skip
     server = start_server(settings, english_tts)
     try:
         web = open_page(server)

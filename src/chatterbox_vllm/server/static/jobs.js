@@ -53,7 +53,7 @@
   }
 
   const jobName = (job) => job.title || job.id;
-  const extension = (format) => (format === "opus" ? "ogg" : format);
+  const extension = (format) => format; // as the server names its downloads
 
   /** A file name from the job's title (or id): what the server's Content-Disposition says too. */
   function fileName(job, ext) {
