@@ -49,6 +49,9 @@ def stop_server(server: Server) -> None:
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:
-    values = {"model": "english", "max_new_tokens": TOKENS_PER_PIECE, "voices_dir": str(tmp_path / "voices")}
+    # jobs' data beside the test's directory, not in it (tests check that nothing but voices/ appears there), and
+    # never the session's shared user data directory, where another test's server would resume the jobs
+    values = {"model": "english", "max_new_tokens": TOKENS_PER_PIECE, "voices_dir": str(tmp_path / "voices"),
+              "data_dir": str(tmp_path.with_name(f"{tmp_path.name}-data"))}  # fmt: skip
     values.update(overrides)
     return Settings(**values)

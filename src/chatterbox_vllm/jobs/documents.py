@@ -25,7 +25,7 @@ import charset_normalizer
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from chatterbox_vllm.jobs.epub import EpubError, read_epub
+from chatterbox_vllm.jobs.epub import EpubError, EpubTooLong, read_epub
 from chatterbox_vllm.jobs.html_text import html_to_text
 from chatterbox_vllm.jobs.types import Document, Section
 
@@ -35,12 +35,16 @@ EPUB_EXTENSIONS = frozenset({".epub"})
 UPLOAD_EXTENSIONS = TEXT_EXTENSIONS | MARKDOWN_EXTENSIONS | EPUB_EXTENSIONS
 SECTION_HEADING_LEVELS = 3  # `#`, `##`, `###` start chapters; `####` and deeper are read as paragraphs
 
-# Signatures of binary formats that are sometimes renamed to .txt (checked before any charset guessing).
+# Signatures of binary formats that are sometimes renamed to .txt (checked before any charset guessing). Only
+# signatures no text file starts with: "BM", "MZ" or "RIFF" could begin a sentence, and those formats hold NUL
+# bytes anyway, which are refused next.
 _BINARY_MAGIC: tuple[bytes, ...] = (
-    b"PK\x03\x04", b"PK\x05\x06", b"%PDF", b"\x89PNG", b"GIF87a", b"GIF89a", b"\xff\xd8\xff", b"BM", b"II*\x00",
-    b"MM\x00*", b"RIFF", b"OggS", b"fLaC", b"ID3", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c",
-    b"Rar!", b"\x7fELF", b"MZ", b"\xd0\xcf\x11\xe0", b"\x00\x00\x01\x00", b"wOFF", b"wOF2", b"\x28\xb5\x2f\xfd",
-)
+    b"PK\x03\x04", b"PK\x05\x06", b"%PDF-", b"\x89PNG", b"GIF87a", b"GIF89a", b"\xff\xd8\xff", b"OggS\x00",
+    b"fLaC\x00", b"ID3\x02", b"ID3\x03", b"ID3\x04", b"\x1f\x8b", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c",
+    b"Rar!\x1a\x07", b"\x7fELF", b"\xd0\xcf\x11\xe0", b"\x28\xb5\x2f\xfd", b"\x00asm",
+)  # fmt: skip
+# Decoded "text" with more control characters than this share is binary that some code page happened to accept.
+_MAX_CONTROL_SHARE = 0.01
 _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),  # before UTF-16 LE, whose BOM is its prefix
     (codecs.BOM_UTF32_BE, "utf-32-be"),
@@ -48,6 +52,10 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+# Tie-break among equally plausible legacy encodings (charset-normalizer's names), most widespread first.
+_PREFERRED_ENCODINGS = ("cp1252", "latin_1", "cp1251", "cp1250", "shift_jis", "gb18030", "big5", "euc_kr")
+_CONTROL_CODES = dict.fromkeys(c for c in [*range(0x20), *range(0x7F, 0xA0)] if chr(c) not in "\t\n\r\f")
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u2028\u2029\ufeff]")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 _SPACES = re.compile(r"[^\S\n]+")
@@ -81,7 +89,7 @@ def parse_upload(filename: str, data: bytes, *, max_chars: int) -> Document:
             code="unsupported_file_type",
         )
     if extension in EPUB_EXTENSIONS:
-        document = _epub_document(data, default_title=stem or None)
+        document = _epub_document(data, default_title=stem or None, max_chars=max_chars)
     else:
         text = decode_text(data)
         document = parse_text(text, markdown=extension in MARKDOWN_EXTENSIONS, title=stem or None)
@@ -101,19 +109,32 @@ def decode_text(data: bytes) -> str:
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
-                return data[len(bom) :].decode(encoding)
+                return _textual(data[len(bom) :].decode(encoding))
             except UnicodeDecodeError as e:
                 raise _invalid(f"the file's byte order mark says {encoding} but it does not decode: {e}") from e
     if b"\x00" in data:
         raise _invalid("the file contains NUL bytes: it is binary, or UTF-16 without a byte order mark")
     try:
-        return data.decode("utf-8")
+        return _textual(data.decode("utf-8"))
     except UnicodeDecodeError:
         pass
-    best = charset_normalizer.from_bytes(data).best()
+    matches = charset_normalizer.from_bytes(data)
+    best = matches.best()
     if best is None:
         raise _invalid("the file's text encoding could not be recognised (is it binary?)")
-    return str(best)
+    # Related code pages often score exactly alike (Western text fits cp1250, cp1252 and cp1257 equally well);
+    # charset-normalizer then picks by name. Prefer the one most files in the wild are written in.
+    tied = {m.encoding: m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)}
+    preferred = next((tied[name] for name in _PREFERRED_ENCODINGS if name in tied), best)
+    return _textual(str(preferred))
+
+
+def _textual(text: str) -> str:
+    """`text` unless control characters (other than tab, newlines and form feed) make up too much of it."""
+    controls = len(text) - len(text.translate(_CONTROL_CODES))
+    if controls > _MAX_CONTROL_SHARE * len(text):
+        raise _invalid("the file holds control characters throughout: it is binary, not text")
+    return text
 
 
 def _invalid(message: str) -> DocumentError:
@@ -128,9 +149,14 @@ def _document(title: str | None, sections: list[Section]) -> Document:
     return Document(title=title, sections=sections)
 
 
-def _epub_document(data: bytes, *, default_title: str | None) -> Document:
+def _epub_document(data: bytes, *, default_title: str | None, max_chars: int) -> Document:
     try:
-        book = read_epub(data)
+        # Reading stops well past the limit (twice it: cleaning only shortens text a little), not at the end of a
+        # huge book; the exact count is checked on the document.
+        book = read_epub(data, max_chars=2 * max_chars)
+    except EpubTooLong as e:
+        message = f"the book holds more than {max_chars} characters of text, the most accepted"
+        raise DocumentError(400, message, code="string_above_max_length") from e
     except EpubError as e:
         raise _invalid(str(e)) from e
     sections = [
@@ -161,10 +187,12 @@ def _plain_sections(text: str) -> list[Section]:
     return [Section(title=None, text=_paragraphs(_BLANK_LINES.split(text.strip())))]
 
 
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)")
 _MARKDOWN = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
 
 
 def _markdown_sections(text: str) -> list[Section]:
+    text = _FRONT_MATTER.sub("", text, count=1)  # YAML front matter (Jekyll, Hugo, Obsidian) is not prose
     sections: list[Section] = []
     title: str | None = None
     paragraphs: list[str] = []
@@ -205,13 +233,23 @@ def _markdown_sections(text: str) -> list[Section]:
 def _inline_text(token: Token) -> str:
     """The speakable text of an inline token: text and code kept, marks, images and HTML tags dropped."""
     parts: list[str] = []
+    hidden: str | None = None  # inside inline <script> or <style>: its content is not prose
     for child in token.children or []:
         kind = child.type
-        if kind in ("text", "code_inline"):
+        if kind == "html_inline":
+            tag = _HTML_TAG.match(child.content)
+            closing, name = (tag.group(1) == "/", tag.group(2).lower()) if tag else (False, "")
+            if hidden is None and name in ("script", "style") and not closing:
+                hidden = name
+            elif hidden is not None and name == hidden and closing:
+                hidden = None
+            elif name == "br":
+                parts.append(" ")
+        elif hidden is not None:
+            continue
+        elif kind in ("text", "code_inline"):
             parts.append(child.content)
         elif kind in ("softbreak", "hardbreak"):
             parts.append(" ")
-        elif kind == "html_inline":
-            parts.append(" " if child.content.lower().startswith("<br") else "")
         # em/strong/s/link open and close, images: nothing spoken
     return "".join(parts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import posixpath
 import re
+import struct
 import xml.etree.ElementTree as ET
 import zipfile
 import zlib
@@ -24,19 +25,29 @@ from urllib.parse import unquote, urldefrag
 from chatterbox_vllm.jobs.html_text import Block, html_blocks
 
 MAX_MEMBERS = 10_000
+# zipfile builds an object per central-directory entry as it opens an archive: a directory of 32 MiB of empty
+# entries would cost gigabytes before any member check ran. Its size is read from the end record first.
+MAX_DIRECTORY_BYTES = 4 * 1024 * 1024
 MAX_TOTAL_BYTES = 200 * 1024 * 1024  # inflated, all members together
 MAX_RATIO = 100  # inflated / compressed, for members large enough that a ratio means something
 RATIO_MIN_BYTES = 1024 * 1024  # small members (a page of spaces) may compress far better than 100:1 harmlessly
 _CHUNK = 64 * 1024
 
 _CONTAINER = "META-INF/container.xml"
-_XHTML_TYPES = frozenset({"application/xhtml+xml", "text/html", "application/x-dtbook+xml"})
+_XHTML_TYPES = frozenset({"application/xhtml+xml", "text/html"})
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9._-]+)""", re.IGNORECASE)
 
 
 class EpubError(ValueError):
     """The upload is not an EPUB this reader accepts (broken, encrypted, hostile, or without a spine)."""
+
+
+class EpubTooLong(EpubError):
+    """The book's text passed `max_chars` while it was being read (the rest was not read)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,27 @@ class _Budget:
         return bytes(out)
 
 
+def check_directory(data: bytes) -> None:
+    """Refuse an oversized central directory from the end record, before `zipfile` parses a single entry."""
+    at = data.rfind(b"PK\x05\x06", max(0, len(data) - _EOCD.size - 0xFFFF))
+    if at < 0 or at + _EOCD.size > len(data):
+        raise EpubError("the file is not a valid EPUB (no zip directory found)")
+    _, _, _, _, entries, size, _, _ = _EOCD.unpack_from(data, at)
+    locator = at - _ZIP64_LOCATOR.size
+    if locator >= 0 and data[locator : locator + 4] == b"PK\x06\x07":
+        # The zip64 record is where the locator points; some zipfile versions read it just before the locator
+        # instead. Both places are checked, so no reader sees a larger directory than the one checked here.
+        pointed = _ZIP64_LOCATOR.unpack_from(data, locator)[2]
+        for record in {pointed, locator - _ZIP64_EOCD.size}:
+            if 0 <= record and record + _ZIP64_EOCD.size <= len(data) and data[record : record + 4] == b"PK\x06\x06":
+                record_entries, record_size = _ZIP64_EOCD.unpack_from(data, record)[7:9]
+                entries, size = max(entries, record_entries), max(size, record_size)
+    if entries > MAX_MEMBERS:
+        raise EpubError(f"the EPUB has more than {MAX_MEMBERS} files")
+    if size > MAX_DIRECTORY_BYTES:
+        raise EpubError(f"the EPUB's zip directory is larger than {MAX_DIRECTORY_BYTES // (1024 * 1024)} MB")
+
+
 def check_archive(archive: zipfile.ZipFile) -> None:
     """Refuse zip bombs and encrypted members from the central directory, before inflating anything."""
     infos = archive.infolist()
@@ -89,21 +121,25 @@ def check_archive(archive: zipfile.ZipFile) -> None:
         raise EpubError(f"the EPUB inflates to more than {MAX_TOTAL_BYTES // (1024 * 1024)} MB")
 
 
-def read_epub(data: bytes) -> Book:
-    """The book's title and its spine documents in reading order (documents without text are left out)."""
+def read_epub(data: bytes, *, max_chars: int | None = None) -> Book:
+    """The book's title and its spine documents in reading order (documents without text are left out).
+
+    With `max_chars`, reading stops with `EpubTooLong` as soon as the text read passes it."""
+    check_directory(data)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as e:
         raise EpubError(f"the file is not a valid EPUB (zip): {e}") from e
     with archive:
         check_archive(archive)
-        reader = _Reader(archive)
+        reader = _Reader(archive, max_chars)
         return reader.book()
 
 
 class _Reader:
-    def __init__(self, archive: zipfile.ZipFile) -> None:
+    def __init__(self, archive: zipfile.ZipFile, max_chars: int | None) -> None:
         self._archive = archive
+        self._chars_left = max_chars
         self._budget = _Budget(MAX_TOTAL_BYTES)
         self._names = {info.filename: info for info in archive.infolist()}
 
@@ -142,16 +178,23 @@ class _Reader:
             entry = manifest.get(itemref.get("idref", ""))
             if entry is None or itemref.get("linear", "yes") == "no" or entry[1] not in _XHTML_TYPES:
                 continue
+            if "nav" in entry[2].split():
+                continue  # the table of contents page: its titles are the chapters' names, not prose
             chapter = self._chapter(entry[0], toc.get(entry[0]))
-            if chapter is not None:
-                chapters.append(chapter)
+            if chapter is None:
+                continue
+            chapters.append(chapter)
+            if self._chars_left is not None:
+                self._chars_left -= len(chapter.title or "") + sum(len(b.text) for b in chapter.blocks)
+                if self._chars_left < 0:
+                    raise EpubTooLong("the EPUB holds more text than is accepted")
         return Book(title, chapters)
 
     def _opf_path(self) -> str:
         container = self._xml(_CONTAINER)
         for element in container.iter():
             if _local(element.tag) == "rootfile" and element.get("full-path"):
-                return _resolve("", element.get("full-path", ""))
+                return posixpath.normpath(element.get("full-path", "")).lstrip("/")  # a path, not a URL
         raise EpubError("the EPUB's container.xml names no package file")
 
     def _toc(self, manifest: dict[str, tuple[str, str, str]], ncx_id: str | None) -> dict[str, str]:
@@ -163,7 +206,9 @@ class _Reader:
             if markup is not None:
                 for href, text in _nav_links(_decode_markup(markup)):
                     titles.setdefault(_resolve(posixpath.dirname(nav), href), text)
-        ncx = manifest.get(ncx_id or "") or next((e for e in manifest.values() if e[1] == "application/x-dtbncx+xml"), None)
+        ncx = manifest.get(ncx_id or "") or next(
+            (e for e in manifest.values() if e[1] == "application/x-dtbncx+xml"), None
+        )
         if not titles and ncx is not None and ncx[0] in self._names:
             root = self._xml(ncx[0])
             for point in root.iter():

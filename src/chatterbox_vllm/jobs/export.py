@@ -9,13 +9,14 @@ there are chapters, `CTOC` + `CHAP` frames (the ID3 chapter addendum, read by po
 FLAC and Ogg Opus get a `TITLE` and the de facto `CHAPTERnnn` / `CHAPTERnnnNAME` Vorbis comments. ADTS AAC,
 WAV and raw PCM have no place for either.
 
-The file is written under a temporary name beside `path` and renamed over it when complete, so a reader never
-sees half a file; on failure the partial file is removed.
+The file is written under a temporary name of its own beside `path` (`.<name>.<random>.partial`) and renamed over
+it when complete, so a reader never sees half a file; on failure the partial file is removed.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -47,7 +48,10 @@ def write_audio(
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unsupported audio format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
+    # A name of its own per call: two exports of one job (say two downloads of a running job) never share one.
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    partial = Path(name)
     try:
         if fmt == "m4b":
             _write_m4b(pieces, partial, chapters=chapters, title=title)
@@ -93,6 +97,7 @@ def _write_m4b(pieces: Iterable[np.ndarray], path: Path, *, chapters: list[Chapt
                     for number, chapter in enumerate(chapters, start=1)
                 ]
             )
+        container.start_encoding()  # the header now, so even an export of no pieces is a valid (empty) file
         pts = 0
         for piece in pieces:
             x = _as_mono_float(piece)

@@ -19,7 +19,7 @@ _BLOCK_TAGS = frozenset(
         "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p",
         "pre", "section", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul",
     }
-)
+)  # fmt: skip
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _CELL_TAGS = frozenset({"td", "th"})
 _SKIP_EPUB_TYPES = frozenset({"noteref", "pagebreak"})
@@ -53,7 +53,8 @@ class _Extractor(HTMLParser):
             self._skip_tag, self._skip_depth = tag, 1
             return
         if tag in _CELL_TAGS:
-            self._parts.append(", ")  # cells of a row read as a list, not one run-on word
+            if "".join(self._parts).strip():
+                self._parts.append(", ")  # cells of a row read as a list, not one run-on word
         elif tag in _BLOCK_TAGS:
             self._end_block()
             self._level = _HEADINGS.get(tag, 0)
@@ -81,7 +82,7 @@ class _Extractor(HTMLParser):
         self._end_block()
 
     def _end_block(self) -> None:
-        text = _SPACE.sub(" ", "".join(self._parts)).strip().strip(",").strip()
+        text = _SPACE.sub(" ", "".join(self._parts)).strip()
         if text:
             self.blocks.append(Block(self._level, text))
         self._parts.clear()

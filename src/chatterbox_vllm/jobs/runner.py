@@ -82,6 +82,11 @@ class _Running:
         return max(0.0, left * (audio / chars) / (audio / wall) - (time.monotonic() - window[-1][0]))
 
 
+def piece_seed(seed: int, index: int) -> int:
+    """Piece i's seed: the job's + i (within the seeds a request accepts)."""
+    return (seed + index) % 2**63
+
+
 def speech_request(stored: dict[str, Any]) -> SpeechRequest:
     """A job's request as the synthesizer reads it: its model, voice and controls (the text comes piece by piece)."""
     fields = {k: v for k, v in stored.items() if k not in ("input", "response_format", "title", "input_format")}
@@ -156,6 +161,12 @@ class JobRunner:
             except APIError as exc:
                 self._fail_row(row, error_detail(exc.status, exc.message, exc.param, exc.code).model_dump())
                 continue
+            except Exception as exc:  # noqa: BLE001 - its voice could not be prepared: this job fails, not the others
+                log.error("job %s: preparing its voice failed: %s", row.id, describe_failure(exc))
+                detail = error_detail(500, "the job's voice could not be prepared (the server log says why)", "voice",
+                                      "voice_unavailable")  # fmt: skip
+                self._fail_row(row, detail.model_dump())
+                continue
             if job is None or await asyncio.to_thread(self.store.get, row.id) is None:
                 continue  # its model is not ready yet, or it was deleted meanwhile
             self._running[row.id] = job
@@ -200,7 +211,7 @@ class JobRunner:
     async def _piece(self, job: _Running, piece: Piece) -> None:
         try:
             try:
-                wav = await job.synthesizer.speak_piece(piece.text, job.voice, job.row.seed + piece.index)
+                wav = await job.synthesizer.speak_piece(piece.text, job.voice, piece_seed(job.row.seed, piece.index))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - tried once more, then it fails its job

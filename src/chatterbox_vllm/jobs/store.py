@@ -178,7 +178,7 @@ class JobStore:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
-    def list(self) -> list[JobRow]:
+    def list_jobs(self) -> list[JobRow]:
         """Every job, newest first."""
         return [_job(r) for r in self._query("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC")]
 

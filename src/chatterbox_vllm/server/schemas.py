@@ -80,7 +80,6 @@ class JobRequest(SpeechOptions):
     response_format: JobFormat = "mp3"
     title: str | None = Field(None, max_length=1000, description="the audio's title (and its file name)")
     input_format: Literal["text", "markdown"] = Field("text", description="markdown: headings # to ### become chapters")
-    seed: int | None = Field(None, ge=0, le=2**62, description="piece i is spoken with seed + i")
 
 
 class JobChapter(BaseModel):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from .schemas import SpeechRequest
+from .schemas import JobRequest, SpeechRequest
 
 # Fields whose rule is not a range or a list of values, and the voice upload's form fields.
 DESCRIBED_FIELDS: dict[str, str] = {
@@ -71,6 +71,8 @@ def field_rules(model: type[BaseModel]) -> dict[str, str]:
 
 
 RULES: dict[str, str] = {**field_rules(SpeechRequest), **DESCRIBED_FIELDS}
+# A long-form job's fields (POST /v1/audio/speech/jobs): its formats include m4b, and a file may replace `input`.
+JOB_RULES: dict[str, str] = {**RULES, **field_rules(JobRequest), "file": "a .txt, .md or .epub file"}
 
 
 def _shown(value: object) -> str:
@@ -91,9 +93,9 @@ def _field(location: Sequence[object]) -> str | None:
     return str(parts[0]) if parts and isinstance(parts[0], str) else None
 
 
-def describe_validation(errors: Sequence[dict]) -> tuple[str, str | None, str]:
+def describe_validation(errors: Sequence[dict], rules: dict[str, str] = RULES) -> tuple[str, str | None, str]:
     """(message, param, code) for a request's validation errors: the first field at fault, with its rule; the
-    other fields at fault are named after it."""
+    other fields at fault are named after it. `rules`: what each field accepts (a speech request's by default)."""
     if not errors:
         return "the request is invalid", None, "invalid_request"
     first = errors[0]
@@ -107,7 +109,7 @@ def describe_validation(errors: Sequence[dict]) -> tuple[str, str | None, str]:
         if kind in _BODY_NOT_AN_OBJECT:
             return f"the request body must be a JSON object such as {EXAMPLE_BODY}", None, "invalid_request"
         return first.get("msg", "the request is invalid"), None, "invalid_request"
-    rule = RULES.get(param)
+    rule = rules.get(param)
     if kind == "missing":
         message = f"missing required parameter '{param}'" + (f": {rule}" if rule else "")
         code = "missing_required_parameter"

@@ -13,13 +13,14 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import soundfile as sf
-from fastapi import APIRouter, Depends, Request, Response, UploadFile
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
 
 from ...jobs import timeline
 from ...jobs.documents import DocumentError, parse_text, parse_upload
@@ -41,6 +42,7 @@ from ..schemas import (
     JobSnapshotEvent,
     error_responses,
 )
+from ..validation import JOB_RULES, describe_validation
 from .common import registry_of, settings_of
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -114,9 +116,12 @@ async def create_job(request: Request) -> Job:
                 param="input",
                 code="string_above_max_length",
             )
-        document = await asyncio.to_thread(
-            parse_text, body.input, markdown=body.input_format == "markdown", title=body.title
-        )
+        try:
+            document = await asyncio.to_thread(
+                parse_text, body.input, markdown=body.input_format == "markdown", title=body.title
+            )
+        except DocumentError as exc:
+            raise APIError(exc.status, exc.message, param="input", code=exc.code) from exc
     row = await submit(
         body, document, models=registry_of(request), store=service.store, runner=service.runner, settings=settings
     )
@@ -124,11 +129,12 @@ async def create_job(request: Request) -> Job:
 
 
 def _validated(parse: Any) -> JobRequest:
-    """`parse()` with its validation errors answered as the API answers any invalid body (400)."""
+    """`parse()`, its validation errors answered as the API answers any invalid body (400), in a job's terms."""
     try:
         body: JobRequest = parse()
     except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+        message, param, code = describe_validation([dict(e) for e in exc.errors()], JOB_RULES)
+        raise APIError(400, message, param=param, code=code) from exc
     return body
 
 
@@ -175,7 +181,7 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
 async def list_jobs(request: Request) -> JobList:
     """Every stored job, newest first."""
     service = _service(request)
-    rows = await asyncio.to_thread(service.store.list)
+    rows = await asyncio.to_thread(service.store.list_jobs)
     return JobList(data=[service.runner.view(row) for row in rows])
 
 
@@ -243,10 +249,20 @@ def _filename(row: JobRow, ext: str) -> str:
     return f"{stem[:120]}.{ext}"
 
 
+def _disposition(row: JobRow, ext: str) -> str:
+    """`attachment; filename="<title or id>.<ext>"` (ASCII), and the title as written in `filename*` (RFC 6266)
+    when it needed changes to be plain ASCII."""
+    plain = _filename(row, ext)
+    header = f'attachment; filename="{plain}"'
+    if row.title and plain != f"{row.title}.{ext}":
+        header += f"; filename*=UTF-8''{quote(row.title.strip()[:200] + '.' + ext, safe='')}"
+    return header
+
+
 @router.get(
     JOBS + "/{job_id}/audio",
     responses={
-        **error_responses(400, 401, 404, 503),
+        **error_responses(400, 401, 404, 409, 503),
         200: {"content": {t: {} for t in CONTENT_TYPES.values()}, "description": "the job's audio"},
     },
 )
@@ -258,6 +274,9 @@ async def job_audio(job_id: str, request: Request, format: JobFormat | None = No
     fmt = format or row.request.get("response_format", "mp3")
     store = service.store
     pieces = await asyncio.to_thread(store.done_prefix, job_id)
+    if not pieces:
+        raise APIError(409, f"job {job_id!r} has no finished piece yet; its audio starts with the first "
+                       "(GET .../events says when)", param="job_id", code="audio_not_ready")  # fmt: skip
     complete = row.state == "completed" and len(pieces) == row.pieces_total
     folder = Path(tempfile.mkdtemp(prefix=".export-", dir=store.data_dir))
     path = folder / f"audio.{fmt}"
@@ -266,15 +285,17 @@ async def job_audio(job_id: str, request: Request, format: JobFormat | None = No
         await asyncio.to_thread(
             write_audio, chunks, path, fmt, chapters=timeline.chapters(row.chapters, pieces), title=row.title
         )
-    except FileNotFoundError as exc:  # deleted while it was written
+    except FileNotFoundError as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        raise APIError(404, f"job {job_id!r} does not exist", param="job_id", code="job_not_found") from exc
+        if await asyncio.to_thread(store.get, job_id) is not None:
+            raise
+        raise APIError(404, f"job {job_id!r} does not exist", param="job_id", code="job_not_found") from exc  # deleted
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     headers = {
         "X-Chatterbox-Job-Complete": "true" if complete else "false",
-        "Content-Disposition": f'attachment; filename="{_filename(row, fmt)}"',
+        "Content-Disposition": _disposition(row, fmt),
     }
     return FileResponse(
         path,
@@ -323,10 +344,10 @@ async def job_subtitles(job_id: str, request: Request, format: Literal["vtt", "s
         return Response(
             to_srt(cues),
             media_type="application/x-subrip",
-            headers={"Content-Disposition": f'attachment; filename="{_filename(row, "srt")}"'},
+            headers={"Content-Disposition": _disposition(row, "srt")},
         )
     return Response(
         to_webvtt(cues),
         media_type="text/vtt",
-        headers={"Content-Disposition": f'attachment; filename="{_filename(row, "vtt")}"'},
+        headers={"Content-Disposition": _disposition(row, "vtt")},
     )
