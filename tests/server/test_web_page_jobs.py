@@ -247,6 +247,13 @@ def test_a_second_job_is_cancelled_and_shows_cancelled(open_page, jobs_server: S
     page.wait_for_function(f"() => window.chatterboxPage.jobs.id && window.chatterboxPage.jobs.id !== '{first}'")
     second = jobs.state()["id"]
     page.wait_for_function("() => window.chatterboxPage.jobs.piecesDone >= 1", timeout=JOB_MS)  # under way
+    # pieces done of all and the time left (or not known yet), in the text and for the bar's assistive name
+    progress, valuetext = page.evaluate(
+        "() => [document.getElementById('job-progress-text').textContent,"
+        " document.getElementById('job-bar').getAttribute('aria-valuetext')]"
+    )
+    assert re.match(r"\d+ / \d{3} pieces, .*(about .+ left|estimating the time left)$", progress), progress
+    assert valuetext == progress
     assert page.is_enabled("#job-cancel")
     page.click("#job-cancel")
     assert jobs.wait_job("cancelled") == "cancelled"

@@ -45,7 +45,8 @@
 
   // ---------------------------------------------------------------------------------------------- words
   function duration(seconds) {
-    const s = Math.max(0, Math.round(seconds));
+    if (seconds < 9.95) return `${Math.max(0, seconds).toFixed(1)} s`;
+    const s = Math.round(seconds);
     if (s < 60) return `${s} s`;
     const m = Math.floor(s / 60);
     if (m < 60) return `${m} min ${s % 60} s`;
