@@ -68,6 +68,8 @@ def test_a_job_from_submit_to_delete(server: Server) -> None:
     pieces = [e["piece"] for e in seen if e["type"] == "job.piece"]
     assert [p["index"] for p in pieces] == list(range(6))  # in order, each once
     assert [p["chapter"] for p in pieces] == [0, 0, 0, 1, 1, 1] and pieces[0]["text"] == "Opening"
+    etas = [e["job"]["eta_seconds"] for e in seen if e["type"] == "job.piece"][:-1]  # the job's own rate so far
+    assert etas and all(eta is not None and eta >= 0 for eta in etas)
     done = seen[-1]["job"]
     assert done["status"] == "completed" and done["pieces_done"] == 6 and done["eta_seconds"] is None
     assert done["finished_at"] >= done["created_at"]
@@ -132,6 +134,8 @@ def test_deleting_a_running_job_cancels_it(server: Server) -> None:
     reader = threading.Thread(target=lambda: seen.extend(events(server.url, job["id"])))
     reader.start()
     wait_for(server.url, job["id"], lambda j: j["pieces_done"] >= 1)
+    missing = httpx.get(f"{server.url}{JOBS}/{job['id']}/pieces/{job['pieces_total']}/audio", timeout=30)
+    assert assert_error(missing, 404)["code"] == "piece_not_ready"
     assert httpx.delete(f"{server.url}{JOBS}/{job['id']}", timeout=60).status_code == 200
     reader.join(60)
     assert not reader.is_alive() and seen[-1]["type"] == "job.cancelled"
