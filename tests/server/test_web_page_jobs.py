@@ -268,6 +268,14 @@ def test_a_second_job_is_cancelled_and_shows_cancelled(open_page, jobs_server: S
     assert jobs.listed().get(first) == "completed"
     assert page.locator("#error").is_hidden()
 
+    # A finished job is deleted from the list with a second press of its Delete button.
+    delete = page.locator(f"#job-list li[data-job-id='{first}'] button", has_text="Delete")
+    delete.click()
+    assert delete.inner_text() == "Press again to delete" and _api_job(jobs_server, first).status_code == 200
+    delete.click()
+    page.wait_for_function(f"() => document.querySelector('#job-list li[data-job-id=\"{first}\"]') === null")
+    assert _api_job(jobs_server, first).status_code == 404
+
 
 def test_an_uploaded_markdown_file_becomes_a_job_with_chapters(open_page, jobs_server: Server, tmp_path: Path) -> None:
     jobs = JobsPage(open_page(jobs_server))

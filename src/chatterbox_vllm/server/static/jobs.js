@@ -589,10 +589,12 @@
     if (!running && button.dataset.confirm !== "true") {
       button.dataset.confirm = "true";
       button.textContent = "Press again to delete";
+      button.setAttribute("aria-label", `Press again to delete ${jobName(job)} and its audio`);
       setTimeout(() => {
         if (button.isConnected) {
           button.dataset.confirm = "";
           button.textContent = "Delete";
+          button.setAttribute("aria-label", `Delete ${jobName(job)}`);
         }
       }, CONFIRM_MS);
       return;
