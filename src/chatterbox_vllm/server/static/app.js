@@ -1,5 +1,7 @@
 // The page at `/`: speak text with a chosen voice, hear it while it is made, download it, clone a voice.
 // Plain JavaScript with no build step and no outside resources; it talks only to the server that served it.
+// The "Long text" tab (jobs.js) uses what this file shares as window.chatterboxApi: the API key, the error
+// messages, and the model and voice lists (announced as "chatterbox:models" / "chatterbox:voices" events).
 "use strict";
 
 (() => {
@@ -21,6 +23,7 @@
     download: $("download"),
     cloneForm: $("clone-form"), cloneName: $("clone-name"), cloneFile: $("clone-file"),
     cloneConsent: $("clone-consent"), cloneSubmit: $("clone-submit"), cloneStatus: $("clone-status"),
+    tabs: [...document.querySelectorAll('#tabs [role="tab"]')],
   };
 
   // What the page is doing, readable from outside (the browser tests read it).
@@ -219,6 +222,8 @@
     el.modelField.hidden = state.models.length < 2;
     el.serverStatus.textContent = describeModels(state.models);
     chooseModel();
+    shared.models = state.models;
+    document.dispatchEvent(new CustomEvent("chatterbox:models", { detail: state.models }));
   }
 
   /** The `model` a request sends: OpenAI's name (the default model) unless the picker offers a choice. */
@@ -252,6 +257,8 @@
     el.voice.value = ids.includes(keep) ? keep : ids.includes("default") ? "default" : ids[0] || "";
     el.voice.disabled = voices.length === 0;
     el.voice.dataset.loaded = "true";
+    shared.voices = voices;
+    document.dispatchEvent(new CustomEvent("chatterbox:voices", { detail: voices }));
   }
 
   async function loadLanguages() {
@@ -628,8 +635,56 @@
     }
   }
 
+  // ------------------------------------------------------------------------------------------------- tabs
+  // "Speech" and "Long text": the WAI-ARIA tabs pattern (arrow keys, Home and End move between the tabs; only
+  // the chosen tab is in the Tab order). The chosen tab is kept in the address (#long-text) so a reload keeps it.
+  const TAB_HASHES = { "tab-speech": "", "tab-jobs": "#long-text" };
+
+  function selectTab(tab, focus = false) {
+    for (const other of el.tabs) {
+      const chosen = other === tab;
+      other.setAttribute("aria-selected", String(chosen));
+      other.tabIndex = chosen ? 0 : -1;
+      $(other.getAttribute("aria-controls")).hidden = !chosen;
+    }
+    if (focus) tab.focus();
+    const hash = TAB_HASHES[tab.id] || "";
+    if (window.location.hash !== hash) {
+      history.replaceState(null, "", hash || window.location.pathname + window.location.search);
+    }
+    document.dispatchEvent(new CustomEvent("chatterbox:tab", { detail: tab.id }));
+  }
+
+  function tabKey(event) {
+    const at = el.tabs.indexOf(event.currentTarget);
+    const moves = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: el.tabs.length - 1 };
+    if (!(event.key in moves)) return;
+    event.preventDefault();
+    const count = el.tabs.length;
+    selectTab(el.tabs[(moves[event.key] + count) % count], true);
+  }
+
+  function setUpTabs() {
+    for (const tab of el.tabs) {
+      tab.addEventListener("click", () => selectTab(tab));
+      tab.addEventListener("keydown", tabKey);
+    }
+    const wanted = el.tabs.find((tab) => TAB_HASHES[tab.id] && TAB_HASHES[tab.id] === window.location.hash);
+    if (wanted) selectTab(wanted);
+  }
+
+  // ------------------------------------------------------------------------------------- shared with jobs.js
+  const shared = {
+    apiFetch, errorMessage, showError, clearError, describe, currentKey, voiceLabel, PageError,
+    variantName: (variant) => VARIANT_NAMES[variant] || variant,
+    models: [], // as in state.models, once the server is ready
+    voices: null, // the last /v1/audio/voices list
+  };
+  window.chatterboxApi = shared;
+
   // ------------------------------------------------------------------------------------------------ start
   async function start() {
+    setUpTabs();
     el.text.addEventListener("input", updateCount);
     for (const slider of sliders()) {
       slider.addEventListener("input", () => showSlider(slider));
