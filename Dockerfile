@@ -45,10 +45,12 @@ ENV PATH=/opt/venv/bin:$PATH
 ENV HF_HOME=/models/huggingface \
     CHATTERBOX_CACHE_DIR=/models/chatterbox \
     CHATTERBOX_VOICES_DIR=/voices \
+    CHATTERBOX_DATA_DIR=/data \
     CHATTERBOX_HOST=0.0.0.0 \
     CHATTERBOX_PORT=8000
-RUN mkdir -p /models /voices && chown 10001:10001 /models /voices
-VOLUME ["/models", "/voices"]
+# /data: long-form jobs (their SQLite state and finished pieces), so a restarted container resumes them.
+RUN mkdir -p /models /voices /data && chown 10001:10001 /models /voices /data
+VOLUME ["/models", "/voices", "/data"]
 
 USER 10001:10001
 EXPOSE 8000

@@ -83,7 +83,8 @@ def live_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_EXTRA_MODELS": "random-tiny-turbo",
                "CHATTERBOX_CACHE_DIR": str(tmp / "cache"),
                "CHATTERBOX_MAX_NEW_TOKENS": "40", "CHATTERBOX_GPU_MEMORY_GIB": "1", "CHATTERBOX_MAX_MODEL_LEN": "512",
-               "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port), "CHATTERBOX_VOICES_DIR": str(tmp / "voices")}  # fmt: skip
+               "CHATTERBOX_HOST": "127.0.0.1", "CHATTERBOX_PORT": str(port), "CHATTERBOX_VOICES_DIR": str(tmp / "voices"),
+               "CHATTERBOX_DATA_DIR": str(tmp / "data")}  # fmt: skip
         return running_server([sys.executable, "-m", "chatterbox_vllm.cli", "serve"], env, port, tmp / "server.log")
 
     with lease(request, "live_server", start) as url:

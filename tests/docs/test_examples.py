@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import httpx
 import numpy as np
 import soundfile
@@ -55,3 +56,23 @@ def test_multilingual_batch_on_an_english_server(live_server: str, tmp_path: Pat
     result = run_example([sys.executable, str(EXAMPLES / "multilingual_batch.py")], live_server, tmp_path)
     assert (tmp_path / "speech_en.mp3").is_file()
     assert "fr: skipped" in result.stdout  # the English model refuses other languages with a clear 400
+
+
+def test_long_form_job(live_server: str, tmp_path: Path) -> None:
+    """A Markdown chapter file in, an m4b with its two chapters and subtitles with a cue per piece out."""
+    (tmp_path / "story.md").write_text(
+        "# The Harbour\n\nThe boats came in at dawn. Gulls followed them.\n\n"
+        "# The Market\n\nBy noon the fish were sold, and the square was quiet again.\n"
+    )
+    result = run_example([sys.executable, str(EXAMPLES / "long_form_job.py"), "story.md"], live_server, tmp_path)
+    assert "deleted job job_" in result.stdout and "2 chapters" in result.stdout
+    with av.open(str(tmp_path / "story.m4b")) as container:
+        titles = [chapter["metadata"].get("title") for chapter in container.chapters()]
+        seconds = sum(frame.samples for frame in container.decode(audio=0)) / 24000
+    assert titles == ["The Harbour", "The Market"]
+    cues = [line for line in (tmp_path / "story.vtt").read_text().splitlines() if " --> " in line]
+    assert len(cues) >= 4  # each title is a piece of its own, then the text of its chapter
+    last_end = cues[-1].split(" --> ")[1].split()[0]
+    h, m, s = last_end.split(":")
+    assert abs(int(h) * 3600 + int(m) * 60 + float(s) - seconds) < 0.1  # the cues reach the end of the audio
+    assert (tmp_path / "story.srt").read_text().count(" --> ") == len(cues)

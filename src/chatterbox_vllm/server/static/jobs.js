@@ -38,6 +38,7 @@
     piecesDone: 0,
     piecesTotal: 0,
     transport: "none", // "events" (EventSource), "polling", or "none" once the job ended
+    followedBy: "none", // how the shown job was last followed ("events" or "polling"), kept after it ended
     piecesPlayed: 0, // pieces the player has started, in order
     listed: 0, // jobs in the last list
   };
@@ -309,7 +310,7 @@
   function listen(following) {
     const source = new EventSource(`${JOBS}/${following.id}/events`);
     following.source = source;
-    state.transport = "events";
+    state.transport = state.followedBy = "events";
     const received = (event) => {
       if (shown !== following) return;
       let data;
@@ -332,7 +333,7 @@
   }
 
   function poll(following) {
-    state.transport = "polling";
+    state.transport = state.followedBy = "polling";
     const ask = async () => {
       following.timer = null;
       if (shown !== following) return;
