@@ -25,6 +25,7 @@ from chatterbox_vllm.compile_cache import (
 )
 from chatterbox_vllm.engine.vllm_engine import VLLMOptions, cudagraph_capture_sizes, engine_kwargs
 from chatterbox_vllm.engine.vllm_t3.model_dir import prepare_model_dir
+from chatterbox_vllm.loading import LoadOptions
 from chatterbox_vllm.process_setup import FLASHINFER_SAMPLER_ENV, ProcessSettings, configure_process, configured
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.tts import ChatterboxTTS
@@ -126,6 +127,18 @@ def test_vllm_takes_the_graph_sizes_and_eager_or_cpu_gets_none() -> None:
     assert "compilation_config" not in eager
     limits = Settings(preset="high").limits()
     assert VLLMOptions.from_limits(limits, torch.device("cpu")).cudagraph_capture_sizes is None
+
+
+def test_t3_data_parallel_size_reaches_vllms_parallel_config() -> None:
+    """CHATTERBOX_T3_DATA_PARALLEL_SIZE becomes vLLM's data parallelism (engines on GPUs 0..N-1); 1 passes nothing,
+    so one engine's arguments stay those every pinned vLLM version takes."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    one = LoadOptions.from_settings(Settings(device="cpu")).vllm
+    assert one is not None and one.data_parallel_size == 1 and "data_parallel_size" not in engine_kwargs(Path("/x"), one)
+    two = LoadOptions.from_settings(Settings(device="cpu", t3_data_parallel_size=2)).vllm
+    assert two is not None and two.data_parallel_size == 2
+    assert AsyncEngineArgs(**engine_kwargs(Path("/x"), two)).data_parallel_size == 2
 
 
 @pytest.mark.parametrize("value", ["false", None])

@@ -68,7 +68,7 @@ def checks(root: Path) -> list[tuple[str, bool]]:
         ("EngineArgs fields", all(re.search(rf"^    {f}:", args, re.M) for f in (
             "skip_tokenizer_init", "enable_prompt_embeds", "enable_prefix_caching", "logits_processors",
             "served_model_name", "disable_log_stats", "enforce_eager", "max_num_seqs", "gpu_memory_utilization",
-            "use_tqdm_on_load"))),
+            "use_tqdm_on_load", "data_parallel_size"))),
         ("VLLM_USE_V2_MODEL_RUNNER can select the V1 model runner", "VLLM_USE_V2_MODEL_RUNNER" in envs),
         ("output_processor.get_num_unfinished_requests", "def get_num_unfinished_requests" in output_processor),
         ("ModelRegistry.register_model(arch, 'module:Class')", "def register_model(" in registry),

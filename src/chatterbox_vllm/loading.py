@@ -83,7 +83,7 @@ class LoadOptions:
             limits = dataclasses.replace(limits, gpu_memory_gib=gpu_memory_gib)
         vllm = VLLMOptions.from_limits(
             limits, device, explicit_dtype=settings.dtype is not None, compile=settings.t3_compile,
-            cache_dir=settings.resolved_cache_dir(),
+            cache_dir=settings.resolved_cache_dir(), data_parallel_size=settings.t3_data_parallel_size,
         )  # fmt: skip
         s3gen = S3GenOptions(
             tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu",

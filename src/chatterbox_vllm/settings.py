@@ -260,6 +260,15 @@ class Settings(BaseSettings):
         "graphs; compiled at start-up, kept in the cache directory). false: eager kernels with whole-model CUDA "
         "graphs only, nothing to compile. Never on CPU, where Inductor's C++ build would cost minutes at each start",
     )
+    t3_data_parallel_size: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="T3 engines side by side, one per GPU (vLLM's data parallelism: GPUs 0 to N-1 of the visible "
+        "ones, each with the preset's batch and memory budget; vLLM balances requests between them). For a host "
+        "whose T3 is the bottleneck; S3Gen usually saturates first, and more S3Gen workers serve it better "
+        "(BENCHMARKS.md, issue 23). 1: one engine",
+    )
     t3_flashinfer_sampler: bool = Field(
         False,
         description="T3's top-k/top-p sampling through FlashInfer's kernels in vLLM (GPUs): they are compiled "

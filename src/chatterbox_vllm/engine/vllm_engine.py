@@ -64,6 +64,8 @@ class VLLMOptions:
     # Where T3's vLLM model directory is written: the server's cache directory (None: the settings', see
     # `compile_cache.cache_root`).
     cache_dir: Path | None = None
+    # T3 engines, one per GPU (vLLM's data parallelism; CHATTERBOX_T3_DATA_PARALLEL_SIZE): vLLM balances requests.
+    data_parallel_size: int = 1
 
     @classmethod
     def from_limits(
@@ -74,6 +76,7 @@ class VLLMOptions:
         explicit_dtype: bool = True,
         compile: bool = True,
         cache_dir: Path | None = None,
+        data_parallel_size: int = 1,
     ) -> VLLMOptions:
         """Settings -> engine options. On a GPU the GiB budget becomes vLLM's utilisation fraction of the device;
         on CPU it sizes vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE), and T3 runs in float32 unless a dtype was set.
@@ -97,6 +100,7 @@ class VLLMOptions:
             cudagraph_capture_sizes=cudagraph_capture_sizes(limits.max_batch_size) if graphs else None,
             compile=compile,
             cache_dir=cache_dir,
+            data_parallel_size=data_parallel_size,
         )
 
 
@@ -136,11 +140,15 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None
     whole_prefills: dict[str, Any] = {}
     if options.whole_prefills:  # a step's budget then takes the longest prompt whole
         whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=options.max_model_len)
+    parallel: dict[str, Any] = {}
+    if options.data_parallel_size > 1:  # only then: one engine's arguments stay those of every vLLM version
+        parallel = dict(data_parallel_size=options.data_parallel_size)
     graphs: dict[str, Any] = {}
     if options.cudagraph_capture_sizes and not options.enforce_eager:  # a dict: one shape from vLLM 0.26 to 0.33
         graphs = dict(compilation_config={"cudagraph_capture_sizes": list(options.cudagraph_capture_sizes)})
     return dict(
         **whole_prefills,
+        **parallel,
         **graphs,
         model=str(model_dir),
         skip_tokenizer_init=True,
