@@ -96,6 +96,9 @@ METRICS = {
     "t3_inter_tokens": ("vllm:inter_token_latency_seconds_count", "vllm:time_per_output_token_seconds_count"),
 }
 READY_TIMEOUT_S = 900.0
+# The compile caches' variables (chatterbox_vllm.compile_cache.CACHE_DIRECTORIES; named here to keep this light).
+COMPILE_CACHE_VARIABLES = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
+                           "FLASHINFER_WORKSPACE_BASE", "CUDA_CACHE_PATH")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- the server
@@ -140,7 +143,10 @@ class ServerProcess:
         self.set_env = cache_env(cache_dir)
         if max_new_tokens:
             self.set_env["CHATTERBOX_MAX_NEW_TOKENS"] = str(max_new_tokens)
-        self.env = {**os.environ, **self.set_env}
+        # The caches are the benchmark's to place: a compile-cache variable of the caller's would win over
+        # CHATTERBOX_CACHE_DIR in the server (a variable the user set wins), so none is passed on.
+        inherited = {k: v for k, v in os.environ.items() if k not in COMPILE_CACHE_VARIABLES}
+        self.env = {**inherited, **self.set_env}
         self.env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # vLLM's default, as the server runs without it
         self.max_new_tokens = max_new_tokens
         self.log = log

@@ -200,6 +200,16 @@ def test_from_settings_changes_no_process_state(tmp_path: Path) -> None:
         tts.close()
 
 
+def test_building_an_app_changes_no_process_state(tmp_path: Path) -> None:
+    """An app built only for its OpenAPI schema (the hostile-input tests do it at collection) sets no compile-cache
+    variable: the process is configured when the app starts (or by `serve` before it), never by `create_app`."""
+    from chatterbox_vllm.server.app import create_app
+
+    environment = dict(os.environ)
+    assert "paths" in create_app(Settings(device="cpu", cache_dir=str(tmp_path / "cache"))).openapi()
+    assert dict(os.environ) == environment and configured() is None
+
+
 def test_configure_process_applies_the_settings_once_and_keeps_what_the_user_set(tmp_path: Path) -> None:
     """The compile caches, vLLM's FlashInfer sampler variable, TF32 (where the settings name a GPU) and the GIL
     switch interval; a second call changes nothing; a variable the user set wins."""

@@ -43,7 +43,6 @@ def create_app(
                                 for i, m in enumerate(preloaded)])  # fmt: skip
     else:
         preloaded = []
-        configure_process(settings)  # compile caches, TF32: process-wide, set before its models load
         served = ModelRegistry(model_states(settings))
     loader = ModelLoader(settings, served)
     jobs = JobService(settings, served)
@@ -57,6 +56,9 @@ def create_app(
                 loader.serve(state, model)
             loader.announce_ready()
         else:
+            # Compile caches, TF32: process-wide, set as the app starts, before its models load (not when it is
+            # built: an app made only for its OpenAPI schema changes nothing).
+            configure_process(settings)
             loading = asyncio.create_task(loader.load())
         jobs.start()  # the runner waits for each job's model to be ready
         try:
