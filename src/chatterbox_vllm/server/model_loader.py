@@ -64,7 +64,8 @@ def vram_plan(settings: Settings, states: list[ServedModel]) -> list[float | Non
         budget = settings.vram_budget_gib
     else:
         budget = torch.cuda.mem_get_info(device)[0] / 2**30
-    needs = [model_need(state.model, _variant(state), settings.preset, limits.max_model_len, settings.s3gen_layout)
+    needs = [model_need(state.model, _variant(state), settings.preset, limits.max_model_len,
+                        settings.s3gen_layout_on(device.type))
              for state in loading]  # fmt: skip
     shares = iter(plan_t3_budgets(needs, limits, budget, t3_budget_explicit=settings.gpu_memory_gib is not None))
     budgets = [next(shares) if state.status == "loading" else None for state in states]

@@ -128,12 +128,16 @@ class Synthesizer:
         self._s3gen_batch = settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset]
         rows = min(self._s3gen_batch, self._max_batch)
         self._s3gen: S3GenWorker | S3GenProcess
-        if settings.s3gen_layout == "process":
+        # auto: a worker process on a GPU (not the low preset), where a checkpoint directory lets it load S3Gen again
+        layout = settings.s3gen_layout_on(torch.device(tts.device).type)
+        if layout == "process" and settings.s3gen_layout == "auto" and tts.vocoder_spec is None:
+            layout = "thread"
+        if layout == "process":
             self._s3gen = self._s3gen_process(rows)
             # The child warms up S3Gen (graphs, first partial) before it says it is ready; voice analysis stays here.
             self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
         else:
-            self._s3gen = S3GenWorker(tts, rows)
+            self._s3gen = S3GenWorker(tts, rows, low_rows_beside=settings.job_rows_beside_requests)
             # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
             self._warm_ups = [self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)]
             # And the first partial's shapes (GPU only): a lone stream's first audio pays no first-call cost.
@@ -154,7 +158,14 @@ class Synthesizer:
             )
         warm_up = WarmUp(self.settings.max_new_tokens, self.settings.stream_first_audio_tokens,
                          max(1, min(4, self._s3gen_batch)))  # fmt: skip
-        return S3GenProcess(spec, rows, warm_up=warm_up, call_worker=S3GenWorker(self.tts, 1), model=self.model_id)
+        return S3GenProcess(
+            spec,
+            rows,
+            warm_up=warm_up,
+            call_worker=S3GenWorker(self.tts, 1),
+            model=self.model_id,
+            low_rows_beside=self.settings.job_rows_beside_requests,
+        )
 
     def wait_warm_up(self) -> None:
         """Block until S3Gen's and voice analysis's warm-ups have run: before that, a request would queue behind
