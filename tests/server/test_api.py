@@ -412,8 +412,8 @@ def test_health_and_metrics(server: Server) -> None:
     assert health["variant"] == "english"
     (entry,) = health["models"]
     phases, ready_after = entry.pop("startup_phases_s"), entry.pop("ready_after_s")  # how the start went
-    assert entry == {"id": "chatterbox-english", "model": "english", "variant": "english", "status": "ready",
-                     "engine": "vllm"}  # fmt: skip
+    assert entry == {"id": "chatterbox-english", "model": "english", "variant": "english", "display_name": "English",
+                     "status": "ready", "engine": "vllm"}  # fmt: skip
     assert list(phases)[:2] == ["load_s3gen_voice_encoder", "t3_engine"] and phases["t3_engine"] > 0
     assert ready_after >= 0
     speech(server, response_format="pcm")

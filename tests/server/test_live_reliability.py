@@ -122,8 +122,9 @@ def test_while_the_model_loads_health_and_speech_answer_503(live: Live) -> None:
         status, body = seen["health"]
         assert status == 503 and body["status"] == "loading" and body["model"] == "random-tiny"
         (model,) = body["models"]
-        assert model == {"id": "chatterbox-english", "model": "random-tiny", "variant": "english", "status": "loading",
-                         "stage": model["stage"], "random_weights": True}  # fmt: skip
+        assert model == {"id": "chatterbox-english", "model": "random-tiny", "variant": "english",
+                         "display_name": "English", "status": "loading", "stage": model["stage"],
+                         "random_weights": True}  # fmt: skip
         assert model["stage"] and body["loading"] == f"chatterbox-english (random-tiny): {model['stage']}"
         speech = seen["speech"]
         assert speech.status_code == 503 and speech.json()["error"]["code"] == "model_loading"

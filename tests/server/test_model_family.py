@@ -39,7 +39,8 @@ def _family() -> ModelFamily:
         repo_id="example/tiny-english-2",
     )  # fmt: skip
     return dataclasses.replace(
-        english, name=NAME, layout=layout, hub_aliases=(), random_model="random-tiny-english-2",
+        english, name=NAME, display_name="Tiny English 2", layout=layout, hub_aliases=(),
+        random_model="random-tiny-english-2",
         sampling_defaults=_sampling, tail_tokens=2,
     )  # fmt: skip
 
@@ -80,6 +81,8 @@ def test_a_registered_family_is_served_by_chatterbox_tts_and_the_http_app(family
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert health.status_code == 200, health.text
+        # the web page names the model as its family does
+        assert [m["display_name"] for m in health.json()["models"]] == ["Tiny English 2"]
         ids = [m["id"] for m in httpx.get(f"{running.url}/v1/models").json()["data"]]
         assert f"chatterbox-{NAME}" in ids
         response = httpx.post(f"{running.url}/v1/audio/speech", timeout=120, json={

@@ -47,6 +47,7 @@ class ModelFamily:
     """One model family. `name` is the variant name (a registry key, /v1/models' `chatterbox-<name>`)."""
 
     name: str
+    display_name: str  # how people call it (the web page's model list): "English", "Turbo"
     layout: CheckpointLayout
     # Model settings that name the family's published checkpoint on the hub, and its random-weight stand-in.
     hub_aliases: tuple[str, ...]

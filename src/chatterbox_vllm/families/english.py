@@ -54,6 +54,7 @@ def llama_sampling(**settings: Any) -> Any:
 
 FAMILY: ModelFamily = register(ModelFamily(
     name="english",
+    display_name="English",
     layout=LAYOUT,
     hub_aliases=("english", "en"),
     random_model="random-tiny",

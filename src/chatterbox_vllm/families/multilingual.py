@@ -43,6 +43,7 @@ def t3_preset() -> Any:
 FAMILY: ModelFamily = register(dataclasses.replace(
     english.FAMILY,
     name="multilingual",
+    display_name="multilingual",
     layout=LAYOUT,
     hub_aliases=("multilingual", "mtl"),
     random_model="random-tiny-multilingual",

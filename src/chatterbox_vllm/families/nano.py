@@ -20,6 +20,7 @@ def t3_preset() -> Any:
 FAMILY: ModelFamily = register(dataclasses.replace(
     turbo.FAMILY,
     name="nano",
+    display_name="Nano",
     layout=dataclasses.replace(turbo.LAYOUT, variant="nano", t3="t3_nano_v1.safetensors", repo_id=NANO_REPO_ID),
     hub_aliases=("nano", "chatterbox-nano"),
     random_model="random-tiny-nano",

@@ -55,6 +55,7 @@ def gpt2_sampling(**settings: Any) -> Any:
 
 FAMILY: ModelFamily = register(ModelFamily(
     name="turbo",
+    display_name="Turbo",
     layout=LAYOUT,
     hub_aliases=("turbo", "chatterbox-turbo"),
     random_model="random-tiny-turbo",

@@ -223,6 +223,7 @@ class ModelHealth(BaseModel):
     id: str | None  # null for a name that is no model
     model: str
     variant: str | None
+    display_name: str | None = None  # the family's name for people (the web page's model list)
     status: Literal["loading", "ready", "error"]
     stage: str | None = None  # while it loads
     engine: str | None = None

@@ -6,6 +6,7 @@ import torch
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ... import families
 from ...checkpoint.hub import RANDOM_MODELS
 from ..registry import ServedModel
 from ..schemas import Health, ModelHealth, S3GenHealth, VramHealth
@@ -54,6 +55,8 @@ async def health(request: Request, response: Response) -> Health:
 def _model_health(state: ServedModel) -> ModelHealth:
     """One model in /health: its name for requests, what loaded it, and how it is."""
     entry = ModelHealth(id=state.id, model=state.model, variant=state.variant, status=state.status)
+    if state.variant in families.names():
+        entry.display_name = families.get(state.variant).display_name
     if state.stage is not None:
         entry.stage = state.stage
     loaded = state.loaded

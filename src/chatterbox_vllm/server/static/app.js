@@ -164,7 +164,9 @@
   }
 
   // ------------------------------------------------------------------------------ model, voices, languages
-  const VARIANT_NAMES = { english: "English", multilingual: "multilingual", turbo: "Turbo", nano: "Nano" };
+  // Each model's name for people comes from its family (/health's display_name); the variant where none is given.
+  const displayNames = {};
+  const variantName = (variant) => displayNames[variant] || variant;
 
   /** Wait until the default model serves; the models that serve by then fill the model picker (shown when the
    * server loads more than one). A model that failed is reported, the others are used. */
@@ -204,7 +206,7 @@
   /** What the header says is loaded, in the words of /health: a random-weight checkpoint (random-tiny) is
    * said to be one, as its speech is noise. */
   function describeModels(models) {
-    const names = models.map((m) => VARIANT_NAMES[m.variant] || m.variant);
+    const names = models.map((m) => variantName(m.variant));
     if (models.length === 1 && models[0].random) {
       return `Ready: ${models[0].model}, random weights in the ${names[0]} model's shape; its speech is noise.`;
     }
@@ -213,9 +215,10 @@
   }
 
   function showModels(models) {
+    for (const m of models) if (m.display_name) displayNames[m.variant] = m.display_name;
     state.models = models.map((m) => ({ id: m.id, variant: m.variant, model: m.model, random: !!m.random_weights }));
     el.model.replaceChildren(...state.models.map((m) => {
-      const name = VARIANT_NAMES[m.variant] || m.variant;
+      const name = variantName(m.variant);
       return new Option(m.random ? `${name} (random weights)` : name, m.id);
     }));
     el.model.value = state.models[0].id;
@@ -676,7 +679,7 @@
   // ------------------------------------------------------------------------------------- shared with jobs.js
   const shared = {
     apiFetch, errorMessage, showError, clearError, describe, currentKey, voiceLabel, PageError,
-    variantName: (variant) => VARIANT_NAMES[variant] || variant,
+    variantName,
     models: [], // as in state.models, once the server is ready
     voices: null, // the last /v1/audio/voices list
   };
