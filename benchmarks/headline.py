@@ -153,6 +153,7 @@ class ServerProcess:
         self.on_start = on_start
         self.process: subprocess.Popen | None = None
         self.ready_s = math.nan
+        self.startup: dict[str, Any] = {}
 
     def __enter__(self) -> "ServerProcess":
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -168,8 +169,19 @@ class ServerProcess:
             self.stop()
             raise
         self.ready_s = time.perf_counter() - start
-        print(f"server ready in {self.ready_s:.1f} s: {shlex.join(self.cmd[1:])}", flush=True)
+        self.startup = self._startup_phases()
+        print(f"server ready in {self.ready_s:.1f} s: {shlex.join(self.cmd[1:])}; phases {json.dumps(self.startup)}",
+              flush=True)  # fmt: skip
         return self
+
+    def _startup_phases(self) -> dict[str, Any]:
+        """Each model's start-up phases (s) and S3Gen's layout, from /health once ready (S3Gen's warm-ups finish
+        before a model is marked ready): where a start's time went."""
+        health: dict[str, Any] = {}
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            health = httpx.get(f"{self.url}/health", timeout=30).json()
+        return {str(m.get("id", i)): {"phases_s": m.get("startup_phases_s"), "s3gen": m.get("s3gen")}
+                for i, m in enumerate(health.get("models") or [])}  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -187,7 +199,8 @@ class ServerProcess:
     def describe(self) -> dict[str, Any]:
         """The command, the variables this benchmark set for it and every CHATTERBOX_/VLLM_ one it had."""
         passed = {k: v for k, v in self.env.items() if k.startswith(("CHATTERBOX_", "VLLM_")) or k in self.set_env}
-        return {"command": shlex.join(self.cmd), "set_env": self.set_env, "env": passed, "ready_s": self.ready_s}
+        return {"command": shlex.join(self.cmd), "set_env": self.set_env, "env": passed, "ready_s": self.ready_s,
+                "startup": self.startup}  # fmt: skip
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -202,6 +202,14 @@ class Settings(BaseSettings):
     job_max_jobs: int = Field(
         100, ge=1, le=100_000, description="long-form speech jobs kept at once (any state); more are refused (429)"
     )
+    job_rows_beside_requests: int = Field(
+        1, ge=1, le=64,
+        description="while speech requests are in progress (or came within the last 2 s), long-form jobs' pieces "
+        "join S3Gen's batches at most this many at a time (and while requests are in progress jobs leave a quarter of "
+        "T3's batch free for more): a running S3Gen batch cannot be interrupted, so a new request's first audio "
+        "waits for at most this many job pieces (~0.1 s for one on an H200). Higher: jobs go faster beside requests, "
+        "first audio slower",
+    )  # fmt: skip
     job_disk_limit_gib: float = Field(
         20.0, gt=0, description="disk the jobs' audio pieces may use together, GiB (a new job's estimate included)"
     )
@@ -233,14 +241,14 @@ class Settings(BaseSettings):
         description="pieces of concurrent requests S3Gen vocodes in one batch (1: one at a time; at most the batch "
         "size)",
     )
-    s3gen_layout: Literal["thread", "process"] = Field(
-        "thread",
+    s3gen_layout: Literal["auto", "thread", "process"] = Field(
+        "auto",
         description="where S3Gen runs: thread (a thread of the server process, beside the event loop) | process (a "
         "worker process of its own, started with spawn, off the server's GIL; restarted if it dies, with the pieces "
-        "in flight sent again). On one GPU separate processes time-slice it (their kernels do not overlap) unless "
-        "NVIDIA MPS runs, and each process holds its own CUDA context (~0.5 GB; with the worker's copy of S3Gen's "
-        "weights ~1 GB more GPU memory, counted in the VRAM plan). Voice-clip analysis stays in the server process "
-        "either way. Not yet measured against thread (BENCHMARKS.md, step 3)",
+        "in flight sent again) | auto (process on a GPU with the high preset, where it measured 1.4x the thread's "
+        "throughput at 64 concurrent on an H200, BENCHMARKS.md; thread on a CPU and with the low and medium presets, "
+        "whose 8 and 12 GB cards are better off without the worker's own CUDA context and copy of S3Gen's weights, "
+        "~1 GB, counted in the VRAM plan). Voice-clip analysis stays in the server process either way",
     )
     s3gen_devices: str | None = Field(
         None,
@@ -437,6 +445,12 @@ class Settings(BaseSettings):
         """`max_upload_mib` in bytes: the one figure the body-size middleware, the upload route and the voice
         library all enforce (each layer on its own: a chunked body has no declared length)."""
         return int(self.max_upload_mib * 2**20)
+
+    def s3gen_layout_on(self, device_type: str) -> Literal["thread", "process"]:
+        """The S3Gen layout this server runs on a device of `device_type` ("cuda" or "cpu"): `auto` resolved."""
+        if self.s3gen_layout != "auto":
+            return self.s3gen_layout
+        return "process" if device_type == "cuda" and self.preset == "high" else "thread"
 
     def limits(self) -> EngineLimits:
         """The preset's limits with every explicitly set value in its place."""

@@ -49,6 +49,9 @@ def test_quick_run_report_and_table(tmp_path: Path) -> None:
     assert "chatterbox_vllm.cli serve --model random-tiny --preset high --port" in cold["command"]
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in cold["env"] and cold["env"]["CHATTERBOX_GPU_MEMORY_GIB"] == "1"
     assert cold["set_env"]["CHATTERBOX_MAX_NEW_TOKENS"] == "75"  # the stand-in for the stop token, said so
+    # where each start's time went, from the server's /health: its one model's phases
+    [started] = cold["startup"].values()
+    assert started["phases_s"]["t3_engine"] > 0 and started["s3gen"] is None  # a CPU server: S3Gen on a thread
     logs = {log.name: log.read_text() for log in work.glob("*.log")}
     assert set(logs) == {"english-cold.log", "english-warm.log", "turbo.log", "multilingual-low.log"}
     assert all("EngineCore" in text for text in logs.values())  # vLLM's engine core in a process of its own

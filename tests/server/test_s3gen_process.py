@@ -219,13 +219,20 @@ def test_the_child_of_a_killed_server_exits(english_tiny_checkpoint: Path, tmp_p
 
 # ------------------------------------------------------------------------------------------ settings
 def test_the_layout_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().s3gen_layout == "thread"
+    assert Settings().s3gen_layout == "auto"
+    # auto: a worker process only on a GPU with the high preset (measured there); a thread elsewhere
+    assert Settings(preset="high").s3gen_layout_on("cuda") == "process"
+    assert Settings(preset="high").s3gen_layout_on("cpu") == "thread"
+    assert Settings(preset="medium").s3gen_layout_on("cuda") == "thread"
+    assert Settings(preset="low").s3gen_layout_on("cuda") == "thread"
+    assert Settings(preset="high", s3gen_layout="thread").s3gen_layout_on("cuda") == "thread"
+    assert Settings(preset="low", s3gen_layout="process").s3gen_layout_on("cpu") == "process"
     monkeypatch.setenv("CHATTERBOX_S3GEN_LAYOUT", "process")
     assert Settings().s3gen_layout == "process"
     monkeypatch.setenv("CHATTERBOX_S3GEN_LAYOUT", "fibre")
     with pytest.raises(pydantic.ValidationError, match="s3gen_layout"):
         Settings()
-    with pytest.raises(pydantic.ValidationError, match="'thread' or 'process'"):
+    with pytest.raises(pydantic.ValidationError, match="'auto', 'thread' or 'process'"):
         Settings(s3gen_layout="processes")
 
 

@@ -18,8 +18,10 @@ from prometheus_client import REGISTRY
 from chatterbox_vllm.models.s3gen.flow import FlowRow
 from chatterbox_vllm.tts import ChatterboxTTS, VocodeJob
 from chatterbox_vllm.server.s3gen_worker import (
+    INTERACTIVE_QUIET_S,
     MAX_BATCH_TOKENS,
     S3GenWorker,
+    cap_low_rows,
     default_batch_tokens,
     padded_tokens,
     select_batch,
@@ -228,6 +230,45 @@ def test_job_pieces_batch_only_after_every_waiting_interactive_piece() -> None:
         interactive, [False, True, False, False], max_rows=3, max_tokens=100_000)  # fmt: skip
     # only job pieces waiting: the usual rules among them
     assert select_batch([200, 300, 180], [False] * 3, max_rows=8, max_tokens=4096, low=[True] * 3) == [0, 1, 2]
+
+
+def test_job_rows_are_capped_and_interactive_pieces_never_dropped() -> None:
+    low = [True, False, True, True, False, True]
+    assert cap_low_rows([0, 1, 2, 3, 4, 5], low, 1) == [0, 1, 4]  # the oldest job piece, every interactive one
+    assert cap_low_rows([1, 2, 3, 4], low, 2) == [1, 2, 3, 4]
+    assert cap_low_rows([0, 2, 3], low, 2) == [0, 2]
+
+
+def test_job_pieces_go_a_few_at_a_time_while_requests_come(tts: ChatterboxTTS, jobs: list[VocodeJob]) -> None:
+    """With interactive work just seen, a batch takes at most `low_rows_beside` job pieces (a running batch cannot be
+    interrupted: the next request's audio waits for it); once requests have stopped for INTERACTIVE_QUIET_S, job
+    pieces fill whole batches again. Each piece keeps its own audio either way."""
+    worker = S3GenWorker(tts, max_batch=8, low_rows_beside=1)
+    try:
+        gate = threading.Event()
+        worker.call(gate.wait, 30)
+        before = batches_seen()
+        interactive = worker.vocode(jobs[0])
+        low = [worker.vocode(job, low_priority=True) for job in jobs[1:]]
+        gate.set()
+        wavs = [f.result(timeout=120) for f in [interactive, *low]]
+        count, total = batches_seen()
+        # the interactive piece with one job piece, then the other two job pieces one at a time
+        assert (count - before[0], total - before[1]) == (3, len(jobs))
+        for job, wav in zip(jobs, wavs, strict=True):
+            np.testing.assert_allclose(wav, tts.vocode(job.tokens, job.conds, seed=job.seed), atol=2e-4, rtol=0)
+        time.sleep(INTERACTIVE_QUIET_S + 0.2)  # requests stopped: jobs' pieces batch together again
+        worker.call(gate.clear)
+        worker.call(gate.wait, 30)
+        before = batches_seen()
+        low = [worker.vocode(job, low_priority=True) for job in jobs]
+        gate.set()
+        for f in low:
+            f.result(timeout=120)
+        count, total = batches_seen()
+        assert (count - before[0], total - before[1]) == (1, len(jobs))
+    finally:
+        worker.shutdown()
 
 
 def test_the_token_budget_bounds_a_selected_batch() -> None:

@@ -5,9 +5,12 @@ job piece by piece and stores each finished piece (`store`).
   goes on from its finished pieces: piece i is always spoken with seed + i, so the pieces made after a restart are
   those an uninterrupted run makes.
 * Fairness: jobs run below /v1/audio/speech. At most `max(1, max_batch_size - interactive requests in progress)`
-  pieces (of all jobs together, taken in turn) are in flight, re-checked before each new piece: an idle server
-  decodes many pieces of a job together, a busy one leaves T3's batch to requests. In S3Gen a job's piece joins a
-  batch only after the interactive pieces waiting (`S3GenWorker.vocode(low_priority=True)`).
+  pieces (of all jobs together, taken in turn) are in flight, less a quarter of the batch while requests are in
+  progress, re-checked before each new piece: an idle server decodes many pieces of a job together, a busy one
+  leaves T3's batch to requests. In S3Gen a job's piece joins a batch only after the interactive pieces waiting
+  (`S3GenWorker.vocode(low_priority=True)`), and while requests keep coming at most
+  CHATTERBOX_JOB_ROWS_BESIDE_REQUESTS job pieces go in one batch: a batch under way cannot be interrupted, so this
+  bounds how long a request's first audio waits behind jobs.
 * A piece that fails is tried once more; failing again, it fails its job (others go on). An OSError storing a piece
   (a full disk) fails the job with code `disk_full`.
 * Progress: the store's counters after every piece, and events for SSE subscribers (`events`), in piece order (a
@@ -130,10 +133,13 @@ class JobRunner:
         return sum(len(job.tasks) for job in self._running.values())
 
     def capacity(self) -> int:
-        """Pieces the jobs may have in flight now: T3's batch less the interactive requests in progress."""
+        """Pieces the jobs may have in flight now: T3's batch less the interactive requests in progress and, while
+        there are any, a quarter of the batch kept free for the next ones (a request that finds T3's batch full of
+        job pieces waits for one to finish)."""
         ready = self.models.loaded()
         interactive = ready[0].synthesizer.active if ready else 0  # one admission for every model
-        return max(1, self.max_batch - interactive)
+        reserve = self.max_batch // 4 if interactive else 0
+        return max(1, self.max_batch - interactive - reserve)
 
     def eta(self, job_id: str) -> float | None:
         job = self._running.get(job_id)

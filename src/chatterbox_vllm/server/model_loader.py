@@ -67,7 +67,8 @@ def vram_plan(settings: Settings, states: list[ServedModel]) -> list[float | Non
         budget = settings.vram_budget_gib
     else:
         budget = torch.cuda.mem_get_info(device)[0] / 2**30
-    needs = [model_need(state.model, _variant(state), settings.preset, limits.max_model_len, settings.s3gen_layout)
+    needs = [model_need(state.model, _variant(state), settings.preset, limits.max_model_len,
+                        settings.s3gen_layout_on(device.type))
              for state in loading]  # fmt: skip
     shares = iter(plan_t3_budgets(needs, limits, budget, t3_budget_explicit=settings.gpu_memory_gib is not None))
     budgets = [next(shares) if state.status == "loading" else None for state in states]
@@ -86,9 +87,10 @@ def check_placement(settings: Settings, loading: list[ServedModel]) -> None:
     if not loading or not spread or not placement.gpus():
         return
     limits = settings.limits()
-    needs = [model_need(state.model, _variant(state), settings.preset, limits.max_model_len, settings.s3gen_layout)
+    layout = settings.s3gen_layout_on(placement.t3_device.type)
+    needs = [model_need(state.model, _variant(state), settings.preset, limits.max_model_len, layout)
              for state in loading]  # fmt: skip
-    devices = plan_devices(placement, needs, [limits.gpu_memory_gib] * len(needs), layout=settings.s3gen_layout,
+    devices = plan_devices(placement, needs, [limits.gpu_memory_gib] * len(needs), layout=layout,
                            t3_engines=settings.t3_data_parallel_size)  # fmt: skip
     free = {name: torch.cuda.mem_get_info(torch.device(name))[0] / 2**30 for name in devices}
     if settings.vram_budget_gib is not None and str(placement.t3_device) in free:

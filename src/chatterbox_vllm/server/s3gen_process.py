@@ -83,6 +83,7 @@ class _ChildConfig:
     max_batch_tokens: int | None
     warm_up: WarmUp
     voice_cache: int = VOICE_CACHE
+    low_rows_beside: int | None = None
 
 
 @dataclass
@@ -155,7 +156,9 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
     except BaseException as exc:  # noqa: BLE001 - said to the parent, which fails its readiness with it
         send(("ready", {}, _portable(exc)))
         return
-    worker = S3GenWorker(vocoder, config.max_batch, config.max_batch_tokens, record=report)
+    worker = S3GenWorker(
+        vocoder, config.max_batch, config.max_batch_tokens, record=report, low_rows_beside=config.low_rows_beside
+    )
     warm = config.warm_up
     graphs = worker.call(vocoder.warm_up, warm.max_new_tokens)
     partial = worker.call(_warm_up_partial_logged, vocoder, warm.first_partial_tokens, warm.rows)
@@ -243,11 +246,13 @@ class S3GenProcess:
     def __init__(
         self, spec: VocoderSpec, max_batch: int, *, warm_up: WarmUp, call_worker: S3GenWorker,
         max_batch_tokens: int | None = None, model: str = "", voice_cache: int = VOICE_CACHE,
+        low_rows_beside: int | None = None,
     ) -> None:  # fmt: skip
         """`call_worker`: the parent's thread for `call` work (voice analysis). `model`: the served model's id, the
-        restart counter's label. `voice_cache`: voices the child keeps."""
+        restart counter's label. `voice_cache`: voices the child keeps. `low_rows_beside`: `S3GenWorker`'s."""
         self.max_batch = max(1, max_batch)
-        self._config = _ChildConfig(spec, self.max_batch, max_batch_tokens, warm_up, max(1, voice_cache))
+        self._config = _ChildConfig(spec, self.max_batch, max_batch_tokens, warm_up, max(1, voice_cache),
+                                    low_rows_beside)  # fmt: skip
         self._calls = call_worker
         self._model = model
         self._context = multiprocessing.get_context("spawn")

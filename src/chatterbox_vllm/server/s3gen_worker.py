@@ -167,6 +167,25 @@ def _select_tier(
     return sorted(chosen)
 
 
+# After an interactive piece or partial, how long the worker keeps long-form jobs' pieces to `low_rows_beside` rows a
+# batch: requests come one after another (a stream's pieces and partials, the next request a moment later), and a
+# running batch cannot be interrupted, so jobs' batches stay short until requests have stopped coming for a while.
+INTERACTIVE_QUIET_S = 2.0
+
+
+def cap_low_rows(chosen: list[int], low: list[bool], max_low: int) -> list[int]:
+    """`chosen` (arrival order) keeping at most `max_low` low-priority pieces, the oldest: an interactive piece is
+    never dropped."""
+    kept, low_kept = [], 0
+    for i in chosen:
+        if low[i]:
+            if low_kept >= max_low:
+                continue
+            low_kept += 1
+        kept.append(i)
+    return kept
+
+
 # Told of each piece of work the thread ran: its kind ("vocode", "partial", "call"), seconds and rows (pieces in a
 # batch; 1 for a call). The default records the S3Gen metrics; the S3Gen process's worker reports to its parent.
 WorkRecorder = Callable[[str, float, int], None]
@@ -189,13 +208,16 @@ def record_work(kind: str, seconds: float, rows: int, device: str | None = None)
 class S3GenWorker:
     def __init__(
         self, tts: VocoderLike, max_batch: int, max_batch_tokens: int | None = None, *,
-        record: WorkRecorder | None = None,
+        record: WorkRecorder | None = None, low_rows_beside: int | None = None,
     ) -> None:  # fmt: skip
         """`tts`: what vocodes (a ChatterboxTTS, or a `Vocoder` alone in the S3Gen process). `max_batch_tokens`: None
         takes `default_batch_tokens(max_batch)`. `record` hears of each piece of work run (`WorkRecorder`; None:
-        `record_work`, by `tts`'s device)."""
+        `record_work`, by `tts`'s device). `low_rows_beside`: low-priority pieces a batch takes at most while
+        interactive work came within INTERACTIVE_QUIET_S (None: as many as fit)."""
         self.tts = tts
         self.record = record or functools.partial(record_work, device=str(tts.device))
+        self.low_rows_beside = low_rows_beside
+        self._last_interactive = -float("inf")  # monotonic time an interactive piece or partial was last taken
         self.max_batch = max(1, max_batch)
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(self.max_batch)
         tts.set_s3gen_max_rows(self.max_batch)  # S3Gen's CUDA graphs then serve batches this large
@@ -262,6 +284,8 @@ class S3GenWorker:
                     continue
                 (partials if isinstance(item, _Partial) else pending).append(item)
             later, stop = self._take_waiting(pending, partials)
+            if partials or any(not piece.low_priority for piece in pending):
+                self._last_interactive = time.monotonic()
             partials = [item for item in partials if not item.future.cancelled()]  # their requests went away
             if partials:
                 batch_of_partials, partials = self._partial_batch(partials)
@@ -269,8 +293,11 @@ class S3GenWorker:
             pending = [piece for piece in pending if not piece.future.cancelled()]
             if pending:
                 lengths = [padded_tokens(piece.job) for piece in pending]
+                low = [p.low_priority for p in pending]
                 chosen = select_batch(lengths, [p.passed_over for p in pending], self.max_batch, self.max_batch_tokens,
-                                      [p.low_priority for p in pending])  # fmt: skip
+                                      low)  # fmt: skip
+                if self.low_rows_beside is not None and self._requests_recent():
+                    chosen = cap_low_rows(chosen, low, self.low_rows_beside)
                 batch = [pending[i] for i in chosen]
                 taken = set(chosen)
                 newest = max(chosen)
@@ -287,6 +314,10 @@ class S3GenWorker:
                     left.future.cancel()
                 self._cancel_rest()
                 return
+
+    def _requests_recent(self) -> bool:
+        """Whether interactive work came within INTERACTIVE_QUIET_S: jobs' pieces then go a few at a time."""
+        return time.monotonic() - self._last_interactive < INTERACTIVE_QUIET_S
 
     def _take_waiting(self, pending: list[_Vocode], partials: list[_Partial]) -> tuple[list[_Call], bool]:
         """Move every piece and partial waiting in the queue into `pending` / `partials`; returns the other work met

@@ -132,17 +132,21 @@ class Synthesizer:
         rows = min(self._s3gen_batch, self._max_batch)
         # Where S3Gen's workers run (CHATTERBOX_S3GEN_DEVICES; unset: one beside T3, on the model's device).
         self.placement = resolve_placement(settings, t3_device=tts.device)
+        # auto: a worker process on a GPU (not the low preset), where a checkpoint directory lets it load S3Gen again
+        layout = settings.s3gen_layout_on(torch.device(tts.device).type)
+        if layout == "process" and settings.s3gen_layout == "auto" and tts.vocoder_spec is None:
+            layout = "thread"
         self._s3gen: S3GenWorker | S3GenProcess | S3GenPool
         if self.placement.workers > 1:
             log.info("%s: %s, each in a process of its own", self.model_id, self.placement.describe())
             self._s3gen = self._s3gen_pool(rows)
             self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
-        elif self.placement.s3gen_in_processes(settings.s3gen_layout):
+        elif self.placement.s3gen_in_processes(layout):
             self._s3gen = self._s3gen_process(rows, self.placement.s3gen_devices[0])
             # The child warms up S3Gen (graphs, first partial) before it says it is ready; voice analysis stays here.
             self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
         else:
-            self._s3gen = S3GenWorker(tts, rows)
+            self._s3gen = S3GenWorker(tts, rows, low_rows_beside=settings.job_rows_beside_requests)
             # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
             self._warm_ups = [self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)]
             # And the first partial's shapes (GPU only): a lone stream's first audio pays no first-call cost.
@@ -167,8 +171,14 @@ class Synthesizer:
             )
         warm_up = WarmUp(self.settings.max_new_tokens, self.settings.stream_first_audio_tokens,
                          max(1, min(4, self._s3gen_batch)))  # fmt: skip
-        return S3GenProcess(dataclasses.replace(spec, device=str(device)), rows, warm_up=warm_up,
-                            call_worker=call_worker or S3GenWorker(self.tts, 1), model=self.model_id)  # fmt: skip
+        return S3GenProcess(
+            dataclasses.replace(spec, device=str(device)),
+            rows,
+            warm_up=warm_up,
+            call_worker=call_worker or S3GenWorker(self.tts, 1),
+            model=self.model_id,
+            low_rows_beside=self.settings.job_rows_beside_requests,
+        )
 
     def _s3gen_pool(self, rows: int) -> S3GenPool:
         """One S3Gen worker process per placed worker, started side by side, behind a pool that routes each piece
