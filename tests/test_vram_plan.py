@@ -71,13 +71,16 @@ def test_an_explicit_t3_budget_is_kept_and_the_message_says_what_would_fit() -> 
 
 def test_the_server_plans_only_several_models_on_a_gpu(tmp_path) -> None:
     two = Settings(model="random-tiny", extra_models="random-tiny-turbo", preset="high", device="cuda",
-                   vram_budget_gib=22.5)  # fmt: skip
+                   vram_budget_gib=22.5, s3gen_layout="thread")  # fmt: skip
     assert vram_plan(two, model_states(two)) == [6.15, 6.15]  # no GPU is touched: the budget is given
+    # the high preset's default on a GPU runs S3Gen in a process of its own: each pipeline holds S3GEN_PROCESS_GIB more
+    auto = two.model_copy(update={"s3gen_layout": "auto"})
+    assert vram_plan(auto, model_states(auto)) == [6.15 - S3GEN_PROCESS_GIB, 6.15 - S3GEN_PROCESS_GIB]
     assert vram_plan(two.model_copy(update={"device": "cpu"}), model_states(two)) == [None, None]
     one = Settings(model="random-tiny", device="cuda", vram_budget_gib=4)
     assert vram_plan(one, model_states(one)) == [None]  # one model: vLLM checks its own budget, as before
     failed = Settings(model="random-tiny", extra_models=[str(tmp_path / "none"), "random-tiny-turbo"],
-                      preset="high", device="cuda", vram_budget_gib=22.5)  # fmt: skip
+                      preset="high", device="cuda", vram_budget_gib=22.5, s3gen_layout="thread")  # fmt: skip
     states = model_states(failed)
     assert [s.status for s in states] == ["loading", "error", "loading"]
     assert vram_plan(failed, states) == [6.15, None, 6.15]  # a model that cannot load takes no share
