@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from chatterbox_vllm.models.t3.config import T3Config
+from chatterbox_vllm.placement import Placement, PlacementError
 from chatterbox_vllm.server.model_loader import model_states, vram_plan
 from chatterbox_vllm.settings import PRESETS, EngineLimits, Settings
 from chatterbox_vllm.vram_plan import (
-    PIPELINE_GIB, VRAMPlanError, model_need, plan_t3_budgets, t3_kv_bytes_per_token, t3_weight_bytes,
+    CUDA_CONTEXT_GIB, PIPELINE_GIB, S3GEN_PROCESS_GIB, S3GEN_WORK_GIB, VRAMPlanError, check_devices, model_need,
+    plan_devices, plan_t3_budgets, t3_kv_bytes_per_token, t3_weight_bytes,
 )  # fmt: skip
 
 
@@ -68,13 +71,16 @@ def test_an_explicit_t3_budget_is_kept_and_the_message_says_what_would_fit() -> 
 
 def test_the_server_plans_only_several_models_on_a_gpu(tmp_path) -> None:
     two = Settings(model="random-tiny", extra_models="random-tiny-turbo", preset="high", device="cuda",
-                   vram_budget_gib=22.5)  # fmt: skip
+                   vram_budget_gib=22.5, s3gen_layout="thread")  # fmt: skip
     assert vram_plan(two, model_states(two)) == [6.15, 6.15]  # no GPU is touched: the budget is given
+    # the high preset's default on a GPU runs S3Gen in a process of its own: each pipeline holds S3GEN_PROCESS_GIB more
+    auto = two.model_copy(update={"s3gen_layout": "auto"})
+    assert vram_plan(auto, model_states(auto)) == [6.15 - S3GEN_PROCESS_GIB, 6.15 - S3GEN_PROCESS_GIB]
     assert vram_plan(two.model_copy(update={"device": "cpu"}), model_states(two)) == [None, None]
     one = Settings(model="random-tiny", device="cuda", vram_budget_gib=4)
     assert vram_plan(one, model_states(one)) == [None]  # one model: vLLM checks its own budget, as before
     failed = Settings(model="random-tiny", extra_models=[str(tmp_path / "none"), "random-tiny-turbo"],
-                      preset="high", device="cuda", vram_budget_gib=22.5)  # fmt: skip
+                      preset="high", device="cuda", vram_budget_gib=22.5, s3gen_layout="thread")  # fmt: skip
     states = model_states(failed)
     assert [s.status for s in states] == ["loading", "error", "loading"]
     assert vram_plan(failed, states) == [6.15, None, 6.15]  # a model that cannot load takes no share
@@ -85,3 +91,48 @@ def test_the_server_plans_only_several_models_on_a_gpu(tmp_path) -> None:
 def test_pipeline_figures_cover_every_backbone_and_preset() -> None:
     assert set(PIPELINE_GIB) == {T3Config.english().backbone, T3Config.turbo().backbone}
     assert all(set(by_preset) == set(PRESETS) for by_preset in PIPELINE_GIB.values())
+
+
+# ------------------------------------------------------------------------------------------ several GPUs
+def test_each_gpu_holds_what_is_placed_on_it() -> None:
+    need = model_need("english", "english", "high", 3072)
+    worker = S3GEN_PROCESS_GIB + S3GEN_WORK_GIB["llama"]["high"]
+    cuda = [torch.device("cuda", i) for i in range(3)]
+    devices = plan_devices(Placement(cuda[0], (cuda[0], cuda[1], cuda[1])), [need], [10.0])
+    # T3's GPU: the budget, the pipeline (S3Gen's work included) and its worker's context and weights
+    assert devices["cuda:0"].parts == [("T3", 10.0), ("pipeline", need.pipeline_gib), ("S3Gen worker", S3GEN_PROCESS_GIB)]
+    assert devices["cuda:1"].parts == [("S3Gen worker", worker)] * 2  # each holds its own graphs and activations
+    assert devices["cuda:1"].total_gib == pytest.approx(2 * worker)
+    # a second worker on T3's GPU holds its work too; T3's data parallelism adds a budget and a context on GPU 1
+    devices = plan_devices(Placement(cuda[0], (cuda[0], cuda[0])), [need], [10.0], t3_engines=2)
+    assert devices["cuda:0"].parts[-1] == ("S3Gen worker", worker)
+    assert devices["cuda:1"].parts == [("T3 engine 1", 10.0 + CUDA_CONTEXT_GIB)]
+    # the process layout's need already counts one worker: the pipeline gives it back
+    process = model_need("english", "english", "high", 3072, "process")
+    devices = plan_devices(Placement(cuda[0], (cuda[1],)), [process], [10.0], layout="process")
+    assert devices["cuda:0"].parts == [("T3", 10.0), ("pipeline", need.pipeline_gib)]
+    assert devices["cuda:1"].parts == [("S3Gen worker", worker)]
+    # CPU workers hold no GPU memory
+    assert plan_devices(Placement(torch.device("cpu"), (torch.device("cpu"),) * 2), [need], [10.0]) == {}
+
+
+def test_a_placement_that_cannot_fit_is_refused_with_the_figures() -> None:
+    need = model_need("turbo", "turbo", "high", 3072)
+    cuda = [torch.device("cuda", i) for i in range(2)]
+    devices = plan_devices(Placement(cuda[0], (cuda[0], cuda[1], cuda[1], cuda[1])), [need], [10.0])
+    check_devices(devices, {"cuda:0": 80.0, "cuda:1": 80.0})
+    with pytest.raises(VRAMPlanError) as refused:
+        check_devices(devices, {"cuda:0": 80.0, "cuda:1": 12.0})
+    message = str(refused.value)
+    assert "cuda:1 holds S3Gen worker 5.7 + S3Gen worker 5.7 + S3Gen worker 5.7 = 17.1 GiB, 12.00 GiB free" in message
+    assert "cuda:0 holds" not in message  # only the GPU that is short
+    assert "CHATTERBOX_S3GEN_WORKERS_PER_DEVICE" in message
+
+
+def test_the_server_checks_the_placement_before_loading(tmp_path) -> None:
+    """On this CPU host: a GPU that is not there is refused by name; CPU workers need no plan."""
+    states = model_states(Settings(model="random-tiny", voices_dir=str(tmp_path)))
+    with pytest.raises(PlacementError, match="CHATTERBOX_S3GEN_DEVICES names cuda:1"):
+        vram_plan(Settings(model="random-tiny", device="cpu", s3gen_devices="cpu,cuda:1"), states)
+    settings = Settings(model="random-tiny", device="cpu", s3gen_devices="cpu", s3gen_workers_per_device=2)
+    assert vram_plan(settings, states) == [None]

@@ -46,7 +46,9 @@ def default_device() -> torch.device:
 
 
 def settings_device(settings: Settings) -> torch.device:
-    """The device CHATTERBOX_DEVICE names (auto: cuda when there is one)."""
+    """T3's device: CHATTERBOX_T3_DEVICE, else the one CHATTERBOX_DEVICE names (auto: cuda when there is one)."""
+    if settings.t3_device != "auto":
+        return torch.device(settings.t3_device)
     return default_device() if settings.device == "auto" else torch.device(settings.device)
 
 

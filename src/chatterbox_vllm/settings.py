@@ -34,6 +34,7 @@ MAX_GPU_FRACTION = 0.98
 MIN_GPU_FRACTION = 0.01
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_S3GEN_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 APP_NAME = "chatterbox-vllm"  # the user data directory's name (default voices directory)
 
 
@@ -117,6 +118,12 @@ class Settings(BaseSettings):
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) to pin the download to")
     device: str = Field("auto", description="auto (cuda if torch.cuda.is_available(), else cpu) | cuda | cuda:N | cpu")
+    t3_device: str = Field(
+        "auto",
+        description="the device T3 (vLLM's engine, the prompt embeddings) and the server's own S3Gen (thread layout, "
+        "voice analysis) run on: cuda:N | cuda | cpu; auto: CHATTERBOX_DEVICE's (auto: the first visible GPU, else "
+        "the CPU). With CHATTERBOX_T3_DATA_PARALLEL_SIZE above 1, vLLM's engines take GPUs 0 to N-1 instead",
+    )
     engine: Literal["auto", "vllm", "torch"] = Field(
         "auto", description="T3 backend: vllm (batched, fast), torch (pure PyTorch, no vLLM needed), auto picks"
     )
@@ -243,6 +250,20 @@ class Settings(BaseSettings):
         "whose 8 and 12 GB cards are better off without the worker's own CUDA context and copy of S3Gen's weights, "
         "~1 GB, counted in the VRAM plan). Voice-clip analysis stays in the server process either way",
     )
+    s3gen_devices: str | None = Field(
+        None,
+        description="where S3Gen's workers run, comma-separated (cpu | cuda | cuda:N, e.g. cuda:0,cuda:1), or auto: "
+        "every visible GPU (the CPU where there is none). More than one worker, or a worker on another device than "
+        "T3's, runs each in a worker process of its own (the process layout, whatever CHATTERBOX_S3GEN_LAYOUT says); "
+        "pieces go to the worker with the fewest outstanding. Unset: one worker beside T3, on its device "
+        '(README.md, "Several GPUs in one host")',
+    )
+    s3gen_workers_per_device: int = Field(
+        1, ge=1, le=16,
+        description="S3Gen workers on each device of CHATTERBOX_S3GEN_DEVICES (each a process with its own copy of "
+        "S3Gen, its CUDA context and graphs: counted in the VRAM plan of its GPU). Above 1, processes on one GPU "
+        "time-slice it unless NVIDIA MPS runs",
+    )  # fmt: skip
     s3gen_warm_up_tokens: int = Field(
         300, ge=0, le=4096,
         description="S3Gen's CUDA graphs captured at start-up cover pieces of up to this many speech tokens (25 = "
@@ -307,6 +328,40 @@ class Settings(BaseSettings):
         if not _DEVICE.fullmatch(value):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
         return value
+
+    @field_validator("t3_device")
+    @classmethod
+    def _check_t3_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"t3_device must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return "cuda:0" if value == "cuda" else value
+
+    @field_validator("s3gen_devices")
+    @classmethod
+    def _check_s3gen_devices(cls, value: str | None) -> str | None:
+        """`auto`, or a list of distinct devices (`cuda` is `cuda:0`), normalized to `cuda:0,cuda:1`."""
+        if value is None:
+            return None
+        items = [item.strip().lower() for item in value.split(",")]
+        if items == ["auto"]:
+            return "auto"
+        if "auto" in items:
+            raise ValueError(f"s3gen_devices is auto alone or a list of devices, not {value!r}")
+        if any(not item for item in items):
+            raise ValueError(f"s3gen_devices has an empty entry: {value!r} (devices are separated by single commas)")
+        bad = [item for item in items if not _S3GEN_DEVICE.fullmatch(item)]
+        if bad:
+            raise ValueError(f"s3gen_devices entries must be cpu, cuda or cuda:N (or the list just auto), not "
+                             f"{', '.join(map(repr, bad))}")  # fmt: skip
+        devices = ["cuda:0" if item == "cuda" else item for item in items]
+        repeated = sorted({device for device in devices if devices.count(device) > 1})
+        if repeated:
+            raise ValueError(
+                f"s3gen_devices names {', '.join(repeated)} more than once; list each device once and set "
+                "CHATTERBOX_S3GEN_WORKERS_PER_DEVICE for more workers on each"
+            )
+        return ",".join(devices)
 
     @field_validator("extra_models", mode="before")
     @classmethod

@@ -8,14 +8,23 @@ in a process of its own, that process's CUDA context and weights (`S3GEN_PROCESS
 and no T3 budget was set explicitly, the memory left after every pipeline is split evenly between the T3s, as long
 as each share still holds T3's weights and one request of `max_model_len` tokens; otherwise start-up stops with
 the figures and what to change. One model alone is not planned: vLLM checks its own budget, as it always has.
+
+With stages placed on several GPUs (`placement`), `plan_devices` says what each GPU must hold, model by model: on
+T3's GPU its budget and the pipeline; on each further GPU of T3's data parallelism another T3 budget and a CUDA
+context; on each S3Gen worker's GPU that worker's process (`s3gen_worker_gib`). A GPU whose share does not fit its
+free memory stops start-up with the figures and what to change.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
 
 from .models.t3.config import T3Config
+from .placement import Placement
 from .settings import EngineLimits
 
 # GiB a model takes beside its T3 budget, by T3 backbone and preset: the peak device memory of a whole server
@@ -32,6 +41,16 @@ PIPELINE_GIB: dict[str, dict[str, float]] = {
 # flow and HiFT weights (float32, ~0.5 GiB; the server process keeps its S3Gen for voice analysis). S3Gen's graphs
 # and activations move to the child rather than double, so they are already in PIPELINE_GIB. Not yet measured.
 S3GEN_PROCESS_GIB = 1.0
+# An S3Gen worker process beyond the first on T3's GPU, or on another GPU, also holds S3Gen's graphs and activations
+# for the preset's batches (which PIPELINE_GIB counts once, on T3's GPU). Not yet measured per worker: torch's
+# reserved memory of a whole server process (BENCHMARKS.md: multilingual 1.22 / 2.09 / 2.07 GiB, Turbo 2.37 / 3.90 /
+# 4.67 GiB for low / medium / high), S3Gen's work being most of it, rounded up.
+S3GEN_WORK_GIB: dict[str, dict[str, float]] = {
+    "llama": {"low": 1.3, "medium": 2.2, "high": 2.2},
+    "gpt2": {"low": 2.4, "medium": 4.0, "high": 4.7},
+}
+# Another T3 engine of vLLM's data parallelism on its GPU: its process's CUDA context beside its budget.
+CUDA_CONTEXT_GIB = 0.5
 # Room within a T3 budget beyond weights and one request's KV cache: vLLM's profiling activations, sampler buffers.
 T3_ACTIVATION_GIB = 0.4
 _T3_DTYPE_BYTES = 2  # the presets run T3 in bfloat16
@@ -49,6 +68,12 @@ class ModelNeed:
     variant: str
     pipeline_gib: float
     min_t3_gib: float
+    s3gen_work_gib: float = 0.0  # S3Gen's graphs and activations in a worker process (`S3GEN_WORK_GIB`)
+
+    @property
+    def s3gen_worker_gib(self) -> float:
+        """An S3Gen worker process that holds its own graphs and activations: context and weights, and that work."""
+        return round(S3GEN_PROCESS_GIB + self.s3gen_work_gib, 2)
 
 
 def t3_weight_bytes(config: T3Config, dtype_bytes: int = _T3_DTYPE_BYTES) -> int:
@@ -75,7 +100,8 @@ def model_need(model: str, variant: str, preset: str, max_model_len: int, s3gen_
     one_request = t3_kv_bytes_per_token(config) * max_model_len
     min_t3 = (t3_weight_bytes(config) + one_request) / 2**30 + T3_ACTIVATION_GIB
     pipeline = PIPELINE_GIB[config.backbone][preset] + (S3GEN_PROCESS_GIB if s3gen_layout == "process" else 0.0)
-    return ModelNeed(model, variant, round(pipeline, 2), round(min_t3, 2))
+    work = S3GEN_WORK_GIB[config.backbone][preset]
+    return ModelNeed(model, variant, round(pipeline, 2), round(min_t3, 2), work)
 
 
 def plan_t3_budgets(
@@ -119,3 +145,65 @@ def _does_not_fit(
             "free memory"
         )
     return " ".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- several GPUs
+@dataclass
+class DeviceNeed:
+    """What one GPU must hold: each part's name and GiB."""
+
+    device: str
+    parts: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def total_gib(self) -> float:
+        return round(sum(gib for _, gib in self.parts), 2)
+
+    def describe(self) -> str:
+        return " + ".join(f"{name} {gib:g}" for name, gib in self.parts) + f" = {self.total_gib:g} GiB"
+
+
+def plan_devices(
+    placement: Placement, needs: Sequence[ModelNeed], t3_budgets: Sequence[float], *, layout: str = "thread",
+    t3_engines: int = 1,
+) -> dict[str, DeviceNeed]:  # fmt: skip
+    """What each GPU of `placement` holds for the models `needs` (their T3 budgets `t3_budgets`): on T3's GPU each
+    budget and pipeline (with S3Gen in processes, the pipeline counts one worker's context and weights, its work
+    being in the pipeline already); on GPUs 1 to `t3_engines` - 1 another budget and context; each further S3Gen
+    worker its whole process. CPU devices are left out."""
+    devices: dict[str, DeviceNeed] = {}
+
+    def add(device: torch.device, name: str, gib: float) -> None:
+        if device.type == "cuda":
+            devices.setdefault(str(device), DeviceNeed(str(device))).parts.append((name, round(gib, 2)))
+
+    in_processes = placement.s3gen_in_processes(layout)
+    for need, budget in zip(needs, t3_budgets, strict=True):
+        label = f"{need.model} " if len(needs) > 1 else ""
+        add(placement.t3_device, f"{label}T3", budget)
+        add(placement.t3_device, f"{label}pipeline", need.pipeline_gib - (S3GEN_PROCESS_GIB if layout == "process"
+                                                                          else 0.0))  # fmt: skip
+        for rank in range(1, t3_engines):
+            add(torch.device("cuda", rank), f"{label}T3 engine {rank}", budget + CUDA_CONTEXT_GIB)
+        if not in_processes:
+            continue
+        first_on_t3 = True  # its work is the pipeline's
+        for device in placement.s3gen_devices:
+            if device == placement.t3_device and first_on_t3:
+                first_on_t3 = False
+                add(device, f"{label}S3Gen worker", S3GEN_PROCESS_GIB)
+            else:
+                add(device, f"{label}S3Gen worker", need.s3gen_worker_gib)
+    return devices
+
+
+def check_devices(devices: Mapping[str, DeviceNeed], free_gib: Mapping[str, float]) -> None:
+    """Raise VRAMPlanError naming every GPU whose share exceeds its free memory (`free_gib` by device)."""
+    short = [need for device, need in devices.items() if need.total_gib > free_gib[device]]
+    if not short:
+        return
+    each = "; ".join(f"{need.device} holds {need.describe()}, {free_gib[need.device]:.2f} GiB free" for need in short)
+    raise VRAMPlanError(
+        f"the placement does not fit: {each}. Place fewer S3Gen workers there (CHATTERBOX_S3GEN_WORKERS_PER_DEVICE, "
+        "CHATTERBOX_S3GEN_DEVICES), pick a smaller preset (CHATTERBOX_PRESET), or lower CHATTERBOX_GPU_MEMORY_GIB"
+    )

@@ -132,3 +132,36 @@ def test_systemd_unit_is_hardened() -> None:
     assert "MemoryMax" in service and "LimitNOFILE" in service and "ReadWritePaths" in service
     assert "PrivateDevices" not in service  # it would hide /dev/nvidia*
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's YAML: `!override` (and `!reset`) tags on a node, which a merge of files reads; here the node itself."""
+
+
+for _tag in ("!override", "!reset"):
+    _ComposeLoader.add_constructor(_tag, lambda loader, node: (
+        loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node)
+    ))  # fmt: skip
+
+
+def test_multi_gpu_compose_file() -> None:
+    """deploy/compose/multi-gpu.yml: every GPU replaces the main file's one, and each variable it sets is a setting."""
+    from chatterbox_vllm.settings import Settings
+
+    text = (ROOT / "deploy" / "compose" / "multi-gpu.yml").read_text()
+    assert "devices: !override" in text  # replaces the main file's list (a plain list would be appended to it)
+    api = yaml.load(text, Loader=_ComposeLoader)["services"]["chatterbox"]
+    (device,) = api["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] == "all" and "gpu" in device["capabilities"]
+    names = [name.removeprefix("CHATTERBOX_").lower() for name in api["environment"] if name.startswith("CHATTERBOX_")]
+    assert "s3gen_devices" in names and set(names) <= set(Settings.model_fields)
+    assert api["environment"]["CHATTERBOX_S3GEN_DEVICES"] == "${CHATTERBOX_S3GEN_DEVICES:-auto}"
+    # the main file passes the placement variables through, and both point at the README's section
+    main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["chatterbox"]["environment"]
+    assert {"CHATTERBOX_S3GEN_DEVICES", "CHATTERBOX_T3_DATA_PARALLEL_SIZE"} <= set(main)
+    assert {name.removeprefix("CHATTERBOX_").lower() for name in main if name.startswith("CHATTERBOX_")} <= set(
+        Settings.model_fields
+    )
+    assert '"Several GPUs in one host"' in text
+    assert "\n## Several GPUs in one host\n" in (ROOT / "README.md").read_text()

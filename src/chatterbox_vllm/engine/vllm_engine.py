@@ -66,6 +66,8 @@ class VLLMOptions:
     cache_dir: Path | None = None
     # T3 engines, one per GPU (vLLM's data parallelism; CHATTERBOX_T3_DATA_PARALLEL_SIZE): vLLM balances requests.
     data_parallel_size: int = 1
+    # The GPU of one engine when it is not the first visible one (CHATTERBOX_T3_DEVICE=cuda:N): vLLM's device_ids.
+    device_index: int | None = None
 
     @classmethod
     def from_limits(
@@ -101,6 +103,7 @@ class VLLMOptions:
             compile=compile,
             cache_dir=cache_dir,
             data_parallel_size=data_parallel_size,
+            device_index=device.index if device.type == "cuda" and device.index else None,
         )
 
 
@@ -143,6 +146,8 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None
     parallel: dict[str, Any] = {}
     if options.data_parallel_size > 1:  # only then: one engine's arguments stay those of every vLLM version
         parallel = dict(data_parallel_size=options.data_parallel_size)
+    if options.device_index:  # only then: T3 on the first visible GPU keeps the arguments of every vLLM version
+        parallel["device_ids"] = [_checked_device_index(options.device_index)]
     graphs: dict[str, Any] = {}
     if options.cudagraph_capture_sizes and not options.enforce_eager:  # a dict: one shape from vLLM 0.26 to 0.33
         graphs = dict(compilation_config={"cudagraph_capture_sizes": list(options.cudagraph_capture_sizes)})
@@ -168,6 +173,18 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None
         use_tqdm_on_load=False,  # T3 is one file, read in a moment: a progress bar of its "shards" says nothing
         hf_overrides={plugin.T3_COMPILE: options.compile},  # read by the model class in vLLM's engine process
     )
+
+
+def _checked_device_index(index: int) -> int:
+    """`index`, when this vLLM takes a GPU for its engine (EngineArgs.device_ids, from vLLM 0.32); else the reason."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    if "device_ids" not in {f.name for f in dataclasses.fields(EngineArgs)}:
+        raise ValueError(
+            f"T3 on cuda:{index} needs a vLLM that takes its engine's GPU (device_ids, vLLM 0.32 or later); with this "
+            "one, put T3's GPU first in CUDA_VISIBLE_DEVICES and leave CHATTERBOX_T3_DEVICE unset"
+        )
+    return index
 
 
 def vllm_sampling_params(

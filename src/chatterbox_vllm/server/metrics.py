@@ -52,3 +52,24 @@ S3GEN_PROCESS_RESTARTS = Counter(
     "pieces in flight in it were sent to the new one",
     ["model"],
 )
+# Per device (several S3Gen workers: CHATTERBOX_S3GEN_DEVICES): which GPUs are busy, and how full their batches are.
+S3GEN_DEVICE_WORK = Histogram(
+    "chatterbox_s3gen_device_work_seconds",
+    "One piece of S3Gen work (as chatterbox_s3gen_work_seconds) by the device that ran it; the sum against wall time "
+    "says how busy each GPU's S3Gen workers are",
+    ["device"],
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+)
+S3GEN_DEVICE_BATCH = Histogram(
+    "chatterbox_s3gen_device_batch_size",
+    "Rows of one S3Gen batch by device and kind: vocode (whole pieces) or partial (streamed first pieces' partial "
+    "vocodes)",
+    ["device", "kind"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+S3GEN_WORKER_RESTARTS = Counter(
+    "chatterbox_s3gen_worker_restarts_total",
+    "Times an S3Gen worker process died and was started again, by model and device; the pieces in flight in it "
+    "were sent to the new one",
+    ["model", "device"],
+)

@@ -18,10 +18,11 @@ import torch
 from ..checkpoint.hub import variants_of
 from ..checkpoint.weights import CheckpointError
 from ..conditioning_store import ConditioningStore
+from ..placement import resolve_placement
 from ..settings import Settings
 from ..start_notices import route_transformers_logs
 from ..tts import ChatterboxTTS, settings_device
-from ..vram_plan import model_need, plan_t3_budgets
+from ..vram_plan import check_devices, model_need, plan_devices, plan_t3_budgets
 from .admission import Admission
 from .errors import describe_failure, log_failure
 from .metrics import T3_IN_ENGINE, VOICE_CONDITIONING
@@ -54,9 +55,11 @@ def _variant(state: ServedModel) -> str:
 
 
 def vram_plan(settings: Settings, states: list[ServedModel]) -> list[float | None]:
-    """Each model's T3 budget when several share a GPU (None: its preset's, as for one model alone)."""
+    """Each model's T3 budget when several share a GPU (None: its preset's, as for one model alone). Stages placed
+    on several GPUs (or several S3Gen workers) are checked GPU by GPU first (`check_placement`)."""
     loading = [state for state in states if state.status == "loading"]
     device = settings_device(settings)
+    check_placement(settings, loading)
     if len(loading) < 2 or device.type != "cuda":
         return [None] * len(states)
     limits = settings.limits()
@@ -73,6 +76,28 @@ def vram_plan(settings: Settings, states: list[ServedModel]) -> list[float | Non
     log.info("VRAM plan: %d models in %.2f GiB; each T3 gets %.2f GiB (the %s preset's: %g)",
              len(loading), budget, share, settings.preset, limits.gpu_memory_gib)  # fmt: skip
     return budgets
+
+
+def check_placement(settings: Settings, loading: list[ServedModel]) -> None:
+    """Resolve the placement (PlacementError for a device that is not visible) and, where it spreads over GPUs or
+    runs several S3Gen workers, check what each GPU must hold against its free memory (VRAMPlanError, with the
+    figures; `vram_budget_gib` stands for T3's GPU)."""
+    placement = resolve_placement(settings)
+    spread = placement.s3gen_devices != (placement.t3_device,) or settings.t3_data_parallel_size > 1
+    if not loading or not spread or not placement.gpus():
+        return
+    limits = settings.limits()
+    layout = settings.s3gen_layout_on(placement.t3_device.type)
+    needs = [model_need(state.model, _variant(state), settings.preset, limits.max_model_len, layout)
+             for state in loading]  # fmt: skip
+    devices = plan_devices(placement, needs, [limits.gpu_memory_gib] * len(needs), layout=layout,
+                           t3_engines=settings.t3_data_parallel_size)  # fmt: skip
+    free = {name: torch.cuda.mem_get_info(torch.device(name))[0] / 2**30 for name in devices}
+    if settings.vram_budget_gib is not None and str(placement.t3_device) in free:
+        free[str(placement.t3_device)] = settings.vram_budget_gib
+    check_devices(devices, free)
+    log.info("placement: %s; per GPU: %s", placement.describe(),
+             "; ".join(f"{need.device} {need.describe()}" for need in devices.values()))  # fmt: skip
 
 
 class ModelLoader:

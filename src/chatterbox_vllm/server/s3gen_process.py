@@ -53,7 +53,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..incremental import PartialJob, warm_up_first_partial
 from ..vocoder import VocodeJob, Vocoder, VocoderSpec
-from .metrics import S3GEN_PROCESS_RESTARTS
+from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS
 from .s3gen_worker import S3GenWorker, record_work
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,9 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
         from ..process_setup import configure_process  # the parent's TF32 and compile caches, before S3Gen loads
 
         configure_process(config.spec.process)
+        device = torch.device(config.spec.device)
+        if device.type == "cuda":  # its CUDA context, streams and graphs on its own GPU (CHATTERBOX_S3GEN_DEVICES)
+            torch.cuda.set_device(device)
         vocoder = Vocoder.load(config.spec)
     except BaseException as exc:  # noqa: BLE001 - said to the parent, which fails its readiness with it
         send(("ready", {}, _portable(exc)))
@@ -266,6 +269,7 @@ class S3GenProcess:
         self.ready: Future = Future()  # the first child's warm-ups done (its exception if they failed)
         self._child_ready = False
         S3GEN_PROCESS_RESTARTS.labels(model=model)  # the series from 0
+        S3GEN_WORKER_RESTARTS.labels(model=model, device=self.device)
         self._process, self._conn = self._start()
         _LIVE.add(self)
         self._receiver = threading.Thread(target=self._receive, name="s3gen-receiver", daemon=True)
@@ -274,6 +278,31 @@ class S3GenProcess:
     @property
     def pid(self) -> int | None:
         return self._process.pid
+
+    @property
+    def device(self) -> str:
+        """The device the child vocodes on (`VocoderSpec.device`)."""
+        return self._config.spec.device
+
+    @property
+    def outstanding(self) -> int:
+        """Pieces given to this worker and not yet answered (waiting for a restarted child included)."""
+        return len(self._inflight)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether its child is up and warmed up, so a piece sent now runs without waiting for a (re)start."""
+        return self._child_ready and self._failed is None and not self._closing
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why it stopped for good (its child never started, or kept dying while starting); None while it serves."""
+        return self._failed
+
+    def worker_health(self) -> dict[str, Any]:
+        """For /health's `workers`: its device, pid, whether alive, restarts and pieces outstanding."""
+        return {"device": self.device, "pid": self.pid, "alive": self._process.is_alive(), "restarts": self.restarts,
+                "outstanding": self.outstanding}  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         """For /health: the layout, the child's pid, whether it is alive and how often it was restarted."""
@@ -412,7 +441,7 @@ class S3GenProcess:
         kind = message[0]
         if kind == "work":
             _, work, seconds, rows = message
-            record_work(work, seconds, rows)
+            record_work(work, seconds, rows, device=self.device)
         elif kind == "ready":
             _, phases, error = message
             self._child_ready = error is None
@@ -439,10 +468,11 @@ class S3GenProcess:
     def _restart(self) -> bool:
         """The child died: start another and send it what was in flight. False when it is not restarted (it died
         before it was ever ready, or the server is closing): then everything in flight fails."""
+        was_ready, self._child_ready = self._child_ready, False  # the pool passes over it from now
         old = self._process
         old.join(5)
         code = old.exitcode
-        if not self._child_ready:  # it died while loading or warming up
+        if not was_ready:  # it died while loading or warming up
             self._failed_starts += 1
             first = not self.ready.done() or self.ready.exception() is not None
             if first or self._failed_starts >= MAX_FAILED_STARTS:
@@ -463,8 +493,9 @@ class S3GenProcess:
             self.restarts += 1
             pending = len(self._inflight)
         S3GEN_PROCESS_RESTARTS.labels(model=self._model).inc()
-        log.error("the S3Gen process (pid %s) died (exit code %s); starting another, %d pieces in flight go to it",
-                  old.pid, code, pending)  # fmt: skip
+        S3GEN_WORKER_RESTARTS.labels(model=self._model, device=self.device).inc()
+        log.error("the S3Gen process on %s (pid %s) died (exit code %s); starting another, %d pieces in flight go "
+                  "to it", self.device, old.pid, code, pending)  # fmt: skip
         started = time.monotonic()
         process, conn = self._start()  # no lock held: the event loop's submissions do not wait for a spawn
         failed: list[_InFlight] = []

@@ -23,6 +23,7 @@ stream, so those copies wait only for their own kernels.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -37,7 +38,7 @@ import torch
 
 from ..incremental import PartialJob, PartialResult, VocoderLike, vocode_partials
 from ..vocoder import VocodeJob
-from .metrics import S3GEN_BATCH, S3GEN_PARTIAL_BATCH, S3GEN_WORK
+from .metrics import S3GEN_BATCH, S3GEN_DEVICE_BATCH, S3GEN_DEVICE_WORK, S3GEN_PARTIAL_BATCH, S3GEN_WORK
 
 log = logging.getLogger(__name__)
 
@@ -190,26 +191,31 @@ def cap_low_rows(chosen: list[int], low: list[bool], max_low: int) -> list[int]:
 WorkRecorder = Callable[[str, float, int], None]
 
 
-def record_work(kind: str, seconds: float, rows: int) -> None:
-    """S3Gen's metrics for one piece of work: its seconds, and the batch's size for vocodes and partials."""
+def record_work(kind: str, seconds: float, rows: int, device: str | None = None) -> None:
+    """S3Gen's metrics for one piece of work: its seconds, and the batch's size for vocodes and partials; by
+    `device` too when it is known."""
     S3GEN_WORK.observe(seconds)
     if kind == "vocode":
         S3GEN_BATCH.observe(rows)
     elif kind == "partial":
         S3GEN_PARTIAL_BATCH.observe(rows)
+    if device is not None:
+        S3GEN_DEVICE_WORK.labels(device=device).observe(seconds)
+        if kind in ("vocode", "partial"):
+            S3GEN_DEVICE_BATCH.labels(device=device, kind=kind).observe(rows)
 
 
 class S3GenWorker:
     def __init__(
         self, tts: VocoderLike, max_batch: int, max_batch_tokens: int | None = None, *,
-        record: WorkRecorder = record_work, low_rows_beside: int | None = None,
+        record: WorkRecorder | None = None, low_rows_beside: int | None = None,
     ) -> None:  # fmt: skip
         """`tts`: what vocodes (a ChatterboxTTS, or a `Vocoder` alone in the S3Gen process). `max_batch_tokens`: None
-        takes `default_batch_tokens(max_batch)`. `record` hears of each piece of work run (`WorkRecorder`).
-        `low_rows_beside`: low-priority pieces a batch takes at most while interactive work came within
-        INTERACTIVE_QUIET_S (None: as many as fit)."""
+        takes `default_batch_tokens(max_batch)`. `record` hears of each piece of work run (`WorkRecorder`; None:
+        `record_work`, by `tts`'s device). `low_rows_beside`: low-priority pieces a batch takes at most while
+        interactive work came within INTERACTIVE_QUIET_S (None: as many as fit)."""
         self.tts = tts
-        self.record = record
+        self.record = record or functools.partial(record_work, device=str(tts.device))
         self.low_rows_beside = low_rows_beside
         self._last_interactive = -float("inf")  # monotonic time an interactive piece or partial was last taken
         self.max_batch = max(1, max_batch)

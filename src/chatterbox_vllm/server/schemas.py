@@ -207,14 +207,26 @@ class LanguageList(BaseModel):
 # ------------------------------------------------------------------------------------------------- health
 # /health leaves out what does not apply (a field absent, never null): the route answers with exclude_unset, so a
 # field is in the JSON exactly when it was given.
-class S3GenHealth(BaseModel):
-    """S3Gen's worker process (CHATTERBOX_S3GEN_LAYOUT=process): its pid, whether alive, how often restarted."""
+class S3GenWorkerHealth(BaseModel):
+    """One S3Gen worker process: its device, pid, whether alive, how often restarted, pieces it has not answered."""
 
-    layout: Literal["process"]
+    device: str
     pid: int | None
     alive: bool
     restarts: int
-    error: str | None = None  # why it stopped for good
+    outstanding: int
+
+
+class S3GenHealth(BaseModel):
+    """S3Gen's worker processes (CHATTERBOX_S3GEN_LAYOUT=process, CHATTERBOX_S3GEN_DEVICES): whether all are alive,
+    their restarts together, and each worker; with one worker its pid too."""
+
+    layout: Literal["process"]
+    pid: int | None = None  # one worker only
+    alive: bool
+    restarts: int
+    workers: list[S3GenWorkerHealth] | None = None
+    error: str | None = None  # why a worker stopped for good
 
 
 class ModelHealth(BaseModel):
@@ -231,7 +243,7 @@ class ModelHealth(BaseModel):
     t3_gpu_memory_gib: float | None = None  # T3's share when a VRAM plan split the GPU
     ready_after_s: float | None = None
     startup_phases_s: dict[str, float] | None = None
-    s3gen: S3GenHealth | None = None  # the process layout only
+    s3gen: S3GenHealth | None = None  # S3Gen in worker processes only
     error: str | None = None
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ..conditioning import Conditionals
 from ..conditioning_store import ConditioningStore
 from ..engine.base import SamplingParams
 from ..incremental import IncrementalVocoder, warm_up_first_partial
+from ..placement import resolve_placement
 from ..settings import S3GEN_BATCH_SIZES, Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
@@ -44,8 +46,9 @@ from ..text.paralinguistic import prepare_tags
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .admission import Admission
 from .errors import APIError, describe_failure, log_failure
-from .metrics import S3GEN_PROCESS_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
+from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
 from .registry import served_id
+from .s3gen_pool import S3GenPool
 from .s3gen_process import S3GenProcess, WarmUp
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
@@ -127,13 +130,19 @@ class Synthesizer:
         # Settings fills an unset S3Gen batch from the preset when it validates; a copy made without validation may not
         self._s3gen_batch = settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset]
         rows = min(self._s3gen_batch, self._max_batch)
-        self._s3gen: S3GenWorker | S3GenProcess
+        # Where S3Gen's workers run (CHATTERBOX_S3GEN_DEVICES; unset: one beside T3, on the model's device).
+        self.placement = resolve_placement(settings, t3_device=tts.device)
         # auto: a worker process on a GPU (not the low preset), where a checkpoint directory lets it load S3Gen again
         layout = settings.s3gen_layout_on(torch.device(tts.device).type)
         if layout == "process" and settings.s3gen_layout == "auto" and tts.vocoder_spec is None:
             layout = "thread"
-        if layout == "process":
-            self._s3gen = self._s3gen_process(rows)
+        self._s3gen: S3GenWorker | S3GenProcess | S3GenPool
+        if self.placement.workers > 1:
+            log.info("%s: %s, each in a process of its own", self.model_id, self.placement.describe())
+            self._s3gen = self._s3gen_pool(rows)
+            self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
+        elif self.placement.s3gen_in_processes(layout):
+            self._s3gen = self._s3gen_process(rows, self.placement.s3gen_devices[0])
             # The child warms up S3Gen (graphs, first partial) before it says it is ready; voice analysis stays here.
             self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
         else:
@@ -146,26 +155,45 @@ class Synthesizer:
             # pay.
             self._warm_ups.append(self._s3gen.call(tts.voices.warm_up))
         S3GEN_PROCESS_RESTARTS.labels(model=self.model_id)  # listed from 0 in /metrics, in either layout
+        for device in dict.fromkeys(str(device) for device in self.placement.s3gen_devices):
+            S3GEN_WORKER_RESTARTS.labels(model=self.model_id, device=device)
 
-    def _s3gen_process(self, rows: int) -> S3GenProcess:
-        """S3Gen in a worker process of its own (CHATTERBOX_S3GEN_LAYOUT=process), loaded from the model's checkpoint
-        directory; `call` work (voice analysis) on a thread of this process."""
+    def _s3gen_process(self, rows: int, device: torch.device, call_worker: S3GenWorker | None = None) -> S3GenProcess:
+        """S3Gen in a worker process of its own on `device` (CHATTERBOX_S3GEN_LAYOUT=process, or a worker placed
+        off T3's device), loaded from the model's checkpoint directory; `call` work (voice analysis) on a thread of
+        this process (`call_worker`; None: a new one)."""
         spec = self.tts.vocoder_spec
         if spec is None:
             raise ValueError(
-                "CHATTERBOX_S3GEN_LAYOUT=process needs a model loaded from a checkpoint directory (its S3Gen is loaded "
-                "again in the worker process); this one was built in memory: use CHATTERBOX_S3GEN_LAYOUT=thread"
+                "S3Gen in worker processes (CHATTERBOX_S3GEN_LAYOUT=process, CHATTERBOX_S3GEN_DEVICES) needs a model "
+                "loaded from a checkpoint directory (its S3Gen is loaded again in each worker process); this one was "
+                "built in memory: use CHATTERBOX_S3GEN_LAYOUT=thread and leave CHATTERBOX_S3GEN_DEVICES unset"
             )
         warm_up = WarmUp(self.settings.max_new_tokens, self.settings.stream_first_audio_tokens,
                          max(1, min(4, self._s3gen_batch)))  # fmt: skip
         return S3GenProcess(
-            spec,
+            dataclasses.replace(spec, device=str(device)),
             rows,
             warm_up=warm_up,
-            call_worker=S3GenWorker(self.tts, 1),
+            call_worker=call_worker or S3GenWorker(self.tts, 1),
             model=self.model_id,
             low_rows_beside=self.settings.job_rows_beside_requests,
         )
+
+    def _s3gen_pool(self, rows: int) -> S3GenPool:
+        """One S3Gen worker process per placed worker, started side by side, behind a pool that routes each piece
+        to the least-loaded one; voice analysis on one thread of this process."""
+        calls = S3GenWorker(self.tts, 1)
+        workers: list[S3GenProcess] = []
+        try:
+            for device in self.placement.s3gen_devices:
+                workers.append(self._s3gen_process(rows, device, calls))
+        except BaseException:
+            for worker in workers:
+                worker.shutdown()
+            calls.shutdown()
+            raise
+        return S3GenPool(workers, calls)
 
     def wait_warm_up(self) -> None:
         """Block until S3Gen's and voice analysis's warm-ups have run: before that, a request would queue behind
@@ -173,15 +201,18 @@ class Synthesizer:
         raises here. The S3Gen process's phases join the model's start-up phases (`s3gen_process_load`, ...)."""
         for future in self._warm_ups:
             result = future.result()
-            if isinstance(self._s3gen, S3GenProcess) and future is self._s3gen.ready:
+            if isinstance(self._s3gen, S3GenProcess | S3GenPool) and future is self._s3gen.ready:
                 for name, seconds in result.items():
                     self.tts.startup_phases["s3gen_process_load" if name == "load_s3gen" else name] = seconds
 
     def s3gen_health(self) -> dict[str, object] | None:
-        """S3Gen's worker process for /health (layout, pid, alive, restarts); None in the default thread layout, whose
-        entry stays as it was."""
-        if isinstance(self._s3gen, S3GenProcess):
+        """S3Gen's worker processes for /health (layout, alive, restarts, and each worker's device, pid, restarts and
+        pieces outstanding; one process: its pid too); None in the default thread layout, whose entry stays as it
+        was."""
+        if isinstance(self._s3gen, S3GenPool):
             return self._s3gen.health()
+        if isinstance(self._s3gen, S3GenProcess):
+            return {**self._s3gen.health(), "workers": [self._s3gen.worker_health()]}
         return None
 
     def _warm_up_first_partial(self) -> None:

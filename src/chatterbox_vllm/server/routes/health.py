@@ -76,7 +76,7 @@ def _model_health(state: ServedModel) -> ModelHealth:
             phases["voice_warm_up"] = loaded.tts.voices.warm_up_seconds
         entry.startup_phases_s = {name: round(seconds, 2) for name, seconds in phases.items()}
         s3gen = loaded.synthesizer.s3gen_health()
-        if s3gen is not None:  # CHATTERBOX_S3GEN_LAYOUT=process: the worker process's pid, whether alive, its restarts
+        if s3gen is not None:  # S3Gen in worker processes: each one's device, pid, whether alive, restarts, load
             entry.s3gen = S3GenHealth.model_validate(s3gen)
     if state.error:
         entry.error = state.error
