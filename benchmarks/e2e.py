@@ -516,6 +516,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         overrides["max_batch_size"] = args.max_batch_size
     if args.chunk_chars:
         overrides["chunk_chars"] = args.chunk_chars
+    if "CHATTERBOX_S3GEN_LAYOUT" not in os.environ:
+        # the first-audio marks time S3Gen on the server's thread (headline.py measures the default layout)
+        overrides["s3gen_layout"] = "thread"
     settings = Settings(**overrides)
     # The server's GIL switch interval (it sets it at start) for every part, unless the command sets its own
     sys.setswitchinterval(args.switch_interval[0] if args.switch_interval else settings.gil_switch_interval_ms / 1000)

@@ -709,6 +709,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {"model": args.model, "preset": args.preset, "device": args.device}
     if args.max_batch_size:
         overrides["max_batch_size"] = args.max_batch_size
+    if "CHATTERBOX_S3GEN_LAYOUT" not in os.environ:
+        # S3Gen's kernels are told apart by the thread that launched them in this process: the thread layout (the
+        # default `auto` would put S3Gen in a process of its own on a GPU with preset high, out of this profile)
+        overrides["s3gen_layout"] = "thread"
     settings = Settings(**overrides)
     configure_process(settings)  # as the server does at start: compile caches, TF32
     tts = ChatterboxTTS.from_settings(settings)
