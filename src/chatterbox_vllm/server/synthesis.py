@@ -132,7 +132,7 @@ class Synthesizer:
         rows = min(self._s3gen_batch, self._max_batch)
         # Where S3Gen's workers run (CHATTERBOX_S3GEN_DEVICES; unset: one beside T3, on the model's device).
         self.placement = resolve_placement(settings, t3_device=tts.device)
-        # auto: a worker process on a GPU (not the low preset), where a checkpoint directory lets it load S3Gen again
+        # auto: a worker process on a GPU with the high preset, where a checkpoint directory lets it load S3Gen again
         layout = settings.s3gen_layout_on(torch.device(tts.device).type)
         if layout == "process" and settings.s3gen_layout == "auto" and tts.vocoder_spec is None:
             layout = "thread"
