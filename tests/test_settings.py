@@ -41,7 +41,7 @@ def test_defaults() -> None:
     [  # gpu_memory_gib, max_batch_size, max_model_len, enforce_eager, dtype (, s3_tokenizer_on_gpu)
         ("low", EngineLimits(1.75, 2, 1536, True, "bfloat16", s3_tokenizer_on_gpu=False)),
         ("medium", EngineLimits(5.0, 12, 2048, False, "bfloat16")),
-        ("high", EngineLimits(10.0, 32, 3072, False, "bfloat16")),
+        ("high", EngineLimits(10.0, 64, 3072, False, "bfloat16")),
     ],
 )
 def test_each_preset_resolves_to_its_table(

@@ -75,7 +75,7 @@ PRESETS: dict[str, EngineLimits] = {
     ),
     # 24 GB cards.
     "high": EngineLimits(
-        gpu_memory_gib=10.0, max_batch_size=32, max_model_len=3072, enforce_eager=False, dtype="bfloat16"
+        gpu_memory_gib=10.0, max_batch_size=64, max_model_len=3072, enforce_eager=False, dtype="bfloat16"
     ),
 }
 
