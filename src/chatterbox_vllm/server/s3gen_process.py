@@ -150,7 +150,9 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
 
         configure_process(config.spec.process)
         device = torch.device(config.spec.device)
-        if device.type == "cuda":  # its CUDA context, streams and graphs on its own GPU (CHATTERBOX_S3GEN_DEVICES)
+        # Its CUDA context, streams and graphs on its own GPU (CHATTERBOX_S3GEN_DEVICES). A plain "cuda" means the
+        # current GPU, and set_device refuses a device without an index (an H200 start failed so, 2026-12-03).
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         vocoder = Vocoder.load(config.spec)
     except BaseException as exc:  # noqa: BLE001 - said to the parent, which fails its readiness with it
