@@ -546,23 +546,27 @@ DEFINITIONS = {
 }
 
 
-def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report from the parts: the figures at the top level, each part's detail under its name."""
+def merge(parts: list[dict[str, Any]], *, allow_missing: bool = False) -> dict[str, Any]:
+    """One report from the parts: the figures at the top level, each part's detail under its name.
+    `allow_missing`: a part that did not run (device time ran out) leaves its figures null and is named in
+    `missing_parts`; the report is then written as `...-headline-partial.json`, so it is never taken for a whole one."""
     failed = [f"{part['part']}: {part['error']}" for part in parts if part.get("error")]
     if failed:
         raise SystemExit("parts that failed:\n" + "\n".join(failed))
     by_name = {part["part"]: part for part in parts}
     missing = sorted(set(PARTS) - set(by_name))
-    if missing:
-        raise SystemExit(f"missing parts: {', '.join(missing)}")
+    if missing and not allow_missing:
+        raise SystemExit(f"missing parts: {', '.join(missing)} (--allow-missing writes a partial report)")
     figures: dict[str, Any] = {}
     for part in parts:
         figures.update(part["figures"])
-    english = by_name["english"]
-    beside = english["c64"]["s3gen_audio_s_per_busy_s"]
-    alone = figures["s3gen_alone_x_rt"]
+    english = by_name.get("english")
+    c64 = english["c64"] if english else {}
+    beside = c64.get("s3gen_audio_s_per_busy_s")
+    alone = figures.get("s3gen_alone_x_rt")
     figures["s3gen_beside_t3_ratio"] = beside / alone if beside and alone else None
-    same_batch = alone_at_rows(by_name["s3gen"]["x_rt_by_batch"], english["c64"]["s3gen_mean_batch_rows"])
+    s3gen = by_name.get("s3gen")
+    same_batch = alone_at_rows(s3gen["x_rt_by_batch"], c64.get("s3gen_mean_batch_rows")) if s3gen else None
     devices = sorted({part["device"] for part in parts})
     report: dict[str, Any] = {key: figures.get(key) for key in FIGURES}
     report.update(
@@ -574,13 +578,14 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         definitions=DEFINITIONS,
         s3gen_beside={
             "audio_s_per_busy_s": beside,
-            "mean_batch_rows": english["c64"]["s3gen_mean_batch_rows"],
+            "mean_batch_rows": c64.get("s3gen_mean_batch_rows"),
             "alone_x_rt_at_about_that_batch": same_batch,
             "ratio_at_about_that_batch": beside / same_batch if beside and same_batch else None,
         },
-        **{name: by_name[name] for name in PARTS},
+        missing_parts=missing,
+        **{name: by_name.get(name) for name in PARTS},
     )
-    check(report)
+    check(report, allow_null=allow_missing)
     return report
 
 
@@ -592,9 +597,11 @@ def alone_at_rows(x_rt_by_batch: dict[str, float], rows: float | None) -> float 
     return sizes[min(sizes, key=lambda size: abs(size - rows))]
 
 
-def check(report: dict[str, Any]) -> None:
-    """Every figure a finite number, and the strings there."""
-    bad = [key for key in FIGURES if not isinstance(report.get(key), (int, float)) or not math.isfinite(report[key])]
+def check(report: dict[str, Any], *, allow_null: bool = False) -> None:
+    """Every figure a finite number (or null, in a partial report), and the strings there."""
+    bad = [key for key in FIGURES
+           if not (allow_null and report.get(key) is None)
+           and (not isinstance(report.get(key), (int, float)) or not math.isfinite(report[key]))]  # fmt: skip
     if bad:
         raise SystemExit(f"figures without a number: {', '.join(bad)}")
     for key in ("device", "date", "command"):
@@ -603,7 +610,8 @@ def check(report: dict[str, Any]) -> None:
 
 
 def report_path(out_dir: Path, report: dict[str, Any]) -> Path:
-    return out_dir / f"{device_slug(report['device'])}-{report['date']}-headline.json"
+    partial = "-partial" if report.get("missing_parts") else ""
+    return out_dir / f"{device_slug(report['device'])}-{report['date']}-headline{partial}.json"
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -690,6 +698,8 @@ def main() -> None:
     m = sub.add_parser("merge", help="the parts' JSON into the report")
     m.add_argument("--parts", nargs="+", required=True)
     m.add_argument("--out-dir", required=True)
+    m.add_argument("--allow-missing", action="store_true",
+                   help="write a partial report (null figures, missing_parts) when some parts did not run")
     t = sub.add_parser("table", help="BENCHMARKS.md's opening table (markdown) from a report")
     t.add_argument("--report", help="a headline report (none: the latest column says 'not measured yet')")
     child = sub.add_parser("s3gen-child", help="(child of the s3gen part)")
@@ -707,7 +717,7 @@ def main() -> None:
             parts = [run_part(name, args, lambda _report: None) for name in PARTS]
         else:
             parts = [part for path in args.parts for part in json.loads(Path(path).read_text())]
-        report = merge(parts)
+        report = merge(parts, allow_missing=args.action == "merge" and args.allow_missing)
         out = report_path(Path(args.out_dir), report)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))

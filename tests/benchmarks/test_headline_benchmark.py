@@ -86,3 +86,23 @@ def test_merge_refuses_a_failed_or_missing_part(tmp_path: Path) -> None:
                             str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert merge.returncode != 0 and "missing parts: multilingual, s3gen, turbo" in merge.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_merge_writes_a_partial_report_only_when_asked(tmp_path: Path) -> None:
+    """With --allow-missing the parts that ran give their figures, the others are null and named, and the file says
+    partial; a figure that is not a finite number is still refused."""
+    part = {"part": "english", "error": None, "device": "CPU", "date": "2026-12-03", "command": "python x",
+            "quick": True, "figures": {"x_rt_c64": 2.5, "failed_c64": 0},
+            "c64": {"s3gen_audio_s_per_busy_s": 3.0, "s3gen_mean_batch_rows": 2.0}}  # fmt: skip
+    parts = tmp_path / "p1.json"
+    parts.write_text(json.dumps([part]))
+    command = [*HEADLINE, "merge", "--parts", str(parts), "--out-dir", str(tmp_path / "out"), "--allow-missing"]
+    merge = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert merge.returncode == 0, merge.stderr
+    report = json.loads((tmp_path / "out" / "cpu-2026-12-03-headline-partial.json").read_text())
+    assert report["missing_parts"] == ["multilingual", "s3gen", "turbo"]
+    assert report["x_rt_c64"] == 2.5 and report["turbo_x_rt_c64"] is None and report["s3gen_beside_t3_ratio"] is None
+    assert not (tmp_path / "out" / "cpu-2026-12-03-headline.json").exists()
+    parts.write_text(json.dumps([{**part, "figures": {"x_rt_c64": float("nan")}}]))
+    merge = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert merge.returncode != 0 and "figures without a number: x_rt_c64" in merge.stderr
