@@ -109,9 +109,9 @@ class VLLMOptions:
 
 def cudagraph_capture_sizes(max_num_seqs: int) -> tuple[int, ...]:
     """Batch sizes for T3's decode graphs: powers of two and the halfway points above 8, up to `max_num_seqs`
-    (which is included). vLLM's default list runs to twice max_num_seqs in steps of 8 (1, 2, 4, 8, 16, ..., 64 for
-    the high preset: 11 sizes, each captured piecewise and whole at start-up); a decode step never holds more
-    than max_num_seqs requests, and a batch between two sizes pads to the next, so 8 sizes serve as well."""
+    (which is included). vLLM's default list runs to twice max_num_seqs in steps of 8 (1, 2, 4, 8, 16, ..., 128 for
+    the high preset's 64: 19 sizes, each captured piecewise and whole at start-up); a decode step never holds more
+    than max_num_seqs requests, and a batch between two sizes pads to the next, so 10 sizes serve as well."""
     sizes = {max_num_seqs}
     size = 1
     while size < max_num_seqs:
