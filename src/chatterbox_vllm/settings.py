@@ -205,10 +205,21 @@ class Settings(BaseSettings):
     job_rows_beside_requests: int = Field(
         1, ge=1, le=64,
         description="while speech requests are in progress (or came within the last 2 s), long-form jobs' pieces "
-        "join S3Gen's batches at most this many at a time (and while requests are in progress jobs leave a quarter of "
-        "T3's batch free for more): a running S3Gen batch cannot be interrupted, so a new request's first audio "
-        "waits for at most this many job pieces (~0.1 s for one on an H200). Higher: jobs go faster beside requests, "
-        "first audio slower",
+        "join S3Gen's batches at most this many at a time: a running S3Gen batch cannot be interrupted, so a new "
+        "request's first audio waits for at most this many job pieces (~0.07 s for one on an H200). Higher: jobs go "
+        "faster beside requests, first audio slower",
+    )  # fmt: skip
+    job_t3_rows_beside_requests: int = Field(
+        8, ge=1, le=256,
+        description="while speech requests are in progress (or came within the last 2 s), long-form jobs decode at "
+        "most this many pieces at once in T3 (idle, a whole batch): every row in T3's batch lengthens a request's "
+        "decoding steps",
+    )  # fmt: skip
+    job_max_defer_s: float = Field(
+        5.0, gt=0, le=3600,
+        description="while speech requests are in progress, a long-form job's piece waits before S3Gen (where it "
+        "would share the GPU with them) at most this long, then goes alone: a server under constant load still moves "
+        "its jobs on",
     )  # fmt: skip
     job_disk_limit_gib: float = Field(
         20.0, gt=0, description="disk the jobs' audio pieces may use together, GiB (a new job's estimate included)"

@@ -64,12 +64,23 @@ def test_a_piece_that_cannot_be_stored_fails_its_job_with_disk_full(served: Serv
 def test_job_pieces_leave_t3_room_for_interactive_requests(served: Server) -> None:
     runner = served.app.state.jobs.runner  # type: ignore[attr-defined]
     admission = served.app.state.admission  # type: ignore[attr-defined]
+    beside = served.app.state.settings.job_t3_rows_beside_requests  # type: ignore[attr-defined]
+    assert not admission.requests_recent()  # the tests before ran no speech request
     assert runner.capacity() == runner.max_batch  # idle: a whole batch of pieces
     admission.active = 1
     try:
-        # a request in progress: its row, and a quarter of the batch kept free for the next ones
-        assert runner.capacity() == max(1, runner.max_batch - 1 - runner.max_batch // 4)
+        # a request in progress: the jobs' cap, within its row and a quarter of the batch kept free for the next ones
+        assert runner.capacity() == max(1, min(beside, runner.max_batch - 1 - runner.max_batch // 4))
         admission.active = runner.max_batch + 5
         assert runner.capacity() == 1  # a job always moves on
     finally:
         admission.active = 0
+
+
+def test_job_pieces_stay_few_in_t3_while_requests_keep_coming(served: Server) -> None:
+    runner = served.app.state.jobs.runner  # type: ignore[attr-defined]
+    admission = served.app.state.admission  # type: ignore[attr-defined]
+    settings = served.app.state.settings  # type: ignore[attr-defined]
+    admission.acquire()
+    admission.release()  # a request ended just now: the next may come a moment later
+    assert runner.capacity() == min(settings.job_t3_rows_beside_requests, runner.max_batch)

@@ -4,13 +4,13 @@ job piece by piece and stores each finished piece (`store`).
 * Resume: at start, jobs left `running` (a server stopped or killed mid-job) are queued again, and every queued job
   goes on from its finished pieces: piece i is always spoken with seed + i, so the pieces made after a restart are
   those an uninterrupted run makes.
-* Fairness: jobs run below /v1/audio/speech. At most `max(1, max_batch_size - interactive requests in progress)`
-  pieces (of all jobs together, taken in turn) are in flight, less a quarter of the batch while requests are in
-  progress, re-checked before each new piece: an idle server decodes many pieces of a job together, a busy one
-  leaves T3's batch to requests. In S3Gen a job's piece joins a batch only after the interactive pieces waiting
-  (`S3GenWorker.vocode(low_priority=True)`), and while requests keep coming at most
-  CHATTERBOX_JOB_ROWS_BESIDE_REQUESTS job pieces go in one batch: a batch under way cannot be interrupted, so this
-  bounds how long a request's first audio waits behind jobs.
+* Fairness: jobs run below /v1/audio/speech. An idle server decodes a whole T3 batch of job pieces (of all jobs
+  together, taken in turn); while requests are in progress or came within the last 2 s, at most
+  CHATTERBOX_JOB_T3_ROWS_BESIDE_REQUESTS, leaving T3's batch and its step time to requests (`capacity`, re-checked
+  before each new piece). A decoded piece waits before S3Gen while requests are in progress, and goes
+  CHATTERBOX_JOB_ROWS_BESIDE_REQUESTS at a time while they keep coming (`server/job_gate.py`); in S3Gen it joins a
+  batch only after the interactive pieces waiting (`S3GenWorker.vocode(low_priority=True)`): a batch under way cannot
+  be interrupted, so this bounds how long a request's first audio waits behind jobs.
 * A piece that fails is tried once more; failing again, it fails its job (others go on). An OSError storing a piece
   (a full disk) fails the job with code `disk_full`.
 * Progress: the store's counters after every piece, and events for SSE subscribers (`events`), in piece order (a
@@ -133,13 +133,21 @@ class JobRunner:
         return sum(len(job.tasks) for job in self._running.values())
 
     def capacity(self) -> int:
-        """Pieces the jobs may have in flight now: T3's batch less the interactive requests in progress and, while
-        there are any, a quarter of the batch kept free for the next ones (a request that finds T3's batch full of
-        job pieces waits for one to finish)."""
+        """Pieces the jobs may have in flight now. Idle: T3's whole batch. While speech requests are in progress or
+        came within the last seconds (`Admission.requests_recent`): at most CHATTERBOX_JOB_T3_ROWS_BESIDE_REQUESTS
+        (every row lengthens a request's T3 steps), and never more than T3's batch less the requests in progress
+        and a quarter of the batch kept free for the next ones (a request that finds T3's batch full of job pieces
+        waits for one to finish). At least one: a job always moves on."""
         ready = self.models.loaded()
-        interactive = ready[0].synthesizer.active if ready else 0  # one admission for every model
+        if not ready:
+            return self.max_batch
+        admission = ready[0].synthesizer.admission  # one admission for every model
+        if not admission.requests_recent():
+            return self.max_batch
+        interactive = admission.active
         reserve = self.max_batch // 4 if interactive else 0
-        return max(1, self.max_batch - interactive - reserve)
+        beside = min(self.settings.job_t3_rows_beside_requests, self.max_batch - interactive - reserve)
+        return max(1, beside)
 
     def eta(self, job_id: str) -> float | None:
         job = self._running.get(job_id)

@@ -1,11 +1,18 @@
 """The server's places for speech requests in progress (`max_queue`), shared by every model it serves.
 
-Owns only the count and the 429 beyond it; who takes and gives back a place is the speech job (`speech_job.py`).
+Owns the count, the 429 beyond it, and when requests were last in progress (long-form jobs yield to requests while
+they come: `job_gate.py`, `jobs/runner.py`). Who takes and gives back a place is the speech job (`speech_job.py`).
 """
 
 from __future__ import annotations
 
+import time
+
 from .errors import APIError
+
+# Requests come one after another (a stream's pieces, the next request a moment later): the server counts as busy
+# with requests for this long after the last one ended, so long-form jobs do not refill the GPU between two of them.
+REQUESTS_QUIET_S = 2.0
 
 
 class Admission:
@@ -14,6 +21,7 @@ class Admission:
     def __init__(self, max_queue: int) -> None:
         self.max_queue = max_queue
         self.active = 0
+        self._last_release = -float("inf")  # monotonic time a request last ended
 
     def acquire(self) -> None:
         """Take a place (given back by `release` when the response ends), or 429 with Retry-After."""
@@ -28,3 +36,8 @@ class Admission:
 
     def release(self) -> None:
         self.active -= 1
+        self._last_release = time.monotonic()
+
+    def requests_recent(self, quiet_s: float = REQUESTS_QUIET_S) -> bool:
+        """Whether a speech request is in progress or ended within `quiet_s` seconds."""
+        return self.active > 0 or time.monotonic() - self._last_release < quiet_s

@@ -38,6 +38,7 @@ import torch
 
 from ..incremental import PartialJob, PartialResult, VocoderLike, vocode_partials
 from ..vocoder import VocodeJob
+from .admission import REQUESTS_QUIET_S
 from .metrics import S3GEN_BATCH, S3GEN_DEVICE_BATCH, S3GEN_DEVICE_WORK, S3GEN_PARTIAL_BATCH, S3GEN_WORK
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def _select_tier(
 # After an interactive piece or partial, how long the worker keeps long-form jobs' pieces to `low_rows_beside` rows a
 # batch: requests come one after another (a stream's pieces and partials, the next request a moment later), and a
 # running batch cannot be interrupted, so jobs' batches stay short until requests have stopped coming for a while.
-INTERACTIVE_QUIET_S = 2.0
+INTERACTIVE_QUIET_S = REQUESTS_QUIET_S
 
 
 def cap_low_rows(chosen: list[int], low: list[bool], max_low: int) -> list[int]:

@@ -45,6 +45,7 @@ from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, vali
 from ..text.paralinguistic import prepare_tags
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .admission import Admission
+from .job_gate import JobGate
 from .errors import APIError, describe_failure, log_failure
 from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
 from .registry import served_id
@@ -123,6 +124,9 @@ class Synthesizer:
         self.tts = tts
         self.settings = settings
         self.admission = admission or Admission(settings.max_queue)
+        # Long-form jobs' pieces reach S3Gen only where speech requests leave it free (`job_gate.py`).
+        self.job_gate = JobGate(self.admission, rows_beside=settings.job_rows_beside_requests,
+                                max_defer_s=settings.job_max_defer_s)  # fmt: skip
         self.store = store
         self.model_id = served_id(tts.variant)
         self._language_advice = language_advice or _multilingual_advice
@@ -351,14 +355,16 @@ class Synthesizer:
 
     async def speak_piece(self, text: str, voice: JobVoice, seed: int) -> np.ndarray:
         """One piece of a long-form job (float32, 24 kHz, edges faded): T3 for its tokens, then S3Gen at low priority
-        (interactive pieces waiting in S3Gen go first). Cancelling the caller aborts the T3 request, or takes the
-        piece out of S3Gen's queue."""
+        (`job_gate`: not while speech requests are in progress; interactive pieces waiting in S3Gen go first).
+        Cancelling the caller aborts the T3 request, or takes the piece out of S3Gen's queue."""
         tokens = self.tts.text_tokens(text, voice.language)
         params = self.tts.piece_params(tokens, voice.params)
         params = SamplingParams(**{**params.__dict__, "seed": seed})
         speech = await self.tts.engine.generate_async(tokens.to(self.tts.device), voice.conds.t3, params)
-        future = self._s3gen.vocode(VocodeJob(speech, voice.conds, seed), low_priority=True)
-        return fade_edges(await asyncio.wrap_future(future))
+        async with self.job_gate.entered():
+            future = self._s3gen.vocode(VocodeJob(speech, voice.conds, seed), low_priority=True)
+            wav = await asyncio.wrap_future(future)  # cancelled with the caller: out of S3Gen's queue if not started
+        return fade_edges(wav)
 
     async def _conditionals(self, voice: Voice, exaggeration: float) -> Conditionals:
         if voice.path is None:
