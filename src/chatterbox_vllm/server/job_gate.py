@@ -8,8 +8,8 @@ requests came within `REQUESTS_QUIET_S` it goes only while fewer than `rows_besi
 (CHATTERBOX_JOB_ROWS_BESIDE_REQUESTS, 1: one job piece at most is what a new request can find under way); once
 requests have stopped, pieces go as they come and S3Gen batches them.
 
-A piece held longer than `max_defer_s` goes anyway (`rows_beside` at a time), so a server under constant load still moves its
-jobs on, slowly, instead of starving them.
+A piece held longer than `max_defer_s` goes anyway (`rows_beside` at a time), so a server under constant load still
+moves its jobs on, slowly, instead of starving them.
 """
 
 from __future__ import annotations

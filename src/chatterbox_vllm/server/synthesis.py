@@ -45,8 +45,8 @@ from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, vali
 from ..text.paralinguistic import prepare_tags
 from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .admission import Admission
-from .job_gate import JobGate
 from .errors import APIError, describe_failure, log_failure
+from .job_gate import JobGate
 from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
 from .registry import served_id
 from .s3gen_pool import S3GenPool
