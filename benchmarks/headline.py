@@ -356,12 +356,14 @@ class PeakMemory(PeakPoller):
                 self.method = "nvidia_smi_device_used"
         self.interval_s = 0.02 if self.method == "nvml_device_used" else 0.1
         self.pid: int | None = None
+        self.per_process: dict[int, dict[str, Any]] = {}  # pid -> its name and peak GiB (NVML only)
         self.baseline = self.peak = self.used() if self.method != "cpu_rss" else 0
 
     def used(self) -> float:
         if self.method == "nvml_device_used":
             import pynvml
 
+            self._note_processes()
             return float(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
         if self.method == "nvidia_smi_device_used":
             return (gpu_used_mib() or 0.0) * 2**20
@@ -375,9 +377,36 @@ class PeakMemory(PeakPoller):
         except psutil.Error:
             return 0.0
 
+    def _note_processes(self) -> None:
+        """Each GPU process's peak use (NVML's per-process figure; absent where the driver does not give it, e.g. in
+        some containers), so a report says which process holds the memory: the server's or vLLM's engine core."""
+        import pynvml
+
+        try:
+            running = pynvml.nvmlDeviceGetComputeRunningProcesses(self._nvml)
+        except pynvml.NVMLError:
+            return
+        for process in running:
+            used = getattr(process, "usedGpuMemory", None)
+            if used is None:
+                continue
+            known = self.per_process.setdefault(process.pid, {"name": _process_name(process.pid), "peak_gib": 0.0})
+            known["peak_gib"] = max(known["peak_gib"], used / 2**30)
+
     @property
     def peak_gib(self) -> float:
         return (self.peak - self.baseline) / 2**30
+
+
+def _process_name(pid: int) -> str:
+    """A GPU process's short name: its title (vLLM names its engine core `VLLM::EngineCore`) or command line."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return " ".join(process.cmdline()[:4])[:120] or process.name()
+    except psutil.Error:
+        return "?"
 
 
 def device_slug(name: str) -> str:
@@ -449,7 +478,7 @@ def part_multilingual(args: argparse.Namespace, work: Path, out: dict[str, Any])
             requests(server.url, 1, PARAGRAPH)
             load, wall = requests(server.url, full_batch)
     out.update(load=summarize(load, wall, full_batch), method=peak.method, peak_gib=peak.peak_gib,
-               baseline_gib=peak.baseline / 2**30)  # fmt: skip
+               baseline_gib=peak.baseline / 2**30, per_process=list(peak.per_process.values()))  # fmt: skip
     if out["load"]["failed"]:
         raise RuntimeError(f"the full batch failed: {out['load']['errors']}")
     out["figures"] = {"peak_vram_gib_low_multilingual": peak.peak_gib}

@@ -245,6 +245,13 @@ class Settings(BaseSettings):
         "sooner) only while at most this many speech requests are in progress; beyond, the rest of each piece leaves "
         "when the whole piece is vocoded (each partial redoes the voice prompt: S3Gen time under load)",
     )  # fmt: skip
+    stream_partial_lead_s: float = Field(
+        1.0, ge=0, le=3600,
+        description="after a stream's first audio, a later partial vocode of its first piece runs only while the audio "
+        "sent is less than this many seconds ahead of real-time playback: each partial costs S3Gen time that the "
+        "whole piece's vocode then replaces, and a fast GPU has the whole piece ready long before a second of audio "
+        "has played (0: no later partials)",
+    )  # fmt: skip
     s3gen_batch_size: int | None = Field(
         None,
         ge=1,

@@ -97,6 +97,24 @@ def test_partials_off_beyond_the_setting(english_tts: ChatterboxTTS, tmp_path: P
         stop_server(running)
 
 
+def test_later_partials_follow_the_playback_lead(english_tts: ChatterboxTTS, tmp_path: Path) -> None:
+    """With a lead no stream reaches, a lone stream's first piece keeps coming in partials (first audio, then
+    later ones); with no lead wanted, only a first partial runs unless the listener has already run dry, which a
+    stream on this host may or may not do: so the second server's count is bounded by the first's."""
+    counts = []
+    for lead_s in (3600.0, 0.0):
+        running = start_server(make_settings(tmp_path / str(lead_s), stream_partial_lead_s=lead_s,
+                                             max_new_tokens=60), english_tts)  # fmt: skip
+        try:
+            before = partial_batches()
+            stream_concurrently(running, 1)
+            counts.append(partial_batches()[0] - before[0])
+        finally:
+            stop_server(running)
+    assert counts[0] >= 2  # the first partial and at least one later one
+    assert 1 <= counts[1] <= counts[0]
+
+
 @pytest.fixture(scope="module")
 def jobs(english_tts: ChatterboxTTS) -> list[PartialJob]:
     """First partials of three requests (different seeds and token counts)."""

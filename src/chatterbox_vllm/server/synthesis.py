@@ -48,6 +48,7 @@ from .admission import Admission
 from .errors import APIError, describe_failure, log_failure
 from .job_gate import JobGate
 from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
+from .playback_lead import PlaybackLead
 from .registry import served_id
 from .s3gen_pool import S3GenPool
 from .s3gen_process import S3GenProcess, WarmUp
@@ -235,15 +236,19 @@ class Synthesizer:
         """Speech requests in progress on the whole server (every model's)."""
         return self.admission.active
 
-    def _partial_wanted(self, *, first_audio_sent: bool) -> bool:
+    def _partial_wanted(self, lead: PlaybackLead, *, first_audio_sent: bool) -> bool:
         """Whether a stream's next partial vocode runs now. Each partial decodes the whole voice prompt again (most
         of its cost), so once a stream's first audio has left, later partials run only while few requests are in
-        progress (`stream_later_partials_max_active`); under load the rest of the piece comes from its whole vocode,
-        batched with other pieces. H200, 2026-12-02: every partial at 64 concurrent cut S3Gen's audio per busy
-        second to ~17x (BENCHMARKS.md)."""
+        progress (`stream_later_partials_max_active`; under load the rest of the piece comes from its whole vocode,
+        batched with other pieces: H200, 2026-12-02, every partial at 64 concurrent cut S3Gen's audio per busy
+        second to ~17x, BENCHMARKS.md) and while the audio sent is less than `stream_partial_lead_s` ahead of its
+        playback (`playback_lead.py`)."""
         if not self._few_active():
             return False
-        return not first_audio_sent or self.active <= self.settings.stream_later_partials_max_active
+        if not first_audio_sent:
+            return True
+        return (self.active <= self.settings.stream_later_partials_max_active
+                and lead.ahead_s() < self.settings.stream_partial_lead_s)  # fmt: skip
 
     def _few_active(self) -> bool:
         """Whether partial vocodes (first audio sooner, at some S3Gen time's cost) are wanted now: checked again
@@ -508,16 +513,18 @@ class Synthesizer:
         text = prepared.pieces[0].to(self.tts.device)
         tokens: list[int] = []
         first_source = "piece"
+        lead = PlaybackLead()
         try:
             async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
                 tokens.append(token)
-                if vocoder.due(len(tokens)) and self._partial_wanted(first_audio_sent=first_source == "partial"):
+                if vocoder.due(len(tokens)) and self._partial_wanted(lead, first_audio_sent=first_source == "partial"):
                     job = vocoder.partial_job(tokens)
                     if job is None:
                         continue
                     # cancelled with this coroutine (a client gone): the worker then skips it
                     result = await asyncio.wrap_future(self._s3gen.partial(job))
                     audio = vocoder.take_partial(job, result)
+                    lead.sent(len(audio) / SAMPLE_RATE)
                     if len(audio):
                         if first_source == "piece":
                             first_source = "partial"
