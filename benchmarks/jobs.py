@@ -77,8 +77,12 @@ def wait_pieces(url: str, job_id: str, pieces: int, timeout_s: float = 600) -> d
 
 
 def job_alone(url: str, job_id: str, window_s: float) -> dict[str, Any]:
-    """The job's own speed with nothing else on the server: audio seconds made per wall second over the window."""
+    """The job's own speed with nothing else on the server: audio seconds made per wall second over the window,
+    from the moment the server no longer counts speech requests as recent (jobs yield to requests until then)."""
+    from chatterbox_vllm.server.admission import REQUESTS_QUIET_S
+
     wait_idle(url)
+    time.sleep(REQUESTS_QUIET_S)
     first, t0 = job_state(url, job_id), time.perf_counter()
     time.sleep(window_s)
     last, t1 = job_state(url, job_id), time.perf_counter()
