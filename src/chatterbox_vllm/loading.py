@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from .checkpoint.config import ModelConfig, load_model_config
 from .checkpoint.layout import CONFIG_FILE, CheckpointLayout
-from .conditioning import Conditionals
+from .conditioning import Conditionals, VoiceConditioner
 from .conditioning_store import model_fingerprint
 from .engine.base import T3Engine
 from .engine.factory import build_t3_engine, resolve_engine_kind
@@ -64,6 +65,30 @@ def voice_analysis_fingerprint(directory: Path, layout: CheckpointLayout, config
 
 
 @dataclass(frozen=True)
+class BeforeEngine:
+    """What is loaded when T3's engine is about to start: how another process loads the same S3Gen, and the model's
+    voice analysis (voice encoder and speech tokenizer: it needs nothing of T3)."""
+
+    vocoder_spec: VocoderSpec
+    voices: VoiceConditioner
+
+
+class BesideEngine(Protocol):
+    """Work started once everything but T3's engine is loaded, to run while the engine starts (the server's S3Gen
+    worker process and voice warm-up, `server/s3gen_beside.py`). `kv_cache_memory_bytes` fixes vLLM's KV cache on a
+    GPU (its profile of the device's free memory would count that work's allocations); `stage` is what /health says
+    while the engine starts."""
+
+    @property
+    def kv_cache_memory_bytes(self) -> int | None: ...
+
+    @property
+    def stage(self) -> str: ...
+
+    def start(self, loaded: BeforeEngine) -> None: ...
+
+
+@dataclass(frozen=True)
 class LoadOptions:
     """How a checkpoint is loaded: the device (None: cuda when there is one), the T3 engine (auto | vllm | torch)
     and vLLM's options, S3Gen's options, and the multilingual model's Hebrew diacritizer (`dicta_model`; None: as
@@ -76,9 +101,12 @@ class LoadOptions:
     dicta_model: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, gpu_memory_gib: float | None = None) -> LoadOptions:
+    def from_settings(
+        cls, settings: Settings, *, gpu_memory_gib: float | None = None, kv_cache_memory_bytes: int | None = None
+    ) -> LoadOptions:
         """What the CHATTERBOX_* settings say: device, engine, the VRAM limits (`gpu_memory_gib` in place of T3's
-        budget: the share a VRAM plan gave it), T3's and S3Gen's compile and dtype switches."""
+        budget: the share a VRAM plan gave it; `kv_cache_memory_bytes`: vLLM's KV cache fixed, on a GPU), T3's and
+        S3Gen's compile and dtype switches."""
         device = settings_device(settings)
         limits = settings.limits()
         if gpu_memory_gib is not None:
@@ -86,6 +114,7 @@ class LoadOptions:
         vllm = VLLMOptions.from_limits(
             limits, device, explicit_dtype=settings.dtype is not None, compile=settings.t3_compile,
             cache_dir=settings.resolved_cache_dir(), data_parallel_size=settings.t3_data_parallel_size,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
         )  # fmt: skip
         s3gen = S3GenOptions(
             tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu",
@@ -110,6 +139,7 @@ class ModelParts:
     s3gen: S3Gen
     voice_encoder: VoiceEncoder
     conds: Conditionals | None
+    voices: VoiceConditioner
     conditioning_fingerprint: str | None = None
     vocoder_spec: VocoderSpec | None = None
     warm_up_tokens: int | None = None
@@ -117,10 +147,12 @@ class ModelParts:
 
 
 def load_parts(
-    directory: Path, layout: CheckpointLayout, options: LoadOptions, progress: Progress | None = None
-) -> ModelParts:
+    directory: Path, layout: CheckpointLayout, options: LoadOptions, progress: Progress | None = None,
+    beside_engine: BesideEngine | None = None,
+) -> ModelParts:  # fmt: skip
     """Load every part of the checkpoint in `directory`: S3Gen, the voice encoder, the text front end and the
-    built-in voice, then T3's engine (vLLM's starts a process of its own). `progress` hears each stage."""
+    built-in voice, then T3's engine (vLLM's starts a process of its own). `progress` hears each stage;
+    `beside_engine` is started just before T3's engine (what it starts runs while the engine starts)."""
     progress = progress or no_progress
     device = torch.device(options.device) if options.device is not None else default_device()
     config = load_model_config(directory, layout)
@@ -134,17 +166,25 @@ def load_parts(
     tokenizer = layout.family.load_text_front_end(directory, options.dicta_model)
     conds_path = directory / layout.conds
     conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
+    family = layout.family
+    voices = VoiceConditioner(
+        voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
+        loudness_lufs=family.voice_loudness_lufs, min_seconds=family.min_voice_seconds,
+    )  # fmt: skip
+    # The S3Gen worker process sets itself up as this one was (TF32, caches) before it loads.
+    spec = VocoderSpec(str(directory), str(device), options.s3gen, graphs=graphs, process=configured())
     loaded = time.perf_counter()
     progress("starting the T3 engine (vLLM)" if kind == "vllm" else "loading T3 (PyTorch)")
+    if beside_engine is not None:
+        beside_engine.start(BeforeEngine(spec, voices))
+        progress(beside_engine.stage)
     engine = build_t3_engine(options.engine, directory / layout.t3, config.t3, device, vllm_options=options.vllm)
     phases = {"load_s3gen_voice_encoder": loaded - started, "t3_engine": time.perf_counter() - loaded}
     log.info("loaded %s Chatterbox from %s on %s (T3 engine: %s)", layout.variant, directory, device,
              type(engine).__name__)  # fmt: skip
     return ModelParts(
         layout=layout, config=config, device=device, engine=engine, tokenizer=tokenizer, s3gen=s3gen,
-        voice_encoder=voice_encoder, conds=conds,
-        conditioning_fingerprint=voice_analysis_fingerprint(directory, layout, config),
-        # The S3Gen worker process sets itself up as this one was (TF32, caches) before it loads.
-        vocoder_spec=VocoderSpec(str(directory), str(device), options.s3gen, graphs=graphs, process=configured()),
+        voice_encoder=voice_encoder, conds=conds, voices=voices,
+        conditioning_fingerprint=voice_analysis_fingerprint(directory, layout, config), vocoder_spec=spec,
         warm_up_tokens=options.s3gen.warm_up_tokens, startup_phases=phases,
     )  # fmt: skip

@@ -268,6 +268,14 @@ class Settings(BaseSettings):
         "whose 8 and 12 GB cards are better off without the worker's own CUDA context and copy of S3Gen's weights, "
         "~1 GB, counted in the VRAM plan). Voice-clip analysis stays in the server process either way",
     )
+    s3gen_start_beside_t3: bool = Field(
+        True,
+        description="start S3Gen's worker process (its load, compile, CUDA graphs and warm-up) and voice analysis's "
+        "warm-up while T3's engine starts rather than after it, where that is safe: the process layout with one "
+        "worker, vLLM's KV cache then fixed at the size the T3 budget holds (`kv_cache_memory_bytes`, so nothing "
+        "allocated meanwhile changes it), and the T3 budget and the rest of the model fitting the GPU's free memory "
+        "together. false: one after the other, as before",
+    )
     s3gen_devices: str | None = Field(
         None,
         description="where S3Gen's workers run, comma-separated (cpu | cuda | cuda:N, e.g. cuda:0,cuda:1), or auto: "

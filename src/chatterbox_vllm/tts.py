@@ -22,6 +22,7 @@ from .engine.base import SamplingParams, T3Engine
 from .engine.vllm_engine import VLLMOptions
 from .families import ModelFamily
 from .loading import (  # noqa: F401 - Progress and the device helpers: public here too
+    BesideEngine,
     LoadOptions,
     ModelParts,
     Progress,
@@ -72,10 +73,7 @@ class ChatterboxTTS:
         family = parts.layout.family
         self.t3 = T3Stage(engine=parts.engine, tokenizer=parts.tokenizer, family=family, config=parts.config,
                           device=parts.device)  # fmt: skip
-        self.voices = VoiceConditioner(
-            parts.voice_encoder, parts.s3gen, prompt_tokens=parts.config.t3.speech_cond_prompt_len,
-            device=parts.device, loudness_lufs=family.voice_loudness_lufs, min_seconds=family.min_voice_seconds,
-        )  # fmt: skip
+        self.voices: VoiceConditioner = parts.voices
         self.vocoder = Vocoder(parts.s3gen, device=parts.device, family=family, default_conds=parts.conds,
                                warm_up_tokens=parts.warm_up_tokens)  # fmt: skip
         # Seconds each start-up phase took, in order (loading, T3's engine, S3Gen's compile and graphs, ...): the
@@ -115,18 +113,20 @@ class ChatterboxTTS:
         options: LoadOptions | None = None,
         server_cache_dir: Path | None = None,
         progress: Progress | None = None,
+        beside_engine: BesideEngine | None = None,
     ) -> ChatterboxTTS:
         """Load a model by name, as CHATTERBOX_MODEL names one: english, multilingual, turbo, nano (from the Hugging
         Face hub, or its cache `cache_dir`; `local_files_only` None follows HF_HUB_OFFLINE), random-tiny (written to
         `server_cache_dir`, None: the settings') or a checkpoint directory. `options`, when given, replace `device`,
-        `engine` and `vllm_options`; `progress` hears each stage of the load."""
+        `engine` and `vllm_options`; `progress` hears each stage of the load; `beside_engine` starts just before T3's
+        engine (`loading.load_parts`)."""
         (progress or no_progress)(checkpoint_stage(model))
         directory, layout = resolve_model(
             model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
             server_cache_dir=server_cache_dir,
         )  # fmt: skip
         options = options or LoadOptions(device, engine, vllm_options)
-        return cls(load_parts(directory, layout, options, progress))
+        return cls(load_parts(directory, layout, options, progress, beside_engine))
 
     @classmethod
     def from_settings(
@@ -136,15 +136,20 @@ class ChatterboxTTS:
         model: str | None = None,
         gpu_memory_gib: float | None = None,
         progress: Progress | None = None,
+        beside_engine: BesideEngine | None = None,
     ) -> ChatterboxTTS:
         """Load what the CHATTERBOX_* settings name: model, revision, device, engine and the VRAM limits.
 
         `model` loads another of the server's models with the same settings; `gpu_memory_gib` replaces T3's budget
-        (the share a VRAM plan gave it when several models are loaded); `progress` hears each stage of the load.
-        Call `process_setup.configure_process(settings)` first, once per process: this changes no process state."""
+        (the share a VRAM plan gave it when several models are loaded); `progress` hears each stage of the load;
+        `beside_engine` starts just before T3's engine and runs while it starts (its KV cache size then fixes
+        vLLM's). Call `process_setup.configure_process(settings)` first, once per process: this changes no process
+        state."""
+        kv_bytes = beside_engine.kv_cache_memory_bytes if beside_engine is not None else None
         return cls.from_pretrained(
             model or settings.model, revision=settings.revision, server_cache_dir=settings.resolved_cache_dir(),
-            options=LoadOptions.from_settings(settings, gpu_memory_gib=gpu_memory_gib), progress=progress,
+            options=LoadOptions.from_settings(settings, gpu_memory_gib=gpu_memory_gib, kv_cache_memory_bytes=kv_bytes),
+            progress=progress, beside_engine=beside_engine,
         )  # fmt: skip
 
     @property

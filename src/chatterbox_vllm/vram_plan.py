@@ -94,6 +94,16 @@ def t3_kv_bytes_per_token(config: T3Config, dtype_bytes: int = _T3_DTYPE_BYTES) 
     return config.num_hidden_layers * 2 * width * dtype_bytes * rows
 
 
+def t3_kv_cache_bytes(variant: str, t3_budget_gib: float, max_model_len: int) -> int | None:
+    """The KV cache a T3 budget holds as this plan counts it: the budget less T3's weights and `T3_ACTIVATION_GIB`
+    (the high preset's 10 GiB: ~8.6 GiB, ~37,000 tokens of the Llama T3, where vLLM's own profile found ~38,000 on
+    an H200). Given to vLLM as its KV cache's size when it must not profile the device (`s3gen_beside`). None when
+    that leaves less than one request of `max_model_len` tokens (vLLM's profile then says what is short)."""
+    config = T3Config.for_variant(variant)
+    kv = int(t3_budget_gib * 2**30) - t3_weight_bytes(config) - int(T3_ACTIVATION_GIB * 2**30)
+    return kv if kv >= t3_kv_bytes_per_token(config) * max_model_len else None
+
+
 def model_need(model: str, variant: str, preset: str, max_model_len: int, s3gen_layout: str = "thread") -> ModelNeed:
     """What `model` needs; S3Gen in a process of its own (`s3gen_layout` "process") adds `S3GEN_PROCESS_GIB`."""
     config = T3Config.for_variant(variant)

@@ -342,7 +342,8 @@ def test_shutdown_leaves_no_process(english_tts: ChatterboxTTS, tmp_path: Path) 
 
 
 def test_sigterm_stops_the_servers_s3gen_process(tmp_path: Path) -> None:
-    """`chatterbox-vllm serve` as users start it, S3Gen in its process; SIGTERM leaves no process behind."""
+    """`chatterbox-vllm serve` as users start it, S3Gen in its process (started beside vLLM's engine); SIGTERM leaves
+    no process behind."""
     port = free_port()
     env = {**os.environ, "CHATTERBOX_MODEL": "random-tiny", "CHATTERBOX_S3GEN_LAYOUT": "process",
            "CHATTERBOX_CACHE_DIR": str(tmp_path / "cache"), "CHATTERBOX_MAX_NEW_TOKENS": "40",
@@ -352,6 +353,9 @@ def test_sigterm_stops_the_servers_s3gen_process(tmp_path: Path) -> None:
     with server_process(args, env, port, tmp_path / "server.log") as (url, server):
         pid = httpx.get(f"{url}/health").json()["models"][0]["s3gen"]["pid"]
         assert alive(pid)
+        # started while vLLM's engine started (a CPU: its KV cache needs no fixing), not once it was up
+        log_text = (tmp_path / "server.log").read_text()
+        assert log_text.index("S3Gen process started beside the T3 engine") < log_text.index(" Chatterbox from ")
         response = httpx.post(f"{url}/v1/audio/speech", timeout=300,
                               json={"model": "tts-1", "input": "Hello.", "voice": "alloy", "response_format": "pcm"})  # fmt: skip
         assert response.status_code == 200 and len(response.content) > 0

@@ -68,6 +68,10 @@ class VLLMOptions:
     data_parallel_size: int = 1
     # The GPU of one engine when it is not the first visible one (CHATTERBOX_T3_DEVICE=cuda:N): vLLM's device_ids.
     device_index: int | None = None
+    # vLLM's KV cache in bytes, fixed (None: vLLM sizes it from a profile of the device's free memory). Set when the
+    # S3Gen process starts beside the engine: its allocations would otherwise shrink the profiled KV cache, or fail
+    # vLLM's check that no memory was freed while it profiled (`server/s3gen_beside.py`).
+    kv_cache_memory_bytes: int | None = None
 
     @classmethod
     def from_limits(
@@ -79,10 +83,12 @@ class VLLMOptions:
         compile: bool = True,
         cache_dir: Path | None = None,
         data_parallel_size: int = 1,
+        kv_cache_memory_bytes: int | None = None,
     ) -> VLLMOptions:
         """Settings -> engine options. On a GPU the GiB budget becomes vLLM's utilisation fraction of the device;
         on CPU it sizes vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE), and T3 runs in float32 unless a dtype was set.
-        `compile` and `cache_dir` are the settings' t3_compile and cache directory, passed through."""
+        `compile` and `cache_dir` are the settings' t3_compile and cache directory, passed through;
+        `kv_cache_memory_bytes` fixes the KV cache on a GPU (ignored on a CPU, whose KV cache is fixed already)."""
         dtype = limits.dtype
         if device.type == "cuda":
             total = torch.cuda.get_device_properties(device).total_memory
@@ -104,6 +110,7 @@ class VLLMOptions:
             cache_dir=cache_dir,
             data_parallel_size=data_parallel_size,
             device_index=device.index if device.type == "cuda" and device.index else None,
+            kv_cache_memory_bytes=kv_cache_memory_bytes if device.type == "cuda" else None,
         )
 
 
@@ -132,6 +139,17 @@ def vllm_available() -> bool:
     return True
 
 
+def takes_kv_cache_bytes() -> bool:
+    """Whether this vLLM takes its KV cache's size in bytes (EngineArgs.kv_cache_memory_bytes, vLLM 0.11 and
+    later: 0.26 to 0.33 have it), so that its start does not depend on what other processes allocate meanwhile."""
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except Exception as exc:  # noqa: BLE001 - no usable vLLM: nothing to ask it
+        log.debug("vLLM is not usable: %s", exc)
+        return False
+    return "kv_cache_memory_bytes" in {f.name for f in dataclasses.fields(EngineArgs)}
+
+
 def _prepare_process_environment() -> None:
     # One logits-processor interface across vLLM 0.26 .. 0.33: the V1 model runner's (V2 has its own).
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
@@ -148,12 +166,16 @@ def engine_kwargs(model_dir: Path, options: VLLMOptions, config: T3Config | None
         parallel = dict(data_parallel_size=options.data_parallel_size)
     if options.device_index:  # only then: T3 on the first visible GPU keeps the arguments of every vLLM version
         parallel["device_ids"] = [_checked_device_index(options.device_index)]
+    sizing: dict[str, Any] = {}
+    if options.kv_cache_memory_bytes is not None:  # only then: without it the arguments are every vLLM version's
+        sizing = dict(kv_cache_memory_bytes=int(options.kv_cache_memory_bytes))
     graphs: dict[str, Any] = {}
     if options.cudagraph_capture_sizes and not options.enforce_eager:  # a dict: one shape from vLLM 0.26 to 0.33
         graphs = dict(compilation_config={"cudagraph_capture_sizes": list(options.cudagraph_capture_sizes)})
     return dict(
         **whole_prefills,
         **parallel,
+        **sizing,
         **graphs,
         model=str(model_dir),
         skip_tokenizer_init=True,

@@ -26,7 +26,8 @@ from ..vram_plan import check_devices, model_need, plan_devices, plan_t3_budgets
 from .admission import Admission
 from .errors import describe_failure, log_failure
 from .metrics import T3_IN_ENGINE, VOICE_CONDITIONING
-from .registry import LoadedModel, ModelRegistry, ServedModel
+from .registry import LoadedModel, ModelRegistry, ServedModel, served_id
+from .s3gen_beside import S3GenBeside, start_facts, start_order
 from .startup import loading_line, phases_text, ready_line
 from .synthesis import Synthesizer
 from .voices import VoiceLibrary
@@ -139,15 +140,16 @@ class ModelLoader:
             log.info("voices directory: %s", library.directory)
         return library
 
-    def serve(self, state: ServedModel, tts: ChatterboxTTS) -> None:
-        """Build what requests use around a loaded model, then mark its state ready."""
+    def serve(self, state: ServedModel, tts: ChatterboxTTS, beside: S3GenBeside | None = None) -> None:
+        """Build what requests use around a loaded model (taking over the S3Gen process started `beside` its T3
+        engine), then mark its state ready once S3Gen's and voice analysis's warm-ups are done."""
         state.stage = "warming up S3Gen"
         voices = self.voices()
         store = None
         if voices.directory is not None and tts.conditioning_fingerprint is not None:
             store = ConditioningStore(voices.directory, tts.variant, tts.conditioning_fingerprint)
         synthesizer = Synthesizer(tts, self.settings, self.admission, store,
-                                  language_advice=self.served.language_advice)  # fmt: skip
+                                  language_advice=self.served.language_advice, beside=beside)  # fmt: skip
         try:
             # ready means a request runs at once, not behind S3Gen's compile and graph capture
             synthesizer.wait_warm_up()
@@ -160,6 +162,18 @@ class ModelLoader:
             VOICE_CONDITIONING.labels(model=synthesizer.model_id, source=source)
         state.loaded = LoadedModel(synthesizer.model_id, tts, synthesizer, voices)
         state.stage = None
+
+    def s3gen_beside(self, state: ServedModel, budget: float | None) -> S3GenBeside | None:
+        """What starts beside the model's T3 engine (its S3Gen process, voice analysis's warm-up), or None: after the
+        engine, as `s3gen_beside.start_order` decides for this host, with the reason logged. Either way /health
+        says loading until both are done (`serve` waits for the warm-ups)."""
+        variant = _variant(state)
+        t3_budget = budget if budget is not None else self.settings.limits().gpu_memory_gib
+        order = start_order(self.settings, variant, t3_budget, start_facts(self.settings))
+        if not order.beside:
+            log.info("%s: S3Gen starts after the T3 engine: %s", state.describe(), order.reason)
+            return None
+        return S3GenBeside(self.settings, served_id(variant), order)
 
     def announce_ready(self) -> None:
         """The one line that says the server serves, once every model has loaded or failed (failures were logged
@@ -193,17 +207,21 @@ class ModelLoader:
                 continue
             state.t3_budget_gib = budget
             model: ChatterboxTTS | None = None
+            beside: S3GenBeside | None = None
 
             def progress(stage: str, state: ServedModel = state) -> None:
                 state.stage = stage
 
             try:
+                beside = await asyncio.to_thread(self.s3gen_beside, state, budget)
                 model = await asyncio.to_thread(
                     ChatterboxTTS.from_settings, self.settings, model=state.model, gpu_memory_gib=budget,
-                    progress=progress,
+                    progress=progress, beside_engine=beside,
                 )  # fmt: skip
-                await asyncio.to_thread(self.serve, state, model)
+                await asyncio.to_thread(self.serve, state, model, beside)
             except Exception as exc:
+                if beside is not None:
+                    beside.close()  # its S3Gen process, unless the synthesizer took it over (and stopped it)
                 if model is not None:
                     model.close()
                 state.fail(describe_failure(exc))

@@ -52,6 +52,7 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..incremental import PartialJob, warm_up_first_partial
+from ..settings import S3GEN_BATCH_SIZES, Settings
 from ..vocoder import VocodeJob, Vocoder, VocoderSpec
 from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS
 from .s3gen_worker import S3GenWorker, record_work
@@ -246,12 +247,14 @@ class S3GenProcess:
     """S3Gen vocoding in a child process, with `S3GenWorker`'s submit surface; see the module's docstring."""
 
     def __init__(
-        self, spec: VocoderSpec, max_batch: int, *, warm_up: WarmUp, call_worker: S3GenWorker,
+        self, spec: VocoderSpec, max_batch: int, *, warm_up: WarmUp, call_worker: S3GenWorker | None,
         max_batch_tokens: int | None = None, model: str = "", voice_cache: int = VOICE_CACHE,
         low_rows_beside: int | None = None,
     ) -> None:  # fmt: skip
-        """`call_worker`: the parent's thread for `call` work (voice analysis). `model`: the served model's id, the
-        restart counter's label. `voice_cache`: voices the child keeps. `low_rows_beside`: `S3GenWorker`'s."""
+        """`call_worker`: the parent's thread for `call` work (voice analysis; None: given later by
+        `use_call_worker`, when the process starts before the model it serves has loaded). `model`: the served
+        model's id, the restart counter's label. `voice_cache`: voices the child keeps. `low_rows_beside`:
+        `S3GenWorker`'s."""
         self.max_batch = max(1, max_batch)
         self._config = _ChildConfig(spec, self.max_batch, max_batch_tokens, warm_up, max(1, voice_cache),
                                     low_rows_beside)  # fmt: skip
@@ -276,6 +279,23 @@ class S3GenProcess:
         _LIVE.add(self)
         self._receiver = threading.Thread(target=self._receive, name="s3gen-receiver", daemon=True)
         self._receiver.start()
+
+    @classmethod
+    def from_settings(
+        cls, spec: VocoderSpec, settings: Settings, *, device: str, model: str, call_worker: S3GenWorker | None = None
+    ) -> S3GenProcess:
+        """The server's S3Gen process on `device`: batches of up to the S3Gen batch size (at most T3's batch), warmed
+        up for the settings' longest piece and the first partial, long-form rows as the settings bound them."""
+        batch = settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset]
+        warm_up = WarmUp(settings.max_new_tokens, settings.stream_first_audio_tokens, max(1, min(4, batch)))
+        return cls(
+            dataclasses.replace(spec, device=device), min(batch, settings.limits().max_batch_size), warm_up=warm_up,
+            call_worker=call_worker, model=model, low_rows_beside=settings.job_rows_beside_requests,
+        )  # fmt: skip
+
+    def use_call_worker(self, call_worker: S3GenWorker) -> None:
+        """The parent's thread for `call` work, for a process started without one."""
+        self._calls = call_worker
 
     @property
     def pid(self) -> int | None:
@@ -318,6 +338,8 @@ class S3GenProcess:
     # ------------------------------------------------------------------------------------------- submit
     def call(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run `fn(*args)` on the parent's own thread for such work (voice analysis), not in the child."""
+        if self._calls is None:
+            raise RuntimeError("the S3Gen process has no thread for voice analysis yet (use_call_worker)")
         return self._calls.call(fn, *args)
 
     def vocode(self, job: VocodeJob, *, low_priority: bool = False) -> Future:
@@ -345,7 +367,8 @@ class S3GenProcess:
         self._process.join(timeout)
         self.kill()
         self._receiver.join(timeout=5)
-        self._calls.shutdown(timeout)
+        if self._calls is not None:
+            self._calls.shutdown(timeout)
         _LIVE.discard(self)
 
     def kill(self) -> None:

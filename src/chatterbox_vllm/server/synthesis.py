@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -50,8 +49,9 @@ from .job_gate import JobGate
 from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
 from .playback_lead import PlaybackLead
 from .registry import served_id
+from .s3gen_beside import S3GenBeside
 from .s3gen_pool import S3GenPool
-from .s3gen_process import S3GenProcess, WarmUp
+from .s3gen_process import S3GenProcess
 from .s3gen_worker import S3GenWorker
 from .schemas import SpeechRequest
 from .voices import Voice
@@ -118,10 +118,12 @@ class Synthesizer:
         admission: Admission | None = None,
         store: ConditioningStore | None = None,
         language_advice: Callable[[str], str] | None = None,
+        beside: S3GenBeside | None = None,
     ) -> None:
         """`store`: where this model's conditionals of the voices directory's clips are kept (None: memory only).
         `language_advice(code)` says which model speaks a language this one does not (the server's models know;
-        alone, a synthesizer can only say that the multilingual model does)."""
+        alone, a synthesizer can only say that the multilingual model does). `beside`: the S3Gen process and voice
+        warm-up started while T3's engine started (`s3gen_beside`), taken over here."""
         self.tts = tts
         self.settings = settings
         self.admission = admission or Admission(settings.max_queue)
@@ -142,12 +144,17 @@ class Synthesizer:
         if layout == "process" and settings.s3gen_layout == "auto" and tts.vocoder_spec is None:
             layout = "thread"
         self._s3gen: S3GenWorker | S3GenProcess | S3GenPool
-        if self.placement.workers > 1:
+        if beside is not None:
+            # Started before T3's engine, beside it: its warm-ups (and voice analysis's) may be done already.
+            self._s3gen, voice_warm_up = beside.take()
+            self._s3gen.use_call_worker(S3GenWorker(tts, 1))
+            self._warm_ups = [self._s3gen.ready, voice_warm_up or self._s3gen.call(tts.voices.warm_up)]
+        elif self.placement.workers > 1:
             log.info("%s: %s, each in a process of its own", self.model_id, self.placement.describe())
-            self._s3gen = self._s3gen_pool(rows)
+            self._s3gen = self._s3gen_pool()
             self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
         elif self.placement.s3gen_in_processes(layout):
-            self._s3gen = self._s3gen_process(rows, self.placement.s3gen_devices[0])
+            self._s3gen = self._s3gen_process(self.placement.s3gen_devices[0])
             # The child warms up S3Gen (graphs, first partial) before it says it is ready; voice analysis stays here.
             self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
         else:
@@ -163,7 +170,7 @@ class Synthesizer:
         for device in dict.fromkeys(str(device) for device in self.placement.s3gen_devices):
             S3GEN_WORKER_RESTARTS.labels(model=self.model_id, device=device)
 
-    def _s3gen_process(self, rows: int, device: torch.device, call_worker: S3GenWorker | None = None) -> S3GenProcess:
+    def _s3gen_process(self, device: torch.device, call_worker: S3GenWorker | None = None) -> S3GenProcess:
         """S3Gen in a worker process of its own on `device` (CHATTERBOX_S3GEN_LAYOUT=process, or a worker placed
         off T3's device), loaded from the model's checkpoint directory; `call` work (voice analysis) on a thread of
         this process (`call_worker`; None: a new one)."""
@@ -174,25 +181,17 @@ class Synthesizer:
                 "loaded from a checkpoint directory (its S3Gen is loaded again in each worker process); this one was "
                 "built in memory: use CHATTERBOX_S3GEN_LAYOUT=thread and leave CHATTERBOX_S3GEN_DEVICES unset"
             )
-        warm_up = WarmUp(self.settings.max_new_tokens, self.settings.stream_first_audio_tokens,
-                         max(1, min(4, self._s3gen_batch)))  # fmt: skip
-        return S3GenProcess(
-            dataclasses.replace(spec, device=str(device)),
-            rows,
-            warm_up=warm_up,
-            call_worker=call_worker or S3GenWorker(self.tts, 1),
-            model=self.model_id,
-            low_rows_beside=self.settings.job_rows_beside_requests,
-        )
+        return S3GenProcess.from_settings(spec, self.settings, device=str(device), model=self.model_id,
+                                          call_worker=call_worker or S3GenWorker(self.tts, 1))  # fmt: skip
 
-    def _s3gen_pool(self, rows: int) -> S3GenPool:
+    def _s3gen_pool(self) -> S3GenPool:
         """One S3Gen worker process per placed worker, started side by side, behind a pool that routes each piece
         to the least-loaded one; voice analysis on one thread of this process."""
         calls = S3GenWorker(self.tts, 1)
         workers: list[S3GenProcess] = []
         try:
             for device in self.placement.s3gen_devices:
-                workers.append(self._s3gen_process(rows, device, calls))
+                workers.append(self._s3gen_process(device, calls))
         except BaseException:
             for worker in workers:
                 worker.shutdown()
