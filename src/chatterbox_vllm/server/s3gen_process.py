@@ -69,7 +69,8 @@ class S3GenProcessError(RuntimeError):
 @dataclass(frozen=True)
 class WarmUp:
     """What the child warms up before it says it is ready: S3Gen's graphs up to `max_new_tokens` tokens, and the
-    first partial vocode of `first_partial_tokens` tokens (0: none) alone and in batches of up to `rows`."""
+    first partial vocode of `first_partial_tokens` tokens (0: none): its graphs for batches of up to `rows` (the
+    worker's batch size) and a run of it (`warm_up_first_partial`)."""
 
     max_new_tokens: int
     first_partial_tokens: int = 0
