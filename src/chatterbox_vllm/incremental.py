@@ -33,6 +33,7 @@ import torch
 from .conditioning import Conditionals
 from .engine.base import speech_tokens_for_s3gen
 from .models.s3gen import S3Gen
+from .models.s3gen.cfm_graphs import batch_bucket
 from .models.s3gen.config import MEL_BINS
 from .models.s3gen.flow import FlowRow
 from .vocoder import S3GEN_SILENCE_TOKEN, SAMPLES_PER_TOKEN, VocodeJob, Vocoder
@@ -286,10 +287,21 @@ def distance_to_whole(
     return {"wave": wave, "spectrum": spectrum}
 
 
+def first_partial_row_buckets(rows: int) -> list[int]:
+    """The graph row buckets (`batch_bucket`) batches of 1 to `rows` first partials run in: 1, 2, 4, 8, 16, 32,
+    48, 64 up to the one `rows` itself takes."""
+    return sorted({batch_bucket(n) for n in range(1, max(1, rows) + 1)})
+
+
 def warm_up_first_partial(tts: VocoderLike, first_tokens: int, rows: int) -> None:
-    """Run a stream's first partial vocode once, alone and as a batch of up to `rows` (at most 4), with the built-in
-    voice: its kernels chosen, its HiFT shapes seen, before any request. GPU only: on a CPU nothing is captured and
-    the run would only delay start. Raises what the run raises (the server logs it and goes on)."""
+    """Capture the flow's CUDA graphs of a stream's first partial vocode (the built-in voice's, `first_tokens`
+    tokens) for every row bucket a batch of up to `rows` of them takes (`first_partial_row_buckets`; at most the
+    graphs' `max_rows`), then run the partial alone and as a batch of up to 4: its kernels chosen, its HiFT shapes
+    seen, before any request. A burst of streams starting together then finds their first partials' graphs
+    captured (a missing bucket runs on a larger graph or eagerly while it is captured in the background: see
+    `cfm_graphs`). Each bucket costs ~1 s of start on an H200 (8 buckets for 64 rows). Other voices' prompts give
+    other frame lengths, served by these graphs when they cover them (`covering_bucket`). GPU only: on a CPU nothing
+    is captured and the run would only delay start. Raises what the run raises (the server logs it and goes on)."""
     conds = tts.default_conds
     if tts.device.type != "cuda" or first_tokens <= 0 or conds is None:
         return
@@ -299,7 +311,15 @@ def warm_up_first_partial(tts: VocoderLike, first_tokens: int, rows: int) -> Non
         vocoder = IncrementalVocoder(tts, conds, max_tokens=first_tokens, seed=seed, first_tokens=first_tokens)
         jobs.append(vocoder.partial_job(tokens))
     live = [job for job in jobs if job is not None]
-    if live:
-        vocode_partials(tts, live[:1])
-        vocode_partials(tts, live)
-        torch.cuda.synchronize(tts.device)
+    if not live:
+        return
+    graphs = tts.s3gen.flow.decoder.graphs
+    if graphs is not None:
+        # the flow's frames for the first partial: 2 per token of the voice prompt and the new tokens (no context)
+        frames = MEL_FRAMES_PER_TOKEN * live[0].padded_tokens
+        with torch.inference_mode():
+            for bucket in first_partial_row_buckets(min(rows, graphs.max_rows)):
+                graphs.capture(bucket, frames, device=tts.device)
+    vocode_partials(tts, live[:1])
+    vocode_partials(tts, live)
+    torch.cuda.synchronize(tts.device)

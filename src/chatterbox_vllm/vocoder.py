@@ -162,9 +162,10 @@ class Vocoder:
         that no common request pays a capture; a no-op without them (CPU). Returns the number captured.
 
         With `warm_up_tokens` set (the server's CHATTERBOX_S3GEN_WARM_UP_TOKENS) only pieces up to that many
-        speech tokens are covered now: each graph costs start-up time, and a longer, rarer piece captures its
-        shape on first use. The first capture compiles the flow blocks (when compiled): its seconds are recorded
-        as `s3gen_compile` in `startup_phases`, the others' as `s3gen_graphs`."""
+        speech tokens are covered now: each graph costs start-up time, and a longer, rarer piece runs eagerly (or
+        on a larger graph) the first time while its shape is captured in the background (`cfm_graphs`). The first
+        capture compiles the flow blocks (when compiled): its seconds are recorded as `s3gen_compile` in
+        `startup_phases`, the others' as `s3gen_graphs`."""
         decoder = self.s3gen.flow.decoder
         if decoder.graphs is None:
             return 0

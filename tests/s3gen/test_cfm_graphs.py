@@ -6,11 +6,21 @@ checked here on the full-size seed-0 S3Gen, whose estimator has the real block s
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
 from chatterbox_vllm.models.s3gen import load_s3gen
-from chatterbox_vllm.models.s3gen.cfm_graphs import CFMGraphs, batch_bucket, bucket_length, padded_solve
+from chatterbox_vllm.models.s3gen.cfm_graphs import (
+    CaptureQueue,
+    CFMGraphs,
+    batch_bucket,
+    bucket_length,
+    covering_bucket,
+    padded_solve,
+)
 from flow_utils import flow_inputs
 
 
@@ -106,3 +116,169 @@ def test_float16_overflow_falls_back_to_float32(s3gen, english_full_checkpoint, 
             cfm.compute_dtype = None
     assert fell_back and "overflowed" in caplog.text
     assert torch.equal(out, expected)
+
+
+# ------------------------------------------------------------------------------ missing buckets: off the request path
+def test_a_missing_bucket_runs_on_the_cheapest_captured_graph_that_covers_it_within_twice_its_cost() -> None:
+    captured = [(1, 64), (1, 128), (4, 128), (4, 256), (8, 128), (16, 512)]
+    assert covering_bucket(captured, (1, 64)) == (1, 64)  # its own, when there
+    assert covering_bucket(captured, (2, 128)) == (4, 128)  # 2x the rows: exactly twice the cost
+    assert covering_bucket(captured, (2, 128), max_waste=1.5) is None
+    assert covering_bucket(captured, (4, 256)) == (4, 256)
+    # (8, 128) has the rows but too few frames; (16, 512) covers at 4x the cost
+    assert covering_bucket(captured, (8, 256)) is None
+    assert covering_bucket(captured, (8, 256), max_waste=4) == (16, 512)
+    assert covering_bucket(captured, (1, 192)) is None  # (4, 256) covers it at 5.3x the cost
+    assert covering_bucket([], (1, 64)) is None
+    # equal cost: the fewer rows (fewer filler rows to write), deterministically
+    assert covering_bucket([(4, 256), (8, 128), (2, 512)], (2, 128), max_waste=4) == (2, 512)
+
+
+def test_the_capture_queue_asks_each_bucket_once_while_it_waits_or_is_captured() -> None:
+    queue = CaptureQueue()
+    assert queue.ask((4, 128)) and queue.ask((8, 256))
+    assert not queue.ask((4, 128))  # a burst asks again and again: queued once
+    assert queue.waiting == 2 and not queue.wait_idle(timeout=0.01)
+    assert queue.take() == (4, 128)  # oldest first
+    assert not queue.ask((4, 128))  # being captured
+    assert not queue.wait_idle(timeout=0.01)
+    queue.done((4, 128))
+    assert queue.take() == (8, 256)
+    queue.done((8, 256))
+    assert queue.wait_idle(timeout=1)
+    assert queue.ask((4, 128))  # its capture failed or it was dropped: asking again queues it
+    assert queue.take(timeout=1) == (4, 128)
+    queue.done((4, 128))
+    assert queue.take(timeout=0.01) is None  # nothing waits
+
+
+def test_the_capture_queue_wakes_a_waiting_capturer_and_closing_ends_it() -> None:
+    queue = CaptureQueue()
+    taken: list[tuple[int, int] | None] = []
+
+    def capturer() -> None:
+        while (key := queue.take()) is not None:
+            taken.append(key)
+            queue.done(key)
+        taken.append(None)
+
+    thread = threading.Thread(target=capturer, daemon=True)
+    thread.start()
+    queue.ask((2, 128))
+    assert queue.wait_idle(timeout=10)
+    queue.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and taken == [(2, 128), None]
+    assert not queue.ask((2, 128))  # closed
+
+
+def _toy_solve(x, mask, mu, spks, cond, n_timesteps):
+    """A stand-in ODE with the flow's masking (rows and frames independent), cheap on a CPU."""
+    for _ in range(n_timesteps):
+        x = x + 0.1 * (mu + cond + spks[..., None] - x) * mask
+    return x
+
+
+def test_a_missing_bucket_is_served_eagerly_and_a_failed_background_capture_is_not_asked_again(caplog) -> None:
+    """On the CPU no graph can be captured: the batch is answered eagerly (padded_solve's result) and its bucket is
+    asked for once; the capturer thread's failure is counted and logged, and the bucket is not queued again."""
+    graphs = CFMGraphs(_toy_solve, channels=3, n_timesteps=2, bucket_frames=8, max_rows=8)
+    g = torch.Generator().manual_seed(0)
+    x, mu, cond = (torch.randn(3, 3, 20, generator=g) for _ in range(3))
+    mask, spks = torch.ones(3, 1, 20), torch.randn(3, 3, generator=g)
+    with caplog.at_level("INFO", logger="chatterbox_vllm.models.s3gen.cfm_graphs"):
+        out = graphs(x, mask, mu, spks, cond)
+        assert graphs.wait_idle(timeout=30)
+        again = graphs(x, mask, mu, spks, cond)
+        assert graphs.wait_idle(timeout=30)
+    expected = padded_solve(_toy_solve, x, mask, mu, spks, cond, 2, bucket_frames=16, rows=4)
+    assert torch.equal(out, expected) and torch.equal(again, expected)
+    stats = graphs.stats()
+    assert stats["eager"] == 2 and stats["capture_failed"] == 1 and stats["graphs"] == 0 and stats["queued"] == 0
+    assert "4 rows x 32 frames missing: batch run eagerly" in caplog.text
+    assert caplog.text.count("failed to capture in the background") == 1
+    graphs.close()
+
+
+# ------------------------------------------------------------------------------------------------ on the GPU
+def _cuda_batch(s3gen, checkpoint, rows: int, tokens: int):
+    """`rows` pieces of `tokens` tokens after the built-in voice, made to differ, on the GPU: (x, mask, mu, spks,
+    cond)."""
+    noise, f = flow_inputs(s3gen, checkpoint, tokens)
+    g = torch.Generator().manual_seed(rows)
+    x = noise.repeat(rows, 1, 1) + 0.1 * torch.randn((rows, *noise.shape[1:]), generator=g)
+    mu = f.mu.repeat(rows, 1, 1) + 0.2 * torch.randn((rows, *f.mu.shape[1:]), generator=g)
+    batch = (x, f.mask.repeat(rows, 1, 1), mu, f.spks.repeat(rows, 1), f.cond.repeat(rows, 1, 1))
+    return tuple(v.cuda() for v in batch)
+
+
+def _close_at_scale(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to float rounding of a different kernel schedule (padding, filler rows), against the output's scale."""
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max() <= 1e-3 * expected.abs().max()
+
+
+@pytest.fixture(scope="module")
+def cuda_s3gen(english_full_checkpoint):
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA graphs: runs on the GPU machine")
+    return load_s3gen(english_full_checkpoint / "s3gen.safetensors").cuda().eval()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs: runs on the GPU machine")
+def test_gpu_a_missing_bucket_is_served_at_once_and_captured_in_the_background(cuda_s3gen, english_full_checkpoint):
+    cfm = cuda_s3gen.flow.decoder
+    graphs = CFMGraphs(cfm.solve, channels=80, n_timesteps=3, max_rows=8)
+    batch = _cuda_batch(cuda_s3gen, english_full_checkpoint, 3, 30)
+    key = graphs.shape_for(3, batch[0].size(-1))
+    try:
+        with torch.inference_mode():
+            expected = padded_solve(cfm.solve, *batch, 3, graphs.frames_bucket(key[0]), key[0])
+            out = graphs(*batch)
+            # answered before its graph exists: the capture (a warm-up run, then the capture) starts after it
+            assert key not in graphs.buckets() and graphs.stats()["eager"] == 1
+            _close_at_scale(out, expected)
+            deadline = time.monotonic() + 120
+            while key not in graphs.buckets() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert key in graphs.buckets() and graphs.stats()["captured_background"] == 1
+            replayed = graphs(*batch)
+        _close_at_scale(replayed, expected)
+        stats = graphs.stats()
+        assert stats["replayed"] == 1 and stats["eager"] == 1 and stats["covering"] == 0
+        # a smaller batch of that bucket's frames now runs on it (2 rows: the 4-row graph, at twice the cost)
+        with torch.inference_mode():
+            two = tuple(v[:2] for v in batch)
+            covered = graphs(*two)
+            _close_at_scale(covered, padded_solve(cfm.solve, *two, 3, graphs.bucket_frames * 2, 2))
+        assert graphs.stats()["covering"] == 1
+    finally:
+        graphs.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs: runs on the GPU machine")
+def test_gpu_replays_while_a_background_capture_runs_give_the_same_numbers(cuda_s3gen, english_full_checkpoint):
+    """The worker thread replays a captured graph of the shared pool over and over while the capturer records a
+    larger one: every replay answers what it answered before, and the new graph answers padded_solve's result."""
+    cfm = cuda_s3gen.flow.decoder
+    graphs = CFMGraphs(cfm.solve, channels=80, n_timesteps=3, max_rows=16)
+    small = _cuda_batch(cuda_s3gen, english_full_checkpoint, 1, 20)
+    large = _cuda_batch(cuda_s3gen, english_full_checkpoint, 16, 120)
+    large_key = graphs.shape_for(16, large[0].size(-1))
+    try:
+        with torch.inference_mode():
+            assert graphs.capture(1, small[0].size(-1), device=small[0].device)
+            before = graphs(*small)
+            graphs(*large)  # eager, and its bucket queued
+            during = 0
+            while large_key not in graphs.buckets():
+                assert torch.equal(graphs(*small), before)
+                during += 1
+            assert during > 0  # replays really ran beside the capture
+            assert graphs.wait_idle(timeout=120)
+            assert torch.equal(graphs(*small), before)
+            expected = padded_solve(cfm.solve, *large, 3, graphs.frames_bucket(large_key[0]), large_key[0])
+            _close_at_scale(graphs(*large), expected)
+        assert graphs.stats()["captured_background"] == 1 and graphs.stats()["capture_failed"] == 0
+    finally:
+        graphs.close()

@@ -70,7 +70,8 @@ class S3GenProcessError(RuntimeError):
 @dataclass(frozen=True)
 class WarmUp:
     """What the child warms up before it says it is ready: S3Gen's graphs up to `max_new_tokens` tokens, and the
-    first partial vocode of `first_partial_tokens` tokens (0: none) alone and in batches of up to `rows`."""
+    first partial vocode of `first_partial_tokens` tokens (0: none): its graphs for batches of up to `rows` (the
+    worker's batch size) and a run of it (`warm_up_first_partial`)."""
 
     max_new_tokens: int
     first_partial_tokens: int = 0
@@ -286,10 +287,11 @@ class S3GenProcess:
     ) -> S3GenProcess:
         """The server's S3Gen process on `device`: batches of up to the S3Gen batch size (at most T3's batch), warmed
         up for the settings' longest piece and the first partial, long-form rows as the settings bound them."""
-        batch = settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset]
-        warm_up = WarmUp(settings.max_new_tokens, settings.stream_first_audio_tokens, max(1, min(4, batch)))
+        batch = min(settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset], settings.limits().max_batch_size)
+        # the first partial's graphs for every row bucket up to the batch (`warm_up_first_partial`)
+        warm_up = WarmUp(settings.max_new_tokens, settings.stream_first_audio_tokens, batch)
         return cls(
-            dataclasses.replace(spec, device=device), min(batch, settings.limits().max_batch_size), warm_up=warm_up,
+            dataclasses.replace(spec, device=device), batch, warm_up=warm_up,
             call_worker=call_worker, model=model, low_rows_beside=settings.job_rows_beside_requests,
         )  # fmt: skip
 

@@ -220,9 +220,10 @@ class Synthesizer:
         return None
 
     def _warm_up_first_partial(self) -> None:
-        """Run the first partial vocode of a stream once, alone and in a batch, with the built-in voice (on the S3Gen
-        thread, at start): its kernels chosen, its HiFT shapes seen, before any request. GPU only: on a CPU nothing is
-        captured and the run would only delay start. A failure costs only this warm-up (logged), never the server."""
+        """Capture the first partial vocode's graphs for every batch size, and run it once, alone and in a batch,
+        with the built-in voice (on the S3Gen thread, at start): its kernels chosen, its HiFT shapes seen, before any
+        request. GPU only: on a CPU nothing is captured and the run would only delay start. A failure costs only this
+        warm-up (logged), never the server."""
         try:
             warm_up_first_partial(self.tts, self.settings.stream_first_audio_tokens, self._s3gen_batch)
         except Exception as exc:  # noqa: BLE001 - the warm-up is an optimisation

@@ -235,7 +235,9 @@ class ConditionalCFM(nn.Module):
 
     def enable_cuda_graphs(self, n_timesteps: int, bucket_frames: int = 64, max_rows: int = 16) -> None:
         """Replay the loop as CUDA graphs from now on (`n_timesteps` steps, up to `max_rows` rows, CUDA); see
-        `cfm_graphs`."""
+        `cfm_graphs`. Graphs enabled before are closed (their background capturer stops)."""
+        if self.graphs is not None:
+            self.graphs.close()
         self.graphs = CFMGraphs(
             self.solve, channels=self.estimator.config.out_channels, n_timesteps=n_timesteps,
             bucket_frames=bucket_frames, max_rows=max_rows,
