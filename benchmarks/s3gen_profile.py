@@ -93,7 +93,7 @@ def main() -> None:
         noise_frames = 2 * (report["prompt_tokens"] + args.tokens)
         noise = torch.randn((1, 80, noise_frames), generator=generator.manual_seed(0), device="cuda")
         eager = s3gen.flow_inference(tokens, conds.gen, noise=noise)
-        s3gen.flow.decoder.enable_cuda_graphs(10)
+        s3gen.flow.decoder.enable_cuda_graphs(10, background=False)
         t0 = time.perf_counter()
         graphed = s3gen.flow_inference(tokens, conds.gen, noise=noise)
         torch.cuda.synchronize()
@@ -104,7 +104,7 @@ def main() -> None:
         # TF32 matmuls (tensor cores) for S3Gen's float32: speed, and how far the mel moves
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        s3gen.flow.decoder.enable_cuda_graphs(10)  # recapture: cuBLAS picks its kernels at capture
+        s3gen.flow.decoder.enable_cuda_graphs(10, background=False)  # recapture: cuBLAS picks its kernels at capture
         tf32 = s3gen.flow_inference(tokens, conds.gen, noise=noise)
         report["tf32_vs_fp32_mel_max_abs"] = float((tf32 - eager).abs().max())
         report["mel_abs_mean"] = float(eager.abs().mean())
@@ -207,7 +207,7 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], variants: lis
             torch.backends.cudnn.allow_tf32 = tf32
             decoder.compute_dtype = dtype
             if device == "cuda":
-                decoder.enable_cuda_graphs(10, max_rows=most_rows)  # recapture with these flags; every batch graphed
+                decoder.enable_cuda_graphs(10, max_rows=most_rows, background=False)  # recapture with these flags; every batch graphed
             if compiled and not decoder.compiled:
                 decoder.compile_blocks()
             t0 = time.perf_counter()

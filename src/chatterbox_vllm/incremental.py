@@ -322,4 +322,4 @@ def warm_up_first_partial(tts: VocoderLike, first_tokens: int, rows: int) -> Non
                 graphs.capture(bucket, frames, device=tts.device)
     vocode_partials(tts, live[:1])
     vocode_partials(tts, live)
-    torch.cuda.synchronize(tts.device)
+    torch.cuda.current_stream(tts.device).synchronize()  # not the whole device: see cfm_graphs (captures)

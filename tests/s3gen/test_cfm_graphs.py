@@ -206,8 +206,8 @@ def _cuda_batch(s3gen, checkpoint, rows: int, tokens: int):
     cond)."""
     noise, f = flow_inputs(s3gen, checkpoint, tokens)
     g = torch.Generator().manual_seed(rows)
-    x = noise.repeat(rows, 1, 1) + 0.1 * torch.randn((rows, *noise.shape[1:]), generator=g)
-    mu = f.mu.repeat(rows, 1, 1) + 0.2 * torch.randn((rows, *f.mu.shape[1:]), generator=g)
+    x = noise.repeat(rows, 1, 1) + 0.1 * torch.randn((rows, *noise.shape[1:]), generator=g).to(noise.device)
+    mu = f.mu.repeat(rows, 1, 1) + 0.2 * torch.randn((rows, *f.mu.shape[1:]), generator=g).to(noise.device)
     batch = (x, f.mask.repeat(rows, 1, 1), mu, f.spks.repeat(rows, 1), f.cond.repeat(rows, 1, 1))
     return tuple(v.cuda() for v in batch)
 

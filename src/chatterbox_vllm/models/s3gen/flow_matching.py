@@ -228,17 +228,23 @@ class ConditionalCFM(nn.Module):
         """Forget the graphs captured so far (they replay the kernels of before); each shape is captured again as it
         comes, with the same step count and buckets."""
         if self.graphs is not None:
-            self.enable_cuda_graphs(self.graphs.n_timesteps, self.graphs.bucket_frames, self.graphs.max_rows)
+            graphs = self.graphs
+            self.enable_cuda_graphs(graphs.n_timesteps, graphs.bucket_frames, graphs.max_rows,
+                                    background=graphs.background)  # fmt: skip
 
     def _compilable_blocks(self) -> list[nn.Module]:
         return [m for m in self.estimator.modules() if isinstance(m, (BasicTransformerBlock, CausalResnetBlock1D))]
 
-    def enable_cuda_graphs(self, n_timesteps: int, bucket_frames: int = 64, max_rows: int = 16) -> None:
+    def enable_cuda_graphs(
+        self, n_timesteps: int, bucket_frames: int = 64, max_rows: int = 16, *, background: bool = True
+    ) -> None:
         """Replay the loop as CUDA graphs from now on (`n_timesteps` steps, up to `max_rows` rows, CUDA); see
-        `cfm_graphs`. Graphs enabled before are closed (their background capturer stops)."""
+        `cfm_graphs`. Graphs enabled before are closed (their background capturer stops). `background=False`: a
+        missing bucket is captured on the caller's thread (a benchmark that synchronizes the whole device, which a
+        capture on another thread does not allow)."""
         if self.graphs is not None:
             self.graphs.close()
         self.graphs = CFMGraphs(
             self.solve, channels=self.estimator.config.out_channels, n_timesteps=n_timesteps,
-            bucket_frames=bucket_frames, max_rows=max_rows,
+            bucket_frames=bucket_frames, max_rows=max_rows, background=background,
         )  # fmt: skip
