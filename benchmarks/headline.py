@@ -83,6 +83,7 @@ FIGURES = (
     "peak_vram_gib_low_multilingual",
 )  # fmt: skip
 # Counters and histogram totals read from the server's /metrics (summed over label sets).
+FIRST_AUDIO_STAGES = ("prepare", "t3", "s3gen")
 METRICS = {
     "audio_s": ("chatterbox_audio_seconds_total",),
     "s3gen_work_s": ("chatterbox_s3gen_work_seconds_sum",),
@@ -94,6 +95,10 @@ METRICS = {
     "t3_decode_s": ("vllm:request_decode_time_seconds_sum",),
     "t3_inter_token_s": ("vllm:inter_token_latency_seconds_sum", "vllm:time_per_output_token_seconds_sum"),
     "t3_inter_tokens": ("vllm:inter_token_latency_seconds_count", "vllm:time_per_output_token_seconds_count"),
+    # where streamed requests' time to first audio went, by stage (a sample's `stage` label after the colon)
+    **{f"first_audio_{stage}_s": (f"chatterbox_first_audio_stage_seconds_sum:{stage}",) for stage in FIRST_AUDIO_STAGES},
+    **{f"first_audio_{stage}_n": (f"chatterbox_first_audio_stage_seconds_count:{stage}",)
+       for stage in FIRST_AUDIO_STAGES},
 }
 READY_TIMEOUT_S = 900.0
 # The compile caches' variables (chatterbox_vllm.compile_cache.CACHE_DIRECTORIES; named here to keep this light).
@@ -211,7 +216,11 @@ def scrape(url: str) -> dict[str, float]:
     by_sample: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            by_sample[sample.name] = by_sample.get(sample.name, 0.0) + float(sample.value)
+            names = [sample.name]
+            if "stage" in sample.labels:
+                names.append(f"{sample.name}:{sample.labels['stage']}")
+            for name in names:
+                by_sample[name] = by_sample.get(name, 0.0) + float(sample.value)
     return {key: sum(by_sample.get(name, 0.0) for name in names) for key, names in METRICS.items()}
 
 
@@ -253,8 +262,16 @@ def measure_burst_ttfb(url: str, concurrency: int, bursts: int) -> dict[str, Any
     requests(url, concurrency)
     levels, values = [], []
     for _ in range(bursts):
+        before = scrape(url)
         results, wall = requests(url, concurrency)
-        levels.append(summarize(results, wall, concurrency))
+        d = delta(before, scrape(url))
+        level = summarize(results, wall, concurrency)
+        # the server's mean seconds per stage of first audio in this burst (prepare, t3, s3gen: its metrics' docs)
+        level["first_audio_stages_ms"] = {
+            stage: 1000 * d[f"first_audio_{stage}_s"] / d[f"first_audio_{stage}_n"]
+            for stage in FIRST_AUDIO_STAGES if d[f"first_audio_{stage}_n"]
+        }  # fmt: skip
+        levels.append(level)
         values += [1000 * r["ttfb_s"] for r in results if r["ok"] and r["ttfb_s"] is not None]
     values.sort()
     return {"concurrency": concurrency, "bursts": levels, "ttfb_ms_p50": pct(values, 0.5),

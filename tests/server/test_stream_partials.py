@@ -37,6 +37,12 @@ def first_audio_by_source(model: str = "chatterbox-english") -> dict[str, float]
     }
 
 
+def first_audio_stages() -> dict[str, float]:
+    """How many requests' first audio each stage histogram has timed so far."""
+    return {stage: REGISTRY.get_sample_value("chatterbox_first_audio_stage_seconds_count", {"stage": stage}) or 0.0
+            for stage in ("prepare", "t3", "s3gen")}  # fmt: skip
+
+
 def partial_batches() -> tuple[float, float]:
     count = REGISTRY.get_sample_value("chatterbox_s3gen_partial_batch_size_count") or 0.0
     total = REGISTRY.get_sample_value("chatterbox_s3gen_partial_batch_size_sum") or 0.0
@@ -77,8 +83,12 @@ def test_concurrent_streams_each_get_first_audio_before_their_last_token(partial
     # vocoded from its tokens so far, before T3 wrote its last one; "piece" would be the whole piece's.
     before = first_audio_by_source()
     batches_before = partial_batches()
+    stages_before = first_audio_stages()
     bodies = stream_concurrently(partial_server, CLIENTS)
     after = first_audio_by_source()
+    # each request's first audio timed by stage: its preparation, T3 to the first partial's tokens, that partial
+    assert {stage: n - stages_before[stage] for stage, n in first_audio_stages().items()} == {
+        "prepare": CLIENTS, "t3": CLIENTS, "s3gen": CLIENTS}
     assert after["partial"] - before["partial"] == CLIENTS
     assert after["piece"] - before["piece"] == 0
     _, total = partial_batches()

@@ -26,7 +26,7 @@ from ..text.languages import SUPPORTED_LANGUAGES
 from ..tts import SAMPLE_RATE
 from .audio import CONTENT_TYPES, AudioEncoder
 from .errors import APIError, error_detail, log_failure
-from .metrics import AUDIO_SECONDS, FIRST_AUDIO, IN_PROGRESS, REQUEST_SECONDS, REQUESTS
+from .metrics import AUDIO_SECONDS, FIRST_AUDIO, FIRST_AUDIO_STAGE, IN_PROGRESS, REQUEST_SECONDS, REQUESTS
 from .registry import LoadedModel, ModelRegistry
 from .schemas import SpeechAudioDelta, SpeechAudioDone, SpeechAudioSegment, SpeechRequest, StreamError, Usage
 from .synthesis import PAUSE_SAMPLES, PreparedSpeech
@@ -65,6 +65,7 @@ class SpeechJob:
         started = time.perf_counter()
         try:
             prepared = await model.synthesizer.prepare(body, voice)
+            FIRST_AUDIO_STAGE.labels(stage="prepare").observe(time.perf_counter() - started)
             encoder = AudioEncoder(body.response_format, SAMPLE_RATE, body.speed)
         except BaseException:
             admission.release()

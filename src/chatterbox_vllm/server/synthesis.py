@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,13 @@ from ..tts import SAMPLE_RATE, ChatterboxTTS, UnsupportedSettingError, VocodeJob
 from .admission import Admission
 from .errors import APIError, describe_failure, log_failure
 from .job_gate import JobGate
-from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS, STREAM_FIRST_AUDIO, VOICE_CONDITIONING
+from .metrics import (
+    FIRST_AUDIO_STAGE,
+    S3GEN_PROCESS_RESTARTS,
+    S3GEN_WORKER_RESTARTS,
+    STREAM_FIRST_AUDIO,
+    VOICE_CONDITIONING,
+)
 from .playback_lead import PlaybackLead
 from .registry import served_id
 from .s3gen_beside import S3GenBeside
@@ -514,6 +521,7 @@ class Synthesizer:
         tokens: list[int] = []
         first_source = "piece"
         lead = PlaybackLead()
+        began = time.perf_counter()
         try:
             async for token in self.tts.engine.stream_async(text, prepared.conds.t3, params):
                 tokens.append(token)
@@ -521,8 +529,12 @@ class Synthesizer:
                     job = vocoder.partial_job(tokens)
                     if job is None:
                         continue
+                    submitted = time.perf_counter()
                     # cancelled with this coroutine (a client gone): the worker then skips it
                     result = await asyncio.wrap_future(self._s3gen.partial(job))
+                    if first_source == "piece":  # this request's first partial: its stages of first audio
+                        FIRST_AUDIO_STAGE.labels(stage="t3").observe(submitted - began)
+                        FIRST_AUDIO_STAGE.labels(stage="s3gen").observe(time.perf_counter() - submitted)
                     audio = vocoder.take_partial(job, result)
                     lead.sent(len(audio) / SAMPLE_RATE)
                     if len(audio):
