@@ -46,7 +46,7 @@ def main() -> None:
             out[f"c{level}"]["metrics_delta"] = delta(before, scrape(server.url))
             print(f"c{level}", json.dumps({k: v for k, v in out[f"c{level}"].items() if k != "metrics_delta"}),
                   flush=True)  # fmt: skip
-    args.out.write_text(json.dumps(out, indent=2))
+            args.out.write_text(json.dumps(out, indent=2))  # each level as it ends: a call cut short keeps it
 
 
 if __name__ == "__main__":
