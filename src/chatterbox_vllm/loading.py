@@ -64,28 +64,19 @@ def voice_analysis_fingerprint(directory: Path, layout: CheckpointLayout, config
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class BeforeEngine:
-    """What is loaded when T3's engine is about to start: how another process loads the same S3Gen, and the model's
-    voice analysis (voice encoder and speech tokenizer: it needs nothing of T3)."""
-
-    vocoder_spec: VocoderSpec
-    voices: VoiceConditioner
-
-
 class BesideEngine(Protocol):
-    """Work started once everything but T3's engine is loaded, to run while the engine starts (the server's S3Gen
-    worker process and voice warm-up, `server/s3gen_beside.py`). `kv_cache_memory_bytes` fixes vLLM's KV cache on a
-    GPU (its profile of the device's free memory would count that work's allocations); `stage` is what /health says
-    while the engine starts."""
-
-    @property
-    def kv_cache_memory_bytes(self) -> int | None: ...
+    """Work that runs while T3's engine starts (the server's S3Gen worker process and voice warm-up,
+    `server/s3gen_beside.py`). `start` comes first thing in a load, before vLLM is even imported (seconds); then,
+    with the model's voice analysis loaded, `engine_starting` says which KV cache size to fix in vLLM (None: vLLM
+    sizes it by its profile of the device; it may wait for that work to settle first, where the profile would
+    count its allocations); `stage` is what /health says while the engine starts."""
 
     @property
     def stage(self) -> str: ...
 
-    def start(self, loaded: BeforeEngine) -> None: ...
+    def start(self, spec: VocoderSpec) -> None: ...
+
+    def engine_starting(self, voices: VoiceConditioner, engine_kind: str, device: torch.device) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -101,12 +92,9 @@ class LoadOptions:
     dicta_model: str | None = None
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, gpu_memory_gib: float | None = None, kv_cache_memory_bytes: int | None = None
-    ) -> LoadOptions:
+    def from_settings(cls, settings: Settings, *, gpu_memory_gib: float | None = None) -> LoadOptions:
         """What the CHATTERBOX_* settings say: device, engine, the VRAM limits (`gpu_memory_gib` in place of T3's
-        budget: the share a VRAM plan gave it; `kv_cache_memory_bytes`: vLLM's KV cache fixed, on a GPU), T3's and
-        S3Gen's compile and dtype switches."""
+        budget: the share a VRAM plan gave it), T3's and S3Gen's compile and dtype switches."""
         device = settings_device(settings)
         limits = settings.limits()
         if gpu_memory_gib is not None:
@@ -114,7 +102,6 @@ class LoadOptions:
         vllm = VLLMOptions.from_limits(
             limits, device, explicit_dtype=settings.dtype is not None, compile=settings.t3_compile,
             cache_dir=settings.resolved_cache_dir(), data_parallel_size=settings.t3_data_parallel_size,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
         )  # fmt: skip
         s3gen = S3GenOptions(
             tokenizer_device=None if limits.s3_tokenizer_on_gpu else "cpu",
@@ -156,11 +143,15 @@ def load_parts(
     progress = progress or no_progress
     device = torch.device(options.device) if options.device is not None else default_device()
     config = load_model_config(directory, layout)
+    # S3Gen replays CUDA graphs unless the engine was told to run eagerly (the low-VRAM preset).
+    graphs = not (options.vllm is not None and options.vllm.enforce_eager)
+    # The S3Gen worker process sets itself up as this one was (TF32, caches) before it loads.
+    spec = VocoderSpec(str(directory), str(device), options.s3gen, graphs=graphs, process=configured())
+    if beside_engine is not None:  # before anything else, vLLM's import included: its start is the longest
+        beside_engine.start(spec)
     kind = resolve_engine_kind(options.engine)  # a bad name fails before anything loads
     progress("loading S3Gen, the voice encoder and the text tokenizer")
     started = time.perf_counter()
-    # S3Gen replays CUDA graphs unless the engine was told to run eagerly (the low-VRAM preset).
-    graphs = not (options.vllm is not None and options.vllm.enforce_eager)
     s3gen = load_s3gen_for(directory, layout, config, device, options.s3gen, graphs=graphs)
     voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
     tokenizer = layout.family.load_text_front_end(directory, options.dicta_model)
@@ -171,14 +162,15 @@ def load_parts(
         voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
         loudness_lufs=family.voice_loudness_lufs, min_seconds=family.min_voice_seconds,
     )  # fmt: skip
-    # The S3Gen worker process sets itself up as this one was (TF32, caches) before it loads.
-    spec = VocoderSpec(str(directory), str(device), options.s3gen, graphs=graphs, process=configured())
     loaded = time.perf_counter()
     progress("starting the T3 engine (vLLM)" if kind == "vllm" else "loading T3 (PyTorch)")
+    vllm_options = options.vllm
     if beside_engine is not None:
-        beside_engine.start(BeforeEngine(spec, voices))
+        kv_bytes = beside_engine.engine_starting(voices, kind, device)
+        if kv_bytes is not None and vllm_options is not None:
+            vllm_options = dataclasses.replace(vllm_options, kv_cache_memory_bytes=kv_bytes)
         progress(beside_engine.stage)
-    engine = build_t3_engine(options.engine, directory / layout.t3, config.t3, device, vllm_options=options.vllm)
+    engine = build_t3_engine(options.engine, directory / layout.t3, config.t3, device, vllm_options=vllm_options)
     phases = {"load_s3gen_voice_encoder": loaded - started, "t3_engine": time.perf_counter() - loaded}
     log.info("loaded %s Chatterbox from %s on %s (T3 engine: %s)", layout.variant, directory, device,
              type(engine).__name__)  # fmt: skip

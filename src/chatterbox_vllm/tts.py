@@ -118,8 +118,8 @@ class ChatterboxTTS:
         """Load a model by name, as CHATTERBOX_MODEL names one: english, multilingual, turbo, nano (from the Hugging
         Face hub, or its cache `cache_dir`; `local_files_only` None follows HF_HUB_OFFLINE), random-tiny (written to
         `server_cache_dir`, None: the settings') or a checkpoint directory. `options`, when given, replace `device`,
-        `engine` and `vllm_options`; `progress` hears each stage of the load; `beside_engine` starts just before T3's
-        engine (`loading.load_parts`)."""
+        `engine` and `vllm_options`; `progress` hears each stage of the load; `beside_engine` starts first and runs
+        while T3's engine starts (`loading.BesideEngine`)."""
         (progress or no_progress)(checkpoint_stage(model))
         directory, layout = resolve_model(
             model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
@@ -142,13 +142,11 @@ class ChatterboxTTS:
 
         `model` loads another of the server's models with the same settings; `gpu_memory_gib` replaces T3's budget
         (the share a VRAM plan gave it when several models are loaded); `progress` hears each stage of the load;
-        `beside_engine` starts just before T3's engine and runs while it starts (its KV cache size then fixes
-        vLLM's). Call `process_setup.configure_process(settings)` first, once per process: this changes no process
-        state."""
-        kv_bytes = beside_engine.kv_cache_memory_bytes if beside_engine is not None else None
+        `beside_engine` starts first and runs while T3's engine starts (`loading.BesideEngine`). Call
+        `process_setup.configure_process(settings)` first, once per process: this changes no process state."""
         return cls.from_pretrained(
             model or settings.model, revision=settings.revision, server_cache_dir=settings.resolved_cache_dir(),
-            options=LoadOptions.from_settings(settings, gpu_memory_gib=gpu_memory_gib, kv_cache_memory_bytes=kv_bytes),
+            options=LoadOptions.from_settings(settings, gpu_memory_gib=gpu_memory_gib),
             progress=progress, beside_engine=beside_engine,
         )  # fmt: skip
 

@@ -30,7 +30,7 @@ from chatterbox_vllm.server.s3gen_beside import MARGIN_GIB, StartFacts, start_or
 from chatterbox_vllm.settings import Settings
 from chatterbox_vllm.vram_plan import model_need, t3_kv_bytes_per_token, t3_kv_cache_bytes
 
-H200 = StartFacts("cuda", "vllm", "process", 1, takes_kv_bytes=True, free_gib=139.0)
+H200 = StartFacts("cuda", "vllm", "process", 1, free_gib=139.0)
 
 
 def high() -> Settings:
@@ -47,6 +47,13 @@ def test_a_large_gpu_starts_s3gen_beside_with_the_kv_cache_fixed() -> None:
     assert 36_000 < tokens < 39_000
 
 
+def test_the_engine_setting_auto_counts_as_vllm_on_a_gpu() -> None:
+    """Whether vLLM would run is not asked before S3Gen starts (importing vLLM takes seconds): on a GPU anything
+    but the PyTorch engine is planned with the KV cache fixed."""
+    auto = start_order(high(), "english", 10.0, StartFacts("cuda", "auto", "process", 1, free_gib=139.0))
+    assert auto.beside and auto.kv_cache_memory_bytes == start_order(high(), "english", 10.0, H200).kv_cache_memory_bytes
+
+
 def test_a_budget_that_holds_no_request_is_not_fixed() -> None:
     assert t3_kv_cache_bytes("english", 1.0, 3072) is None
     order = start_order(high(), "english", 1.0, H200)
@@ -57,10 +64,10 @@ def test_a_gpu_without_room_for_both_starts_one_after_the_other() -> None:
     need = model_need("english", "english", "high", 3072, "process")
     just_enough = 10.0 + need.pipeline_gib + MARGIN_GIB
     assert start_order(
-        high(), "english", 10.0, StartFacts("cuda", "vllm", "process", 1, True, free_gib=just_enough)
+        high(), "english", 10.0, StartFacts("cuda", "vllm", "process", 1, free_gib=just_enough)
     ).beside
     short = start_order(
-        high(), "english", 10.0, StartFacts("cuda", "vllm", "process", 1, True, free_gib=just_enough - 0.1)
+        high(), "english", 10.0, StartFacts("cuda", "vllm", "process", 1, free_gib=just_enough - 0.1)
     )
     assert not short.beside and "free memory" in short.reason
 
@@ -68,10 +75,9 @@ def test_a_gpu_without_room_for_both_starts_one_after_the_other() -> None:
 @pytest.mark.parametrize(
     ("facts", "settings", "why"),
     [
-        (StartFacts("cuda", "vllm", "process", 1, False, free_gib=139.0), high(), "kv_cache_memory_bytes"),
-        (StartFacts("cuda", "vllm", "thread", 1, True, free_gib=139.0), Settings(preset="low"), "thread layout"),
-        (StartFacts("cuda", "vllm", "process", 2, True, free_gib=139.0), high(), "several S3Gen workers"),
-        (StartFacts("cuda", "vllm", "process", 1, True, t3_engines=2, free_gib=139.0), high(), "data parallel"),
+        (StartFacts("cuda", "vllm", "thread", 1, free_gib=139.0), Settings(preset="low"), "thread layout"),
+        (StartFacts("cuda", "vllm", "process", 2, free_gib=139.0), high(), "several S3Gen workers"),
+        (StartFacts("cuda", "vllm", "process", 1, t3_engines=2, free_gib=139.0), high(), "data parallel"),
         (H200, Settings(preset="high", s3gen_start_beside_t3=False), "START_BESIDE_T3"),
     ],
 )  # fmt: skip
@@ -84,8 +90,8 @@ def test_where_it_is_not_safe_the_order_stays_serial(facts: StartFacts, settings
 def test_without_a_device_wide_profile_nothing_is_fixed() -> None:
     """A CPU's KV cache is fixed already (VLLM_CPU_KVCACHE_SPACE); the PyTorch engine profiles nothing."""
     for facts in (
-        StartFacts("cpu", "vllm", "process", 1, True),
-        StartFacts("cuda", "torch", "process", 1, False, 0, 9.0),
+        StartFacts("cpu", "vllm", "process", 1),
+        StartFacts("cuda", "torch", "process", 1, free_gib=9.0),
     ):
         order = start_order(high(), "english", 10.0, facts)
         assert order.beside and order.kv_cache_memory_bytes is None
@@ -171,3 +177,34 @@ def test_a_t3_that_fails_to_load_stops_the_process_started_beside_it(
         re.search(r"S3Gen process started \(pid (\d+)\)", lines[index_of(lines, r"S3Gen process started \(pid")])[1]
     )
     assert not alive(pid)
+
+
+def test_a_vllm_that_cannot_take_the_kv_size_starts_once_s3gen_is_ready(
+    english_tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `engine_starting` answers load_parts, with a real S3Gen process: no size off a GPU or with the PyTorch
+    engine, the planned size for a vLLM that takes it, and for an older one (simulated: the installed vLLM has it)
+    none, once the S3Gen process is ready."""
+    import torch
+
+    from chatterbox_vllm.server import s3gen_beside
+    from chatterbox_vllm.server.s3gen_beside import S3GenBeside, StartOrder
+    from chatterbox_vllm.tts import ChatterboxTTS
+
+    tts = ChatterboxTTS.from_local(english_tiny_checkpoint, device="cpu", engine="torch")
+    beside = S3GenBeside(process_settings(english_tiny_checkpoint, tmp_path), "chatterbox-english",
+                         StartOrder(True, kv_cache_memory_bytes=2**30))  # fmt: skip
+    assert tts.vocoder_spec is not None
+    beside.start(tts.vocoder_spec)
+    try:
+        assert beside.engine_starting(tts.voices, "torch", torch.device("cuda")) is None
+        assert beside.engine_starting(tts.voices, "vllm", torch.device("cpu")) is None
+        assert beside.engine_starting(tts.voices, "vllm", torch.device("cuda")) == 2**30
+        monkeypatch.setattr(s3gen_beside, "takes_kv_cache_bytes", lambda: False)
+        assert beside.engine_starting(tts.voices, "vllm", torch.device("cuda")) is None
+        assert beside.process is not None and beside.process.ready.done()  # it waited for the process
+        assert beside.voice_warm_up is not None and beside.voice_warm_up.result(timeout=120) is None
+    finally:
+        process, _ = beside.take()
+        process.shutdown()
+        tts.close()

@@ -13,8 +13,10 @@ it refuses to start when the device's free memory is below its budget. So S3Gen 
   only once the engine is up, preset low captures no graphs (little to overlap), and 6-12 GB cards have no room
   for an error in the fixed KV cache below. Several workers and T3's data parallelism keep it too (not planned);
 * with vLLM's KV cache fixed (`kv_cache_memory_bytes`, vLLM 0.11 and later) at what the T3 budget holds as the VRAM
-  plan counts it (`vram_plan.t3_kv_cache_bytes`): vLLM then profiles no free memory. A vLLM without it keeps the
-  serial order;
+  plan counts it (`vram_plan.t3_kv_cache_bytes`): vLLM then profiles no free memory. The process starts first
+  thing in the load, before vLLM is imported (~10 s on the H200, the S3Gen process's head start); whether this
+  vLLM takes the size is asked when the engine is about to start, and a vLLM without it starts only once the S3Gen
+  process is ready (S3Gen first, then the engine: its profile then sees settled memory);
 * when the T3 budget, the rest of the model (`vram_plan.model_need`'s pipeline: both processes' S3Gen, the voice
   encoder, the CUDA contexts, S3Gen's graphs and activations) and `MARGIN_GIB` fit the GPU's free memory together,
   so vLLM's start check holds whatever S3Gen took first.
@@ -29,15 +31,17 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 
 import torch
 
-from ..engine.factory import resolve_engine_kind
+from ..conditioning import VoiceConditioner
 from ..engine.vllm_engine import takes_kv_cache_bytes
-from ..loading import BeforeEngine, settings_device
+from ..loading import settings_device
 from ..placement import resolve_placement
 from ..settings import Settings
+from ..vocoder import VocoderSpec
 from ..vram_plan import model_need, t3_kv_cache_bytes
 from .s3gen_process import S3GenProcess
 
@@ -50,15 +54,14 @@ MARGIN_GIB = 1.0
 
 @dataclass(frozen=True)
 class StartFacts:
-    """What decides whether S3Gen may start beside T3's engine: T3's device type, the engine (vllm | torch), the S3Gen
-    layout (thread | process) and workers, whether vLLM takes its KV cache's size, T3's engines, and the free memory
-    of T3's GPU (GiB; None off a GPU)."""
+    """What decides whether S3Gen may start beside T3's engine: T3's device type, the engine setting (auto | vllm |
+    torch: not resolved, which would import vLLM), the S3Gen layout (thread | process) and workers, T3's engines,
+    and the free memory of T3's GPU (GiB; None off a GPU)."""
 
     device_type: str
     engine: str
     layout: str
     workers: int
-    takes_kv_bytes: bool
     t3_engines: int = 1
     free_gib: float | None = None
 
@@ -84,10 +87,8 @@ def start_order(settings: Settings, variant: str, t3_budget_gib: float, facts: S
         return StartOrder(False, reason="several S3Gen workers are placed (not started beside the engine yet)")
     if facts.t3_engines > 1:
         return StartOrder(False, reason="T3 runs data parallel (not started beside the engine yet)")
-    if facts.device_type != "cuda" or facts.engine != "vllm":
+    if facts.device_type != "cuda" or facts.engine == "torch":
         return StartOrder(True)  # nothing profiles the device's free memory
-    if not facts.takes_kv_bytes:
-        return StartOrder(False, reason="this vLLM cannot be given its KV cache's size (kv_cache_memory_bytes)")
     limits = settings.limits()
     kv_bytes = t3_kv_cache_bytes(variant, t3_budget_gib, limits.max_model_len)
     if kv_bytes is None:
@@ -106,20 +107,19 @@ def start_facts(settings: Settings) -> StartFacts:
     """`StartFacts` of this host and these settings (the free memory of T3's GPU measured now)."""
     device = settings_device(settings)
     placement = resolve_placement(settings, t3_device=device)
-    engine = resolve_engine_kind(settings.engine)
     layout = "process" if placement.s3gen_in_processes(settings.s3gen_layout_on(device.type)) else "thread"
     free: float | None = None
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0] / 2**30
         if settings.vram_budget_gib is not None:  # the budget T3's GPU is planned in
             free = min(free, settings.vram_budget_gib)
-    return StartFacts(device.type, engine, layout, placement.workers, engine == "vllm" and takes_kv_cache_bytes(),
-                      settings.t3_data_parallel_size, free)  # fmt: skip
+    return StartFacts(device.type, settings.engine, layout, placement.workers, settings.t3_data_parallel_size, free)
 
 
 class S3GenBeside:
-    """The S3Gen worker process and voice analysis's warm-up of one model, started just before T3's engine
-    (`loading.BesideEngine`); the synthesizer takes them over (`take`) once the model has loaded."""
+    """The S3Gen worker process and voice analysis's warm-up of one model: the process started first thing in the
+    load, the warm-up once the voice encoder is loaded (`loading.BesideEngine`); the synthesizer takes them over
+    (`take`) once the model has loaded."""
 
     def __init__(self, settings: Settings, model_id: str, order: StartOrder) -> None:
         self.settings = settings
@@ -129,21 +129,35 @@ class S3GenBeside:
         self.voice_warm_up: Future | None = None  # voice analysis's warm-up, on a thread of its own
 
     @property
-    def kv_cache_memory_bytes(self) -> int | None:
-        return self.order.kv_cache_memory_bytes
-
-    @property
     def stage(self) -> str:
         return "starting the T3 engine beside the S3Gen process (its load, compile and CUDA graphs)"
 
-    def start(self, loaded: BeforeEngine) -> None:
-        """Start the S3Gen process on its placed device and voice analysis's warm-up (called by `load_parts`)."""
-        device = resolve_placement(self.settings, t3_device=torch.device(loaded.vocoder_spec.device)).s3gen_devices[0]
-        self.process = S3GenProcess.from_settings(loaded.vocoder_spec, self.settings, device=str(device),
-                                                  model=self.model_id)  # fmt: skip
-        log.info("%s: S3Gen process started beside the T3 engine%s", self.model_id,
-                 f" (vLLM's KV cache fixed at {self.kv_cache_memory_bytes / 2**30:.2f} GiB)"
-                 if self.kv_cache_memory_bytes else "")  # fmt: skip
+    def start(self, spec: VocoderSpec) -> None:
+        """Start the S3Gen process on its placed device (called first in `load_parts`)."""
+        device = resolve_placement(self.settings, t3_device=torch.device(spec.device)).s3gen_devices[0]
+        self.process = S3GenProcess.from_settings(spec, self.settings, device=str(device), model=self.model_id)
+        log.info("%s: S3Gen process started beside the T3 engine", self.model_id)
+
+    def engine_starting(self, voices: VoiceConditioner, engine_kind: str, device: torch.device) -> int | None:
+        """Start voice analysis's warm-up; return the KV cache size to fix in vLLM (None: none, off a GPU or with the
+        PyTorch engine). A vLLM that cannot take the size starts once the S3Gen process is ready (or failed: the
+        synthesizer reports that), so that its profile of the device sees S3Gen's memory settled."""
+        self._warm_up_voices(voices)
+        if device.type != "cuda" or engine_kind != "vllm" or self.order.kv_cache_memory_bytes is None:
+            return None
+        if takes_kv_cache_bytes():
+            log.info("%s: vLLM's KV cache fixed at %.2f GiB (the S3Gen process starts beside it)", self.model_id,
+                     self.order.kv_cache_memory_bytes / 2**30)  # fmt: skip
+            return self.order.kv_cache_memory_bytes
+        log.info("%s: this vLLM cannot be given its KV cache's size (kv_cache_memory_bytes): T3's engine starts "
+                 "once the S3Gen process is ready", self.model_id)  # fmt: skip
+        if self.process is not None:
+            futures_wait([self.process.ready])
+        return None
+
+    def _warm_up_voices(self, voices: VoiceConditioner) -> None:
+        if self.voice_warm_up is not None:
+            return  # started already
         future: Future = Future()
 
         def warm_up() -> None:
@@ -151,7 +165,7 @@ class S3GenBeside:
                 return
             try:
                 with torch.inference_mode():
-                    loaded.voices.warm_up()  # logs its own failure (the first upload then pays the warm-up)
+                    voices.warm_up()  # logs its own failure (the first upload then pays the warm-up)
                 future.set_result(None)
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the warm-up
                 future.set_exception(exc)
