@@ -142,7 +142,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.job_chars, args.warm_pieces, args.window = 3, 20_000, 1, 5.0
+        # the window long enough for a CPU to finish a batch of the pieces held back while requests came
+        args.requests, args.job_chars, args.warm_pieces, args.window = 3, 20_000, 1, 15.0
         args.concurrency, args.bursts, args.rate = 2, 1, 0.5
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
