@@ -478,6 +478,11 @@ class Settings(BaseSettings):
             return self.s3gen_layout
         return "process" if device_type == "cuda" and self.preset == "high" else "thread"
 
+    def s3gen_rows(self) -> int:
+        """Pieces one S3Gen batch holds: the S3Gen batch size (the preset's where unset: a copy made without
+        validation may not have it filled in) and at most T3's batch, which is all that can finish together."""
+        return min(self.s3gen_batch_size or S3GEN_BATCH_SIZES[self.preset], self.limits().max_batch_size)
+
     def limits(self) -> EngineLimits:
         """The preset's limits with every explicitly set value in its place."""
         preset = PRESETS[self.preset]

@@ -52,7 +52,7 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..incremental import PartialJob, warm_up_first_partial
-from ..settings import S3GEN_BATCH_SIZES, Settings
+from ..settings import Settings
 from ..vocoder import VocodeJob, Vocoder, VocoderSpec
 from .metrics import S3GEN_PROCESS_RESTARTS, S3GEN_WORKER_RESTARTS
 from .s3gen_worker import S3GenWorker, record_work
@@ -287,7 +287,7 @@ class S3GenProcess:
     ) -> S3GenProcess:
         """The server's S3Gen process on `device`: batches of up to the S3Gen batch size (at most T3's batch), warmed
         up for the settings' longest piece and the first partial, long-form rows as the settings bound them."""
-        batch = min(settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset], settings.limits().max_batch_size)
+        batch = settings.s3gen_rows()
         # the first partial's graphs for every row bucket up to the batch (`warm_up_first_partial`)
         warm_up = WarmUp(settings.max_new_tokens, settings.stream_first_audio_tokens, batch)
         return cls(

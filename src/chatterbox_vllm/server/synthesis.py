@@ -143,7 +143,7 @@ class Synthesizer:
         self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
         # Settings fills an unset S3Gen batch from the preset when it validates; a copy made without validation may not
         self._s3gen_batch = settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset]
-        rows = min(self._s3gen_batch, self._max_batch)
+        rows = settings.s3gen_rows()
         # Where S3Gen's workers run (CHATTERBOX_S3GEN_DEVICES; unset: one beside T3, on the model's device).
         self.placement = resolve_placement(settings, t3_device=tts.device)
         # auto: a worker process on a GPU with the high preset, where a checkpoint directory lets it load S3Gen again
