@@ -100,7 +100,9 @@ METRICS = {
     **{f"first_audio_{stage}_n": (f"chatterbox_first_audio_stage_seconds_count:{stage}",)
        for stage in FIRST_AUDIO_STAGES},
 }
-READY_TIMEOUT_S = 900.0
+# How long a server may take to answer /health 200 (BENCH_READY_TIMEOUT_S: a device call that must leave time for
+# the stacks of a start that hangs, e.g. under MPS).
+READY_TIMEOUT_S = float(os.environ.get("BENCH_READY_TIMEOUT_S", "900"))
 # The compile caches' variables (chatterbox_vllm.compile_cache.CACHE_DIRECTORIES; named here to keep this light).
 COMPILE_CACHE_VARIABLES = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
                            "FLASHINFER_WORKSPACE_BASE", "CUDA_CACHE_PATH")  # fmt: skip
@@ -153,6 +155,10 @@ class ServerProcess:
         inherited = {k: v for k, v in os.environ.items() if k not in COMPILE_CACHE_VARIABLES}
         self.env = {**inherited, **self.set_env}
         self.env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # vLLM's default, as the server runs without it
+        # Python's fault handler: nothing changes unless a fatal signal comes; a start that hangs is sent SIGABRT
+        # (`__enter__`), and each of its processes (server, vLLM's engine core, S3Gen's) then writes every thread's
+        # stack to the log.
+        self.env["PYTHONFAULTHANDLER"] = "1"
         self.max_new_tokens = max_new_tokens
         self.log = log
         self.on_start = on_start
@@ -170,6 +176,10 @@ class ServerProcess:
             if self.on_start is not None:
                 self.on_start(self.process)
             wait_ready(self.process, self.url)
+        except TimeoutError:
+            self.dump_stacks()
+            self.stop()
+            raise
         except BaseException:
             self.stop()
             raise
@@ -190,6 +200,17 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def dump_stacks(self) -> None:
+        """Every process of the server's session writes its threads' stacks to the log (and ends): where a start
+        hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        print(f"server not ready: SIGABRT to its processes, their stacks are in {self.log}", flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -14,6 +14,12 @@ set -uo pipefail
 source benchmarks/device/prepare.sh
 mps=0
 if [ "${LAYOUTS_MPS:-0}" = 1 ]; then
+  # The daemon's pipes and logs where this call can write and read them; a server start that hangs under MPS is
+  # stopped after BENCH_READY_TIMEOUT_S with every process's stacks in its log (headline.ServerProcess).
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps CUDA_MPS_LOG_DIRECTORY=/root/mps-log
+  export BENCH_READY_TIMEOUT_S="${LAYOUTS_READY_TIMEOUT_S:-240}"
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv  # a CUDA process already here blocks MPS
   if nvidia-cuda-mps-control -d; then mps=1; echo "MPS control daemon started"; else echo "MPS not available here"; fi
 fi
 echo "start $(date +%T)"
@@ -22,7 +28,12 @@ mkdir -p "$work"
 timeout -s TERM "${LAYOUTS_TIMEOUT_S:-500}" python3 -m benchmarks.layouts --model /root/ckpt/english --preset high \
   --work "$work" --out "$OUT/layouts.json" "$@" > "$OUT/layouts-log.txt" 2>&1
 echo "layouts rc=$? at $(date +%T)"
-[ $mps = 1 ] && echo quit | nvidia-cuda-mps-control
+if [ $mps = 1 ]; then
+  echo get_server_list | nvidia-cuda-mps-control
+  echo quit | nvidia-cuda-mps-control
+  mkdir -p "$OUT/mps-log" && cp "$CUDA_MPS_LOG_DIRECTORY"/* "$OUT/mps-log/" 2>/dev/null
+  tail -20 "$CUDA_MPS_LOG_DIRECTORY"/control.log "$CUDA_MPS_LOG_DIRECTORY"/server.log 2>/dev/null | cut -c1-300
+fi
 mkdir -p "$OUT/layouts-logs" && cp "$work"/*.log "$OUT/layouts-logs/" 2>/dev/null
 grep -E '^(server ready|thread|process) ' "$OUT/layouts-log.txt" | cut -c1-1500
 tail -5 "$OUT/layouts-log.txt" | cut -c1-1500

@@ -218,8 +218,8 @@ class Settings(BaseSettings):
     job_max_defer_s: float = Field(
         5.0, gt=0, le=3600,
         description="while speech requests are in progress, a long-form job's piece waits before S3Gen (where it "
-        "would share the GPU with them) at most this long, then goes alone: a server under constant load still moves "
-        "its jobs on",
+        "would share the GPU with them) at most this long, then goes alone; a job batch already in S3Gen likewise "
+        "pauses between its flow steps at most this long in all: a server under constant load still moves its jobs on",
     )  # fmt: skip
     job_disk_limit_gib: float = Field(
         20.0, gt=0, description="disk the jobs' audio pieces may use together, GiB (a new job's estimate included)"

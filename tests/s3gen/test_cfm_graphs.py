@@ -21,6 +21,7 @@ from chatterbox_vllm.models.s3gen.cfm_graphs import (
     covering_bucket,
     padded_solve,
 )
+from chatterbox_vllm.models.s3gen.flow_matching import steps_yield_to
 from flow_utils import flow_inputs
 
 
@@ -282,3 +283,37 @@ def test_gpu_replays_while_a_background_capture_runs_give_the_same_numbers(cuda_
         assert graphs.stats()["captured_background"] == 1 and graphs.stats()["capture_failed"] == 0
     finally:
         graphs.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs: runs on the GPU machine")
+def test_gpu_a_yielding_flow_matches_its_graph_and_replays_run_between_its_steps(cuda_s3gen, english_full_checkpoint):
+    """A long-form job's flow solved step by step (`steps_yield_to`), as the S3Gen worker runs it while requests
+    come: the same mel as its graph's replay up to rounding, with a request's flow replayed on its graph between
+    every two steps, answering exactly what it answers alone."""
+    cfm = cuda_s3gen.flow.decoder
+    cfm.enable_cuda_graphs(3, max_rows=4, background=False)
+    job = _cuda_batch(cuda_s3gen, english_full_checkpoint, 1, 60)
+    request = _cuda_batch(cuda_s3gen, english_full_checkpoint, 1, 20)
+
+    def flow(batch):
+        x, mask, mu, spks, cond = batch
+        return cfm(mu, mask, spks, cond, n_timesteps=3, noise=x)
+
+    try:
+        with torch.inference_mode():
+            want_job, want_request = flow(job), flow(request)  # each bucket captured, then replayed
+            between: list[torch.Tensor] = []
+
+            def hook() -> None:
+                with steps_yield_to(None):
+                    between.append(flow(request))
+
+            with steps_yield_to(hook):
+                got_job = flow(job)
+            torch.cuda.synchronize()
+        assert len(between) == 2 and all(torch.equal(mel, want_request) for mel in between)
+        _close_at_scale(got_job, want_job)
+        assert cfm.graphs.stats()["replayed"] == 4  # the job's flow ran eagerly, not on its graph
+    finally:
+        cfm.graphs.close()
+        cfm.graphs = None

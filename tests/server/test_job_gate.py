@@ -119,3 +119,16 @@ def test_admission_counts_requests_as_recent_for_quiet_s_after_the_last_one() ->
     assert admission.requests_recent(0)  # in progress, however short the window
     admission.release()
     assert admission.requests_recent(10) and not admission.requests_recent(0)
+
+
+def test_watchers_hear_the_requests_in_progress() -> None:
+    """S3Gen's workers watch the count (a job's batch pauses between flow steps while it is above 0): told at once
+    and on every change."""
+    admission = Admission(max_queue=4)
+    heard: list[int] = []
+    admission.acquire()
+    admission.watch(heard.append)
+    admission.acquire()
+    admission.release()
+    admission.release()
+    assert heard == [1, 2, 1, 0]

@@ -141,6 +141,30 @@ def test_the_child_vocodes_as_in_process_and_voices_cross_once(
         process.shutdown()
 
 
+def test_the_child_hears_of_requests_in_progress(spec: VocoderSpec, vocoder: Vocoder) -> None:
+    """`note_requests` crosses the pipe: the child's job batch waits between flow steps while the server has a
+    request in progress, serves that request's piece meanwhile, and goes on once the count is back to 0."""
+    job_piece = VocodeJob(list(range(100, 140)), vocoder.default_conds, seed=3)
+    request_piece = VocodeJob(list(range(200, 220)), vocoder.default_conds, seed=4)
+    process = start(spec, vocoder, max_pause_s=120)
+    try:
+        started = time.perf_counter()
+        process.vocode(job_piece, low_priority=True).result(timeout=300)
+        alone_s = time.perf_counter() - started
+        process.note_requests(1)
+        job = process.vocode(job_piece, low_priority=True)
+        time.sleep(max(1.5, 3 * alone_s))
+        assert not job.done()
+        wav = process.vocode(request_piece).result(timeout=300)
+        assert not job.done()
+        process.note_requests(0)
+        job_wav = job.result(timeout=300)
+    finally:
+        process.shutdown()
+    assert relative_distance(wav, vocoder.vocode(request_piece.tokens, request_piece.conds, seed=4)) < 1e-3
+    assert relative_distance(job_wav, vocoder.vocode(job_piece.tokens, job_piece.conds, seed=3)) < 1e-3
+
+
 def test_a_voice_the_child_let_go_is_sent_again(spec: VocoderSpec, vocoder: Vocoder) -> None:
     builtin, second = vocoder.default_conds, other_voice(vocoder.default_conds)
     process = start(spec, vocoder, voice_cache=1)

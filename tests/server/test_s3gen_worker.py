@@ -330,3 +330,55 @@ def test_a_voice_is_prepared_once_and_means_the_same(tts: ChatterboxTTS, jobs: l
         [made] = flow.inference_rows([row], n_timesteps=2)
         [given] = flow.inference_rows([dataclasses.replace(row, voice=other)], n_timesteps=2)
     assert torch.equal(made, given) and made.abs().max() > 0
+
+
+def test_a_job_batch_waits_between_flow_steps_while_a_request_is_in_progress(
+    tts: ChatterboxTTS, jobs: list[VocodeJob]
+) -> None:
+    """While the server has a speech request in progress, a batch of job pieces stops between two flow steps; the
+    request's pieces and partials that arrive run there, before the job's batch ends; the job goes on once no
+    request is in progress, with the audio it has alone."""
+    from chatterbox_vllm.incremental import IncrementalVocoder, vocode_partials
+
+    worker = S3GenWorker(tts, max_batch=8, max_pause_s=120)
+    try:
+        started = time.perf_counter()
+        worker.vocode(jobs[2], low_priority=True).result(timeout=120)
+        alone_s = time.perf_counter() - started
+        worker.note_requests(1)
+        job = worker.vocode(jobs[2], low_priority=True)
+        time.sleep(max(1.0, 3 * alone_s))
+        assert not job.done()  # paused, not finished: three times its time alone has passed
+        partial_job = IncrementalVocoder(tts, tts.default_conds, max_tokens=40, seed=5).partial_job(list(range(300, 312)))
+        partial = worker.partial(partial_job)
+        piece = worker.vocode(jobs[0])
+        wav = piece.result(timeout=120)
+        assert partial.result(timeout=120).wav.size > 0
+        assert not job.done()  # the request's work ran between the job's steps
+        worker.note_requests(0)
+        job_wav = job.result(timeout=120)
+        np.testing.assert_allclose(wav, tts.vocode(jobs[0].tokens, jobs[0].conds, seed=jobs[0].seed), atol=2e-4, rtol=0)
+        np.testing.assert_allclose(job_wav, tts.vocode(jobs[2].tokens, jobs[2].conds, seed=jobs[2].seed), atol=2e-4,
+                                   rtol=0)  # fmt: skip
+        np.testing.assert_allclose(partial.result().wav, vocode_partials(tts, [partial_job])[0].wav, atol=2e-4, rtol=0)
+    finally:
+        worker.shutdown()
+
+
+def test_a_job_batch_pauses_at_most_max_pause_and_its_pause_is_not_counted_as_work(
+    tts: ChatterboxTTS, jobs: list[VocodeJob]
+) -> None:
+    """Under constant load a job's batch still ends: it waits `max_pause_s` in all, then runs its remaining steps;
+    S3Gen's work metrics count its steps, not its wait."""
+    seen: list[tuple[str, float, int]] = []
+    worker = S3GenWorker(tts, max_batch=8, max_pause_s=1.5, record=lambda *work: seen.append(work))
+    try:
+        worker.note_requests(3)
+        started = time.perf_counter()
+        worker.vocode(jobs[2], low_priority=True).result(timeout=120)
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.shutdown()
+    assert elapsed >= 1.5
+    (kind, seconds, rows), = seen
+    assert (kind, rows) == ("vocode", 1) and seconds <= elapsed - 1.4

@@ -7,6 +7,7 @@ they come: `job_gate.py`, `jobs/runner.py`). Who takes and gives back a place is
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from .errors import APIError
 
@@ -22,6 +23,17 @@ class Admission:
         self.max_queue = max_queue
         self.active = 0
         self._last_release = -float("inf")  # monotonic time a request last ended
+        self._watchers: list[Callable[[int], None]] = []
+
+    def watch(self, watcher: Callable[[int], None]) -> None:
+        """Tell `watcher` the count of requests in progress now and whenever it changes (S3Gen's workers: a long-form
+        job's batch pauses between its flow steps while any is in progress)."""
+        self._watchers.append(watcher)
+        watcher(self.active)
+
+    def _changed(self) -> None:
+        for watcher in self._watchers:
+            watcher(self.active)
 
     def acquire(self) -> None:
         """Take a place (given back by `release` when the response ends), or 429 with Retry-After."""
@@ -33,10 +45,12 @@ class Admission:
                 headers={"Retry-After": "2"},
             )
         self.active += 1
+        self._changed()
 
     def release(self) -> None:
         self.active -= 1
         self._last_release = time.monotonic()
+        self._changed()
 
     def requests_recent(self, quiet_s: float = REQUESTS_QUIET_S) -> bool:
         """Whether a speech request is in progress or ended within `quiet_s` seconds."""

@@ -82,6 +82,11 @@ class S3GenPool:
         """A partial vocode's result from the least-loaded worker (`S3GenProcess.partial`)."""
         return self._submit(lambda worker: worker.partial(job))
 
+    def note_requests(self, in_progress: int) -> None:
+        """Every worker hears of the server's speech requests in progress (`S3GenWorker.note_requests`)."""
+        for worker in self.workers:
+            worker.note_requests(in_progress)
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop every worker (each cancels what it holds), then the thread for `call` work."""
         stoppers = [threading.Thread(target=worker.shutdown, args=(timeout,), daemon=True) for worker in self.workers]

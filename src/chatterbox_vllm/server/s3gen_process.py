@@ -86,6 +86,7 @@ class _ChildConfig:
     warm_up: WarmUp
     voice_cache: int = VOICE_CACHE
     low_rows_beside: int | None = None
+    max_pause_s: float = 0.0  # `S3GenWorker`'s
 
 
 @dataclass
@@ -161,8 +162,9 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
         send(("ready", {}, _portable(exc)))
         return
     worker = S3GenWorker(
-        vocoder, config.max_batch, config.max_batch_tokens, record=report, low_rows_beside=config.low_rows_beside
-    )
+        vocoder, config.max_batch, config.max_batch_tokens, record=report, low_rows_beside=config.low_rows_beside,
+        max_pause_s=config.max_pause_s,
+    )  # fmt: skip
     warm = config.warm_up
     graphs = worker.call(vocoder.warm_up, warm.max_new_tokens)
     partial = worker.call(_warm_up_partial_logged, vocoder, warm.first_partial_tokens, warm.rows)
@@ -194,7 +196,9 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
             kind = message[0]
             if kind == "stop":
                 break
-            if kind == "voice":
+            if kind == "requests":
+                worker.note_requests(message[1])
+            elif kind == "voice":
                 _, voice_id, gen = message
                 device = vocoder.device
                 voices[voice_id] = _Voice({k: v.to(device) if torch.is_tensor(v) else v for k, v in gen.items()})
@@ -250,15 +254,16 @@ class S3GenProcess:
     def __init__(
         self, spec: VocoderSpec, max_batch: int, *, warm_up: WarmUp, call_worker: S3GenWorker | None,
         max_batch_tokens: int | None = None, model: str = "", voice_cache: int = VOICE_CACHE,
-        low_rows_beside: int | None = None,
+        low_rows_beside: int | None = None, max_pause_s: float = 0.0,
     ) -> None:  # fmt: skip
         """`call_worker`: the parent's thread for `call` work (voice analysis; None: given later by
         `use_call_worker`, when the process starts before the model it serves has loaded). `model`: the served
-        model's id, the restart counter's label. `voice_cache`: voices the child keeps. `low_rows_beside`:
-        `S3GenWorker`'s."""
+        model's id, the restart counter's label. `voice_cache`: voices the child keeps. `low_rows_beside`,
+        `max_pause_s`: `S3GenWorker`'s."""
         self.max_batch = max(1, max_batch)
         self._config = _ChildConfig(spec, self.max_batch, max_batch_tokens, warm_up, max(1, voice_cache),
-                                    low_rows_beside)  # fmt: skip
+                                    low_rows_beside, max_pause_s)  # fmt: skip
+        self._requests_in_progress = 0  # the last count `note_requests` heard (sent again to a restarted child)
         self._calls = call_worker
         self._model = model
         self._context = multiprocessing.get_context("spawn")
@@ -293,6 +298,7 @@ class S3GenProcess:
         return cls(
             dataclasses.replace(spec, device=device), batch, warm_up=warm_up,
             call_worker=call_worker, model=model, low_rows_beside=settings.job_rows_beside_requests,
+            max_pause_s=settings.job_max_defer_s,
         )  # fmt: skip
 
     def use_call_worker(self, call_worker: S3GenWorker) -> None:
@@ -352,6 +358,17 @@ class S3GenProcess:
     def partial(self, job: PartialJob) -> Future:
         """A partial vocode's result (`incremental.PartialResult`), batched in the child with other partials."""
         return self._submit("partial", job)
+
+    def note_requests(self, in_progress: int) -> None:
+        """The server's speech requests in progress, told to the child's worker (`S3GenWorker.note_requests`)."""
+        with self._lock:
+            self._requests_in_progress = in_progress
+            if self._restarting or self._closing:
+                return  # a restarted child hears the count once it is up
+            try:
+                _send(self._conn, ("requests", in_progress))
+            except (OSError, ValueError):
+                pass  # the child is gone: the receiver restarts it
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Cancel what is in flight, ask the child to stop (it finishes the running batch), then end it; stop the
@@ -533,6 +550,10 @@ class S3GenProcess:
             self._restarting = False
             if self._closing:
                 return False
+            try:
+                _send(self._conn, ("requests", self._requests_in_progress))
+            except (OSError, ValueError):
+                pass  # died again: the receiver sees it
             for request, item in list(self._inflight.items()):
                 if item.tries >= 2:  # its second child died with it too
                     failed.append(self._inflight.pop(request))

@@ -13,6 +13,13 @@ any concurrency. Other work (voice analysis) runs alone, in arrival order, after
 
 A batch that fails is retried job by job, so one bad piece fails only its own request.
 
+Long-form jobs' pieces are low priority: they join a batch only after the interactive pieces waiting, and a batch of
+them, while speech requests are recent, runs its flow step by step (`flow_matching.steps_yield_to`): between two
+steps the thread runs the requests' partials, pieces and calls that came meanwhile, and while a request is in
+progress (`note_requests`, from the server's `Admission`) it waits there, up to `max_pause_s` per batch. Measured on
+an H200 before this (BENCHMARKS.md "Long-form jobs"): a request arriving while a job piece was being vocoded
+(~150 ms) waited for it, first byte 1.30x idle against the 1.2x asked; now it waits for one flow step at most.
+
 On a GPU the thread queues its kernels on a CUDA stream of its own. On the legacy default stream they would be
 waited for by every small synchronising copy other threads make there: T3's prompt embeddings, built on the event
 loop for each new request and copied to the host for vLLM, would stall the whole server for as long as the S3Gen
@@ -22,6 +29,7 @@ stream, so those copies wait only for their own kernels.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -37,6 +45,7 @@ import numpy as np
 import torch
 
 from ..incremental import PartialJob, PartialResult, VocoderLike, vocode_partials
+from ..models.s3gen.flow_matching import steps_yield_to
 from ..vocoder import VocodeJob
 from .admission import REQUESTS_QUIET_S
 from .metrics import S3GEN_BATCH, S3GEN_DEVICE_BATCH, S3GEN_DEVICE_WORK, S3GEN_PARTIAL_BATCH, S3GEN_WORK
@@ -174,6 +183,10 @@ def _select_tier(
 INTERACTIVE_QUIET_S = REQUESTS_QUIET_S
 
 
+# How often a job's batch paused between flow steps looks whether the requests in progress have ended.
+PAUSE_POLL_S = 0.002
+
+
 def cap_low_rows(chosen: list[int], low: list[bool], max_low: int) -> list[int]:
     """`chosen` (arrival order) keeping at most `max_low` low-priority pieces, the oldest: an interactive piece is
     never dropped."""
@@ -209,20 +222,32 @@ def record_work(kind: str, seconds: float, rows: int, device: str | None = None)
 class S3GenWorker:
     def __init__(
         self, tts: VocoderLike, max_batch: int, max_batch_tokens: int | None = None, *,
-        record: WorkRecorder | None = None, low_rows_beside: int | None = None,
+        record: WorkRecorder | None = None, low_rows_beside: int | None = None, max_pause_s: float = 0.0,
     ) -> None:  # fmt: skip
         """`tts`: what vocodes (a ChatterboxTTS, or a `Vocoder` alone in the S3Gen process). `max_batch_tokens`: None
         takes `default_batch_tokens(max_batch)`. `record` hears of each piece of work run (`WorkRecorder`; None:
         `record_work`, by `tts`'s device). `low_rows_beside`: low-priority pieces a batch takes at most while
-        interactive work came within INTERACTIVE_QUIET_S (None: as many as fit)."""
+        interactive work came within INTERACTIVE_QUIET_S (None: as many as fit). `max_pause_s`: how long in all a
+        batch of low-priority pieces may pause between its flow steps while speech requests are in progress
+        (`note_requests`; CHATTERBOX_JOB_MAX_DEFER_S); 0: it does not pause, only serves waiting work there."""
         self.tts = tts
         self.record = record or functools.partial(record_work, device=str(tts.device))
         self.low_rows_beside = low_rows_beside
+        self.max_pause_s = max_pause_s
+        self.requests_in_progress = 0  # the server's speech requests in progress (`note_requests`)
         self._last_interactive = -float("inf")  # monotonic time an interactive piece or partial was last taken
         self.max_batch = max(1, max_batch)
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(self.max_batch)
         tts.set_s3gen_max_rows(self.max_batch)  # S3Gen's CUDA graphs then serve batches this large
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Work taken from the queue and not yet run, in arrival order: whole pieces, partials, other calls.
+        self._pending: list[_Vocode] = []
+        self._partials: list[_Partial] = []
+        self._later: list[_Call] = []
+        self._stop_met = False  # a stop taken from the queue: nothing after it is taken
+        self._step_events: collections.deque[torch.cuda.Event] = collections.deque()
+        self._paused = 0.0  # seconds the job batch under way has waited for requests in progress
+        self._yielded_s = 0.0  # seconds spent between job batches' flow steps, in all (not counted as their work)
         # What runs a batch of partials (a benchmark's first-audio trace wraps it to time the S3Gen part).
         self.vocode_partials: Callable[[VocoderLike, list[PartialJob]], list[PartialResult]] = vocode_partials
         self.stream: torch.cuda.Stream | None = None  # the thread's own CUDA stream (set when it starts, on a GPU)
@@ -238,7 +263,8 @@ class S3GenWorker:
 
     def vocode(self, job: VocodeJob, *, low_priority: bool = False) -> Future:
         """The waveform of a whole piece (float32, 24 kHz), batched with other pieces waiting at the time.
-        `low_priority` (a long-form job's piece): it joins a batch only after the interactive pieces waiting."""
+        `low_priority` (a long-form job's piece): it joins a batch only after the interactive pieces waiting, and
+        a batch of such pieces lets interactive work run between its flow steps (see `_yield_to_requests`)."""
         item = _Vocode(job, low_priority=low_priority)
         self._queue.put(item)
         return item.future
@@ -248,6 +274,11 @@ class S3GenWorker:
         item = _Partial(job)
         self._queue.put(item)
         return item.future
+
+    def note_requests(self, in_progress: int) -> None:
+        """The server's speech requests in progress now (`Admission.watch`): while any is, a batch of long-form
+        job pieces waits between its flow steps, leaving the GPU to the request's T3 steps and S3Gen work."""
+        self.requests_in_progress = in_progress
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Cancel the work still queued, let the running batch finish, stop the thread."""
@@ -272,10 +303,8 @@ class S3GenWorker:
             self._serve()
 
     def _serve(self) -> None:
-        pending: list[_Vocode] = []  # pieces taken from the queue and not yet vocoded, in arrival order
-        partials: list[_Partial] = []  # likewise for partial vocodes
         while True:
-            if not pending and not partials:
+            if not (self._pending or self._partials or self._later):
                 item = self._queue.get()
                 if item is _STOP:
                     self._cancel_rest()
@@ -283,60 +312,118 @@ class S3GenWorker:
                 if isinstance(item, _Call):
                     self._run_call(item)
                     continue
-                (partials if isinstance(item, _Partial) else pending).append(item)
-            later, stop = self._take_waiting(pending, partials)
-            if partials or any(not piece.low_priority for piece in pending):
-                self._last_interactive = time.monotonic()
-            partials = [item for item in partials if not item.future.cancelled()]  # their requests went away
-            if partials:
-                batch_of_partials, partials = self._partial_batch(partials)
-                self._run_partials(batch_of_partials)
-            pending = [piece for piece in pending if not piece.future.cancelled()]
-            if pending:
-                lengths = [padded_tokens(piece.job) for piece in pending]
-                low = [p.low_priority for p in pending]
-                chosen = select_batch(lengths, [p.passed_over for p in pending], self.max_batch, self.max_batch_tokens,
-                                      low)  # fmt: skip
-                if self.low_rows_beside is not None and self._requests_recent():
-                    chosen = cap_low_rows(chosen, low, self.low_rows_beside)
-                batch = [pending[i] for i in chosen]
-                taken = set(chosen)
-                newest = max(chosen)
-                for i, piece in enumerate(pending):
-                    if i not in taken and i < newest:
-                        piece.passed_over = True
-                pending = [piece for i, piece in enumerate(pending) if i not in taken]
+                (self._partials if isinstance(item, _Partial) else self._pending).append(item)
+            self._take_waiting()
+            self._run_partials_waiting(all_of_them=False)
+            batch = self._next_batch(interactive_only=False)
+            if batch:
                 self._run_batch(batch)
+            later, self._later = self._later, []
             for other in later:
                 self._run_call(other)
-            if stop:
-                unfinished: list[_Vocode | _Partial] = [*pending, *partials]
+            if self._stop_met:
+                unfinished: list[_Vocode | _Partial] = [*self._pending, *self._partials]
                 for left in unfinished:
                     left.future.cancel()
                 self._cancel_rest()
                 return
 
     def _requests_recent(self) -> bool:
-        """Whether interactive work came within INTERACTIVE_QUIET_S: jobs' pieces then go a few at a time."""
-        return time.monotonic() - self._last_interactive < INTERACTIVE_QUIET_S
+        """Whether interactive work came within INTERACTIVE_QUIET_S, or a speech request is in progress: jobs'
+        pieces then go a few at a time, and their batch yields between flow steps."""
+        return self.requests_in_progress > 0 or time.monotonic() - self._last_interactive < INTERACTIVE_QUIET_S
 
-    def _take_waiting(self, pending: list[_Vocode], partials: list[_Partial]) -> tuple[list[_Call], bool]:
-        """Move every piece and partial waiting in the queue into `pending` / `partials`; returns the other work met
-        on the way (it runs after the next batch, in order) and whether a stop was met (nothing after it is taken)."""
-        later: list[_Call] = []
-        while True:
+    def _take_waiting(self) -> None:
+        """Move everything waiting in the queue into the pending lists (calls run after the next batch, in order);
+        after a stop nothing more is taken."""
+        while not self._stop_met:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return later, False
+                break
             if item is _STOP:
-                return later, True
-            if isinstance(item, _Vocode):
-                pending.append(item)
+                self._stop_met = True
+            elif isinstance(item, _Vocode):
+                self._pending.append(item)
             elif isinstance(item, _Partial):
-                partials.append(item)
+                self._partials.append(item)
             else:
-                later.append(item)
+                self._later.append(item)
+        if self._partials or any(not piece.low_priority for piece in self._pending):
+            self._last_interactive = time.monotonic()
+
+    def _run_partials_waiting(self, *, all_of_them: bool) -> None:
+        """The next batch of partials (every batch of them with `all_of_them`); cancelled ones are dropped."""
+        while True:
+            self._partials = [item for item in self._partials if not item.future.cancelled()]  # requests gone
+            if not self._partials:
+                return
+            batch, self._partials = self._partial_batch(self._partials)
+            self._run_partials(batch)
+            if not all_of_them:
+                return
+
+    def _next_batch(self, *, interactive_only: bool) -> list[_Vocode]:
+        """The whole pieces that leave together next (`select_batch`), taken out of the pending list; with
+        `interactive_only` only requests' pieces are candidates."""
+        self._pending = [piece for piece in self._pending if not piece.future.cancelled()]
+        pool = [piece for piece in self._pending if not (interactive_only and piece.low_priority)]
+        if not pool:
+            return []
+        low = [piece.low_priority for piece in pool]
+        chosen = select_batch([padded_tokens(piece.job) for piece in pool], [piece.passed_over for piece in pool],
+                              self.max_batch, self.max_batch_tokens, low)  # fmt: skip
+        if self.low_rows_beside is not None and self._requests_recent():
+            chosen = cap_low_rows(chosen, low, self.low_rows_beside)
+        taken = set(chosen)
+        newest = max(chosen)
+        for i, piece in enumerate(pool):
+            if i not in taken and i < newest:
+                piece.passed_over = True
+        batch = [pool[i] for i in chosen]
+        leaving = {id(piece) for piece in batch}
+        self._pending = [piece for piece in self._pending if id(piece) not in leaving]
+        return batch
+
+    # ------------------------------------------------------------------------- jobs yield to requests
+    def _yield_to_requests(self) -> None:
+        """Between two flow steps of a batch of long-form job pieces: run the requests' work that came meanwhile
+        (partials, whole pieces, calls), and while speech requests are in progress wait for them (polling, at most
+        `max_pause_s` over the batch), so a request's T3 steps and S3Gen work find the GPU free. A batch of job
+        pieces takes ~150 ms of S3Gen on an H200 (one row of ~7 s of audio); a request waits for one step of it."""
+        entered = time.perf_counter()
+        try:
+            self._serve_between_steps()
+        finally:
+            self._yielded_s += time.perf_counter() - entered
+
+    def _serve_between_steps(self) -> None:
+        self._await_previous_step()
+        while True:
+            self._take_waiting()
+            with steps_yield_to(None):  # the requests' flows run whole, on their graphs
+                self._run_partials_waiting(all_of_them=True)
+                while batch := self._next_batch(interactive_only=True):
+                    self._run_batch(batch)
+                later, self._later = self._later, []
+                for other in later:
+                    self._run_call(other)
+            if self._stop_met or self.requests_in_progress <= 0 or self._paused >= self.max_pause_s:
+                return
+            slept = time.monotonic()
+            time.sleep(PAUSE_POLL_S)
+            self._paused += time.monotonic() - slept
+
+    def _await_previous_step(self) -> None:
+        """Keep the GPU at most one flow step ahead of this thread (CUDA: the step before last is waited for), so
+        work run here next does not queue behind the batch's remaining steps."""
+        if self.stream is None:
+            return
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        self._step_events.append(event)
+        while len(self._step_events) > 1:
+            self._step_events.popleft().synchronize()
 
     def _cancel_rest(self) -> None:
         while True:
@@ -349,12 +436,12 @@ class S3GenWorker:
 
     @contextlib.contextmanager
     def _work(self, kind: str, rows: int) -> Iterator[None]:
-        """Time one piece of work for `record` (also when it fails)."""
-        started = time.perf_counter()
+        """Time one piece of work for `record` (also when it fails), less the time it yielded to other work."""
+        started, yielded = time.perf_counter(), self._yielded_s
         try:
             yield
         finally:
-            self.record(kind, time.perf_counter() - started, rows)
+            self.record(kind, time.perf_counter() - started - (self._yielded_s - yielded), rows)
 
     def _run_call(self, item: _Call) -> None:
         if not item.future.set_running_or_notify_cancel():
@@ -370,8 +457,23 @@ class S3GenWorker:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:
             return
-        with self._work("vocode", len(live)):
+        yielding = all(item.low_priority for item in live) and self._requests_recent()
+        with self._work("vocode", len(live)), self._yielding(yielding):
             self._vocode_live(live)
+
+    @contextlib.contextmanager
+    def _yielding(self, on: bool) -> Iterator[None]:
+        """A batch of job pieces while requests are recent: its flow yields to requests between steps."""
+        if not on:
+            yield
+            return
+        self._paused = 0.0
+        self._step_events.clear()
+        try:
+            with steps_yield_to(self._yield_to_requests):
+                yield
+        finally:
+            self._step_events.clear()
 
     def _vocode_live(self, live: list[_Vocode]) -> None:
         def vocode(jobs: list[VocodeJob]) -> list[np.ndarray]:

@@ -165,7 +165,8 @@ class Synthesizer:
             # The child warms up S3Gen (graphs, first partial) before it says it is ready; voice analysis stays here.
             self._warm_ups = [self._s3gen.ready, self._s3gen.call(tts.voices.warm_up)]
         else:
-            self._s3gen = S3GenWorker(tts, rows, low_rows_beside=settings.job_rows_beside_requests)
+            self._s3gen = S3GenWorker(tts, rows, low_rows_beside=settings.job_rows_beside_requests,
+                                      max_pause_s=settings.job_max_defer_s)  # fmt: skip
             # S3Gen's CUDA graphs for every length, in the worker before any request's vocoding (GPU only; ~30 s).
             self._warm_ups = [self._s3gen.call(tts.warm_up_s3gen, settings.max_new_tokens)]
             # And the first partial's shapes (GPU only): a lone stream's first audio pays no first-call cost.
@@ -173,6 +174,9 @@ class Synthesizer:
             # Then voice analysis (once per model): its first run loads libraries for seconds, which no upload should
             # pay.
             self._warm_ups.append(self._s3gen.call(tts.voices.warm_up))
+        # A job's S3Gen batch pauses between flow steps while speech requests are in progress (any model's: they
+        # share the GPU).
+        self.admission.watch(self._s3gen.note_requests)
         S3GEN_PROCESS_RESTARTS.labels(model=self.model_id)  # listed from 0 in /metrics, in either layout
         for device in dict.fromkeys(str(device) for device in self.placement.s3gen_devices):
             S3GEN_WORKER_RESTARTS.labels(model=self.model_id, device=device)

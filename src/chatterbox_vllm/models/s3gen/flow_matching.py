@@ -9,21 +9,47 @@ Mean flow (Turbo, Nano; the reference's `basic_euler`): the estimator predicts t
 step [t, r] from both times, so a few plain Euler steps on a linear grid suffice (2 in the published model), on
 the B rows as they are (the model was distilled from CFG outputs, so no guidance). Its initial noise is drawn in
 two parts, see `draw_initial_noise`.
+
+Between two Euler steps the loop can hand the thread to other work (`steps_yield_to`): the S3Gen worker runs a
+long-form job's batch so, and serves the speech requests that arrive meanwhile between its steps instead of after
+the whole batch (issue 22's fairness). Such a batch runs its steps eagerly (a CUDA graph of the loop cannot stop
+in the middle), on the same padded shapes as its graph.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import logging
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from .cfm_graphs import CFMGraphs
+from .cfm_graphs import CFMGraphs, padded_solve
 from .config import CFMConfig
 from .estimator import BasicTransformerBlock, CausalResnetBlock1D, ConditionalDecoder
 
 log = logging.getLogger(__name__)
+
+# What the flow runs between two Euler steps on this thread (a context variable: the worker that sets it is three
+# calls above the loop, and other threads, such as the graph capturer, never see it).
+_BETWEEN_STEPS: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "between_steps", default=None
+)
+
+
+@contextlib.contextmanager
+def steps_yield_to(hook: Callable[[], None] | None) -> Iterator[None]:
+    """Flows solved on this thread inside the block call `hook` between their Euler steps (outside autocast), and
+    solve eagerly on their graph's padded shapes; `None` restores whole-loop solving (for work run by the hook)."""
+    token = _BETWEEN_STEPS.set(hook)
+    try:
+        yield
+    finally:
+        _BETWEEN_STEPS.reset(token)
 
 
 def time_grid(n_timesteps: int, scheduler: str, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -172,9 +198,24 @@ class ConditionalCFM(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
         n_timesteps: int,
     ) -> torch.Tensor:  # fmt: skip
+        hook = _BETWEEN_STEPS.get()
+        if hook is not None:
+            return self._solve_yielding(x, mask, mu, spks, cond, n_timesteps, hook)
         if self.graphs is not None and self.graphs.supports(x, n_timesteps):
             return self.graphs(x, mask, mu, spks, cond)
         return self.solve(x, mask, mu, spks, cond, n_timesteps)
+
+    def _solve_yielding(
+        self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+        n_timesteps: int, hook: Callable[[], None],
+    ) -> torch.Tensor:  # fmt: skip
+        """`solve` with `hook` between steps; where a graph would serve the batch, padded to that graph's shape, so
+        the kernels (and results) are the ones its replay runs."""
+        solve = functools.partial(self.solve, between_steps=hook)
+        if self.graphs is not None and self.graphs.supports(x, n_timesteps):
+            rows, _ = self.graphs.shape_for(x.size(0), x.size(-1))
+            return padded_solve(solve, x, mask, mu, spks, cond, n_timesteps, self.graphs.frames_bucket(rows), rows)
+        return solve(x, mask, mu, spks, cond, n_timesteps)
 
     def _leave_half_precision(self) -> None:
         """float16 saturates at 65504. Should some voice or text push the estimator past it, the mel turns inf/NaN:
@@ -188,16 +229,36 @@ class ConditionalCFM(nn.Module):
 
     def solve(
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-        n_timesteps: int,
+        n_timesteps: int, between_steps: Callable[[], None] | None = None,
     ) -> torch.Tensor:  # fmt: skip
         """The Euler loop from noise x (the estimator's dtype, or `compute_dtype` under autocast): CFG steps on the
-        configured grid, or mean-flow steps over [t, t_next] on a linear one."""
+        configured grid, or mean-flow steps over [t, t_next] on a linear one. `between_steps` runs between two
+        steps, outside autocast (one autocast region per step then: the same casts, made again each step)."""
         times = time_grid(n_timesteps, self.scheduler, device=mu.device, dtype=mu.dtype).to(x.dtype)
-        with torch.autocast(x.device.type, dtype=self.compute_dtype or x.dtype, enabled=self.compute_dtype is not None):
-            for k in range(n_timesteps):
-                t, t_next = times[k : k + 1], times[k + 1 : k + 2]
-                v, _ = self.velocity(x, mask, mu, t, spks, cond, r=t_next if self.meanflow else None)
-                x = x + (t_next - t) * v.to(x.dtype)
+        if between_steps is None:
+            with self._autocast(x):
+                return self._steps(x, mask, mu, spks, cond, times, range(n_timesteps))
+        for k in range(n_timesteps):
+            if k:
+                between_steps()
+            with self._autocast(x):
+                x = self._steps(x, mask, mu, spks, cond, times, range(k, k + 1))
+        return x
+
+    def _autocast(self, x: torch.Tensor) -> torch.autocast:
+        """The estimator's half-precision region (`compute_dtype`; disabled when None)."""
+        half = self.compute_dtype
+        return torch.autocast(x.device.type, dtype=half or x.dtype, enabled=half is not None)
+
+    def _steps(
+        self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+        times: torch.Tensor, steps: range,
+    ) -> torch.Tensor:  # fmt: skip
+        """Euler steps `steps` (indices into the time grid `times`) from x."""
+        for k in steps:
+            t, t_next = times[k : k + 1], times[k + 1 : k + 2]
+            v, _ = self.velocity(x, mask, mu, t, spks, cond, r=t_next if self.meanflow else None)
+            x = x + (t_next - t) * v.to(x.dtype)
         return x
 
     def compile_blocks(self) -> None:
