@@ -254,6 +254,7 @@ def test_gpu_a_missing_bucket_is_served_at_once_and_captured_in_the_background(c
             _close_at_scale(covered, padded_solve(cfm.solve, *two, 3, graphs.bucket_frames * 2, 2))
         assert graphs.stats()["covering"] == 1
     finally:
+        graphs.wait_idle(timeout=120)  # the 2-row bucket's capture ends here: the next test captures on its thread
         graphs.close()
 
 
@@ -317,3 +318,31 @@ def test_gpu_a_yielding_flow_matches_its_graph_and_replays_run_between_its_steps
     finally:
         cfm.graphs.close()
         cfm.graphs = None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs: runs on the GPU machine")
+def test_gpu_a_graph_that_answers_non_finite_is_dropped_and_half_precision_stays(cuda_s3gen, english_full_checkpoint,
+                                                                                 caplog):  # fmt: skip
+    """A float16 batch whose graph replay is not finite while the same solve done eagerly is: the batch gets the
+    eager result, the graph is dropped (captured again later), and the flow stays in float16. (The graph here
+    records a computation that overflows on purpose, standing for a graph gone wrong.)"""
+    cfm = cuda_s3gen.flow.decoder
+    batch = _cuda_batch(cuda_s3gen, english_full_checkpoint, 1, 30)
+    x, mask, mu, spks, cond = batch
+
+    def overflowing(*args):
+        return cfm.solve(*args) * float("inf")
+
+    cfm.compute_dtype = torch.float16
+    cfm.graphs = CFMGraphs(overflowing, channels=80, n_timesteps=3, max_rows=4, background=False)
+    try:
+        with torch.inference_mode(), caplog.at_level("WARNING"):
+            out = cfm(mu, mask, spks, cond, n_timesteps=3, noise=x)
+            expected = cfm.solve(x, mask, mu, spks, cond, 3)
+        assert out.isfinite().all() and cfm.compute_dtype == torch.float16
+        _close_at_scale(out, expected)
+        assert cfm.graphs.buckets() == [] and "captured again" in caplog.text
+    finally:
+        cfm.graphs.close()
+        cfm.graphs = None
+        cfm.compute_dtype = None

@@ -225,6 +225,7 @@ class CFMGraphs:
         self._target: tuple[torch.device, torch.dtype] | None = None  # the device and dtype batches come in
         self._failed: set[Key] = set()  # buckets whose background capture failed: not asked for again
         self._counts: Counter[str] = Counter()
+        self.last_served: Key | None = None  # the graph the last batch replayed on (None: it ran eagerly)
 
     def frames_bucket(self, rows: int) -> int:
         return self.bucket_frames if rows == 1 else 2 * self.bucket_frames
@@ -250,6 +251,11 @@ class CFMGraphs:
             counts = {name: self._counts[name] for name in STAT_NAMES}
             graphs = len(self._graphs)
         return {"graphs": graphs, **counts, "queued": self._queue.waiting}
+
+    def discard(self, key: Key) -> None:
+        """Forget one graph (its replay gave what its eager computation does not): captured again when next asked."""
+        with self._lock:
+            self._graphs.pop(key, None)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the background capturer has nothing queued or running; False on timeout (tests, benchmarks)."""
@@ -289,6 +295,7 @@ class CFMGraphs:
             use: Key | None = key if key in self._graphs else None
             if use is None and self.background:
                 use = covering_bucket(self._graphs, key, self.max_waste)
+            self.last_served = use
             if use is not None:
                 self._counts["replayed"] += 1
                 if use != key:

@@ -41,6 +41,9 @@ _BETWEEN_STEPS: contextvars.ContextVar[Callable[[], None] | None] = contextvars.
 )
 
 
+FLOW_RECOMPILE_LIMIT = 32  # Dynamo compilations kept per block class (`compile_blocks`)
+
+
 @contextlib.contextmanager
 def steps_yield_to(hook: Callable[[], None] | None) -> Iterator[None]:
     """Flows solved on this thread inside the block call `hook` between their Euler steps (outside autocast), and
@@ -136,6 +139,7 @@ class ConditionalCFM(nn.Module):
         # float32); None: the weights' dtype throughout (the reference's float32).
         self.compute_dtype: torch.dtype | None = None
         self.compiled = False  # see compile_blocks
+        self._last_path = "eager"  # how the last batch was solved (`_redo_non_finite` names it)
 
     def velocity(
         self,
@@ -190,9 +194,31 @@ class ConditionalCFM(nn.Module):
         mu, mask, spks, cond = (v.to(dtype) for v in (mu, mask, spks, cond))
         out = self._integrate(x, mask, mu, spks, cond, n_timesteps)
         if self.compute_dtype is not None and not bool(out.isfinite().all()):
-            self._leave_half_precision()
-            out = self._integrate(x, mask, mu, spks, cond, n_timesteps)
+            out = self._redo_non_finite(x, mask, mu, spks, cond, n_timesteps)
         return out.to(in_dtype)
+
+    def _redo_non_finite(
+        self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+        n_timesteps: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """A half-precision batch whose mel is not finite: solved again eagerly in half precision first. Finite
+        there, the graph it ran on is dropped (recaptured when next needed) and half precision stays; not finite
+        there either, the flow leaves half precision for good (`_leave_half_precision`). Seen on an H200
+        (2026-12-03): one such batch switched a server to float32 for good, its S3Gen then ~7x slower."""
+        graph = self.graphs.last_served if self.graphs is not None and self._last_path == "graph" else None
+        out = self.solve(x, mask, mu, spks, cond, n_timesteps)
+        finite = bool(out.isfinite().all())
+        log.warning(
+            "S3Gen's flow gave non-finite values in %s (%s, %d rows x %d frames); solved eagerly again: %s",
+            self.compute_dtype, f"the {graph[0]} x {graph[1]} graph" if graph else f"{self._last_path} run",
+            x.size(0), x.size(-1), "finite, so that graph is captured again" if finite else "not finite either",
+        )  # fmt: skip
+        if finite:
+            if graph is not None and self.graphs is not None:
+                self.graphs.discard(graph)
+            return out
+        self._leave_half_precision()
+        return self._integrate(x, mask, mu, spks, cond, n_timesteps)
 
     def _integrate(
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
@@ -200,9 +226,13 @@ class ConditionalCFM(nn.Module):
     ) -> torch.Tensor:  # fmt: skip
         hook = _BETWEEN_STEPS.get()
         if hook is not None:
+            self._last_path = "step-by-step"
             return self._solve_yielding(x, mask, mu, spks, cond, n_timesteps, hook)
         if self.graphs is not None and self.graphs.supports(x, n_timesteps):
-            return self.graphs(x, mask, mu, spks, cond)
+            out = self.graphs(x, mask, mu, spks, cond)
+            self._last_path = "graph" if self.graphs.last_served is not None else "eager"
+            return out
+        self._last_path = "eager"
         return self.solve(x, mask, mu, spks, cond, n_timesteps)
 
     def _solve_yielding(
@@ -275,6 +305,12 @@ class ConditionalCFM(nn.Module):
         """
         for module in self._compilable_blocks():
             module.compile(dynamic=True)
+        # Each block class's forward is one code object: widths, the row count 1 (specialized) and the flow's
+        # shapes each take a compilation of it; past Dynamo's default of 8 the block would run uncompiled from then
+        # on (seen on an H200 once long-form jobs' step-by-step batches brought their shapes).
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), FLOW_RECOMPILE_LIMIT))
         self.compiled = True
 
     def uncompile_blocks(self) -> None:
