@@ -346,3 +346,45 @@ def test_gpu_a_graph_that_answers_non_finite_is_dropped_and_half_precision_stays
         cfm.graphs.close()
         cfm.graphs = None
         cfm.compute_dtype = None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs: runs on the GPU machine")
+def test_gpu_replays_stay_right_while_buckets_are_captured_beside_them(cuda_s3gen, english_full_checkpoint):
+    """The pattern of the H200 job benchmark that gave two non-finite replays (2026-12-03, 17:31): float16 compiled
+    blocks, a 64-row graph serving smaller batches while the buckets those batches need are captured in the
+    background, eager batches of other shapes between. Every batch must be finite and equal its eager solve at
+    scale, while the captures run and after them, on its own graph."""
+    cfm = cuda_s3gen.flow.decoder
+    cfm.compute_dtype = torch.float16
+    cfm.compile_blocks()
+    cfm.enable_cuda_graphs(3, max_rows=64)
+    big = _cuda_batch(cuda_s3gen, english_full_checkpoint, 64, 60)
+    odd = _cuda_batch(cuda_s3gen, english_full_checkpoint, 3, 13)
+    graphs = cfm.graphs
+    assert graphs is not None
+
+    def check(batch) -> None:
+        out = graphs(*batch)
+        with cfm._autocast(batch[0]):
+            eager = cfm.solve(*batch, 3)
+        assert out.isfinite().all(), f"{batch[0].size(0)} rows on {graphs.last_served}"
+        _close_at_scale(out, eager)
+
+    try:
+        with torch.inference_mode():
+            assert graphs.capture(64, big[0].size(-1), device=big[0].device)
+            for _ in range(3):
+                for rows in (48, 31, 33, 16, 40, 20, 9):
+                    check(tuple(v[:rows] for v in big))
+                    graphs(*odd)  # eager (or covering) work between, as requests' pieces came
+            assert graphs.wait_idle(timeout=300)
+            for rows in (48, 31, 33, 16, 40, 20, 9):
+                check(tuple(v[:rows] for v in big))
+            torch.cuda.synchronize()
+        stats = graphs.stats()
+        assert stats["captured_background"] >= 4 and stats["capture_failed"] == 0, stats
+    finally:
+        graphs.close()
+        cfm.graphs = None
+        cfm.compute_dtype = None
+        cfm.uncompile_blocks()
