@@ -365,10 +365,10 @@ def test_gpu_replays_stay_right_while_buckets_are_captured_beside_them(cuda_s3ge
 
     def check(batch) -> None:
         out = graphs(*batch)
-        with cfm._autocast(batch[0]):
-            eager = cfm.solve(*batch, 3)
+        eager = cfm.solve(*batch, 3)
         assert out.isfinite().all(), f"{batch[0].size(0)} rows on {graphs.last_served}"
-        _close_at_scale(out, eager)
+        # float16 products on other shapes round differently: a wrong graph is off by the scale, not by 2 %
+        assert (out - eager).abs().max() <= 2e-2 * eager.abs().max(), f"{batch[0].size(0)} rows"
 
     try:
         with torch.inference_mode():
