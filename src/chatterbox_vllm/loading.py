@@ -24,7 +24,7 @@ from .conditioning import Conditionals, VoiceConditioner
 from .conditioning_store import model_fingerprint
 from .engine.base import T3Engine
 from .engine.factory import build_t3_engine, resolve_engine_kind
-from .engine.vllm_engine import VLLMOptions
+from .engine.vllm_engine import VLLMOptions, fit_kv_cache
 from .models.s3gen import S3Gen
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .process_setup import configured
@@ -170,6 +170,8 @@ def load_parts(
         if kv_bytes is not None and vllm_options is not None:
             vllm_options = dataclasses.replace(vllm_options, kv_cache_memory_bytes=kv_bytes)
         progress(beside_engine.stage)
+    if kind == "vllm" and vllm_options is not None:
+        vllm_options = fit_kv_cache(vllm_options, config.t3, device)  # no larger than a full batch needs
     engine = build_t3_engine(options.engine, directory / layout.t3, config.t3, device, vllm_options=vllm_options)
     phases = {"load_s3gen_voice_encoder": loaded - started, "t3_engine": time.perf_counter() - loaded}
     log.info("loaded %s Chatterbox from %s on %s (T3 engine: %s)", layout.variant, directory, device,

@@ -13,6 +13,9 @@ With stages placed on several GPUs (`placement`), `plan_devices` says what each 
 T3's GPU its budget and the pipeline; on each further GPU of T3's data parallelism another T3 budget and a CUDA
 context; on each S3Gen worker's GPU that worker's process (`s3gen_worker_gib`). A GPU whose share does not fit its
 free memory stops start-up with the figures and what to change.
+
+Within its budget, vLLM's KV cache is fixed at what a full batch of full-length requests needs where that is less
+than the budget leaves (`t3_kv_cache_to_fix`): a larger cache holds only blocks no request can use.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ CUDA_CONTEXT_GIB = 0.5
 # Room within a T3 budget beyond weights and one request's KV cache: vLLM's profiling activations, sampler buffers.
 T3_ACTIVATION_GIB = 0.4
 _T3_DTYPE_BYTES = 2  # the presets run T3 in bfloat16
+# vLLM pages its KV cache in blocks of 16 tokens on GPUs and 128 on CPUs (0.26 to 0.32): a size counted in units of
+# 128 tokens is whole blocks on either.
+KV_UNIT_TOKENS = 128
 
 
 class VRAMPlanError(ValueError):
@@ -94,14 +100,52 @@ def t3_kv_bytes_per_token(config: T3Config, dtype_bytes: int = _T3_DTYPE_BYTES) 
     return config.num_hidden_layers * 2 * width * dtype_bytes * rows
 
 
-def t3_kv_cache_bytes(variant: str, t3_budget_gib: float, max_model_len: int) -> int | None:
+def t3_kv_room_bytes(config: T3Config, t3_budget_bytes: int, dtype_bytes: int = _T3_DTYPE_BYTES) -> int:
     """The KV cache a T3 budget holds as this plan counts it: the budget less T3's weights and `T3_ACTIVATION_GIB`
-    (the high preset's 10 GiB: ~8.6 GiB, ~37,000 tokens of the Llama T3, where vLLM's own profile found ~38,000 on
-    an H200). Given to vLLM as its KV cache's size when it must not profile the device (`s3gen_beside`). None when
-    that leaves less than one request of `max_model_len` tokens (vLLM's profile then says what is short)."""
+    (what vLLM's own profile found beside the weights for the multilingual T3 run eagerly on an H200, 2026-11-28:
+    0.18 GiB of activations, 0.22 GiB outside torch)."""
+    return t3_budget_bytes - t3_weight_bytes(config, dtype_bytes) - int(T3_ACTIVATION_GIB * 2**30)
+
+
+def t3_kv_cache_bytes(variant: str, t3_budget_gib: float, max_model_len: int) -> int | None:
+    """The KV cache a T3 budget holds as this plan counts it (`t3_kv_room_bytes`; the high preset's 10 GiB: ~8.6
+    GiB, ~37,000 tokens of the Llama T3, where vLLM's own profile found ~38,000 on an H200). Given to vLLM as its KV
+    cache's size when it must not profile the device (`s3gen_beside`). None when that leaves less than one request
+    of `max_model_len` tokens (vLLM's profile then says what is short)."""
     config = T3Config.for_variant(variant)
-    kv = int(t3_budget_gib * 2**30) - t3_weight_bytes(config) - int(T3_ACTIVATION_GIB * 2**30)
+    kv = t3_kv_room_bytes(config, int(t3_budget_gib * 2**30))
     return kv if kv >= t3_kv_bytes_per_token(config) * max_model_len else None
+
+
+def t3_kv_need_bytes(
+    config: T3Config, max_num_seqs: int, max_model_len: int, dtype_bytes: int = _T3_DTYPE_BYTES
+) -> int:
+    """The KV cache in which `max_num_seqs` requests of `max_model_len` tokens all decode at once: all that vLLM
+    can ever use for T3 (prefix caching is off, so a block that no running request holds stays empty). Counted in
+    vLLM's blocks (`KV_UNIT_TOKENS`): each request's tokens rounded up to whole units, plus a margin of one unit per
+    request (a slot scheduled ahead by vLLM's asynchronous scheduling, a block size other than 16 or 128) and one
+    unit for vLLM's null block (block 0, which holds no request). Preset low, Turbo: 2 x 1,536 tokens need 0.28
+    GiB, 0.32 GiB with the margin; the Llama T3's CFG rows make its tokens 2.5x larger (0.79 GiB)."""
+    per_request = math.ceil(max_model_len / KV_UNIT_TOKENS) + 1
+    tokens = (max_num_seqs * per_request + 1) * KV_UNIT_TOKENS
+    return tokens * t3_kv_bytes_per_token(config, dtype_bytes)
+
+
+def t3_kv_cache_to_fix(
+    config: T3Config, max_num_seqs: int, max_model_len: int, t3_budget_bytes: int, *,
+    dtype_bytes: int = _T3_DTYPE_BYTES, fixed: int | None = None,
+) -> int | None:  # fmt: skip
+    """The KV cache size to give vLLM (`kv_cache_memory_bytes`): what a full batch needs (`t3_kv_need_bytes`) where
+    that is less than the size already fixed (`fixed`: S3Gen starting beside the engine) or, with none fixed, than
+    what the T3 budget leaves (`t3_kv_room_bytes`); otherwise `fixed` (None: vLLM sizes its cache from the budget,
+    as it always has). vLLM would otherwise fill its budget with blocks no request can use: Turbo at preset low
+    holds ~0.84 GiB of KV cache (0.74 from a 1.65 GiB budget on an H200) where 0.32 serve both requests whole. The
+    Llama T3 (English, multilingual) needs more than any preset's budget leaves (low: 0.79 GiB against ~0.37), so
+    its cache stays as vLLM sizes it. With CUDA graphs (presets medium, high) their memory comes beside the fixed
+    cache, as beside S3Gen's start."""
+    need = t3_kv_need_bytes(config, max_num_seqs, max_model_len, dtype_bytes)
+    room = fixed if fixed is not None else t3_kv_room_bytes(config, t3_budget_bytes, dtype_bytes)
+    return need if need < room else fixed
 
 
 def model_need(model: str, variant: str, preset: str, max_model_len: int, s3gen_layout: str = "thread") -> ModelNeed:

@@ -33,6 +33,7 @@ import torch
 from ..models.t3 import T3, T3Cond
 from ..models.t3.config import T3Config
 from ..settings import EngineLimits, gpu_memory_utilization
+from ..vram_plan import t3_kv_cache_to_fix, t3_kv_need_bytes, t3_kv_room_bytes
 from .base import TOKENS_DONE, SamplingParams, check_text_tokens, drain_tokens, prompt_length, speech_token_limit
 from .vllm_t3 import plugin
 from .vllm_t3.model_dir import prepare_model_dir
@@ -148,6 +149,37 @@ def takes_kv_cache_bytes() -> bool:
         log.debug("vLLM is not usable: %s", exc)
         return False
     return "kv_cache_memory_bytes" in {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+# Bytes of one element of T3's weights and KV cache in vLLM, by the engine's dtype; "auto" counts float32's, the
+# larger (vLLM may keep T3's float32 config as it is).
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
+
+
+def fit_kv_cache(options: VLLMOptions, config: T3Config, device: torch.device) -> VLLMOptions:
+    """`options` with vLLM's KV cache fixed at what `max_num_seqs` requests of `max_model_len` tokens need, where
+    that is less than the T3 budget leaves (or than a size fixed already) and this vLLM takes the size
+    (`vram_plan.t3_kv_cache_to_fix`); else as they were. On GPUs only: a CPU's KV cache is its own setting
+    (VLLM_CPU_KVCACHE_SPACE). Logs the choice, which the memory benchmarks read."""
+    if device.type != "cuda" or not takes_kv_cache_bytes():
+        return options
+    dtype_bytes = _DTYPE_BYTES.get(options.dtype, 4)
+    budget = int(options.gpu_memory_utilization * torch.cuda.get_device_properties(device).total_memory)
+    seqs, length = options.max_num_seqs, options.max_model_len
+    fixed = options.kv_cache_memory_bytes
+    size = t3_kv_cache_to_fix(config, seqs, length, budget, dtype_bytes=dtype_bytes, fixed=fixed)
+    need = t3_kv_need_bytes(config, seqs, length, dtype_bytes)
+    if size is not None and size != fixed:
+        log.info("vLLM's KV cache fixed at %.2f GiB: what %d requests of %d tokens need at once (the T3 budget of "
+                 "%.2f GiB would leave it ~%.2f GiB)", size / 2**30, seqs, length, budget / 2**30,
+                 (fixed if fixed is not None else t3_kv_room_bytes(config, budget, dtype_bytes)) / 2**30)  # fmt: skip
+        return dataclasses.replace(options, kv_cache_memory_bytes=size)
+    if fixed is None:
+        log.info("vLLM sizes its KV cache from the T3 budget of %.2f GiB (~%.2f GiB left after T3's weights): %d "
+                 "requests of %d tokens would need %.2f GiB: fewer of them decode at once, vLLM holds the others back",
+                 budget / 2**30, t3_kv_room_bytes(config, budget, dtype_bytes) / 2**30, seqs, length,
+                 need / 2**30)  # fmt: skip
+    return options
 
 
 def _prepare_process_environment() -> None:
