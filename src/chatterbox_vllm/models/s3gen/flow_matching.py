@@ -139,7 +139,6 @@ class ConditionalCFM(nn.Module):
         # float32); None: the weights' dtype throughout (the reference's float32).
         self.compute_dtype: torch.dtype | None = None
         self.compiled = False  # see compile_blocks
-        self._last_path = "eager"  # how the last batch was solved (`_redo_non_finite` names it)
 
     def velocity(
         self,
@@ -192,25 +191,26 @@ class ConditionalCFM(nn.Module):
         dtype = self.estimator.dtype
         x = noise.to(device=mu.device, dtype=dtype)
         mu, mask, spks, cond = (v.to(dtype) for v in (mu, mask, spks, cond))
-        out = self._integrate(x, mask, mu, spks, cond, n_timesteps)
+        out, served = self._integrate(x, mask, mu, spks, cond, n_timesteps)
         if self.compute_dtype is not None and not bool(out.isfinite().all()):
-            out = self._redo_non_finite(x, mask, mu, spks, cond, n_timesteps)
+            out = self._redo_non_finite(x, mask, mu, spks, cond, n_timesteps, served)
         return out.to(in_dtype)
 
     def _redo_non_finite(
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-        n_timesteps: int,
+        n_timesteps: int, served: str | tuple[int, int],
     ) -> torch.Tensor:  # fmt: skip
-        """A half-precision batch whose mel is not finite: solved again eagerly in half precision first. Finite
-        there, the graph it ran on is dropped (recaptured when next needed) and half precision stays; not finite
-        there either, the flow leaves half precision for good (`_leave_half_precision`). Seen on an H200
-        (2026-12-03): one such batch switched a server to float32 for good, its S3Gen then ~7x slower."""
-        graph = self.graphs.last_served if self.graphs is not None and self._last_path == "graph" else None
+        """A half-precision batch whose mel is not finite (`served`: the graph it ran on, or how it ran), solved
+        again eagerly in half precision first. Finite there, the graph it ran on is dropped (recaptured when next
+        needed) and half precision stays; not finite there either, the flow leaves half precision for good
+        (`_leave_half_precision`). Seen on an H200 (2026-12-03): one such batch switched a server to float32 for
+        good, its S3Gen then ~7x slower."""
+        graph = served if isinstance(served, tuple) else None
         out = self.solve(x, mask, mu, spks, cond, n_timesteps)
         finite = bool(out.isfinite().all())
         log.warning(
             "S3Gen's flow gave non-finite values in %s (%s, %d rows x %d frames); solved eagerly again: %s",
-            self.compute_dtype, f"the {graph[0]} x {graph[1]} graph" if graph else f"{self._last_path} run",
+            self.compute_dtype, f"the {graph[0]} x {graph[1]} graph" if graph else f"{served} run",
             x.size(0), x.size(-1), "finite, so that graph is captured again" if finite else "not finite either",
         )  # fmt: skip
         if finite:
@@ -218,22 +218,21 @@ class ConditionalCFM(nn.Module):
                 self.graphs.discard(graph)
             return out
         self._leave_half_precision()
-        return self._integrate(x, mask, mu, spks, cond, n_timesteps)
+        return self._integrate(x, mask, mu, spks, cond, n_timesteps)[0]
 
     def _integrate(
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
         n_timesteps: int,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> tuple[torch.Tensor, str | tuple[int, int]]:  # fmt: skip
+        """The mel, and how it was solved: the (rows, frames) of the graph it ran on, else "eager" or "step by
+        step" (read at once: work run between steps may use the graphs meanwhile)."""
         hook = _BETWEEN_STEPS.get()
         if hook is not None:
-            self._last_path = "step-by-step"
-            return self._solve_yielding(x, mask, mu, spks, cond, n_timesteps, hook)
+            return self._solve_yielding(x, mask, mu, spks, cond, n_timesteps, hook), "step-by-step"
         if self.graphs is not None and self.graphs.supports(x, n_timesteps):
             out = self.graphs(x, mask, mu, spks, cond)
-            self._last_path = "graph" if self.graphs.last_served is not None else "eager"
-            return out
-        self._last_path = "eager"
-        return self.solve(x, mask, mu, spks, cond, n_timesteps)
+            return out, self.graphs.last_served or "eager"
+        return self.solve(x, mask, mu, spks, cond, n_timesteps), "eager"
 
     def _solve_yielding(
         self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
