@@ -363,12 +363,15 @@ class S3GenProcess:
         """The server's speech requests in progress, told to the child's worker (`S3GenWorker.note_requests`)."""
         with self._lock:
             self._requests_in_progress = in_progress
-            if self._restarting or self._closing:
-                return  # a restarted child hears the count once it is up
-            try:
-                _send(self._conn, ("requests", in_progress))
-            except (OSError, ValueError):
-                pass  # the child is gone: the receiver restarts it
+            if not (self._restarting or self._closing):  # a restarted child hears the count once it is up
+                self._send_requests_count()
+
+    def _send_requests_count(self) -> None:
+        """The last count `note_requests` heard, to the current child (lock held)."""
+        try:
+            _send(self._conn, ("requests", self._requests_in_progress))
+        except (OSError, ValueError):
+            pass  # the child is gone: the receiver restarts it
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Cancel what is in flight, ask the child to stop (it finishes the running batch), then end it; stop the
@@ -550,10 +553,7 @@ class S3GenProcess:
             self._restarting = False
             if self._closing:
                 return False
-            try:
-                _send(self._conn, ("requests", self._requests_in_progress))
-            except (OSError, ValueError):
-                pass  # died again: the receiver sees it
+            self._send_requests_count()
             for request, item in list(self._inflight.items()):
                 if item.tries >= 2:  # its second child died with it too
                     failed.append(self._inflight.pop(request))

@@ -38,7 +38,7 @@ from ..conditioning_store import ConditioningStore
 from ..engine.base import SamplingParams
 from ..incremental import IncrementalVocoder, warm_up_first_partial
 from ..placement import resolve_placement
-from ..settings import S3GEN_BATCH_SIZES, Settings
+from ..settings import Settings
 from ..text.chunking import split_for_synthesis
 from ..text.cleaning import remove_control_characters
 from ..text.languages import SUPPORTED_LANGUAGES, UnsupportedLanguageError, validate_language
@@ -141,9 +141,7 @@ class Synthesizer:
         self.model_id = served_id(tts.variant)
         self._language_advice = language_advice or _multilingual_advice
         self._max_batch = settings.limits().max_batch_size  # T3's batch: also the most pieces of one input at once
-        # Settings fills an unset S3Gen batch from the preset when it validates; a copy made without validation may not
-        self._s3gen_batch = settings.s3gen_batch_size or S3GEN_BATCH_SIZES[settings.preset]
-        rows = settings.s3gen_rows()
+        rows = self._s3gen_rows = settings.s3gen_rows()  # pieces one S3Gen batch holds (the worker's batch)
         # Where S3Gen's workers run (CHATTERBOX_S3GEN_DEVICES; unset: one beside T3, on the model's device).
         self.placement = resolve_placement(settings, t3_device=tts.device)
         # auto: a worker process on a GPU with the high preset, where a checkpoint directory lets it load S3Gen again
@@ -236,7 +234,7 @@ class Synthesizer:
         request. GPU only: on a CPU nothing is captured and the run would only delay start. A failure costs only this
         warm-up (logged), never the server."""
         try:
-            warm_up_first_partial(self.tts, self.settings.stream_first_audio_tokens, self._s3gen_batch)
+            warm_up_first_partial(self.tts, self.settings.stream_first_audio_tokens, self._s3gen_rows)
         except Exception as exc:  # noqa: BLE001 - the warm-up is an optimisation
             log.warning("warming up the first partial vocode failed (%s: %s); the first stream pays its first call",
                         type(exc).__name__, exc)  # fmt: skip
