@@ -7,20 +7,19 @@
 #   bash benchmarks/device/layouts.sh                       # thread, then process            -> $OUT/layouts.json
 #   bash benchmarks/device/layouts.sh --layouts process thread   # the other order (the first start compiles)
 # Extra arguments go to layouts.py. On one GPU the two processes time-slice unless NVIDIA MPS runs; with
-# LAYOUTS_MPS=1 the MPS control daemon is started for the call (where the machine allows it) and stopped after.
+# LAYOUTS_MPS=1 each server runs with CHATTERBOX_CUDA_MPS=true (its own MPS control daemon, started and stopped by it).
 # Logs: $OUT/layouts-log.txt and each server's log in $OUT/layouts-logs/. The shared cache stays on the machine
 # (/root/layouts-work/cache), so a second call starts warm.
 set -uo pipefail
 source benchmarks/device/prepare.sh
 mps=0
 if [ "${LAYOUTS_MPS:-0}" = 1 ]; then
-  # The daemon's pipes and logs where this call can write and read them; a server start that hangs under MPS is
-  # stopped after BENCH_READY_TIMEOUT_S with every process's stacks in its log (headline.ServerProcess).
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps CUDA_MPS_LOG_DIRECTORY=/root/mps-log
-  export BENCH_READY_TIMEOUT_S="${LAYOUTS_READY_TIMEOUT_S:-240}"
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  # The product's own opt-in (CHATTERBOX_CUDA_MPS, cuda_mps.py): the server starts a private MPS control daemon with
+  # its pipes and logs in the cache directory before its first CUDA context, and stops it when it stops. A start that
+  # hangs under MPS is stopped after BENCH_READY_TIMEOUT_S with every process's stacks in its log.
+  export CHATTERBOX_CUDA_MPS=true BENCH_READY_TIMEOUT_S="${LAYOUTS_READY_TIMEOUT_S:-240}"
   nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv  # a CUDA process already here blocks MPS
-  if nvidia-cuda-mps-control -d; then mps=1; echo "MPS control daemon started"; else echo "MPS not available here"; fi
+  mps=1
 fi
 echo "start $(date +%T)"
 work=/root/layouts-work
@@ -28,11 +27,10 @@ mkdir -p "$work"
 timeout -s TERM "${LAYOUTS_TIMEOUT_S:-500}" python3 -m benchmarks.layouts --model /root/ckpt/english --preset high \
   --work "$work" --out "$OUT/layouts.json" "$@" > "$OUT/layouts-log.txt" 2>&1
 echo "layouts rc=$? at $(date +%T)"
-if [ $mps = 1 ]; then
-  echo get_server_list | nvidia-cuda-mps-control
-  echo quit | nvidia-cuda-mps-control
-  mkdir -p "$OUT/mps-log" && cp "$CUDA_MPS_LOG_DIRECTORY"/* "$OUT/mps-log/" 2>/dev/null
-  tail -20 "$CUDA_MPS_LOG_DIRECTORY"/control.log "$CUDA_MPS_LOG_DIRECTORY"/server.log 2>/dev/null | cut -c1-300
+if [ $mps = 1 ]; then  # the daemon's logs, from the cache directory the server used
+  mkdir -p "$OUT/mps-log" && cp /root/layouts-work/cache/chatterbox-vllm/mps/log/* "$OUT/mps-log/" 2>/dev/null
+  grep -h "NVIDIA MPS" /root/layouts-work/*.log 2>/dev/null | cut -c1-300
+  tail -5 "$OUT"/mps-log/control.log 2>/dev/null | cut -c1-300
 fi
 mkdir -p "$OUT/layouts-logs" && cp "$work"/*.log "$OUT/layouts-logs/" 2>/dev/null
 grep -E '^(server ready|thread|process) ' "$OUT/layouts-log.txt" | cut -c1-1500

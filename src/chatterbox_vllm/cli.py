@@ -137,11 +137,9 @@ def serve(
     ] = False,
 ) -> None:
     """Run the OpenAI-compatible speech server. Flags override CHATTERBOX_* variables (and .env)."""
-    import uvicorn
     from pydantic import ValidationError
 
     from .log_config import configure_logging
-    from .server.app import create_app
     from .settings import Settings
 
     flags: dict[str, Any] = {
@@ -159,7 +157,26 @@ def serve(
         typer.echo(json.dumps(effective_config(settings), indent=2))
         return
     log_config = configure_logging(settings.log_level)
+    from .cuda_mps import start_mps, stop_mps
+
+    # MPS before the first CUDA context (ours, vLLM's engine process, the S3Gen worker: they inherit its pipes).
+    mps = start_mps(settings.cuda_mps, settings.resolved_cache_dir(), settings.device)
+    if mps.mode == "unavailable":
+        logging.getLogger(__name__).warning("NVIDIA MPS asked for but not used: %s", mps.reason)
+    elif mps.active:
+        logging.getLogger(__name__).info("NVIDIA MPS: %s", mps.describe())
+    try:
+        _serve_with(settings, log_config)
+    finally:
+        stop_mps(mps)
+
+
+def _serve_with(settings: Settings, log_config: dict[str, Any]) -> None:
+    """The rest of `serve`, once the process is set up for its settings: checks, then uvicorn until stopped."""
+    import uvicorn
+
     from .process_setup import configure_process
+    from .server.app import create_app
 
     configure_process(settings)  # compile caches, vLLM's sampler, TF32: before anything loads or compiles
     from huggingface_hub import constants as hf_constants
