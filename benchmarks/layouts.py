@@ -8,7 +8,8 @@ median burst), failures, first-byte p50/p95, and from the server's /metrics S3Ge
 time (chatterbox_s3gen_work_seconds_sum: the thread's work, or in the process layout the child's, reported to the
 server), audio seconds per S3Gen busy second and mean rows per batch; /health's `s3gen` entry (pid, restarts).
 
-The layouts share one cache directory (--work/cache): the first start of a machine compiles, the others reuse it,
+`--env KEY=VALUE` sets more of the servers' settings (recorded in each server's `set_env`), so one call can compare a
+setting's values on one layout. The layouts share one cache directory (--work/cache): the first start of a machine compiles, the others reuse it,
 so ready_s compares only after a first call. `--layouts` picks the order (default thread, then process).
 
     python -m benchmarks.layouts --model /root/ckpt/english --preset high --out layouts.json
@@ -43,8 +44,9 @@ def measure_layout(layout: str, args: argparse.Namespace, work: Path) -> dict[st
     """One server in `layout`: its start, then bursts of `args.concurrency` sentences."""
     cap = None if args.no_token_cap else SENTENCE_TOKENS
     server = ServerProcess(args.model, args.preset, work / "cache", work / f"{layout}.log", cap)
-    server.set_env["CHATTERBOX_S3GEN_LAYOUT"] = layout
-    server.env["CHATTERBOX_S3GEN_LAYOUT"] = layout
+    for key, value in [("CHATTERBOX_S3GEN_LAYOUT", layout), *(item.split("=", 1) for item in args.env)]:
+        server.set_env[key] = value  # recorded in the report's `server.set_env`
+        server.env[key] = value
     out: dict[str, Any] = {"layout": layout}
     with server:
         out["server"] = server.describe()
@@ -77,6 +79,8 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--no-token-cap", action="store_true", help="real weights: T3 stops on its own")
     parser.add_argument("--quick", action="store_true", help="CPU smoke: 2 concurrent, 1 burst")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings for every server of the run, e.g. CHATTERBOX_STREAM_PARTIALS_MAX_ACTIVE=16")
     parser.add_argument("--work", default="/tmp/layouts-work", help="logs and the shared cache directory")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
