@@ -8,6 +8,14 @@ batches of concurrent pieces (the server's S3Gen worker) scale.
 T3 is loaded with the PyTorch engine (no vLLM needed); only S3Gen is timed. `--kernels ROWS` runs torch.profiler
 over one batch of ROWS pieces with the last variant's settings and writes the top kernels by total time (name,
 calls, total ms, share of the batch's kernel time) and the kernel launches per batch into the JSON (`kernels`).
+
+The batch profile also times each batch's stages (`{variant}_rows{N}_stages_ms`: mean ms of the flow's encoder
+and preparation, its CFM loop and HiFT, the device synchronised around each, in separate runs from the plain
+timings). The compiled variants compile HiFT's regions too, as the server's `s3gen_compile` does;
+`fp16_compiled_hift_eager` is `fp16_compiled` with HiFT eager, for HiFT before/after in one run:
+
+    python -m benchmarks.s3gen_profile --model /ckpt/english --skip-single --rows 1 16 64 \
+        --variants fp16_compiled_hift_eager fp16_compiled --out s3gen-hift.json
 """
 
 from __future__ import annotations
@@ -126,15 +134,60 @@ def write(report: dict, out: str | None, quiet: bool = False) -> None:
             json.dump(report, f, indent=1)
 
 
-VARIANTS = {  # label: (TF32, compute dtype, compiled estimator blocks)
-    "fp32": (False, None, False),
-    "tf32": (True, None, False),
-    "bf16": (True, torch.bfloat16, False),
-    "fp16": (True, torch.float16, False),
-    "tf32_compiled": (True, None, True),
-    "bf16_compiled": (True, torch.bfloat16, True),
-    "fp16_compiled": (True, torch.float16, True),
+VARIANTS = {  # label: (TF32, compute dtype, compiled estimator blocks, compiled HiFT regions)
+    "fp32": (False, None, False, False),
+    "tf32": (True, None, False, False),
+    "bf16": (True, torch.bfloat16, False, False),
+    "fp16": (True, torch.float16, False, False),
+    "tf32_compiled": (True, None, True, True),
+    "bf16_compiled": (True, torch.bfloat16, True, True),
+    "fp16_compiled_hift_eager": (True, torch.float16, True, False),
+    "fp16_compiled": (True, torch.float16, True, True),
 }
+
+
+def stage_times(tts: ChatterboxTTS, run: Callable[[], object], repeats: int = 3) -> dict[str, float]:
+    """Mean ms per `run()` (already warm) of the flow's encoder and preparation (the flow's call less its CFM loop),
+    the CFM loop and HiFT, each between two device synchronisations: the flow's and HiFT's calls (batched or
+    alone) are wrapped on the instance for the duration, the CFM loop timed by forward hooks."""
+    flow, hift, decoder = tts.s3gen.flow, tts.s3gen.mel2wav, tts.s3gen.flow.decoder
+    totals = dict.fromkeys(("flow", "cfm", "hift"), 0.0)
+
+    def timed_call(key: str, fn: Callable) -> Callable:
+        def call(*args, **kwargs):
+            sync()
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            sync()
+            totals[key] += time.perf_counter() - t0
+            return result
+        return call
+
+    started: list[float] = []
+
+    def before(*_: object) -> None:
+        sync()
+        started.append(time.perf_counter())
+
+    def after(*_: object) -> None:
+        sync()
+        totals["cfm"] += time.perf_counter() - started.pop()
+
+    wrapped = [(flow, "inference_rows", "flow"), (flow, "inference", "flow"), (hift, "inference_rows", "hift"),
+               (hift, "inference", "hift")]  # fmt: skip
+    for module, name, key in wrapped:
+        setattr(module, name, timed_call(key, getattr(module, name)))
+    hooks = [decoder.register_forward_pre_hook(before), decoder.register_forward_hook(after)]
+    try:
+        for _ in range(repeats):
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, name, _ in wrapped:
+            delattr(module, name)  # the class's method again
+    ms = {key: 1e3 * value / repeats for key, value in totals.items()}
+    return {"encoder": ms["flow"] - ms["cfm"], "cfm": ms["cfm"], "hift": ms["hift"]}
 
 
 # Host calls that put work on the GPU: a kernel launch each, or a whole CUDA graph's replay.
@@ -183,9 +236,10 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], variants: lis
                     progress: Callable[[dict], None] | None = None, device: str = "cuda",
                     kernel_rows: int | None = None, top: int = 25) -> dict:  # fmt: skip
     """`ChatterboxTTS.vocode_batch` (flow graphs per batch shape + masked HiFT batch) per batch size, in float32,
-    TF32, bfloat16 and float16 compute (`s3gen_dtype`), then each with the estimator's blocks compiled
-    (`s3gen_compile`; `VARIANTS`); how far each moves a sentence's mel from the first variant run (fp32 when
-    listed); and how far a graphed batch lands from each piece vocoded alone without graphs."""
+    TF32, bfloat16 and float16 compute (`s3gen_dtype`), then each with the estimator's blocks and HiFT's regions
+    compiled (`s3gen_compile`; `VARIANTS`); each batch's stages (`stage_times`); how far each moves a sentence's
+    mel from the first variant run (fp32 when listed); and how far a graphed batch lands from each piece vocoded
+    alone without graphs."""
     out: dict = {"tokens_per_piece": tokens}
     tts = ChatterboxTTS.from_local(model, device=device, engine="torch")
     g = torch.Generator().manual_seed(0)
@@ -200,7 +254,7 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], variants: lis
         reference_mel = None
         # compiling is one-way (the blocks stay compiled), so the eager variants run first
         for label in sorted(variants, key=lambda v: VARIANTS[v][2]):
-            tf32, dtype, compiled = VARIANTS[label]
+            tf32, dtype, compiled, hift_compiled = VARIANTS[label]
             if compiled and device != "cuda":
                 continue
             torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -210,6 +264,15 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], variants: lis
                 decoder.enable_cuda_graphs(10, max_rows=most_rows, background=False)  # recapture with these flags; every batch graphed
             if compiled and not decoder.compiled:
                 decoder.compile_blocks()
+            hift = tts.s3gen.mel2wav
+            if hift_compiled and not hift.compiled:
+                hift.compile_blocks()
+                t0 = time.perf_counter()
+                hift.warm_up_compiled()  # as the server's warm-up does: compiled here, not in the timings
+                sync()
+                out[f"{label}_hift_compile_s"] = time.perf_counter() - t0
+            elif not hift_compiled and hift.compiled:
+                hift.uncompile_blocks()
             t0 = time.perf_counter()
             mel = tts.s3gen.flow_inference(sentence, tts.default_conds.gen, noise=noise)
             sync()
@@ -234,7 +297,10 @@ def profile_batches(model: str, tokens: int, rows_list: list[int], variants: lis
                 audio = rows * (tokens - 1) / 25
                 out[f"{label}_rows{rows}_s"] = seconds
                 out[f"{label}_rows{rows}_x_real_time"] = audio / seconds
-                print(label, rows, round(seconds, 4), round(audio / seconds, 1), flush=True)
+                stages = stage_times(tts, lambda: tts.vocode_batch(jobs[:rows]))
+                out[f"{label}_rows{rows}_stages_ms"] = stages
+                print(label, rows, round(seconds, 4), round(audio / seconds, 1),
+                      " ".join(f"{k} {v:.1f} ms" for k, v in stages.items()), flush=True)  # fmt: skip
             first = VocodeJob(jobs[0].tokens[:10], tts.default_conds, seed=0)  # the first partial vocode of a stream
             out[f"{label}_first_partial_10_tokens_s"] = timed(lambda: tts.vocode_batch([first]))
             if progress is not None:

@@ -306,8 +306,9 @@ class Settings(BaseSettings):
     )
     s3gen_compile: bool = Field(
         True,
-        description="S3Gen flow estimator's blocks through torch.compile where CUDA graphs run (not the low preset): "
-        "fused kernels, ~1.3x faster in float16, compiled at start-up (~25 s; eager if Inductor fails)",
+        description="S3Gen flow estimator's blocks, and its HiFT vocoder's Snakes and masks, through torch.compile "
+        "where CUDA graphs run (not the low preset): fused kernels (the flow ~1.3x faster in float16), compiled at "
+        "start-up (the flow ~25 s; eager if Inductor fails)",
     )
     t3_compile: bool = Field(
         True,

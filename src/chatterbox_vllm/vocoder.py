@@ -51,9 +51,10 @@ class VocodeJob:
 @dataclass(frozen=True)
 class S3GenOptions:
     """Where and how S3Gen runs beside T3: the speech tokenizer's device when not the model's (the low preset puts
-    it on the CPU), the flow estimator's compute dtype on GPUs (`flow_compute_dtype`) and whether its blocks go
-    through torch.compile (GPUs with CUDA graphs only). These defaults are the reference's float32, eager; the
-    server's settings default to float16 and compiled blocks (`Settings.s3gen_dtype`, `s3gen_compile`)."""
+    it on the CPU), the flow estimator's compute dtype on GPUs (`flow_compute_dtype`) and whether its blocks (and
+    HiFT's elementwise regions) go through torch.compile (GPUs with CUDA graphs only). These defaults are the
+    reference's float32, eager; the server's settings default to float16 and compiled blocks (`Settings.s3gen_dtype`,
+    `s3gen_compile`)."""
 
     tokenizer_device: str | None = None
     flow_dtype: str = "float32"
@@ -95,9 +96,10 @@ def load_s3gen_for(
     *, graphs: bool, analysis: bool = True,
 ) -> S3Gen:  # fmt: skip
     """A checkpoint's S3Gen on `device`, set up as `options` say: tokenizer placement, flow dtype, CUDA graphs
-    (`graphs` and a GPU) and compiled flow blocks (only beside graphs). Without `analysis` the speech tokenizer and
-    speaker encoder (voice-clip analysis only, 0.46 GiB) are dropped before anything reaches the device."""
-    s3gen = load_s3gen(directory / layout.s3gen, config.s3gen)
+    (`graphs` and a GPU) and compiled flow blocks and HiFT regions (only beside graphs); HiFT's weight norm folded
+    (inference only). Without `analysis` the speech tokenizer and speaker encoder (voice-clip analysis only,
+    0.46 GiB) are dropped before anything reaches the device."""
+    s3gen = load_s3gen(directory / layout.s3gen, config.s3gen, fold_weight_norm=True)  # inference only
     if not analysis:
         s3gen.tokenizer = None
         s3gen.speaker_encoder = None
@@ -111,8 +113,10 @@ def load_s3gen_for(
     if graphs:
         s3gen.flow.decoder.enable_cuda_graphs(config.s3gen.flow.n_timesteps)
         if options.compile_flow:
-            # Only beside graphs: warm_up's first capture then compiles at start-up, not a request.
+            # Only beside graphs: warm_up's first capture then compiles at start-up, not a request; HiFT's regions
+            # too (warm_up runs it).
             s3gen.flow.decoder.compile_blocks()
+            s3gen.mel2wav.compile_blocks()
     return s3gen
 
 
@@ -164,8 +168,9 @@ class Vocoder:
         With `warm_up_tokens` set (the server's CHATTERBOX_S3GEN_WARM_UP_TOKENS) only pieces up to that many
         speech tokens are covered now: each graph costs start-up time, and a longer, rarer piece runs eagerly (or
         on a larger graph) the first time while its shape is captured in the background (`cfm_graphs`). The first
-        capture compiles the flow blocks (when compiled): its seconds are recorded as `s3gen_compile` in
-        `startup_phases`, the others' as `s3gen_graphs`."""
+        capture compiles the flow blocks (when compiled), then HiFT's compiled regions are compiled on a few
+        short mels: those seconds are recorded as `s3gen_compile` in `startup_phases`, the other captures' as
+        `s3gen_graphs`."""
         decoder = self.s3gen.flow.decoder
         if decoder.graphs is None:
             return 0
@@ -175,14 +180,16 @@ class Vocoder:
         with torch.inference_mode():
             try:  # with compiled blocks the first capture's warm-up run compiles them (outside the graph)
                 first = decoder.graphs.capture_up_to(1, device=self.device)  # the shortest bucket only
+                self._warm_up_hift()
                 compiled = time.perf_counter()
                 rest = decoder.graphs.capture_up_to(frames, device=self.device)
             except Exception as exc:  # Inductor's errors have no common base; any failure here means no kernels
-                if not decoder.compiled:
+                if not (decoder.compiled or self.s3gen.mel2wav.compiled):
                     raise
                 log.warning("S3Gen's compiled blocks failed to build (%s: %s); running them eagerly",
                             type(exc).__name__, exc)  # fmt: skip
                 decoder.uncompile_blocks()  # with fresh graphs
+                self.s3gen.mel2wav.uncompile_blocks()
                 first = decoder.graphs.capture_up_to(1, device=self.device)
                 compiled = time.perf_counter()
                 rest = decoder.graphs.capture_up_to(frames, device=self.device)
@@ -191,6 +198,14 @@ class Vocoder:
         log.debug("S3Gen: first graph (with compiling) %.1f s, %d more graphs up to %d frames %.1f s",
                   compiled - started, rest, frames, time.perf_counter() - compiled)  # fmt: skip
         return first + rest
+
+    def _warm_up_hift(self) -> None:
+        """Compile HiFT's regions now (when compiled), not on the first request: see `warm_up_compiled`."""
+        hift = self.s3gen.mel2wav
+        if hift.compiled:
+            started = time.perf_counter()
+            calls = hift.warm_up_compiled()
+            log.debug("S3Gen: HiFT's compiled regions built in %.1f s (%d calls)", time.perf_counter() - started, calls)
 
     def set_max_rows(self, rows: int) -> None:
         """Let S3Gen's CUDA graphs serve batches of up to `rows` pieces (the server's S3Gen batch size); larger

@@ -24,6 +24,8 @@ def test_batches_and_the_kernel_table(english_tiny_checkpoint: Path, tmp_path: P
     for rows in (1, 3):
         assert batches[f"fp32_rows{rows}_s"] > 0
         assert batches[f"fp32_rows{rows}_x_real_time"] == rows * 11 / 25 / batches[f"fp32_rows{rows}_s"]
+        stages = batches[f"fp32_rows{rows}_stages_ms"]  # the flow's encoder, its CFM loop, HiFT: each ran, timed
+        assert list(stages) == ["encoder", "cfm", "hift"] and all(ms > 0 for ms in stages.values())
     kernels = batches["kernels"]
     assert (kernels["rows"], kernels["variant"], kernels["device"]) == (3, "fp32", "cpu")
     top = kernels["top"]

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -139,12 +140,64 @@ class Snake(nn.Module):
         self.eps = 1e-9  # keeps 1/alpha finite
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha[None, :, None]
-        return x + (1.0 / (alpha + self.eps)) * torch.sin(x * alpha).pow(2)
+        return _snake(x, self.alpha, self.eps)
+
+
+def _snake(x: torch.Tensor, alpha: torch.Tensor, eps: float) -> torch.Tensor:
+    """Snake of x `[B, C, T]` with alpha `[C]`; eager, five kernels on the whole tensor (one each, fused, compiled)."""
+    alpha = alpha[None, :, None]
+    return x + (1.0 / (alpha + eps)) * torch.sin(x * alpha).pow(2)
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask
+
+
+# ------------------------------------------------------------------------------------ compiled regions (GPUs)
+# HiFT's time goes to its Snakes and masks at the audio-side rates (on a 64-row batch the last stage's activations
+# are ~1 GB each), each an eager kernel per op: these functions are what `HiFTGenerator.compile_blocks` runs through
+# torch.compile, so that Inductor fuses each into one kernel. Written as free functions of tensors (not modules)
+# with every dimension dynamic, one compilation serves every ResBlock width and every length; the convolutions
+# between them stay cuDNN's. The maths is the eager ops' (`_snake`, `_masked`), in the same order.
+def _masked_snake(x: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor, eps: float) -> torch.Tensor:
+    return _snake(_masked(x, mask), alpha, eps)
+
+
+def _residual_masked_snake(
+    y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ResBlock's residual sum y + x and the next dilation's first Snake of it, read from memory once."""
+    x = y + x
+    return x, _snake(_masked(x, mask), alpha, eps)
+
+
+def _istft_parts(spectrum: torch.Tensor, valid: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`istft_rows`' real and imaginary parts from `conv_post`'s log-magnitudes and phases (its ops, in order)."""
+    magnitude = torch.clamp(torch.exp(spectrum[:, :n_bins, :]), max=1e2) * valid
+    phase = torch.sin(spectrum[:, n_bins:, :])
+    return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+
+
+class CompiledRegions(NamedTuple):
+    """The functions above, each through torch.compile (same signatures)."""
+
+    masked_snake: Callable[..., Any]
+    residual_masked_snake: Callable[..., Any]
+    istft_parts: Callable[..., Any]
+
+
+_COMPILED: CompiledRegions | None = None
+
+
+def compiled_regions() -> CompiledRegions:
+    """The regions through torch.compile (Inductor, dynamic shapes), made once per process: Dynamo compiles on the
+    first call of each (at start-up, `HiFTGenerator.warm_up_compiled`)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = CompiledRegions(
+            *(torch.compile(fn, dynamic=True) for fn in (_masked_snake, _residual_masked_snake, _istft_parts))
+        )
+    return _COMPILED
 
 
 def frame_mask(lengths: list[int], width: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -173,16 +226,33 @@ class ResBlock(nn.Module):
         )
         self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
         self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.compiled: CompiledRegions | None = None  # set by HiFTGenerator.compile_blocks
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`mask` `[B, 1, T]` (rows of a padded batch): every convolution then reads zeros past its row's end, as
         the row alone would through its zero padding (Snake(0) = 0, so masking before each conv suffices)."""
+        if self.compiled is not None:
+            return self._forward_compiled(x, mask, self.compiled)
         for conv1, conv2, act1, act2 in zip(
             self.convs1, self.convs2, self.activations1, self.activations2, strict=True
         ):
             h = conv1(act1(_masked(x, mask)))
             x = conv2(act2(_masked(h, mask))) + x
         return x
+
+    def _forward_compiled(self, x: torch.Tensor, mask: torch.Tensor | None, regions: CompiledRegions) -> torch.Tensor:
+        """`forward` with each mask + Snake one fused kernel, and each residual sum fused with the next Snake.
+        The alphas go in detached: plain tensors, whose width Dynamo keeps dynamic (a parameter's it would not)."""
+        acts1, acts2 = cast(list[Snake], list(self.activations1)), cast(list[Snake], list(self.activations2))
+        if not acts1:
+            return x
+        a = regions.masked_snake(x, mask, acts1[0].alpha.detach(), acts1[0].eps)
+        for i, (conv1, conv2, act2) in enumerate(zip(self.convs1, self.convs2, acts2, strict=True)):
+            y = conv2(regions.masked_snake(conv1(a), mask, act2.alpha.detach(), act2.eps))
+            if i + 1 == len(acts1):
+                return y + x
+            x, a = regions.residual_masked_snake(y, x, mask, acts1[i + 1].alpha.detach(), acts1[i + 1].eps)
+        return x  # not reached: the last dilation returns
 
 
 # --------------------------------------------------------------------------------------------------- excitation
@@ -270,7 +340,8 @@ class HiFTGenerator(nn.Module):
     State dict: the published `mel2wav.*` names (`m_source`, `conv_pre`, `ups`, `source_downs`,
     `source_resblocks`, `resblocks`, `conv_post`, `f0_predictor`); weight-normed convolutions keep torch's
     parametrization (`X.parametrizations.weight.original0` = g, `original1` = v), so the weight is recomputed from
-    g and v on every call, exactly as in the reference.
+    g and v on every call, exactly as in the reference, until `fold_weight_norm` (the loader's inference models)
+    computes it once.
     """
 
     def __init__(self, config: HiFTConfig = HiFTConfig()):
@@ -318,6 +389,65 @@ class HiFTGenerator(nn.Module):
 
         self.conv_post = weight_norm(nn.Conv1d(channels, n_fft + 2, 7, padding=3))
         self.f0_predictor = ConvRNNF0Predictor(config.f0_predictor)
+        self.compiled = False  # see compile_blocks
+
+    # ------------------------------------------------------------------------------------------- inference set-up
+    def fold_weight_norm(self) -> int:
+        """Replace every weight-normed convolution's parametrization (g, v) by its weight g v / ||v||, computed once:
+        at inference the weight is the same on every call, which otherwise recomputes it (a few kernels per
+        convolution, ~80 convolutions). Call it after loading the published state dict (whose names need the
+        parametrizations); from then on `state_dict()` names `X.weight` instead. Returns the convolutions folded."""
+        convolutions = [m for m in self.modules() if parametrize.is_parametrized(m, "weight")]  # listed first:
+        with torch.no_grad():  # removing a parametrization changes the module tree being walked
+            for module in convolutions:
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        return len(convolutions)
+
+    @property
+    def weight_norm_folded(self) -> bool:
+        """Whether `fold_weight_norm` ran (no convolution keeps its g and v)."""
+        return not any(parametrize.is_parametrized(m, "weight") for m in self.modules())
+
+    def compile_blocks(self) -> None:
+        """Run HiFT's elementwise regions through torch.compile from now on (GPUs; the server's `s3gen_compile`,
+        beside the flow's `ConditionalCFM.compile_blocks`): every ResBlock's masks, Snakes and residual sums and
+        the iSTFT's magnitude and phase (`compiled_regions`). Eager, a Snake is five kernels over the whole
+        activation and the last stage's activations of a 64-row batch are ~1 GB each; fused, one. The maths stays
+        float32, the same ops in the same order (Inductor's kernels round differently). The regions are free
+        functions with dynamic shapes, so one compilation serves every width and length: a few graphs in all
+        (one row or several, masked or not), compiled by `warm_up_compiled` at start-up."""
+        regions = compiled_regions()
+        for block in self._resblocks():
+            block.compiled = regions
+        self.compiled = True
+
+    def uncompile_blocks(self) -> None:
+        """Back to the eager ops (where Inductor cannot build its kernels)."""
+        for block in self._resblocks():
+            block.compiled = None
+        self.compiled = False
+
+    def _resblocks(self) -> list[ResBlock]:
+        return [m for m in self.modules() if isinstance(m, ResBlock)]
+
+    @torch.inference_mode()
+    def warm_up_compiled(self, frames: int = 37) -> int:
+        """Compile the regions now (start-up) for every kind of call S3Gen makes: a padded batch of several rows,
+        of one row (`inference_rows`), and one mel alone (`inference`, unmasked). The lengths differ from each
+        other and from every channel count, so that Dynamo's shapes stay general (duck sizing would tie equal
+        sizes together) and no later length recompiles. Returns the calls run (0 when not compiled)."""
+        if not self.compiled:
+            return 0
+        weight = self.conv_pre.weight
+        generator = torch.Generator(device=weight.device).manual_seed(0)  # leaves the global RNG alone
+        mels = [
+            torch.randn(self.config.in_channels, n, generator=generator, device=weight.device, dtype=weight.dtype) - 4
+            for n in (frames, frames - 8, frames - 12, frames - 4, frames - 6)
+        ]
+        self.inference_rows(mels[:3], [generator] * 3)  # 3 rows: no channel count is 3
+        self.inference_rows(mels[3:4], [generator])
+        self.inference(mels[4][None], generator=generator)
+        return 3
 
     # ------------------------------------------------------------------------------------------- STFT
     def _window(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -443,11 +573,10 @@ class HiFTGenerator(nn.Module):
         batch, _, width = spectrum.shape
         hops = [f * cfg.samples_per_frame // hop + 1 for f in frames]
         valid = frame_mask(hops, width, device=spectrum.device, dtype=spectrum.dtype)  # [B, 1, F]
-        magnitude = torch.clamp(torch.exp(spectrum[:, :n_bins, :]), max=1e2) * valid
-        phase = torch.sin(spectrum[:, n_bins:, :])
+        parts = compiled_regions().istft_parts if self.compiled else _istft_parts
+        real, imag = parts(spectrum, valid, n_bins)
         window = self._window(spectrum.device, spectrum.dtype)
-        segments = torch.fft.irfft(torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase)),
-                                   n=n_fft, dim=1) * window[None, :, None]  # fmt: skip
+        segments = torch.fft.irfft(torch.complex(real, imag), n=n_fft, dim=1) * window[None, :, None]
         total = n_fft + hop * (width - 1)
 
         def overlap_add(columns: torch.Tensor) -> torch.Tensor:
@@ -534,7 +663,8 @@ class HiFTGenerator(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` without autograd; what S3Gen calls before applying its fade-in.
 
-        The weight-normed convolutions' weights are computed once per call instead of once per use (same values).
+        The weight-normed convolutions' weights are computed once per call instead of once per use (same values),
+        or not at all once `fold_weight_norm` has computed them for good.
         """
         with parametrize.cached():
             return self.forward(speech_feat, cache_source=cache_source, generator=generator, draws=draws)

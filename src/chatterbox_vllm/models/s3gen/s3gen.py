@@ -223,15 +223,20 @@ def build_s3gen(config: S3GenConfig = S3GenConfig(), device: torch.device | str 
     return model
 
 
-def load_s3gen(path: str | Path, config: S3GenConfig = S3GenConfig()) -> S3Gen:
+def load_s3gen(path: str | Path, config: S3GenConfig = S3GenConfig(), *, fold_weight_norm: bool = False) -> S3Gen:
     """Read `s3gen.safetensors` or `s3gen.pt` into a new S3Gen (CPU, eval mode).
 
     Every tensor must be present and fit, except that a `.safetensors` file may lack `tokenizer.window` (the
     published one does; the reference loads it with strict=False and keeps the Hann window it built).
+    `fold_weight_norm` (the server's loader, `load_s3gen_for`): HiFT's weight-normed weights are then computed once,
+    here (`HiFTGenerator.fold_weight_norm`; the same values, not recomputed per call), so its `state_dict()` no
+    longer has the published names.
     """
     path = Path(path)
     state = read_state_dict(path)
     model = build_s3gen(config)
     absent = ABSENT_FROM_SAFETENSORS if path.suffix == ".safetensors" else ()
     load_strict(model, state, str(path), may_be_absent=absent)
+    if fold_weight_norm:
+        model.mel2wav.fold_weight_norm()
     return model.eval()
