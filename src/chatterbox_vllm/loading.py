@@ -9,6 +9,7 @@ process starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -23,8 +24,9 @@ from .checkpoint.layout import CONFIG_FILE, CheckpointLayout
 from .conditioning import Conditionals, VoiceConditioner
 from .conditioning_store import model_fingerprint
 from .engine.base import T3Engine
-from .engine.factory import build_t3_engine, resolve_engine_kind
+from .engine.factory import build_t3_engine, check_engine_kind, resolve_engine_kind
 from .engine.vllm_engine import VLLMOptions, fit_kv_cache
+from .engine_start import EngineStart
 from .models.s3gen import S3Gen
 from .models.voice_encoder import VoiceEncoder, load_voice_encoder
 from .process_setup import configured
@@ -66,17 +68,20 @@ def voice_analysis_fingerprint(directory: Path, layout: CheckpointLayout, config
 
 class BesideEngine(Protocol):
     """Work that runs while T3's engine starts (the server's S3Gen worker process and voice warm-up,
-    `server/s3gen_beside.py`). `start` comes first thing in a load, before vLLM is even imported (seconds); then,
-    with the model's voice analysis loaded, `engine_starting` says which KV cache size to fix in vLLM (None: vLLM
-    sizes it by its profile of the device; it may wait for that work to settle first, where the profile would
-    count its allocations); `stage` is what /health says while the engine starts."""
+    `server/s3gen_beside.py`). `start` comes first thing in a load, before vLLM is even imported (seconds); on the
+    engine's thread, `kv_cache_bytes` says which KV cache size to fix in vLLM (None: vLLM sizes it by its profile
+    of the device; it may wait for that work to settle first, where the profile would count its allocations); once
+    the model's voice analysis has loaded, `voices_loaded` hands it over; `stage` is what /health says while the
+    engine starts."""
 
     @property
     def stage(self) -> str: ...
 
     def start(self, spec: VocoderSpec) -> None: ...
 
-    def engine_starting(self, voices: VoiceConditioner, engine_kind: str, device: torch.device) -> int | None: ...
+    def kv_cache_bytes(self, engine_kind: str, device: torch.device) -> int | None: ...
+
+    def voices_loaded(self, voices: VoiceConditioner) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -137,9 +142,10 @@ def load_parts(
     directory: Path, layout: CheckpointLayout, options: LoadOptions, progress: Progress | None = None,
     beside_engine: BesideEngine | None = None,
 ) -> ModelParts:  # fmt: skip
-    """Load every part of the checkpoint in `directory`: S3Gen, the voice encoder, the text front end and the
-    built-in voice, then T3's engine (vLLM's starts a process of its own). `progress` hears each stage;
-    `beside_engine` is started just before T3's engine (what it starts runs while the engine starts)."""
+    """Load every part of the checkpoint in `directory`: T3's engine, started first on a thread of its own
+    (`engine_start`: vLLM's import and engine process), and meanwhile S3Gen, the voice encoder, the text front end
+    and the built-in voice. `progress` hears each stage; `beside_engine` is started first of all (what it starts
+    runs while the engine starts). A failure of either fails the load with its own error."""
     progress = progress or no_progress
     device = torch.device(options.device) if options.device is not None else default_device()
     config = load_model_config(directory, layout)
@@ -149,31 +155,39 @@ def load_parts(
     spec = VocoderSpec(str(directory), str(device), options.s3gen, graphs=graphs, process=configured())
     if beside_engine is not None:  # before anything else, vLLM's import included: its start is the longest
         beside_engine.start(spec)
-    kind = resolve_engine_kind(options.engine)  # a bad name fails before anything loads
-    progress("loading S3Gen, the voice encoder and the text tokenizer")
-    started = time.perf_counter()
-    s3gen = load_s3gen_for(directory, layout, config, device, options.s3gen, graphs=graphs)
-    voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
-    tokenizer = layout.family.load_text_front_end(directory, options.dicta_model)
-    conds_path = directory / layout.conds
-    conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
-    family = layout.family
-    voices = VoiceConditioner(
-        voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
-        loudness_lufs=family.voice_loudness_lufs, min_seconds=family.min_voice_seconds,
-    )  # fmt: skip
-    loaded = time.perf_counter()
-    progress("starting the T3 engine (vLLM)" if kind == "vllm" else "loading T3 (PyTorch)")
-    vllm_options = options.vllm
+    check_engine_kind(options.engine)  # a bad name fails before anything loads (resolving `auto` imports vLLM)
+    engine_start = EngineStart(functools.partial(_start_engine, directory, layout, config, device, options,
+                                                 beside_engine))  # fmt: skip
+    progress("loading S3Gen, the voice encoder and the text tokenizer while the T3 engine starts")
+    try:
+        started = time.perf_counter()
+        s3gen = load_s3gen_for(directory, layout, config, device, options.s3gen, graphs=graphs)
+        voice_encoder = load_voice_encoder(directory / layout.voice_encoder, config.voice_encoder).to(device).eval()
+        tokenizer = layout.family.load_text_front_end(directory, options.dicta_model)
+        conds_path = directory / layout.conds
+        conds = Conditionals.load(conds_path).to(device) if conds_path.is_file() else None
+        family = layout.family
+        voices = VoiceConditioner(
+            voice_encoder, s3gen, prompt_tokens=config.t3.speech_cond_prompt_len, device=device,
+            loudness_lufs=family.voice_loudness_lufs, min_seconds=family.min_voice_seconds,
+        )  # fmt: skip
+        loaded = time.perf_counter()
+        engine_start.parts_loaded.set()
+        log.debug("S3Gen, the voice encoder and the text front end loaded in %.2f s, the T3 engine starting since "
+                  "%.2f s", loaded - started, loaded - engine_start.started_at)  # fmt: skip
+        if beside_engine is not None:
+            beside_engine.voices_loaded(voices)
+    except BaseException:
+        engine_start.abandon()
+        raise
     if beside_engine is not None:
-        kv_bytes = beside_engine.engine_starting(voices, kind, device)
-        if kv_bytes is not None and vllm_options is not None:
-            vllm_options = dataclasses.replace(vllm_options, kv_cache_memory_bytes=kv_bytes)
         progress(beside_engine.stage)
-    if kind == "vllm" and vllm_options is not None:
-        vllm_options = fit_kv_cache(vllm_options, config.t3, device)  # no larger than a full batch needs
-    engine = build_t3_engine(options.engine, directory / layout.t3, config.t3, device, vllm_options=vllm_options)
-    phases = {"load_s3gen_voice_encoder": loaded - started, "t3_engine": time.perf_counter() - loaded}
+    else:
+        progress("loading T3 (PyTorch)" if engine_start.kind == "torch" else "starting the T3 engine (vLLM)")
+    engine = engine_start.result()
+    phases = {"load_s3gen_voice_encoder": loaded - started, "t3_engine": engine_start.seconds}
+    if engine_start.waited_s:  # vLLM's profile waited for the parts: the engine's own start is the rest
+        phases["t3_engine_waited_for_parts"] = engine_start.waited_s
     log.info("loaded %s Chatterbox from %s on %s (T3 engine: %s)", layout.variant, directory, device,
              type(engine).__name__)  # fmt: skip
     return ModelParts(
@@ -182,3 +196,30 @@ def load_parts(
         conditioning_fingerprint=voice_analysis_fingerprint(directory, layout, config), vocoder_spec=spec,
         warm_up_tokens=options.s3gen.warm_up_tokens, startup_phases=phases,
     )  # fmt: skip
+
+
+def _start_engine(
+    directory: Path, layout: CheckpointLayout, config: ModelConfig, device: torch.device, options: LoadOptions,
+    beside_engine: BesideEngine | None, start: EngineStart,
+) -> T3Engine:  # fmt: skip
+    """T3's engine, on `start`'s thread: the engine kind (`auto` imports vLLM), the KV cache size `beside_engine`
+    fixes, then vLLM's own fit; a vLLM that profiles the GPU's free memory waits for the parts (`engine_start`)."""
+    kind = start.kind = resolve_engine_kind(options.engine)
+    vllm_options = options.vllm
+    kv_bytes = beside_engine.kv_cache_bytes(kind, device) if beside_engine is not None else None
+    if kv_bytes is not None and vllm_options is not None:
+        vllm_options = dataclasses.replace(vllm_options, kv_cache_memory_bytes=kv_bytes)
+    if kind == "vllm" and vllm_options is not None:
+        vllm_options = fit_kv_cache(vllm_options, config.t3, device)  # no larger than a full batch needs
+    if waits_for_parts(kind, device, planned_kv_cache=kv_bytes is not None):
+        start.wait_for_parts()
+    return build_t3_engine(kind, directory / layout.t3, config.t3, device, vllm_options=vllm_options)
+
+
+def waits_for_parts(kind: str, device: torch.device, *, planned_kv_cache: bool) -> bool:
+    """Whether T3's engine starts only once this process's other parts are on the GPU: vLLM on a GPU, unless its KV
+    cache was fixed where the GPU's free memory was checked to hold T3's budget, the rest of the model and a margin
+    (`planned_kv_cache`: `s3gen_beside.start_order`). Otherwise vLLM sizes its KV cache from a profile of the
+    device's free memory, or checks its budget against it at start, and must see the parts there, as it did when
+    they loaded first (a small card then fails with vLLM's message, not an out-of-memory in the parts)."""
+    return kind == "vllm" and device.type == "cuda" and not planned_kv_cache

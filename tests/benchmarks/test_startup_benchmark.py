@@ -37,8 +37,8 @@ def test_cold_and_warm_start_with_phases(tmp_path: Path) -> None:
         assert all(seconds >= 0 for seconds in phases.values())
         # /health turned 200 after the app's own count (which starts after the imports), and the warm-ups after it
         assert 0 < start["server_ready_after_s"] <= start["health_ok_s"] <= start["ready_s"]
-        # the phases before ready fit in the app's count
-        assert phases["load_s3gen_voice_encoder"] + phases["t3_engine"] <= start["server_ready_after_s"]
+        # the phases before ready fit in the app's count (they overlap: the engine starts while the parts load)
+        assert max(phases["load_s3gen_voice_encoder"], phases["t3_engine"]) <= start["server_ready_after_s"]
         # vLLM's engine process said how long its init took (the server ran at debug level)
         assert start["vllm_s"]["vllm_init_engine"] > 0
         log = Path(start["log"]).read_text()

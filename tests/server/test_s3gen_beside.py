@@ -182,7 +182,7 @@ def test_a_t3_that_fails_to_load_stops_the_process_started_beside_it(
 def test_a_vllm_that_cannot_take_the_kv_size_starts_once_s3gen_is_ready(
     english_tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What `engine_starting` answers load_parts, with a real S3Gen process: no size off a GPU or with the PyTorch
+    """What `kv_cache_bytes` answers load_parts's engine thread, with a real S3Gen process: no size off a GPU or with the PyTorch
     engine, the planned size for a vLLM that takes it, and for an older one (simulated: the installed vLLM has it)
     none, once the S3Gen process is ready."""
     import torch
@@ -197,11 +197,12 @@ def test_a_vllm_that_cannot_take_the_kv_size_starts_once_s3gen_is_ready(
     assert tts.vocoder_spec is not None
     beside.start(tts.vocoder_spec)
     try:
-        assert beside.engine_starting(tts.voices, "torch", torch.device("cuda")) is None
-        assert beside.engine_starting(tts.voices, "vllm", torch.device("cpu")) is None
-        assert beside.engine_starting(tts.voices, "vllm", torch.device("cuda")) == 2**30
+        beside.voices_loaded(tts.voices)
+        assert beside.kv_cache_bytes("torch", torch.device("cuda")) is None
+        assert beside.kv_cache_bytes("vllm", torch.device("cpu")) is None
+        assert beside.kv_cache_bytes("vllm", torch.device("cuda")) == 2**30
         monkeypatch.setattr(s3gen_beside, "takes_kv_cache_bytes", lambda: False)
-        assert beside.engine_starting(tts.voices, "vllm", torch.device("cuda")) is None
+        assert beside.kv_cache_bytes("vllm", torch.device("cuda")) is None
         assert beside.process is not None and beside.process.ready.done()  # it waited for the process
         assert beside.voice_warm_up is not None and beside.voice_warm_up.result(timeout=120) is None
     finally:

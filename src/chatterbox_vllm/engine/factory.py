@@ -21,10 +21,15 @@ EngineKind = Literal["auto", "vllm", "torch"]
 ENGINE_KINDS: tuple[str, ...] = ("auto", "vllm", "torch")
 
 
-def resolve_engine_kind(kind: str) -> Literal["vllm", "torch"]:
-    """`auto` -> `vllm` when vLLM imports (the GPU build with a GPU, or the CPU build), else `torch`."""
+def check_engine_kind(kind: str) -> None:
+    """ValueError for a name that is no engine (without importing vLLM)."""
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown T3 engine {kind!r}; expected one of {', '.join(ENGINE_KINDS)}")
+
+
+def resolve_engine_kind(kind: str) -> Literal["vllm", "torch"]:
+    """`auto` -> `vllm` when vLLM imports (the GPU build with a GPU, or the CPU build), else `torch`."""
+    check_engine_kind(kind)
     if kind != "auto":
         return kind  # type: ignore[return-value]
     from .vllm_engine import vllm_available

@@ -138,11 +138,14 @@ class S3GenBeside:
         self.process = S3GenProcess.from_settings(spec, self.settings, device=str(device), model=self.model_id)
         log.info("%s: S3Gen process started beside the T3 engine", self.model_id)
 
-    def engine_starting(self, voices: VoiceConditioner, engine_kind: str, device: torch.device) -> int | None:
-        """Start voice analysis's warm-up; return the KV cache size to fix in vLLM (None: none, off a GPU or with the
-        PyTorch engine). A vLLM that cannot take the size starts once the S3Gen process is ready (or failed: the
-        synthesizer reports that), so that its profile of the device sees S3Gen's memory settled."""
+    def voices_loaded(self, voices: VoiceConditioner) -> None:
+        """Start voice analysis's warm-up (on a thread of its own), once the model's voice analysis has loaded."""
         self._warm_up_voices(voices)
+
+    def kv_cache_bytes(self, engine_kind: str, device: torch.device) -> int | None:
+        """The KV cache size to fix in vLLM (None: none, off a GPU or with the PyTorch engine), asked on the engine's
+        thread as it is about to start. A vLLM that cannot take the size starts once the S3Gen process is ready (or
+        failed: the synthesizer reports that), so that its profile of the device sees S3Gen's memory settled."""
         if device.type != "cuda" or engine_kind != "vllm" or self.order.kv_cache_memory_bytes is None:
             return None
         if takes_kv_cache_bytes():

@@ -71,8 +71,9 @@ def _model_health(state: ServedModel) -> ModelHealth:
     if loaded is not None:
         # What the start spent where; S3Gen's graphs and voice analysis warm up on S3Gen's thread before the model
         # is marked ready (a request would otherwise queue behind them), voice_warm_up last. With the S3Gen process
-        # started beside T3's engine (`s3gen_beside`), its phases and voice_warm_up ran while t3_engine did: the
-        # phases then overlap and add up to more than ready_after_s.
+        # started beside T3's engine (`s3gen_beside`), its phases and voice_warm_up ran while t3_engine did, as
+        # load_s3gen_voice_encoder always does (`engine_start`): the phases overlap and add up to more than
+        # ready_after_s.
         phases = dict(loaded.tts.startup_phases)
         if loaded.tts.voices.warm_up_seconds is not None:
             phases["voice_warm_up"] = loaded.tts.voices.warm_up_seconds
