@@ -234,7 +234,7 @@ class Settings(BaseSettings):
         10, ge=0, le=200, description="first audio leaves after this many speech tokens (0: after the first piece)"
     )
     stream_partials_max_active: int = Field(
-        64, ge=0, le=4096,
+        16, ge=0, le=4096,
         description="first audio before the first piece's last token (partial vocodes, batched across requests) while "
         "at most this many speech requests are in progress; beyond, it waits for the whole first piece, which spends "
         "less S3Gen time (0: never)",

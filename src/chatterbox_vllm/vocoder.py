@@ -8,6 +8,7 @@ without loading T3, vLLM or the text tokenizers. This module therefore imports n
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,13 +268,23 @@ class Vocoder:
         valid = self.s3gen_tokens(speech_tokens)
         if not valid:
             return np.zeros(0, dtype=np.float32)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator = self._generator(seed)
         token_tensor = torch.tensor(valid, dtype=torch.long, device=self.device).unsqueeze(0)
         wav = self.s3gen.inference(token_tensor, conds.gen, generator=generator, noise=noise)
         wav = wav.squeeze(0).float().cpu().numpy()
         return np.ascontiguousarray(wav[: self.kept_samples(real, len(wav))], dtype=np.float32)
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        """The piece's own random generator: from its seed, or on a GPU from a fresh random seed.
+
+        Never torch's default CUDA generator on a GPU: while S3Gen's capturer thread captures a CUDA graph (in the
+        background, beside requests: `cfm_graphs.CaptureQueue`), the capture holds the default generator, and a draw
+        from it on the worker's thread fails ("Offset increment outside graph capture encountered unexpectedly":
+        seen on an H200 2026-12-03, an unseeded paragraph during the after-ready captures). On a CPU (no graphs)
+        an unseeded piece draws from torch's default generator, as the reference does."""
+        if seed is None and self.device.type != "cuda":
+            return None
+        return torch.Generator(device=self.device).manual_seed(secrets.randbits(63) if seed is None else seed)
 
     @torch.inference_mode()
     def vocode_batch(self, jobs: list[VocodeJob]) -> list[np.ndarray]:
@@ -294,7 +305,7 @@ class Vocoder:
             if not valid:
                 out[i] = np.zeros(0, dtype=np.float32)
                 continue
-            generator = torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None
+            generator = self._generator(job.seed)
             voice = self.flow_voice(job.conds)
             frames = 2 * (voice.prompt_tokens.numel() + len(valid))  # the flow's frames: 2 per token, prompt included
             noise = job.noise

@@ -184,6 +184,43 @@ def test_gpu_work_queued_by_the_worker_does_not_stall_other_threads_copies(engli
         cuda_tts.close()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA: runs on the GPU machine")
+def test_gpu_unseeded_pieces_vocode_while_a_graph_is_captured_on_another_thread(english_tiny_checkpoint: Path) -> None:
+    """S3Gen's capturer thread records CUDA graphs beside requests; a capture holds torch's default CUDA generator
+    for its whole length, so an unseeded piece drawing from it meanwhile failed ("Offset increment outside graph
+    capture", an H200 2026-12-03). Unseeded pieces, alone and batched, now vocode while a capture is open."""
+    cuda_tts = ChatterboxTTS.from_local(english_tiny_checkpoint, device="cuda", engine="torch")
+    capturing, release, failed = threading.Event(), threading.Event(), []
+
+    def capture() -> None:
+        graph, stream, x = torch.cuda.CUDAGraph(), torch.cuda.Stream(), torch.zeros(8, device="cuda")
+        try:
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                x.mul_(2)
+                capturing.set()
+                release.wait(60)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+            capturing.set()
+
+    thread = threading.Thread(target=capture)
+    thread.start()
+    try:
+        assert capturing.wait(60) and not failed
+        tokens = torch.randint(0, 6561, (40,), generator=torch.Generator().manual_seed(3)).tolist()
+        alone = cuda_tts.vocoder.vocode(tokens, cuda_tts.default_conds)
+        batch = cuda_tts.vocoder.vocode_batch([VocodeJob(tokens, cuda_tts.default_conds),
+                                               VocodeJob(tokens[:17], cuda_tts.default_conds)])  # fmt: skip
+    finally:
+        release.set()
+        thread.join(60)
+        cuda_tts.close()
+    assert not failed, failed
+    for wav in [alone, *batch]:
+        assert wav.size > 0 and np.isfinite(wav).all()
+    assert len(batch[1]) < len(batch[0])
+
+
 # ------------------------------------------------------------------------------------- batch selection (buckets)
 def test_few_waiting_pieces_all_leave_together() -> None:
     assert select_batch([200, 300, 180], [False] * 3, max_rows=8, max_tokens=4096) == [0, 1, 2]
