@@ -237,7 +237,8 @@ class Settings(BaseSettings):
         16, ge=0, le=4096,
         description="first audio before the first piece's last token (partial vocodes, batched across requests) while "
         "at most this many speech requests are in progress; beyond, it waits for the whole first piece, which spends "
-        "less S3Gen time (0: never)",
+        "less S3Gen time (0: never). On an H200 64 concurrent sentences ran at 94x real time with 16 against 41-57x "
+        "with 64: each first partial puts the whole voice prompt through the flow again",
     )  # fmt: skip
     stream_later_partials_max_active: int = Field(
         4, ge=0, le=4096,
