@@ -294,11 +294,9 @@ class Settings(BaseSettings):
     s3gen_warm_up_tokens: int = Field(
         300, ge=0, le=4096,
         description="S3Gen's CUDA graphs captured at start-up cover pieces of up to this many speech tokens (25 = "
-        "1 s; at most CHATTERBOX_MAX_NEW_TOKENS) after the longest voice prompt: one-row graphs at powers of two of "
-        "the frame length and at the longest (6 graphs for 300 tokens), the lengths between run on the next larger "
-        "graph (under twice the cost) until the server, once ready, has captured them in the background; a longer "
-        "piece runs eagerly (or on a larger graph) while its shape is captured in the background (~1 s, once). "
-        "Lower: a faster start; 0: only lengths up to the longest prompt's (250 tokens)",
+        "1 s; at most CHATTERBOX_MAX_NEW_TOKENS) after the longest voice prompt; a longer piece runs eagerly (or on "
+        "a larger graph) while its shape is captured in the background (~1 s, once). Lower: a faster start; 0: only "
+        "lengths up to the longest prompt's (250 tokens)",
     )  # fmt: skip
     s3gen_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",

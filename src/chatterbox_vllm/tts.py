@@ -168,10 +168,6 @@ class ChatterboxTTS:
         )
         return captured
 
-    def queue_later_s3gen_graphs(self) -> int:
-        """`Vocoder.queue_later_graphs`: the graphs `warm_up_s3gen` left out, queued for background capture."""
-        return self.vocoder.queue_later_graphs()
-
     def set_s3gen_max_rows(self, rows: int) -> None:
         """`Vocoder.set_max_rows`: S3Gen's CUDA graphs serve batches of up to `rows` pieces."""
         self.vocoder.set_max_rows(rows)

@@ -168,12 +168,9 @@ class Vocoder:
 
         With `warm_up_tokens` set (the server's CHATTERBOX_S3GEN_WARM_UP_TOKENS) only pieces up to that many
         speech tokens are covered now: each graph costs start-up time, and a longer, rarer piece runs eagerly (or
-        on a larger graph) the first time while its shape is captured in the background (`cfm_graphs`). Of the
-        lengths covered, only powers of two of the frame bucket and the longest are captured now
-        (`cfm_graphs.start_lengths`); the rest run on the next larger graph until `queue_later_graphs`, once the
-        server is ready, has them captured in the background. The first capture compiles the flow blocks (when
-        compiled), then HiFT's compiled regions are compiled on a few short mels: those seconds are recorded as
-        `s3gen_compile` in `startup_phases`, the others' as `s3gen_graphs`."""
+        on a larger graph) the first time while its shape is captured in the background (`cfm_graphs`). The first
+        capture compiles the flow blocks (when compiled), then HiFT's compiled regions are compiled on a few short
+        mels: those seconds are recorded as `s3gen_compile` in `startup_phases`, the others' as `s3gen_graphs`."""
         decoder = self.s3gen.flow.decoder
         if decoder.graphs is None:
             return 0
@@ -185,7 +182,7 @@ class Vocoder:
                 first = decoder.graphs.capture_up_to(1, device=self.device)  # the shortest bucket only
                 self._warm_up_hift()
                 compiled = time.perf_counter()
-                rest = decoder.graphs.capture_up_to(frames, device=self.device, sparse=True)
+                rest = decoder.graphs.capture_up_to(frames, device=self.device)
             except Exception as exc:  # Inductor's errors have no common base; any failure here means no kernels
                 if not (decoder.compiled or self.s3gen.mel2wav.compiled):
                     raise
@@ -195,7 +192,7 @@ class Vocoder:
                 self.s3gen.mel2wav.uncompile_blocks()
                 first = decoder.graphs.capture_up_to(1, device=self.device)
                 compiled = time.perf_counter()
-                rest = decoder.graphs.capture_up_to(frames, device=self.device, sparse=True)
+                rest = decoder.graphs.capture_up_to(frames, device=self.device)
         self.startup_phases["s3gen_compile"] = compiled - started
         self.startup_phases["s3gen_graphs"] = time.perf_counter() - compiled
         log.debug("S3Gen: first graph (with compiling) %.1f s, %d more graphs up to %d frames %.1f s",
@@ -210,12 +207,6 @@ class Vocoder:
             calls = hift.warm_up_compiled()
             log.debug("S3Gen: HiFT's compiled regions built in %.1f s (%d calls)", time.perf_counter() - started, calls)
 
-    def queue_later_graphs(self) -> int:
-        """Queue the one-row graphs `warm_up` left out for capture in the background (`CFMGraphs.queue_later`); once
-        the server is ready. Returns how many were queued (0 without graphs)."""
-        graphs = self.s3gen.flow.decoder.graphs
-        return 0 if graphs is None else graphs.queue_later()
-
     def set_max_rows(self, rows: int) -> None:
         """Let S3Gen's CUDA graphs serve batches of up to `rows` pieces (the server's S3Gen batch size); larger
         batches than the graphs allow run eagerly. A no-op without graphs (CPU, the low preset)."""
@@ -226,7 +217,6 @@ class Vocoder:
     # `S3GenWorker` calls the model it serves by ChatterboxTTS's names; a Vocoder answers to them too.
     set_s3gen_max_rows = set_max_rows
     warm_up_s3gen = warm_up
-    queue_later_s3gen_graphs = queue_later_graphs
 
     # ------------------------------------------------------------------------------------------ pieces
     @property

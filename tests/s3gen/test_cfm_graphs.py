@@ -20,11 +20,9 @@ from chatterbox_vllm.models.s3gen.cfm_graphs import (
     bucket_length,
     covering_bucket,
     padded_solve,
-    start_lengths,
 )
 from chatterbox_vllm.models.s3gen.flow_matching import steps_yield_to
 from flow_utils import flow_inputs
-from support.eager_graphs import EagerGraphs
 
 
 @pytest.fixture(scope="module")
@@ -200,90 +198,6 @@ def test_a_missing_bucket_is_served_eagerly_and_a_failed_background_capture_is_n
     assert stats["eager"] == 2 and stats["capture_failed"] == 1 and stats["graphs"] == 0 and stats["queued"] == 0
     assert "4 rows x 32 frames missing: batch run eagerly" in caplog.text
     assert caplog.text.count("failed to capture in the background") == 1
-    graphs.close()
-
-
-# ------------------------------------------------------------------------------ start-up: powers of two, the rest later
-def test_start_captures_one_row_graphs_at_powers_of_two_and_the_longest_and_covers_the_rest_within_twice() -> None:
-    """The server's default (300 tokens after the 250-token prompt: 1,100 frames) starts with 6 one-row graphs, not
-    18; every other length, for any budget, runs on a start graph at under twice its cost until its own exists."""
-    now, later = start_lengths(2 * (250 + 300), 64)
-    assert now == [64, 128, 256, 512, 1024, 1152]
-    assert later == [192, 320, 384, 448, 576, 640, 704, 768, 832, 896, 960, 1088]
-    for max_frames in range(1, 4200, 23):
-        now, later = start_lengths(max_frames, 64)
-        assert sorted(now + later) == list(range(64, bucket_length(max_frames, 64) + 1, 64))
-        for length in later:
-            cover = covering_bucket([(1, n) for n in now], (1, length))
-            assert cover is not None and cover[1] < 2 * length, (max_frames, length, cover)
-
-
-def test_the_capture_queue_takes_later_buckets_only_when_nothing_else_waits() -> None:
-    queue = CaptureQueue()
-    assert queue.ask((1, 192), later=True) and queue.ask((1, 320), later=True)
-    assert not queue.ask((1, 192), later=True)  # queued once
-    assert queue.ask((4, 256))  # a request's bucket, asked after them
-    assert queue.ask((1, 320))  # a request met a later bucket: it moves ahead of the other later one
-    assert not queue.ask((1, 320), later=True)  # already waiting ahead
-    assert queue.waiting == 3
-    taken = []
-    while (key := queue.take(timeout=0.01)) is not None:
-        taken.append(key)
-        queue.done(key)
-    assert taken == [(4, 256), (1, 320), (1, 192)]
-    assert queue.wait_idle(timeout=1)
-
-
-def test_a_sparse_start_captures_the_start_lengths_and_queues_the_rest_after_ready() -> None:
-    """`capture_up_to(sparse=True)` captures the start lengths on the caller's thread and nothing else; until
-    `queue_later`, a length between them runs on the next larger graph (padded_solve's result) and nothing is
-    queued; then the rest are captured by the capturer thread, behind what a request asks for."""
-    graphs = EagerGraphs(_toy_solve, channels=3, n_timesteps=2, bucket_frames=8, max_rows=8)
-    now, later = start_lengths(100, 8)  # 8, 16, 32, 64 and 104 now; the 8 others later
-    assert graphs.capture_up_to(100, device=torch.device("cpu"), sparse=True) == len(now)
-    assert graphs.buckets() == [(1, length) for length in now]
-    assert {thread for _, thread in graphs.recorded} == {threading.current_thread().name}
-    g = torch.Generator().manual_seed(0)
-
-    def batch(rows: int, frames: int):
-        x, mu, cond = (torch.randn(rows, 3, frames, generator=g) for _ in range(3))
-        return x, torch.ones(rows, 1, frames), mu, torch.randn(rows, 3, generator=g), cond
-
-    with torch.inference_mode():  # as the S3Gen worker runs (the capturer thread too)
-        one = batch(1, 42)  # the 48-frame bucket, left for later: on the 64-frame graph meanwhile
-        out = graphs(*one)
-        assert graphs.last_served == (1, 64)
-        assert torch.equal(out, padded_solve(_toy_solve, *one, 2, bucket_frames=8))
-        # a request's missing bucket is queued at once (and the capturer waits for `release`)
-        graphs(*batch(3, 30))
-        assert graphs.queue_later() == len(later) - 1  # the 48-frame one is queued already, by the request
-        assert graphs.queue_later() == 0  # once
-        graphs(*batch(1, 75))  # the 80-frame bucket, waiting among the later ones: moved ahead of them
-        graphs.release.set()
-        assert graphs.wait_idle(timeout=60)
-        background = [key for key, thread in graphs.recorded if thread == "cfm-graph-capture"]
-        assert background[:3] == [(1, 48), (4, 32), (1, 80)]
-        assert sorted(background[3:]) == [(1, length) for length in later if length not in (48, 80)]
-        assert graphs.stats()["captured_background"] == len(later) + 1 and graphs.stats()["captured_start"] == len(now)
-        assert torch.equal(graphs(*one), out) and graphs.last_served == (1, 48)  # on its own graph now
-    graphs.close()
-
-
-def test_a_covering_graph_gives_the_real_frames_of_the_flow_exactly(s3gen, english_full_checkpoint) -> None:
-    """The real estimator, a one-row piece whose bucket was left for later, run on the next larger start graph
-    (its buffers zeroed beyond the piece, cut back): the unpadded solve's frames."""
-    noise, f = flow_inputs(s3gen, english_full_checkpoint, 30)
-    cfm = s3gen.flow.decoder
-    graphs = EagerGraphs(cfm.solve, channels=80, n_timesteps=2)
-    frames = noise.size(-1)
-    with torch.inference_mode():
-        graphs.capture_up_to(1100, device=torch.device("cpu"), sparse=True)  # the default budget's frames
-        own = graphs.shape_for(1, frames)
-        assert own not in graphs.buckets()  # really left for later
-        covered = graphs(noise, f.mask, f.mu, f.spks, f.cond)
-        plain = cfm.solve(noise, f.mask, f.mu, f.spks, f.cond, 2)
-    assert graphs.last_served is not None and graphs.last_served[1] > own[1]
-    torch.testing.assert_close(covered, plain, atol=2e-5, rtol=1e-5)
     graphs.close()
 
 

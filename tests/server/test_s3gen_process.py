@@ -183,9 +183,6 @@ def test_a_killed_child_is_replaced_and_a_piece_it_killed_twice_fails(spec: Voco
     jobs = [VocodeJob(list(range(100, 140)), vocoder.default_conds, seed=i) for i in range(4)]
     try:
         first_pid = process.pid
-        # the server is ready: the child queues the graphs its warm-up left out (none on a CPU), and each child
-        # started from now does so once it is ready (`later_graphs`): every one below still serves
-        process.queue_later_graphs()
         futures = [process.vocode(job) for job in jobs]
         os.kill(first_pid, signal.SIGKILL)
         for job, future in zip(jobs, futures):  # resent to the next child: nothing accepted is lost

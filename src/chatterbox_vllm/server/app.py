@@ -54,7 +54,6 @@ def create_app(
         if preloaded:
             for state, model in zip(served.states, preloaded, strict=True):
                 loader.serve(state, model)
-            loader.queue_later_graphs()
             loader.announce_ready()
         else:
             # Compile caches, TF32: process-wide, set as the app starts, before its models load (not when it is

@@ -226,18 +226,7 @@ class ModelLoader:
                     model.close()
                 state.fail(describe_failure(exc))
                 log_failure(f"the model {state.describe()} failed to load; the server stays up and answers 503", exc)
-        self.queue_later_graphs()
         self.announce_ready()
-
-    def queue_later_graphs(self) -> None:
-        """Every loaded model's S3Gen graphs left out at start, queued for background capture: only now, once no
-        model's vLLM engine is starting (one that profiles the GPU's free memory would count them)."""
-        for loaded in self.served.loaded():
-            try:
-                loaded.synthesizer.queue_later_graphs()
-            except Exception as exc:  # noqa: BLE001 - an optimisation: requests capture what they miss anyway
-                log.warning("%s: S3Gen's remaining CUDA graphs were not queued (%s: %s)", loaded.id,
-                            type(exc).__name__, exc)  # fmt: skip
 
     def close(self, owned: bool) -> None:
         """Stop each synthesizer's S3Gen worker; close the models too when this loader loaded them (`owned`)."""

@@ -87,11 +87,6 @@ class S3GenPool:
         for worker in self.workers:
             worker.note_requests(in_progress)
 
-    def queue_later_graphs(self) -> None:
-        """Every worker queues the CUDA graphs its warm-up left out (`S3GenProcess.queue_later_graphs`)."""
-        for worker in self.workers:
-            worker.queue_later_graphs()
-
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop every worker (each cancels what it holds), then the thread for `call` work."""
         stoppers = [threading.Thread(target=worker.shutdown, args=(timeout,), daemon=True) for worker in self.workers]

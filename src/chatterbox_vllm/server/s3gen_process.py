@@ -87,7 +87,6 @@ class _ChildConfig:
     voice_cache: int = VOICE_CACHE
     low_rows_beside: int | None = None
     max_pause_s: float = 0.0  # `S3GenWorker`'s
-    later_graphs: bool = False  # queue the graphs its warm-up left out once ready (a child started after the server's)
 
 
 @dataclass
@@ -178,8 +177,6 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
             pass
 
     partial.add_done_callback(ready)  # after the graphs: one thread runs both in order
-    if config.later_graphs:  # the server was ready before this child: its left-out graphs right after its own ready
-        worker.call(vocoder.queue_later_graphs)
     voices: OrderedDict[int, _Voice] = OrderedDict()
     futures: dict[int, Future] = {}
 
@@ -201,8 +198,6 @@ def _child_main(conn: Connection, config: _ChildConfig) -> None:
                 break
             if kind == "requests":
                 worker.note_requests(message[1])
-            elif kind == "later_graphs":
-                worker.call(vocoder.queue_later_graphs)  # on the worker's thread: after its warm-ups
             elif kind == "voice":
                 _, voice_id, gen = message
                 device = vocoder.device
@@ -269,7 +264,6 @@ class S3GenProcess:
         self._config = _ChildConfig(spec, self.max_batch, max_batch_tokens, warm_up, max(1, voice_cache),
                                     low_rows_beside, max_pause_s)  # fmt: skip
         self._requests_in_progress = 0  # the last count `note_requests` heard (sent again to a restarted child)
-        self._later_graphs = False  # `queue_later_graphs` was called: a restarted child queues its own once ready
         self._calls = call_worker
         self._model = model
         self._context = multiprocessing.get_context("spawn")
@@ -379,17 +373,6 @@ class S3GenProcess:
         except (OSError, ValueError):
             pass  # the child is gone: the receiver restarts it
 
-    def queue_later_graphs(self) -> None:
-        """Once the server is ready: the child queues the CUDA graphs its warm-up left out for capture in the
-        background (`Vocoder.queue_later_graphs`); a child started after this does so once it is ready."""
-        with self._lock:
-            self._later_graphs = True
-            if not (self._restarting or self._closing):  # a restarted child is spawned with `later_graphs`
-                try:
-                    _send(self._conn, ("later_graphs",))
-                except (OSError, ValueError):
-                    pass  # the child is gone: the receiver restarts it, with `later_graphs`
-
     def shutdown(self, timeout: float = 30.0) -> None:
         """Cancel what is in flight, ask the child to stop (it finishes the running batch), then end it; stop the
         parent's thread for `call` work."""
@@ -425,8 +408,7 @@ class S3GenProcess:
     # ------------------------------------------------------------------------------------ child's life
     def _start(self) -> tuple[Any, Connection]:
         parent, child = self._context.Pipe(duplex=True)
-        config = dataclasses.replace(self._config, later_graphs=self._later_graphs)
-        process = self._context.Process(target=_child_main, args=(child, config), name="chatterbox-s3gen")
+        process = self._context.Process(target=_child_main, args=(child, self._config), name="chatterbox-s3gen")
         process.start()
         child.close()  # only the child holds its end: its death closes the pipe
         log.info("S3Gen process started (pid %d)", process.pid)

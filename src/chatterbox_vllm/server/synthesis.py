@@ -218,15 +218,6 @@ class Synthesizer:
                 for name, seconds in result.items():
                     self.tts.startup_phases["s3gen_process_load" if name == "load_s3gen" else name] = seconds
 
-    def queue_later_graphs(self) -> None:
-        """Once the server is ready: S3Gen's CUDA graphs its warm-up left out (one-row lengths between powers of
-        two, served meanwhile by the next larger graph) queued for capture in the background, in the process or
-        processes that vocode, or on this one's capturer thread."""
-        if isinstance(self._s3gen, S3GenProcess | S3GenPool):
-            self._s3gen.queue_later_graphs()
-        else:
-            self.tts.queue_later_s3gen_graphs()
-
     def s3gen_health(self) -> dict[str, object] | None:
         """S3Gen's worker processes for /health (layout, alive, restarts, and each worker's device, pid, restarts and
         pieces outstanding; one process: its pid too); None in the default thread layout, whose entry stays as it

@@ -17,12 +17,6 @@ captured runs at once on a captured graph that covers it (`covering_bucket`: at 
 eagerly (`padded_solve`; the flow blocks are compiled with dynamic shapes, so eager is launch-bound, far cheaper
 than a capture), and its bucket is queued for a capturer thread (`CaptureQueue`). Start-up captures
 (`capture_up_to`, `capture`) stay synchronous, before any request.
-
-Start-up time: each one-row graph took ~1.55 s of an H200's warm start (17 of them up to 300 tokens after the longest
-prompt, BENCHMARKS.md note 4). So start captures one row only at powers of two of `bucket_frames` and the longest
-length (`start_lengths`: 6 graphs, not 17); a length between two of them runs on the next one up (less than 2x its
-cost: `covering_bucket` takes it). The other lengths are captured by the same capturer thread once the server is
-ready (`queue_later`), behind any bucket a request asked for.
 """
 
 from __future__ import annotations
@@ -55,17 +49,6 @@ def batch_bucket(rows: int) -> int:
     if rows > ROW_STEP:
         return math.ceil(rows / ROW_STEP) * ROW_STEP
     return 1 << max(0, rows - 1).bit_length()
-
-
-def start_lengths(max_frames: int, bucket_frames: int) -> tuple[list[int], list[int]]:
-    """The one-row frame buckets up to `max_frames`'s, split into those captured at start (`bucket_frames` times a
-    power of two, and the largest bucket itself) and the rest, captured later. Every length of the rest lies
-    between two start lengths P < L < 2P (or below the largest), so a start graph covers it at under twice its
-    cost."""
-    top = bucket_length(max_frames, bucket_frames)
-    every = list(range(bucket_frames, top + 1, bucket_frames))
-    now = [length for length in every if (length // bucket_frames).bit_count() == 1 or length == top]
-    return now, [length for length in every if length not in now]
 
 
 def pad_frames(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -128,43 +111,32 @@ def covering_bucket(captured: Iterable[Key], needed: Key, max_waste: float = MAX
 
 class CaptureQueue:
     """Buckets waiting for the background capturer, oldest first, each once: a bucket asked for again while it
-    waits or is being captured is not queued again (a burst meets the same missing bucket batch after batch).
-    Buckets asked for `later` (start-up's deferred ones, served meanwhile by a covering graph) are taken only when
-    no other bucket waits; a request's ask for one of them moves it ahead."""
+    waits or is being captured is not queued again (a burst meets the same missing bucket batch after batch)."""
 
     def __init__(self) -> None:
         self._waiting: dict[Key, None] = {}  # insertion-ordered: oldest first
-        self._later: dict[Key, None] = {}  # the same, taken once `_waiting` is empty
         self._busy: Key | None = None  # taken and not yet done
         self._closed = False
         self._changed = threading.Condition()
 
-    def ask(self, key: Key, *, later: bool = False) -> bool:
-        """Queue `key` (`later`: behind every other bucket); False if it is waiting or being captured already, or the
-        queue is closed. A bucket waiting `later` and asked for without it moves ahead (True)."""
+    def ask(self, key: Key) -> bool:
+        """Queue `key`; False if it is waiting or being captured already, or the queue is closed."""
         with self._changed:
             if self._closed or key in self._waiting or key == self._busy:
                 return False
-            if key in self._later:
-                if later:
-                    return False
-                del self._later[key]
-            (self._later if later else self._waiting)[key] = None
+            self._waiting[key] = None
             self._changed.notify_all()
             return True
 
     def take(self, timeout: float | None = None) -> Key | None:
-        """The oldest waiting bucket (a `later` one only when no other waits), marked busy until `done`; waits for
-        one. None once closed, or when `timeout` seconds passed with none."""
+        """The oldest waiting bucket, marked busy until `done`; waits for one. None once closed, or when `timeout`
+        seconds passed with none."""
         with self._changed:
-            self._changed.wait_for(lambda: bool(self._waiting or self._later) or self._closed, timeout)
-            if self._closed:
+            self._changed.wait_for(lambda: bool(self._waiting) or self._closed, timeout)
+            if self._closed or not self._waiting:
                 return None
-            queue = self._waiting or self._later
-            if not queue:
-                return None
-            key = next(iter(queue))
-            del queue[key]
+            key = next(iter(self._waiting))
+            del self._waiting[key]
             self._busy = key
             return key
 
@@ -180,18 +152,17 @@ class CaptureQueue:
         with self._changed:
             self._closed = True
             self._waiting.clear()
-            self._later.clear()
             self._changed.notify_all()
 
     @property
     def waiting(self) -> int:
         with self._changed:
-            return len(self._waiting) + len(self._later)
+            return len(self._waiting)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing waits and nothing is being captured; False if `timeout` seconds passed first."""
         with self._changed:
-            return self._changed.wait_for(lambda: not (self._waiting or self._later) and self._busy is None, timeout)
+            return self._changed.wait_for(lambda: not self._waiting and self._busy is None, timeout)
 
 
 class CFMGraphs:
@@ -201,10 +172,9 @@ class CFMGraphs:
     it to its batch size) are padded to a `batch_bucket` with filler rows; frames to `bucket_frames` for one row
     and twice that for more (fewer, larger graphs).
 
-    Start-up captures buckets synchronously (`capture_up_to`, `capture`); with `sparse`, the one-row lengths it
-    leaves out are queued for the capturer thread once the server is ready (`queue_later`). Afterwards a batch whose
-    bucket is missing is served at once (a covering graph, else eagerly: see the module docstring) and the bucket is
-    captured by a daemon thread of this object (started on the first miss), one bucket at a time, each asked for once
+    Start-up captures buckets synchronously (`capture_up_to`, `capture`). Afterwards a batch whose bucket is missing
+    is served at once (a covering graph, else eagerly: see the module docstring) and the bucket is captured by a
+    daemon thread of this object (started on the first miss), one bucket at a time, each asked for once
     (`CaptureQueue`), while `max_graphs` allow; a finished graph enters the dict under the lock, so a caller sees
     a bucket only complete. `background=False` captures on the caller's thread instead, as before (diagnosis,
     tests). `stats()` counts captures (start, background, inline, failed) and batches (replayed on a graph,
@@ -254,7 +224,6 @@ class CFMGraphs:
         self._capturer: threading.Thread | None = None
         self._target: tuple[torch.device, torch.dtype] | None = None  # the device and dtype batches come in
         self._failed: set[Key] = set()  # buckets whose background capture failed: not asked for again
-        self._later: dict[Key, tuple[torch.device, torch.dtype]] = {}  # left out at start, for `queue_later`
         self._counts: Counter[str] = Counter()
         self.last_served: Key | None = None  # the graph the last batch replayed on (None: it ran eagerly)
 
@@ -296,40 +265,14 @@ class CFMGraphs:
         """Stop background capturing: queued buckets are dropped, the thread ends after a capture it is in."""
         self._queue.close()
 
-    def capture_up_to(self, max_frames: int, *, device: torch.device, dtype: torch.dtype = torch.float32,
-                      sparse: bool = False) -> int:  # fmt: skip
-        """Capture the one-row buckets up to `max_frames` now (each takes ~1 s); returns how many were new. Graph
+    def capture_up_to(self, max_frames: int, *, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+        """Capture every one-row bucket up to `max_frames` now (each takes ~1 s); returns how many were new. Graph
         inputs are fixed-shape buffers, so no real request is needed. Batches of several rows are captured in the
-        background when first seen (or by `capture` at start). `sparse` (with background captures): only the start
-        lengths of `start_lengths`; the others wait for `queue_later`."""
-        now, rest = start_lengths(max_frames, self.bucket_frames)
-        if not (sparse and self.background):
-            now, rest = sorted(now + rest), []
-        new = sum(self.capture(1, length, device=device, dtype=dtype) for length in now)
-        with self._lock:
-            self._later.update({(1, length): (torch.device(device), dtype) for length in rest})
+        background when first seen (or by `capture` at start)."""
+        new = 0
+        for length in range(self.bucket_frames, bucket_length(max_frames, self.bucket_frames) + 1, self.bucket_frames):
+            new += self.capture(1, length, device=device, dtype=dtype)
         return new
-
-    def queue_later(self) -> int:
-        """Queue the buckets `capture_up_to(sparse=True)` left out for the background capturer, behind any a request
-        asks for (`CaptureQueue.ask(later=True)`); returns how many were queued. Once the server is ready: a capture
-        beside the worker only slows it (see the class docstring), and vLLM's start profiles no memory then."""
-        queued = 0
-        with self._lock:
-            later, self._later = self._later, {}
-            for key, (device, dtype) in later.items():
-                if key in self._graphs or key in self._failed or len(self._graphs) >= self.max_graphs:
-                    continue
-                if self._target is None:
-                    self._target = (device, dtype)
-                queued += self._queue.ask(key, later=True)
-            if queued:
-                self._start_capturer()
-        if queued:
-            log.info("S3Gen: %d one-row CUDA graphs (%d-%d frames) queued for background capture; until each is "
-                     "captured its lengths run on the next larger graph", queued, min(k[1] for k in later),
-                     max(k[1] for k in later))  # fmt: skip
-        return queued
 
     def capture(self, rows: int, frames: int, *, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
         """Capture the bucket that serves `rows` x `frames` (`shape_for`) now, on this thread: for start-up, before
@@ -392,10 +335,6 @@ class CFMGraphs:
             return
         log.info("S3Gen CUDA graph for %d rows x %d frames missing: batch run %s, graph queued for background capture",
                  *key, served)  # fmt: skip
-        self._start_capturer()
-
-    def _start_capturer(self) -> None:
-        """The capturer thread, started on the first bucket queued (`_lock` held)."""
         if self._capturer is None:
             self._capturer = threading.Thread(target=self._capture_loop, name="cfm-graph-capture", daemon=True)
             self._capturer.start()
