@@ -3,8 +3,9 @@
 On a GPU the server runs T3 in vLLM's engine process and S3Gen in a worker process of its own; without MPS the
 driver time-slices the two processes' CUDA contexts, so S3Gen's kernels wait while T3's run and the other way round.
 With NVIDIA's Multi-Process Service the processes' kernels share the SMs at once (an H200, 2026-12-03: 64 concurrent
-sentences 54.7x against 40.9x real time in the same call, BENCHMARKS.md). It stays opt-in because it changes how the
-whole GPU is shared: every CUDA process that uses the daemon's pipe directory runs through one MPS server.
+sentences 54.7x against 40.9x real time in the same call while first partials ran at that load; no gain in the one
+sample since they stop above 16 requests, BENCHMARKS.md note 11). It stays opt-in because it changes how the whole
+GPU is shared: every CUDA process that uses the daemon's pipe directory runs through one MPS server.
 
 The daemon started here is private: its pipe and log directories live under the cache directory, and only this
 server's processes (they inherit `CUDA_MPS_PIPE_DIRECTORY`) connect to it; other processes on the machine are not

@@ -337,7 +337,8 @@ class Settings(BaseSettings):
         False,
         description="start a private NVIDIA MPS control daemon (pipes in the cache directory) before the server's "
         "first CUDA context, so vLLM's engine process and the S3Gen worker run their kernels side by side instead "
-        "of time-slicing the GPU (an H200: 64 concurrent sentences 54.7x against 40.9x real time); stopped with the "
+        "of time-slicing the GPU (an H200: 64 concurrent sentences 54.7x against 40.9x real time while first partials "
+        "ran at that load; no gain seen since they stop above 16 requests); stopped with the "
         "server. A daemon already named by CUDA_MPS_PIPE_DIRECTORY is used instead. Where MPS cannot start, the "
         "server says why and runs without it. Opt-in: it changes how the GPU is shared (docs: README, MPS)",
     )
